@@ -1,0 +1,210 @@
+"""Frozen configs for one training run: model, optimizer, data, and the run itself.
+
+Every field states its unit. A config round-trips through `to_dict` / `from_dict` into `config.json` of
+the run directory, so a run can be re-created from its own record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from scaling.errors import UserError
+
+NORMS = ("rmsnorm", "layernorm")
+MLPS = ("swiglu", "gelu")
+POSITIONS = ("rope", "learned")
+ATTENTION_IMPLS = ("xla", "cudnn", "blockwise")
+SCHEDULES = ("cosine", "linear")
+WANDB_MODES = ("online", "offline", "disabled", "auto")
+
+
+def swiglu_hidden_size(d_model: int, multiple_of: int = 32) -> int:
+    """Return the SwiGLU hidden width: 8/3 * d_model rounded up to `multiple_of`.
+
+    Three matrices of 8/3 d each hold the same parameters as a 4x GELU MLP's two (Shazeer 2020, GLU variants).
+    """
+    return multiple_of * math.ceil(8 * d_model / 3 / multiple_of)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the decoder-only Transformer."""
+
+    vocab_size: int = 256  # tokens in the vocabulary
+    d_model: int = 128  # residual stream width
+    n_layers: int = 2  # Transformer blocks
+    n_heads: int = 4  # query heads
+    n_kv_heads: int | None = None  # key/value heads; None means n_heads (multi-head), 1 is multi-query
+    head_dim: int | None = None  # width of one head; None means d_model // n_heads
+    d_ff: int | None = None  # MLP hidden width; None means 4 d_model (GELU) or swiglu_hidden_size (SwiGLU)
+    max_seq_len: int = 256  # longest sequence in tokens (learned positions and the KV cache size)
+    norm: str = "rmsnorm"  # "rmsnorm" or "layernorm", applied before each sub-block (pre-norm)
+    mlp: str = "swiglu"  # "swiglu" or "gelu"
+    positions: str = "rope"  # "rope" or "learned"
+    rope_base: float = 10000.0  # RoPE frequency base (theta)
+    tie_embeddings: bool = True  # share the token embedding with the output head
+    attention_impl: str = "xla"  # "xla", "cudnn" (NVIDIA GPUs) or "blockwise" (memory-efficient, plain JAX)
+    z_loss: float = 0.0  # weight of the log(Z)^2 auxiliary loss on the output logits; 0 disables it
+    compute_dtype: str = "float32"  # activations dtype; parameters are always float32
+
+    def __post_init__(self) -> None:
+        _require_positive(self, "vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len")
+        _require_choice(self, "norm", NORMS)
+        _require_choice(self, "mlp", MLPS)
+        _require_choice(self, "positions", POSITIONS)
+        _require_choice(self, "attention_impl", ATTENTION_IMPLS)
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise UserError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                "choose n_heads that divides d_model or set head_dim explicitly"
+            )
+        if self.kv_heads < 1 or self.n_heads % self.kv_heads:
+            raise UserError(
+                f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}; "
+                "n_kv_heads must be a divisor of n_heads (1 for multi-query, n_heads for multi-head)"
+            )
+        if self.positions == "rope" and self.dim_per_head % 2:
+            raise UserError(f"head_dim={self.dim_per_head} is odd; RoPE needs an even head_dim")
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads after resolving the default."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        """Width of one attention head after resolving the default."""
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def hidden_size(self) -> int:
+        """MLP hidden width after resolving the default."""
+        if self.d_ff is not None:
+            return self.d_ff
+        return 4 * self.d_model if self.mlp == "gelu" else swiglu_hidden_size(self.d_model)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with linear warmup, then cosine or linear decay to a floor at the run's last step."""
+
+    peak_lr: float = 3e-3  # learning rate at the end of warmup
+    min_lr_ratio: float = 0.1  # floor as a fraction of peak_lr, reached at the last step
+    warmup_steps: int = 50  # optimizer steps of linear warmup; clipped to a fifth of the run if longer
+    schedule: str = "cosine"  # decay shape after warmup: "cosine" or "linear"
+    weight_decay: float = 0.1  # decoupled weight decay on matrices (not on norms or biases)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global gradient-norm clip; 0 disables clipping
+
+    def __post_init__(self) -> None:
+        _require_choice(self, "schedule", SCHEDULES)
+        if not self.peak_lr > 0:
+            raise UserError(f"peak_lr={self.peak_lr} must be positive; try 1e-3")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UserError(f"min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]; try 0.1")
+        if self.warmup_steps < 0:
+            raise UserError(f"warmup_steps={self.warmup_steps} must be >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the prepared tokens live and how batches are cut from them."""
+
+    path: str = ""  # folder written by `scaling data prepare` (train.bin, val.bin, meta.json)
+    seq_len: int = 128  # tokens per training sequence
+    batch_size: int = 16  # sequences per optimizer step
+    eval_tokens: int = 32768  # validation tokens scored at each evaluation (a fixed set, the same every time)
+
+    def __post_init__(self) -> None:
+        _require_positive(self, "seq_len", "batch_size", "eval_tokens")
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens consumed by one optimizer step."""
+        return self.seq_len * self.batch_size
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: a model trained on `tokens` tokens, the point L(N, D) of a scaling study."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokens: int = 1_000_000  # planned training tokens D; the run trains floor(D / tokens_per_step) steps
+    seed: int = 0  # seeds the initialisation and the data order
+    run_id: str = "run"  # directory name under the sweep, and the W&B run name
+    sweep: str = "adhoc"  # sweep name: the folder under RUNS and the W&B group
+    eval_interval: int = 100  # optimizer steps between validation passes (the last step is always evaluated)
+    log_interval: int = 10  # optimizer steps between metric rows (the only host synchronisations)
+    checkpoint_interval: int = 200  # optimizer steps between Orbax checkpoints (the last step is always saved)
+    keep_checkpoints: int = 2  # checkpoints kept on disk, newest first
+    wandb_mode: str = "auto"  # "online", "offline", "disabled", or "auto" (online with an API key, else offline)
+    wandb_project: str = "scaling"
+
+    def __post_init__(self) -> None:
+        _require_choice(self, "wandb_mode", WANDB_MODES)
+        _require_positive(self, "tokens", "eval_interval", "log_interval", "checkpoint_interval", "keep_checkpoints")
+        if self.model.max_seq_len < self.data.seq_len:
+            raise UserError(
+                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; "
+                "raise max_seq_len or shorten seq_len"
+            )
+        if self.total_steps < 1:
+            raise UserError(
+                f"tokens={self.tokens} is smaller than one batch of {self.data.tokens_per_step} tokens; "
+                "raise tokens or shrink batch_size * seq_len"
+            )
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run: whole batches only, so D actually trained may be below `tokens`."""
+        return self.tokens // self.data.tokens_per_step
+
+    @property
+    def tokens_trained(self) -> int:
+        """Tokens the run really trains on (D recorded for fits): total_steps whole batches."""
+        return self.total_steps * self.data.tokens_per_step
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        """Build a config from nested dicts (config.json, a sweep's run), rejecting unknown keys."""
+        raw = dict(raw)
+        parts = {
+            "model": _build(ModelConfig, raw.pop("model", {}), "model"),
+            "optimizer": _build(OptimizerConfig, raw.pop("optimizer", {}), "optimizer"),
+            "data": _build(DataConfig, raw.pop("data", {}), "data"),
+        }
+        return _build(cls, {**raw, **parts}, "run")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _build(cls: type, raw: dict[str, Any], where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"unknown {where} key {unknown[0]!r}; known keys are: {', '.join(sorted(known))}")
+    return cls(**raw)
+
+
+def _require_positive(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise UserError(f"{type(config).__name__}.{name}={value!r} must be a positive integer")
+
+
+def _require_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise UserError(f"{type(config).__name__}.{name}={value!r} is not one of: {', '.join(choices)}")

@@ -1,0 +1,97 @@
+"""Experiment tracking with Weights & Biases, where a failure never stops training.
+
+Mode `auto` runs online when an API key is configured (WANDB_API_KEY or a `wandb login` netrc entry) and
+offline otherwise; offline runs are written under `<run>/wandb/` and can be uploaded later with
+`wandb sync`. The local run store is always written first: W&B is never the only copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def resolve_mode(mode: str) -> str:
+    """Return 'online', 'offline' or 'disabled' for a configured mode (including 'auto')."""
+    environment_mode = os.environ.get("WANDB_MODE")
+    if mode == "auto" and environment_mode in ("online", "offline", "disabled"):
+        return environment_mode
+    if mode == "auto":
+        return "online" if _has_api_key() else "offline"
+    return mode
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+class Tracker:
+    """A W&B run named by run_id and grouped by sweep; every call logs and swallows W&B errors."""
+
+    def __init__(self, *, mode: str, project: str, run_id: str, sweep: str, run_dir: Path, config: dict[str, Any]):
+        self.mode = resolve_mode(mode)
+        self.run = None
+        if self.mode == "disabled":
+            return
+        try:
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.run = wandb.init(
+                project=project,
+                group=sweep,
+                name=run_id,
+                id=_wandb_id(sweep, run_id),
+                resume="allow",
+                dir=str(run_dir),
+                config=config,
+                mode=self.mode,
+                reinit="finish_previous",
+                settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+            )
+            log.info("W&B run %s (%s mode) in group %s", run_id, self.mode, sweep)
+        except Exception as error:  # W&B may fail in many ways (network, auth, service); training goes on.
+            log.error("W&B init failed for run %s, continuing with the local run store only: %s", run_id, error)
+            self.run = None
+
+    def log(self, row: dict[str, Any], step: int) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log(row, step=step)
+        except Exception as error:
+            log.error("W&B log failed at step %d, disabling W&B for this run: %s", step, error)
+            self.run = None
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.summary.update(summary)
+        except Exception as error:
+            log.error("W&B summary update failed: %s", error)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.finish(exit_code=exit_code)
+        except Exception as error:
+            log.error("W&B finish failed: %s", error)
+        self.run = None
+
+
+def _wandb_id(sweep: str, run_id: str) -> str:
+    """Return a W&B run id stable across resumes; W&B ids may not contain '/' or spaces."""
+    raw = f"{sweep}-{run_id}"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)[:128]
