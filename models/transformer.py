@@ -134,8 +134,17 @@ class Transformer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None) -> jax.Array:
-        """Return float32 logits [B, L, V] for next-token prediction at every position."""
+    def __call__(
+        self,
+        tokens_BxL: jax.Array,
+        positions_BxL: jax.Array | None = None,
+        input_embeddings_BxLxD: jax.Array | None = None,
+    ) -> jax.Array:
+        """Return float32 logits [B, L, V] for next-token prediction at every position.
+
+        `input_embeddings_BxLxD`, when given, replaces the token embedding lookup, so tests can take
+        gradients with respect to each position's input.
+        """
         config = self.config
         if positions_BxL is None:
             positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
@@ -147,7 +156,7 @@ class Transformer(nn.Module):
             dtype=config.compute_dtype,
             name="embed",
         )
-        x_BxLxD = embed(tokens_BxL)
+        x_BxLxD = embed(tokens_BxL) if input_embeddings_BxLxD is None else input_embeddings_BxLxD
         if config.positions == "learned":
             position_embed = nn.Embed(
                 config.max_seq_len,

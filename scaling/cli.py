@@ -1,0 +1,167 @@
+"""The `scaling` command: prepare data, train, sweep, fit, ask, report, generate, demo.
+
+Each package registers its own subcommands (`sweeps.cli`, `analysis.cli`); this module wires them up,
+sets up logging, and turns a `UserError` into a one-line message with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from scaling.errors import UserError
+
+log = logging.getLogger("scaling")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scaling",
+        description="Train decoder-only Transformers across sizes and token budgets, fit scaling laws, ask questions.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _add_data_parser(commands)
+    _add_train_parser(commands)
+    _add_demo_parser(commands)
+
+    from sweeps.cli import add_parsers as add_sweep_parsers
+
+    add_sweep_parsers(commands)
+
+    from analysis.cli import add_parsers as add_analysis_parsers
+
+    add_analysis_parsers(commands)
+
+    try:
+        from models.cli import add_parsers as add_model_parsers
+    except ImportError:  # generation commands are optional until models/cli.py exists
+        add_model_parsers = None
+    if add_model_parsers is not None:
+        add_model_parsers(commands)
+    return parser
+
+
+def _add_runs_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", metavar="DIR", help="run store root (default: $SCALING_RUNS or ./runs)")
+
+
+def _add_data_parser(commands) -> None:
+    data = commands.add_parser("data", help="prepare a corpus: tokenize once, split by document")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    prepare = data_commands.add_parser("prepare", help="tokenize a corpus into train and validation arrays")
+    prepare.add_argument(
+        "source",
+        nargs="?",
+        default="python-stdlib",
+        help="python-stdlib (default), a text file, a folder or glob of text files, or a .jsonl file",
+    )
+    prepare.add_argument("--out", metavar="DIR", help="output folder (default: RUNS/_data/<source>-<tokenizer>)")
+    prepare.add_argument("--tokenizer", choices=("bytes", "bpe"), default="bytes", help="bytes (vocabulary 256) or BPE")
+    prepare.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (tokens)")
+    prepare.add_argument("--text-field", default="text", help="JSONL field holding the document text")
+    prepare.add_argument("--val-fraction", type=float, default=0.05, help="share of documents held out for validation")
+    prepare.add_argument("--force", action="store_true", help="re-tokenize even if an identical result exists")
+    _add_runs_option(prepare)
+    prepare.set_defaults(handler=_data_prepare)
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from scaling.data import default_data_dir, prepare
+    from scaling.paths import runs_root
+
+    out = args.out or default_data_dir(args.source, args.tokenizer, args.vocab_size, runs_root(args.runs))
+    meta = prepare(
+        args.source,
+        out,
+        tokenizer=args.tokenizer,
+        vocab_size=args.vocab_size,
+        text_field=args.text_field,
+        val_fraction=args.val_fraction,
+        force=args.force,
+    )
+    print(json.dumps({"path": str(out), **meta}, indent=2))
+    return 0
+
+
+def _add_train_parser(commands) -> None:
+    train = commands.add_parser("train", help="train one run from a config file (JSON or YAML)")
+    train.add_argument("config", help="TrainConfig as JSON or YAML (nested model/optimizer/data sections)")
+    _add_runs_option(train)
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from scaling.config import TrainConfig
+    from scaling.train import train
+
+    path = Path(args.config)
+    if not path.exists():
+        raise UserError(f"config file {path} not found; pass a JSON or YAML TrainConfig")
+    raw = _read_config_file(path)
+    config = TrainConfig.from_dict(raw.get("config", raw))  # accepts a run's own config.json too
+    summary = train(config, args.runs, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["status"] == "completed" else 1
+
+
+def _read_config_file(path: Path) -> dict:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"config file {path} is not valid JSON or YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a mapping of config sections")
+    return raw
+
+
+def _add_demo_parser(commands) -> None:
+    demo = commands.add_parser("demo", help="prepare the stdlib corpus, run an IsoFLOP sweep, fit, report and ask")
+    demo.add_argument("--preset", choices=("full", "quick"), default="full", help="full (about 10 min) or quick")
+    demo.add_argument("--workers", type=int, default=2, help="local worker processes")
+    _add_runs_option(demo)
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from scaling.demo import run_demo
+
+    return run_demo(preset=args.preset, runs=args.runs, workers=args.workers)
+
+
+def setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+    )
+    for noisy in ("absl", "jax", "orbax", "wandb", "matplotlib", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.handler(args)
+    except UserError as error:
+        print(f"scaling: error: {error}", file=sys.stderr)
+        return UserError.exit_status
+    except KeyboardInterrupt:
+        print("scaling: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

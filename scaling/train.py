@@ -1,0 +1,406 @@
+"""Train one run: a decoder of N parameters on D tokens, written to its run directory.
+
+The flow of `train(config)`:
+1. open `RUNS/<sweep>/<run_id>/`, record config.json, and skip the run if it already completed;
+2. build the model, AdamW and a device mesh (one device is a mesh of one), then restore the newest
+   checkpoint or initialise;
+3. run the jit-compiled step, compiled once per run with the state donated; the host reads metrics
+   back only every `log_interval` steps, and evaluates and checkpoints at fixed intervals;
+4. evaluate at the end and write summary.json with the final validation loss, the run's L(N, D) point.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from models.transformer import Transformer, next_token_loss
+from scaling.accounting import parameter_counts, training_flops_per_token
+from scaling.checkpoint import Checkpointer, abstract_like
+from scaling.config import TrainConfig
+from scaling.data import PreparedCorpus, batch_at, epochs_for, predicted_bytes, validation_windows
+from scaling.errors import UserError
+from scaling.paths import runs_root as resolve_runs_root
+from scaling.run_store import RunDir
+from scaling.schedule import schedule_values, scheduled_lr
+from scaling.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def enable_compilation_cache(runs_root: Path) -> None:
+    """Keep compiled programs under RUNS/_jax_cache so a rerun or a same-shaped run skips compilation."""
+    cache_dir = os.environ.get("SCALING_JAX_CACHE", str(Path(runs_root) / "_jax_cache"))
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def run_record(config: TrainConfig, corpus_meta: dict[str, Any]) -> dict[str, Any]:
+    """Return config.json's content: the config, corpus, parameter and FLOP accounting, and versions."""
+    params = parameter_counts(config.model)
+    flops_per_token = training_flops_per_token(config.model, config.data.seq_len)
+    tokens = config.tokens_trained
+    return {
+        "run_id": config.run_id,
+        "sweep": config.sweep,
+        "config": config.to_dict(),
+        "corpus": corpus_meta,
+        "params": params,
+        "flops_per_token": flops_per_token,
+        "tokens_planned": config.tokens,
+        "tokens": tokens,
+        "steps": config.total_steps,
+        "flops": {
+            "6ND_total": 6 * params["total"] * tokens,
+            "6ND_non_embedding": 6 * params["non_embedding"] * tokens,
+            "exact": flops_per_token["exact"] * tokens,
+        },
+        "code_version": code_version(),
+        "software": software_versions(),
+    }
+
+
+def code_version() -> str:
+    """Return the git commit of this project's checkout, or 'unknown' outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def software_versions() -> dict[str, str]:
+    import flax
+    import orbax.checkpoint
+
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "orbax-checkpoint": getattr(orbax.checkpoint, "__version__", "unknown"),
+        "backend": jax.default_backend(),
+    }
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Return gradient clipping, Adam moments and decoupled weight decay; the learning rate is applied in
+    the step, from the schedule values passed as arguments.
+
+    Weight decay applies to matrices only (ndim >= 2), not to norm scales.
+    """
+    opt = config.optimizer
+    parts = []
+    if opt.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(opt.grad_clip))
+    parts.append(optax.scale_by_adam(b1=opt.beta1, b2=opt.beta2, eps=opt.eps))
+    if opt.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(opt.weight_decay, mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
+    return optax.chain(*parts)
+
+
+class Trainer:
+    """The compiled pieces of one run: model, optimizer, mesh, and the step and eval functions."""
+
+    def __init__(self, config: TrainConfig, devices: list | None = None):
+        self.config = config
+        self.model = Transformer(config.model)
+        self.optimizer = make_optimizer(config)
+        self.mesh = Mesh(np.array(devices or jax.devices()), ("data",))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.schedule_kind = config.optimizer.schedule
+
+        self.step_fn = jax.jit(
+            self._train_step,
+            in_shardings=(self.replicated, self.batch_sharding, self.replicated),
+            out_shardings=(self.replicated, self.replicated),
+            donate_argnums=(0,),
+        )
+        self.eval_fn = jax.jit(
+            self._eval_nats,
+            in_shardings=(self.replicated, self.batch_sharding, self.batch_sharding),
+            out_shardings=self.replicated,
+        )
+
+    def init_state(self, seed: int) -> dict[str, Any]:
+        """Return the initial state: parameters, optimizer state, step 0 and the RNG key data."""
+        init_key, state_key = jax.random.split(jax.random.key(seed))
+        dummy_BxL = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
+
+        def init(key):
+            params = self.model.init(key, dummy_BxL)["params"]
+            return {
+                "params": params,
+                "opt_state": self.optimizer.init(params),
+                "step": jnp.zeros((), jnp.int32),
+                "rng": jax.random.key_data(state_key),
+            }
+
+        return jax.jit(init, out_shardings=self.replicated)(init_key)
+
+    def _train_step(self, state, batch_BxL1, schedule):
+        inputs_BxL, targets_BxL = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
+
+        def objective(params):
+            logits_BxLxV = self.model.apply({"params": params}, inputs_BxL)
+            loss, total = next_token_loss(logits_BxLxV, targets_BxL, z_loss=self.config.model.z_loss)
+            return total, loss
+
+        (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
+        lr = scheduled_lr(state["step"], schedule, self.schedule_kind)
+        params = jax.tree.map(lambda p, u: p - lr * u, state["params"], updates)
+        new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}
+        return new_state, {"train_loss": loss, "grad_norm": grad_norm, "lr": lr}
+
+    def _eval_nats(self, params, windows_BxL1, weights_B):
+        """Return the summed nats of predicting every token of the weighted windows."""
+        logits_BxLxV = self.model.apply({"params": params}, windows_BxL1[:, :-1])
+        targets_BxL = windows_BxL1[:, 1:]
+        log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+        target_logits_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+        return ((log_z_BxL - target_logits_BxL).sum(axis=-1) * weights_B).sum()
+
+    def evaluate(self, params, windows: np.ndarray) -> float:
+        """Return the summed nats over all validation windows, in chunks of one training batch."""
+        batch = self.config.data.batch_size
+        total = jnp.zeros((), jnp.float32)
+        for start in range(0, len(windows), batch):
+            chunk = windows[start : start + batch]
+            weights = np.ones(batch, np.float32)
+            if len(chunk) < batch:  # pad to the compiled shape; padding rows carry zero weight
+                weights[len(chunk) :] = 0.0
+                chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), chunk.shape[1]), chunk.dtype)])
+            total = total + self.eval_fn(params, chunk, weights)
+        return float(total)
+
+
+def train(config: TrainConfig, runs_root: str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume, or skip if completed) the run `config` describes; return its summary."""
+    root = resolve_runs_root(runs_root)
+    run_dir = RunDir.at(root, config.sweep, config.run_id)
+    previous = run_dir.summary() if run_dir.summary_path.exists() else None
+    if previous and previous.get("status") == "completed":
+        log.info("run %s/%s already completed; skipping", config.sweep, config.run_id)
+        return previous
+
+    corpus = PreparedCorpus.load(config.data.path)
+    _check_vocabulary(config, corpus)
+    epochs = epochs_for(config.tokens_trained, corpus)
+    if epochs > 1:
+        log.warning(
+            "run %s plans %d tokens, %.2f passes over the %d training tokens of the corpus",
+            config.run_id, config.tokens_trained, epochs, len(corpus.train),
+        )
+
+    record = run_record(config, corpus.meta)
+    _write_or_check_config(run_dir, record)
+    enable_compilation_cache(root)
+
+    trainer = Trainer(config)
+    state = trainer.init_state(config.seed)
+    checkpointer = Checkpointer(run_dir.checkpoint_dir, keep=config.keep_checkpoints)
+    restored = checkpointer.restore_latest(abstract_like(state))
+    if restored is not None:
+        start_step, state = restored
+        dropped = run_dir.truncate_metrics_after(start_step)
+        log.info("run %s resumes from step %d (dropped %d metric rows past it)", config.run_id, start_step, dropped)
+    else:
+        start_step = 0
+        run_dir.truncate_metrics_after(-1)
+
+    tracker = Tracker(
+        mode=config.wandb_mode,
+        project=config.wandb_project,
+        run_id=config.run_id,
+        sweep=config.sweep,
+        run_dir=run_dir.path,
+        config=record,
+    )
+    started = time.time()
+    wall_before = (previous or {}).get("wall_time_s", 0.0) or 0.0
+    summary = _base_summary(record, status="running")
+    run_dir.write_summary(summary)
+    try:
+        summary = _loop(config, trainer, state, start_step, corpus, run_dir, checkpointer, tracker, progress,
+                        wall_before, started)
+    except BaseException as error:
+        if not isinstance(error, KeyboardInterrupt):
+            summary = {**summary, "status": "failed", "error": f"{type(error).__name__}: {error}",
+                       "wall_time_s": wall_before + time.time() - started}
+            run_dir.write_summary(summary)
+        tracker.finish(exit_code=1)
+        checkpointer.close()
+        raise
+    checkpointer.close()
+    tracker.summary(summary)
+    tracker.finish(exit_code=0 if summary["status"] == "completed" else 1)
+    return summary
+
+
+def _loop(config, trainer, state, start_step, corpus, run_dir, checkpointer, tracker, progress, wall_before,
+          started) -> dict[str, Any]:
+    total_steps = config.total_steps
+    tokens_per_step = config.data.tokens_per_step
+    schedule = {key: jnp.asarray(value, jnp.float32)
+                for key, value in schedule_values(config.optimizer, total_steps).items()}
+    windows = validation_windows(corpus.val, eval_tokens=config.data.eval_tokens, seq_len=config.data.seq_len)
+    val_bytes = predicted_bytes(windows, corpus.tokenizer)
+    val_tokens = windows.shape[0] * (windows.shape[1] - 1)
+
+    def evaluate(params) -> dict[str, float]:
+        nats = trainer.evaluate(params, windows)
+        return {"val_loss": nats / val_tokens, "val_bpb": nats / (math.log(2) * val_bytes)}
+
+    record = run_dir.config()
+    summary = _base_summary(record, status="running")
+    pending: list[dict[str, jax.Array]] = []
+    interval_start = time.time()
+    bar = _progress_bar(progress, config.run_id, total_steps, start_step)
+    last_eval: dict[str, float] = {}
+
+    for step in range(start_step, total_steps):
+        batch = batch_at(corpus.train, step, batch_size=config.data.batch_size, seq_len=config.data.seq_len,
+                         seed=config.seed)
+        state, metrics = trainer.step_fn(state, batch, schedule)
+        pending.append(metrics)
+        done = step + 1
+        is_last = done == total_steps
+
+        if done % config.log_interval == 0 or is_last:
+            fetched = jax.device_get(pending)  # the only host synchronisation between evaluations
+            now = time.time()
+            row = {
+                "step": done,
+                "tokens": done * tokens_per_step,
+                "train_loss": float(np.mean([m["train_loss"] for m in fetched])),
+                "grad_norm": float(fetched[-1]["grad_norm"]),
+                "lr": float(fetched[-1]["lr"]),
+                "tokens_per_s": len(fetched) * tokens_per_step / max(now - interval_start, 1e-9),
+                "wall_s": wall_before + now - started,
+            }
+            pending, interval_start = [], now
+            if not math.isfinite(row["train_loss"]):
+                run_dir.append_metrics([row])
+                summary.update(status="diverged", diverged_step=done, steps_done=done,
+                               tokens_seen=done * tokens_per_step, wall_time_s=row["wall_s"])
+                run_dir.write_summary(summary)
+                log.error("run %s diverged at step %d (train loss %s)", config.run_id, done, row["train_loss"])
+                bar.close()
+                return summary
+            if done % config.eval_interval == 0 or is_last:
+                last_eval = evaluate(state["params"])
+                row.update(last_eval)
+            run_dir.append_metrics([row])
+            tracker.log(row, step=done)
+            bar.update(done, row)
+
+        if done % config.checkpoint_interval == 0 or is_last:
+            checkpointer.save(done, state)
+
+    bar.close()
+    checkpointer.wait()
+    wall = wall_before + time.time() - started
+    tokens_seen = total_steps * tokens_per_step
+    summary.update(
+        status="completed",
+        final_val_loss=last_eval["val_loss"],
+        final_val_bpb=last_eval["val_bpb"],
+        steps_done=total_steps,
+        tokens_seen=tokens_seen,
+        flops_spent=6 * record["params"]["total"] * tokens_seen,
+        wall_time_s=wall,
+    )
+    run_dir.write_summary(summary)
+    log.info("run %s completed: val loss %.4f nats/token, %.4f bits/byte, %.1f s", config.run_id,
+             summary["final_val_loss"], summary["final_val_bpb"], wall)
+    return summary
+
+
+def _base_summary(record: dict[str, Any], status: str) -> dict[str, Any]:
+    return {
+        "status": status,
+        "run_id": record["run_id"],
+        "sweep": record["sweep"],
+        "final_val_loss": None,
+        "final_val_bpb": None,
+        "tokens_seen": 0,
+        "steps_done": 0,
+        "flops_spent": 0,
+        "wall_time_s": 0.0,
+        "diverged_step": None,
+        "error": None,
+    }
+
+
+def _check_vocabulary(config: TrainConfig, corpus: PreparedCorpus) -> None:
+    vocab = corpus.meta["vocab_size"]
+    if config.model.vocab_size != vocab:
+        raise UserError(
+            f"model.vocab_size={config.model.vocab_size} does not match the corpus at {config.data.path} "
+            f"(vocabulary {vocab}); set model.vocab_size to {vocab}"
+        )
+
+
+def _write_or_check_config(run_dir: RunDir, record: dict[str, Any]) -> None:
+    """Write config.json once; a later start of the same run must have the same config."""
+    if run_dir.config_path.exists():
+        existing = run_dir.config()
+        if existing.get("config") != record["config"]:
+            raise UserError(
+                f"run folder {run_dir.path} holds a run with a different config; "
+                "choose another run_id or sweep, or delete that folder"
+            )
+        return
+    run_dir.write_config(record)
+
+
+class _NoBar:
+    def update(self, step: int, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _RichBar:
+    def __init__(self, run_id: str, total: int, start: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(run_id, total=total, completed=start, info="")
+
+    def update(self, step: int, row: dict[str, Any]) -> None:
+        info = f"loss {row['train_loss']:.3f}  {row['tokens_per_s']:.0f} tok/s"
+        self.progress.update(self.task, completed=step, info=info)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _progress_bar(enabled: bool, run_id: str, total: int, start: int):
+    return _RichBar(run_id, total, start) if enabled else _NoBar()
