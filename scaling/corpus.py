@@ -1,0 +1,229 @@
+"""Corpus sources read as documents, and the deterministic train/validation split of those documents.
+
+A source is one of:
+- `python-stdlib`: the `.py` files under `sysconfig.get_paths()["stdlib"]`, without test folders (`test/`,
+  `tests/`, `idlelib/idle_test/`, `lib2to3/tests/`, ...) and without `site-packages`;
+- a text file, a folder (every non-hidden file below it), or a glob pattern (`data/**/*.txt`);
+- a JSONL file (`.jsonl` or `.ndjson`, also inside a folder or glob) whose records hold the text in a named field.
+
+A document is one file or one JSONL record. Bytes that are not valid UTF-8 are decoded with
+`errors="replace"` (each invalid sequence becomes U+FFFD) and the document is flagged, so the caller can
+count and log how many needed it. NUL characters are replaced by U+FFFD too, because the byte tokenizer
+uses NUL as its end-of-document token.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from scaling.errors import UserError
+from scaling.tokenizer import NUL_REPLACEMENT
+
+PYTHON_STDLIB = "python-stdlib"
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+# Folder names skipped inside the standard library: test suites (test/, tests/, idlelib/idle_test/,
+# lib2to3/tests/, ...), installed third-party packages and bytecode caches.
+STDLIB_EXCLUDED_FOLDERS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+SOURCE_HELP = "give python-stdlib, a text file, a folder, a glob pattern, or a .jsonl file"
+
+
+@dataclass(frozen=True)
+class Document:
+    """One file or one JSONL record, decoded to text."""
+
+    key: str  # stable identity: path relative to the source root, plus ":<line number>" for a JSONL record
+    text: str  # the text, with invalid UTF-8 and NUL characters replaced by U+FFFD
+    invalid_utf8: bool = False  # the raw bytes were not valid UTF-8
+    had_nul: bool = False  # the text contained NUL characters
+
+
+class Corpus:
+    """A source resolved to a sorted list of files; `documents()` reads them lazily, always in the same order."""
+
+    def __init__(self, source: str, text_field: str = "text") -> None:
+        if not source:
+            raise UserError(f"corpus source is empty; {SOURCE_HELP}")
+        if not text_field:
+            raise UserError("text_field is empty; name the JSONL field that contains the text, e.g. --text-field text")
+        self.source = source
+        self.text_field = text_field
+        self.kind, self.root, self.files = _resolve(source)
+
+    def documents(self) -> Iterator[Document]:
+        """Yield every document of the source, empty ones included, in file order and then record order."""
+        for path in self.files:
+            relative = path.relative_to(self.root).as_posix()
+            if path.suffix.lower() in JSONL_SUFFIXES:
+                yield from _read_jsonl(path, relative, self.text_field)
+            else:
+                yield _make_document(relative, path.read_bytes())
+
+
+def source_slug(source: str) -> str:
+    """Return a folder-safe name for `source`: `python-stdlib`, or its file name plus a hash of its absolute path.
+
+    The hash keeps two sources with the same file name (`a/input.txt`, `b/input.txt`) apart.
+    """
+    if source == PYTHON_STDLIB:
+        return PYTHON_STDLIB
+    path = Path(source.rstrip("/\\") or source)
+    name = path.name if not _is_glob(path.name) else f"{path.parent.name}-{path.name}"
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(name).stem if not _is_glob(name) else name).strip("-")
+    digest = hashlib.sha256(os.path.abspath(os.path.expanduser(source)).encode("utf-8")).hexdigest()[:8]
+    return f"{readable or 'corpus'}-{digest}"
+
+
+def validation_score(key: str) -> float:
+    """Return a number in [0, 1) fixed by the document key alone (from SHA-256), so the split never depends on order."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_validation(keys: list[str], val_fraction: float) -> list[bool]:
+    """Mark each document as validation (True) or training (False) by its key's `validation_score`.
+
+    A document goes to validation when its score is below `val_fraction`. With two or more documents, the
+    document with the lowest score is moved to validation if none landed there, and the one with the highest
+    score is moved to training if all did, so both splits are non-empty.
+    """
+    in_val = [validation_score(key) < val_fraction for key in keys]
+    if len(keys) < 2:
+        return in_val
+    scores = [validation_score(key) for key in keys]
+    if not any(in_val):
+        in_val[scores.index(min(scores))] = True
+    if all(in_val):
+        in_val[scores.index(max(scores))] = False
+    return in_val
+
+
+def split_single_document(document: Document, val_fraction: float) -> tuple[Document, Document]:
+    """Split a lone document into a training head and a validation tail of about `val_fraction` of its lines.
+
+    The tail has at least one line and the head keeps at least one. A document of a single line is split by
+    characters the same way. Raises UserError when the text has fewer than two characters.
+    """
+    lines = document.text.splitlines(keepends=True)
+    if len(lines) >= 2:
+        pieces, unit = lines, "lines"
+    elif len(document.text) >= 2:
+        pieces, unit = list(document.text), "characters"
+    else:
+        raise UserError(
+            f"the only document ({document.key}) has {len(document.text)} characters, too few to split into "
+            "training and validation text; use a larger corpus"
+        )
+    n_val = min(max(1, round(len(pieces) * val_fraction)), len(pieces) - 1)
+    head = "".join(pieces[: len(pieces) - n_val])
+    tail = "".join(pieces[len(pieces) - n_val :])
+    flags = {"invalid_utf8": document.invalid_utf8, "had_nul": document.had_nul}
+    train = Document(key=f"{document.key}#train-{unit}", text=head, **flags)
+    val = Document(key=f"{document.key}#val-{unit}", text=tail, **flags)
+    return train, val
+
+
+def _resolve(source: str) -> tuple[str, Path, list[Path]]:
+    """Return (kind, root, files) for `source`; keys of documents are paths relative to `root`."""
+    if source == PYTHON_STDLIB:
+        root = Path(sysconfig.get_paths()["stdlib"])
+        if not root.is_dir():
+            raise UserError(f"Python's standard library folder {root} was not found; name a corpus file or folder instead")
+        files = _walk(root, keep=lambda name: name.endswith(".py"), skip_folders=STDLIB_EXCLUDED_FOLDERS)
+        kind = "python standard library"
+    else:
+        path = Path(source).expanduser()
+        if path.is_file():
+            root, files, kind = path.parent, [path], "file"
+        elif path.is_dir():
+            root, files, kind = path, _walk(path, keep=lambda name: True, skip_folders=frozenset()), "folder"
+        elif _is_glob(source):
+            matches = sorted(Path(match) for match in glob.glob(os.path.expanduser(source), recursive=True))
+            files = [match for match in matches if match.is_file()]
+            root = Path(os.path.commonpath([match.parent.absolute() for match in files])) if files else Path(".")
+            files = [match.absolute() for match in files]
+            kind = "glob"
+        else:
+            raise UserError(f"corpus source {source!r} was not found; {SOURCE_HELP}")
+    if not files:
+        raise UserError(f"corpus source {source!r} contains no files; {SOURCE_HELP} that matches text files")
+    return kind, root, files
+
+
+def _walk(root: Path, keep, skip_folders: frozenset[str]) -> list[Path]:
+    """Return the regular files below `root` whose names pass `keep`, sorted, skipping hidden entries."""
+    found: list[Path] = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in skip_folders and not name.startswith(".")]
+        for name in names:
+            path = Path(folder) / name
+            if not name.startswith(".") and keep(name) and path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
+def _is_glob(text: str) -> bool:
+    return any(char in text for char in "*?[")
+
+
+def _make_document(key: str, raw: bytes) -> Document:
+    try:
+        text = raw.decode("utf-8")
+        invalid = False
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        invalid = True
+    return _clean(key, text, invalid)
+
+
+def _clean(key: str, text: str, invalid_utf8: bool) -> Document:
+    had_nul = "\0" in text
+    if had_nul:
+        text = text.replace("\0", NUL_REPLACEMENT)
+    return Document(key=key, text=text, invalid_utf8=invalid_utf8, had_nul=had_nul)
+
+
+def _read_jsonl(path: Path, relative: str, text_field: str) -> Iterator[Document]:
+    """Yield one document per JSONL record; blank lines are skipped, a bad record is a UserError naming its line."""
+    with path.open("rb") as handle:
+        for line_number, raw_line in enumerate(handle, start=1):
+            if not raw_line.strip():
+                continue
+            try:
+                line = raw_line.decode("utf-8")
+                invalid = False
+            except UnicodeDecodeError:
+                line = raw_line.decode("utf-8", errors="replace")
+                invalid = True
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{path}:{line_number}: invalid JSON ({error.msg}); each line must be one JSON object") from error
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{line_number}: expected a JSON object, found {type(record).__name__}")
+            if text_field not in record:
+                fields = ", ".join(sorted(map(str, record))) or "none"
+                raise UserError(
+                    f"{path}:{line_number}: record has no field {text_field!r} (fields: {fields}); "
+                    "pass --text-field with the field that contains the text"
+                )
+            text = record[text_field]
+            if not isinstance(text, str):
+                raise UserError(
+                    f"{path}:{line_number}: field {text_field!r} is {type(text).__name__}, not a string; "
+                    "pass --text-field with the field that contains the text"
+                )
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                # A JSON escape such as "\ud800" decodes to a lone surrogate, which has no UTF-8 form.
+                text = text.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
+                invalid = True
+            yield _clean(f"{relative}:{line_number}", text, invalid)

@@ -1,0 +1,457 @@
+"""Prepared corpora: tokenize a source once (`scaling data prepare`), then read batches from memory-mapped tokens.
+
+A prepared corpus is a folder with
+- `train.bin`, `val.bin`: every document's tokens followed by the end-of-document token, concatenated, in
+  the smallest unsigned integer dtype that fits the vocabulary (uint8 for bytes, uint16 up to 65536 tokens);
+- the tokenizer (`tokenizer.json`, plus `bpe.json` for BPE);
+- `meta.json`: source, document, byte and token counts per split, tokenizer, dtype, end-of-document id,
+  `val_bytes` and the fingerprint. The fingerprint is the first 16 hex digits of a SHA-256 over the
+  preparation settings and every document's key and UTF-8 bytes in order. Runs record it, and
+  `prepare` compares it to reuse a folder that is already up to date.
+
+Training batches are random windows whose starts depend only on (seed, step), so a run resumed at step k
+sees the same batches as one that never stopped. Validation uses a fixed set of windows from the start of
+the validation split. Bits per byte of a window come from the tokenizer's `token_byte_lengths`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from scaling import paths
+from scaling.corpus import PYTHON_STDLIB, Corpus, Document, assign_validation, source_slug, split_single_document
+from scaling.errors import UserError
+from scaling.tokenizer import (
+    BpeTokenizer,
+    ByteTokenizer,
+    Tokenizer,
+    check_bpe_vocab_size,
+    check_tokenizer_name,
+    load_tokenizer,
+    token_dtype,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the files' layout or meaning changes, so old folders are prepared again
+META_FILE = "meta.json"
+TRAIN_FILE = "train.bin"
+VAL_FILE = "val.bin"
+PREPARE_HINT = "run `scaling data prepare` first"
+BPE_BATCH_CHARS = 4_000_000  # characters of text handed to the BPE encoder at once (its threads share them)
+
+
+def default_data_dir(
+    source: str = PYTHON_STDLIB, tokenizer: str = "bytes", vocab_size: int = 4096, runs_root: str | Path | None = None
+) -> Path:
+    """Return `<runs_root>/_data/<slug>-<tokenizer>[-<vocab_size>]`; the vocabulary size is named for BPE only."""
+    name = f"{source_slug(source)}-{tokenizer}"
+    if tokenizer == "bpe":
+        name += f"-{vocab_size}"
+    return paths.data_root(runs_root) / name
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """Result of one reading pass over the source, made before anything is tokenized."""
+
+    keys: list[str]  # keys of the non-empty documents, in order
+    digest: str  # SHA-256 hex over the keys and texts of those documents
+    empty: int  # documents skipped because their text is empty
+    invalid_utf8: int  # documents whose bytes needed U+FFFD replacement
+    had_nul: int  # documents whose NUL characters were replaced
+
+
+def prepare(
+    source: str = PYTHON_STDLIB,
+    out_dir: str | Path | None = None,
+    *,
+    tokenizer: str = "bytes",
+    vocab_size: int = 4096,
+    text_field: str = "text",
+    val_fraction: float = 0.05,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Tokenize `source` into `out_dir` and return its meta (the contents of meta.json).
+
+    `source` is `python-stdlib`, a text file, a folder, a glob pattern or a JSONL file (its text in
+    `text_field`); see scaling.corpus. Documents are split by a hash of their keys: about `val_fraction` go to
+    validation, with at least one document in each split. A source with a single document is split by lines
+    instead: its last `val_fraction` of lines (at least one) is the validation text.
+    `vocab_size` applies to `tokenizer="bpe"` only, which trains on the training split.
+    When `out_dir` already contains a corpus prepared from the same content with the same settings, it is
+    reused unless `force` is set. The folder is written under a temporary name and renamed when complete,
+    so an interrupted run never leaves a folder that looks prepared.
+    """
+    check_tokenizer_name(tokenizer)
+    if tokenizer == "bpe":
+        check_bpe_vocab_size(vocab_size)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise UserError(f"val_fraction={val_fraction!r} must lie strictly between 0 and 1; try 0.05")
+
+    corpus = Corpus(source, text_field)
+    out = Path(out_dir).expanduser() if out_dir is not None else default_data_dir(source, tokenizer, vocab_size)
+    started = time.perf_counter()
+
+    scan = _scan(corpus)
+    settings = {
+        "format": FORMAT_VERSION,
+        "tokenizer": tokenizer,
+        "vocab_size": vocab_size if tokenizer == "bpe" else ByteTokenizer().vocab_size,
+        "val_fraction": float(val_fraction),
+    }
+    fingerprint = _fingerprint(settings, scan.digest)
+
+    if not force:
+        existing = _reusable_meta(out, fingerprint)
+        if existing is not None:
+            log.info("reusing prepared corpus at %s (fingerprint %s)", out, fingerprint)
+            return existing
+    _check_replaceable(out)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        meta = _write_prepared(corpus, scan, staging, tokenizer, vocab_size, val_fraction, progress)
+        meta.update(fingerprint=fingerprint, settings=settings)
+        _write_json(staging / META_FILE, meta)  # written last: its presence marks a complete folder
+        _install(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    log.info(
+        "prepared %s into %s in %.1f s: %d + %d documents, %d + %d tokens (train + val), fingerprint %s",
+        corpus.source, out, time.perf_counter() - started, meta["documents"]["train"], meta["documents"]["val"],
+        meta["tokens"]["train"], meta["tokens"]["val"], fingerprint,
+    )
+    return meta
+
+
+class PreparedCorpus:
+    """A prepared corpus folder: memory-mapped token splits, its meta and its tokenizer."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], train: np.memmap, val: np.memmap, tokenizer: Tokenizer):
+        self.path = path
+        self.meta = meta
+        self.train = train  # training tokens, dtype meta["dtype"]
+        self.val = val  # validation tokens, dtype meta["dtype"]
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreparedCorpus:
+        """Open the prepared corpus at `path`; raises UserError when the folder is missing or incomplete."""
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            raise UserError(f"prepared corpus folder {path} does not exist; {PREPARE_HINT}")
+        meta = _read_meta(path)
+        if meta is None:
+            raise UserError(f"{path} is not a prepared corpus ({META_FILE} is missing or unreadable); {PREPARE_HINT}")
+        if meta.get("format") != FORMAT_VERSION:
+            raise UserError(
+                f"prepared corpus at {path} has format {meta.get('format')!r}, this version reads {FORMAT_VERSION}; "
+                "run `scaling data prepare --force`"
+            )
+        problem = _check_token_files(path, meta)
+        if problem:
+            raise UserError(f"prepared corpus at {path} is incomplete ({problem}); run `scaling data prepare --force`")
+        dtype = np.dtype(meta["dtype"])
+        train = np.memmap(path / TRAIN_FILE, dtype=dtype, mode="r")
+        val = np.memmap(path / VAL_FILE, dtype=dtype, mode="r")
+        return cls(path, meta, train, val, load_tokenizer(path))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    def __repr__(self) -> str:
+        return (f"PreparedCorpus({str(self.path)!r}, tokenizer={self.meta['tokenizer']!r}, "
+                f"train={len(self.train)} tokens, val={len(self.val)} tokens)")
+
+
+def batch_at(tokens: np.ndarray, step: int, *, batch_size: int, seq_len: int, seed: int) -> np.ndarray:
+    """Return the training batch of optimizer step `step`: [batch_size, seq_len + 1] int32 token windows.
+
+    Window starts are uniform over the split and drawn from `np.random.default_rng([seed, step])`, so the
+    batch is a pure function of (tokens, seed, step): resuming at step k reproduces an uninterrupted run.
+    Inputs are `batch[:, :-1]` and targets `batch[:, 1:]`.
+    """
+    if seed < 0:
+        raise UserError(f"seed={seed} must be >= 0")
+    if step < 0:
+        raise ValueError(f"step={step} must be >= 0")
+    window = seq_len + 1
+    if len(tokens) < window:
+        raise UserError(
+            f"corpus smaller than one sequence: the split has {len(tokens)} tokens but seq_len={seq_len} "
+            f"needs {window}; lower seq_len or prepare a larger corpus"
+        )
+    rng = np.random.default_rng([seed, step])
+    starts = rng.integers(0, len(tokens) - window + 1, size=batch_size)
+    return np.asarray(tokens[starts[:, None] + np.arange(window)], dtype=np.int32)
+
+
+def validation_windows(val: np.ndarray, *, eval_tokens: int, seq_len: int) -> np.ndarray:
+    """Return fixed evaluation windows [n, seq_len + 1] int32 cut from the start of the validation split.
+
+    Window i starts at token i * seq_len, so consecutive windows share one token (the last input of one is the
+    first of the next) and their predicted tokens `windows[:, 1:]` never overlap. n is eval_tokens // seq_len,
+    at least 1, and at most as many windows as fit in the split.
+    """
+    window = seq_len + 1
+    if len(val) < window:
+        raise UserError(
+            f"validation split has {len(val)} tokens, fewer than one sequence of seq_len + 1 = {window}; "
+            "lower seq_len, raise val_fraction or prepare a larger corpus"
+        )
+    n_windows = min(max(1, eval_tokens // seq_len), (len(val) - 1) // seq_len)
+    starts = np.arange(n_windows) * seq_len
+    return np.asarray(val[starts[:, None] + np.arange(window)], dtype=np.int32)
+
+
+def predicted_bytes(windows: np.ndarray, tokenizer: Tokenizer) -> int:
+    """Return the UTF-8 bytes of text that the predicted tokens `windows[:, 1:]` stand for.
+
+    Bits per byte of an evaluation is then `total_nats / (ln 2 * predicted_bytes)`, where total_nats is the
+    summed cross-entropy over the same tokens. End-of-document tokens count 0 bytes.
+    """
+    return int(tokenizer.token_byte_lengths[np.asarray(windows)[:, 1:]].sum())
+
+
+def epochs_for(tokens_planned: int, corpus: PreparedCorpus | Mapping[str, Any]) -> float:
+    """Return passes over the training split that `tokens_planned` tokens amount to (>1 repeats data)."""
+    meta = corpus.meta if isinstance(corpus, PreparedCorpus) else corpus
+    train_tokens = int(meta["tokens"]["train"])
+    return tokens_planned / train_tokens
+
+
+def _scan(corpus: Corpus) -> _Scan:
+    """Read every document once: keys, the content digest and counts of the replacements made."""
+    digest = hashlib.sha256()
+    keys: list[str] = []
+    empty = invalid_utf8 = had_nul = 0
+    for document in corpus.documents():
+        if not document.text:
+            empty += 1
+            continue
+        data = document.text.encode("utf-8")
+        key = document.key.encode("utf-8")
+        # Length prefixes keep document boundaries in the digest: "ab" + "c" differs from "a" + "bc".
+        digest.update(len(key).to_bytes(8, "little") + key + len(data).to_bytes(8, "little"))
+        digest.update(data)
+        keys.append(document.key)
+        invalid_utf8 += document.invalid_utf8
+        had_nul += document.had_nul
+
+    if not keys:
+        detail = f"all {empty} documents are empty" if empty else "it yields no documents"
+        raise UserError(f"corpus source {corpus.source!r} has no text ({detail}); point it at files that contain text")
+    if invalid_utf8:
+        log.warning("%d of %d documents of %s were not valid UTF-8; their invalid bytes were decoded as U+FFFD",
+                    invalid_utf8, len(keys), corpus.source)
+    if had_nul:
+        log.warning("%d documents of %s contained NUL characters, replaced by U+FFFD because NUL ends a document",
+                    had_nul, corpus.source)
+    if empty:
+        log.debug("skipped %d empty documents of %s", empty, corpus.source)
+    return _Scan(keys=keys, digest=digest.hexdigest(), empty=empty, invalid_utf8=invalid_utf8, had_nul=had_nul)
+
+
+def _fingerprint(settings: dict[str, Any], content_digest: str) -> str:
+    payload = json.dumps(settings, sort_keys=True).encode("utf-8") + content_digest.encode("ascii")
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def _split_documents(corpus: Corpus, scan: _Scan, val_fraction: float) -> tuple[Iterator[tuple[Document, bool]], str]:
+    """Return an iterator of (document, is_validation) over the non-empty documents, and the split method."""
+    if len(scan.keys) == 1:
+        log.info("%s has a single document: its last %.0f%% of lines become the validation text",
+                 corpus.source, 100 * val_fraction)
+
+        def halves() -> Iterator[tuple[Document, bool]]:
+            document = next(document for document in corpus.documents() if document.text)
+            train, val = split_single_document(document, val_fraction)
+            yield train, False
+            yield val, True
+
+        return halves(), "tail of the single document's lines"
+
+    in_val = dict(zip(scan.keys, assign_validation(scan.keys, val_fraction)))
+
+    def by_key() -> Iterator[tuple[Document, bool]]:
+        for document in corpus.documents():
+            if document.text:
+                yield document, in_val[document.key]
+
+    return by_key(), "documents by SHA-256 of their keys"
+
+
+def _build_tokenizer(name: str, vocab_size: int, corpus: Corpus, scan: _Scan, val_fraction: float) -> Tokenizer:
+    if name == "bytes":
+        return ByteTokenizer()
+    documents, _ = _split_documents(corpus, scan, val_fraction)
+    training_texts = (document.text for document, is_val in documents if not is_val)
+    log.info("training byte-level BPE with %d tokens on the training split of %s", vocab_size, corpus.source)
+    return BpeTokenizer.train(training_texts, vocab_size, length=len(scan.keys))
+
+
+def _write_prepared(
+    corpus: Corpus, scan: _Scan, folder: Path, tokenizer_name: str, vocab_size: int, val_fraction: float,
+    progress: bool,
+) -> dict[str, Any]:
+    """Tokenize every document into folder/train.bin and folder/val.bin, save the tokenizer, return the meta."""
+    tokenizer = _build_tokenizer(tokenizer_name, vocab_size, corpus, scan, val_fraction)
+    tokenizer.save(folder)
+    dtype = token_dtype(tokenizer.vocab_size)
+    eot = np.asarray([tokenizer.eot_id], dtype=dtype)
+    documents, split_method = _split_documents(corpus, scan, val_fraction)
+
+    counts = {split: {"documents": 0, "bytes": 0, "tokens": 0} for split in ("train", "val")}
+    n_documents = len(scan.keys) if len(scan.keys) > 1 else 2
+    columns = (TextColumn("tokenizing documents"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with (
+        open(folder / TRAIN_FILE, "wb") as train_file,
+        open(folder / VAL_FILE, "wb") as val_file,
+        Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar,
+    ):
+        task = bar.add_task("tokenize", total=n_documents)
+        files = {"train": train_file, "val": val_file}
+        for chunk in _chunks(documents, tokenizer):
+            for (document, is_val), ids in chunk:
+                split = "val" if is_val else "train"
+                files[split].write(ids.astype(dtype, copy=False).tobytes())
+                files[split].write(eot.tobytes())
+                counts[split]["documents"] += 1
+                counts[split]["bytes"] += len(document.text.encode("utf-8"))
+                counts[split]["tokens"] += len(ids) + 1
+            bar.advance(task, len(chunk))
+
+    return {
+        "format": FORMAT_VERSION,
+        "source": corpus.source,
+        "source_kind": corpus.kind,
+        "source_root": str(corpus.root.absolute()),
+        "text_field": corpus.text_field,
+        "split": {"method": split_method, "val_fraction": float(val_fraction)},
+        "documents": {split: counts[split]["documents"] for split in counts},
+        "bytes": {split: counts[split]["bytes"] for split in counts},
+        "tokens": {split: counts[split]["tokens"] for split in counts},
+        "val_bytes": counts["val"]["bytes"],
+        "tokenizer": tokenizer.name,
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": dtype.name,
+        "eot_id": tokenizer.eot_id,
+        "documents_skipped_empty": scan.empty,
+        "documents_with_invalid_utf8": scan.invalid_utf8,
+        "documents_with_nul": scan.had_nul,
+    }
+
+
+def _chunks(
+    documents: Iterator[tuple[Document, bool]], tokenizer: Tokenizer
+) -> Iterator[list[tuple[tuple[Document, bool], np.ndarray]]]:
+    """Yield lists of ((document, is_validation), token ids); BPE encodes each list in one parallel batch."""
+    if not isinstance(tokenizer, BpeTokenizer):
+        for item in documents:
+            yield [(item, tokenizer.encode(item[0].text))]
+        return
+
+    pending: list[tuple[Document, bool]] = []
+    pending_chars = 0
+    for item in documents:
+        pending.append(item)
+        pending_chars += len(item[0].text)
+        if pending_chars >= BPE_BATCH_CHARS:
+            yield list(zip(pending, tokenizer.encode_batch([document.text for document, _ in pending])))
+            pending, pending_chars = [], 0
+    if pending:
+        yield list(zip(pending, tokenizer.encode_batch([document.text for document, _ in pending])))
+
+
+def _read_meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _check_token_files(folder: Path, meta: Mapping[str, Any]) -> str | None:
+    """Return what is wrong with the token files of `folder` against `meta`, or None when they match."""
+    try:
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        expected = {TRAIN_FILE: meta["tokens"]["train"], VAL_FILE: meta["tokens"]["val"]}
+    except (KeyError, TypeError) as error:
+        return f"{META_FILE} lacks {error}"
+    for name, tokens in expected.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != tokens * itemsize:
+            return f"{name} has {path.stat().st_size} bytes, expected {tokens * itemsize}"
+    return None
+
+
+def _reusable_meta(folder: Path, fingerprint: str) -> dict[str, Any] | None:
+    """Return the meta of `folder` when it is a complete corpus with `fingerprint`, else None."""
+    meta = _read_meta(folder)
+    if meta is None:
+        return None
+    if meta.get("fingerprint") != fingerprint:
+        log.info("prepared corpus at %s is out of date (fingerprint %s, now %s); preparing it again",
+                 folder, meta.get("fingerprint"), fingerprint)
+        return None
+    problem = _check_token_files(folder, meta)
+    if problem:
+        log.warning("prepared corpus at %s is incomplete (%s); preparing it again", folder, problem)
+        return None
+    return meta
+
+
+def _check_replaceable(out: Path) -> None:
+    """Raise UserError if `out` exists and is neither empty nor a prepared corpus, so user files are never deleted."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"output path {out} exists and is not a folder; choose another --out folder")
+    entries = {entry.name for entry in out.iterdir()}
+    if entries and META_FILE not in entries:
+        raise UserError(
+            f"output folder {out} is not empty and contains no prepared corpus ({META_FILE} is missing); "
+            "choose a new or empty --out folder"
+        )
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Move the complete `staging` folder to `out`, replacing an older prepared corpus there."""
+    retired = None
+    if out.exists():
+        retired = out.with_name(f".{out.name}.retired-{uuid.uuid4().hex[:8]}")
+        out.rename(retired)
+    staging.rename(out)
+    if retired is not None:
+        # Processes that still map the old token files keep reading them: unlinked files live until closed.
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
