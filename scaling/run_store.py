@@ -18,8 +18,9 @@ from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
+from scaling.paths import DATA_FOLDER
+
 STATUSES = ("running", "completed", "diverged", "failed")
-DATA_FOLDER = "_data"  # prepared corpora live beside the sweeps, under RUNS/_data
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

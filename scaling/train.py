@@ -166,7 +166,7 @@ class Trainer:
             return total, loss
 
         (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
         lr = scheduled_lr(state["step"], schedule, self.schedule_kind)
         params = jax.tree.map(lambda p, u: p - lr * u, state["params"], updates)
@@ -199,6 +199,7 @@ def train(config: TrainConfig, runs_root: str | Path | None = None, *, progress:
     """Train (or resume, or skip if completed) the run `config` describes; return its summary."""
     root = resolve_runs_root(runs_root)
     run_dir = RunDir.at(root, config.sweep, config.run_id)
+    _check_same_config(run_dir, config)
     previous = run_dir.summary() if run_dir.summary_path.exists() else None
     if previous and previous.get("status") == "completed":
         log.info("run %s/%s already completed; skipping", config.sweep, config.run_id)
@@ -214,7 +215,8 @@ def train(config: TrainConfig, runs_root: str | Path | None = None, *, progress:
         )
 
     record = run_record(config, corpus.meta)
-    _write_or_check_config(run_dir, record)
+    if not run_dir.config_path.exists():
+        run_dir.write_config(record)
     enable_compilation_cache(root)
 
     trainer = Trainer(config)
@@ -362,17 +364,13 @@ def _check_vocabulary(config: TrainConfig, corpus: PreparedCorpus) -> None:
         )
 
 
-def _write_or_check_config(run_dir: RunDir, record: dict[str, Any]) -> None:
-    """Write config.json once; a later start of the same run must have the same config."""
-    if run_dir.config_path.exists():
-        existing = run_dir.config()
-        if existing.get("config") != record["config"]:
-            raise UserError(
-                f"run folder {run_dir.path} holds a run with a different config; "
-                "choose another run_id or sweep, or delete that folder"
-            )
-        return
-    run_dir.write_config(record)
+def _check_same_config(run_dir: RunDir, config: TrainConfig) -> None:
+    """Reject starting a run whose folder already records a different config."""
+    if run_dir.config_path.exists() and run_dir.config().get("config") != config.to_dict():
+        raise UserError(
+            f"run folder {run_dir.path} holds a run with a different config; "
+            "choose another run_id or sweep, or delete that folder"
+        )
 
 
 class _NoBar:

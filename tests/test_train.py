@@ -1,0 +1,120 @@
+"""Training runs: the run record, skipping completed runs, exact resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
+from scaling.errors import UserError
+from scaling.run_store import RunDir
+from scaling.train import train
+
+COMPARED_KEYS = ("step", "tokens", "train_loss", "grad_norm", "lr", "val_loss", "val_bpb")
+
+
+def tiny_config(corpus: Path, **changes) -> TrainConfig:
+    config = TrainConfig(
+        model=ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=2, max_seq_len=32),
+        optimizer=OptimizerConfig(peak_lr=3e-3, warmup_steps=5),
+        data=DataConfig(path=str(corpus), seq_len=32, batch_size=8, eval_tokens=2048),
+        tokens=60 * 32 * 8,
+        eval_interval=20,
+        log_interval=5,
+        checkpoint_interval=20,
+        run_id="tiny",
+        sweep="test",
+        wandb_mode="disabled",
+    )
+    return config.replace(**changes)
+
+
+def test_run_record_and_summary(small_corpus, tmp_path):
+    config = tiny_config(small_corpus, wandb_mode="offline")
+    summary = train(config, tmp_path, progress=False)
+    run = RunDir.at(tmp_path, "test", "tiny")
+
+    assert summary["status"] == "completed"
+    assert summary["tokens_seen"] == 60 * 32 * 8
+    assert 0 < summary["final_val_loss"] < 5.6  # below log(256) = 5.55 nats: it learned something
+    record = run.config()
+    assert record["params"]["total"] == sum(record["params"][g] for g in
+                                            ("embedding", "attention", "mlp", "norms", "head"))
+    assert record["flops"]["6ND_total"] == 6 * record["params"]["total"] * record["tokens"]
+    assert record["corpus"]["fingerprint"]
+    assert set(record["software"]) >= {"jax", "flax", "optax", "orbax-checkpoint"}
+    rows = run.metrics()
+    assert [row["step"] for row in rows] == list(range(5, 61, 5))
+    assert [row["step"] for row in rows if "val_loss" in row] == [20, 40, 60]
+    assert (run.path / "wandb").is_dir()  # the offline W&B run sits beside the local record
+
+
+def test_completed_run_is_skipped(small_corpus, tmp_path):
+    config = tiny_config(small_corpus)
+    first = train(config, tmp_path, progress=False)
+    before = RunDir.at(tmp_path, "test", "tiny").metrics_path.stat().st_mtime_ns
+    second = train(config, tmp_path, progress=False)
+    assert second == first
+    assert RunDir.at(tmp_path, "test", "tiny").metrics_path.stat().st_mtime_ns == before
+
+
+def test_same_run_id_with_other_config_rejected(small_corpus, tmp_path):
+    train(tiny_config(small_corpus), tmp_path, progress=False)
+    with pytest.raises(UserError, match="different config"):
+        train(tiny_config(small_corpus, seed=1), tmp_path, progress=False)
+
+
+def test_vocabulary_mismatch_rejected(small_corpus, tmp_path):
+    config = tiny_config(small_corpus)
+    config = config.replace(model=ModelConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=2, max_seq_len=32))
+    with pytest.raises(UserError, match="set model.vocab_size to 256"):
+        train(config, tmp_path, progress=False)
+
+
+def _train_in_subprocess(config: TrainConfig, runs: Path) -> subprocess.Popen:
+    config_path = runs / f"{config.run_id}.json"
+    config_path.write_text(json.dumps(config.to_dict()))
+    script = (
+        "import json, sys\n"
+        "from scaling.config import TrainConfig\n"
+        "from scaling.train import train\n"
+        "train(TrainConfig.from_dict(json.load(open(sys.argv[1]))), sys.argv[2], progress=False)\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(config_path), str(runs)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+
+
+def test_resume_after_kill_equals_uninterrupted(small_corpus, tmp_path):
+    # Long enough that the kill lands mid-run: 240 steps, checkpoints every 20.
+    config = tiny_config(small_corpus, tokens=240 * 32 * 8, eval_interval=40)
+    reference = train(config.replace(run_id="straight"), tmp_path, progress=False)
+
+    process = _train_in_subprocess(config.replace(run_id="killed"), tmp_path)
+    checkpoints = RunDir.at(tmp_path, "test", "killed").checkpoint_dir
+    deadline = time.time() + 120
+    while not (checkpoints / "40").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, f"training finished or failed before the kill: {process.stderr.read()}"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert RunDir.at(tmp_path, "test", "killed").status() == "running"
+
+    resumed = train(config.replace(run_id="killed"), tmp_path, progress=False)
+
+    assert resumed["final_val_loss"] == reference["final_val_loss"]  # bitwise on CPU
+    straight_rows = RunDir.at(tmp_path, "test", "straight").metrics()
+    resumed_rows = RunDir.at(tmp_path, "test", "killed").metrics()
+    assert [r["step"] for r in resumed_rows] == [r["step"] for r in straight_rows]
+    for ours, theirs in zip(resumed_rows, straight_rows):
+        assert {k: ours.get(k) for k in COMPARED_KEYS} == {k: theirs.get(k) for k in COMPARED_KEYS}
