@@ -140,6 +140,7 @@ class TrainConfig:
     seed: int = 0  # seeds the initialisation and the data order
     run_id: str = "run"  # directory name under the sweep, and the W&B run name
     sweep: str = "adhoc"  # sweep name: the folder under RUNS and the W&B group
+    flop_budget: float | None = None  # IsoFLOP budget C (FLOPs) this run belongs to; None outside IsoFLOP sweeps
     eval_interval: int = 100  # optimizer steps between validation passes (the last step is always evaluated)
     log_interval: int = 10  # optimizer steps between metric rows (the only host synchronisations)
     checkpoint_interval: int = 200  # optimizer steps between Orbax checkpoints (the last step is always saved)
