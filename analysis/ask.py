@@ -1,0 +1,109 @@
+"""Answer a parsed question with every published law, and with the user's own fit when one is given.
+
+One row per law, always with the same keys: law, params (N), tokens (D), tokens_per_param (D/N),
+flops (C = 6ND), loss (nats/token, None when the law predicts none), source. Compute is 6ND throughout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from analysis.allocation import FLOPS_PER_PARAM_TOKEN
+from analysis.fit import read_fit
+from analysis.laws import Law, ParametricLaw, all_laws, get_law
+from analysis.query import Query, parse_query
+
+ROW_KEYS = ("law", "params", "tokens", "tokens_per_param", "flops", "loss", "source")
+DISAGREEMENT_FACTOR = 2.0  # laws whose answers differ by more than this are called out
+
+# The quantity each kind of question asks for, which is the one compared across laws.
+_ASKED = {
+    "tokens_for_params": "tokens",
+    "compute_for_params": "flops",
+    "params_for_flops": "params",
+    "tokens_per_param": "tokens_per_param",
+    "loss_at": "loss",
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The rows for one question, and notes such as disagreement between laws."""
+
+    query: Query
+    rows: tuple[dict[str, Any], ...]
+    notes: tuple[str, ...] = field(default=())
+
+
+def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None,
+        law_keys: Sequence[str] | None = None) -> Answer:
+    """Answer `question` with the registered laws (or those named in `law_keys`) and an optional fit.
+
+    `fit` is a fit.json path or record written by `scaling fit`; its approach 3 law answers first.
+    """
+    query = question if isinstance(question, Query) else parse_query(question)
+    laws: list[Law] = [get_law(key) for key in law_keys] if law_keys else all_laws()
+    if fit is not None:
+        laws.insert(0, fitted_law(fit if isinstance(fit, dict) else read_fit(fit), source=_fit_source(fit)))
+    rows = tuple(answer_row(law, query) for law in laws)
+    return Answer(query, rows, tuple(disagreement_notes(query, rows)))
+
+
+def fitted_law(record: dict[str, Any], source: str = "your fit.json") -> ParametricLaw:
+    """Return the approach 3 law of a fit.json record."""
+    fitted = record["approach3"]
+    convention = record.get("convention", "total")
+    status = "converged" if fitted.get("converged") else "NOT converged"
+    return ParametricLaw.from_logs(
+        key="fit",
+        name=f"your fit (approach 3, {convention} parameters, {record.get('n_runs', '?')} runs, {status})",
+        citation=source,
+        log_a=fitted["log_a"], log_b=fitted["log_b"], log_e=fitted["log_e"],
+        alpha=fitted["alpha"], beta=fitted["beta"], convention=convention,
+    )
+
+
+def answer_row(law: Law, query: Query) -> dict[str, Any]:
+    """Return one law's answer to `query` as a row with the keys of ROW_KEYS."""
+    if query.kind in ("tokens_for_params", "compute_for_params"):
+        params = query.params
+        tokens = law.tokens_for_params(params)
+    elif query.kind in ("params_for_flops", "tokens_per_param"):
+        params, tokens = law.compute_optimal(query.flops)
+    elif query.kind == "loss_at":
+        params, tokens = query.params, query.tokens
+    else:
+        raise ValueError(f"unknown query kind {query.kind!r}")
+    loss = law.loss(params, tokens)
+    return {
+        "law": law.name,
+        "params": float(params),
+        "tokens": float(tokens),
+        "tokens_per_param": float(tokens / params),
+        "flops": FLOPS_PER_PARAM_TOKEN * float(params) * float(tokens),
+        "loss": None if loss is None else float(loss),
+        "source": law.citation,
+    }
+
+
+def disagreement_notes(query: Query, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Return a note when the asked quantity differs by more than DISAGREEMENT_FACTOR across laws."""
+    key = _ASKED[query.kind]
+    answered = [row for row in rows if row[key] is not None and row[key] > 0]
+    if len(answered) < 2:
+        return []
+    low = min(answered, key=lambda row: row[key])
+    high = max(answered, key=lambda row: row[key])
+    ratio = high[key] / low[key]
+    if ratio <= DISAGREEMENT_FACTOR:
+        return []
+    return [f"the laws disagree by {ratio:.2f}x on {key}: {low['law']} gives {low[key]:.4g}, "
+            f"{high['law']} gives {high[key]:.4g}"]
+
+
+def _fit_source(fit: str | Path | dict[str, Any]) -> str:
+    if isinstance(fit, dict):
+        return f"your fit of {fit.get('runs_source', 'your runs')}"
+    return f"your fit ({fit})"

@@ -1,0 +1,152 @@
+"""Subcommands `scaling fit`, `scaling ask` and `scaling report`.
+
+`add_parsers(subparsers)` registers them on the main `scaling` parser; each sets `handler`, a function of
+the parsed arguments that returns the exit status. UserError propagates to the caller, which prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from analysis.runs import CONVENTIONS
+
+DEFAULT_FIT_STARTS = 1000
+DEFAULT_OUT = "fit"
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register fit, ask and report on `subparsers` (from ArgumentParser.add_subparsers)."""
+    fit = subparsers.add_parser("fit", help="fit scaling laws (approaches 3 and 2) to completed runs")
+    _add_fit_arguments(fit)
+    fit.add_argument("--json", action="store_true", help="print fit.json to stdout instead of a table")
+    fit.set_defaults(handler=run_fit)
+
+    ask = subparsers.add_parser("ask", help='answer a question such as "tokens for 7B" with every law')
+    ask.add_argument("question", help='e.g. "tokens for 7B", "params for 1e23 FLOPs", '
+                     '"loss at 7B params and 1.4T tokens"')
+    ask.add_argument("--fit", metavar="FIT_JSON", help="fit.json from `scaling fit`: answer with your fit too")
+    ask.add_argument("--law", action="append", metavar="KEY", help="answer with this registered law only "
+                     "(repeatable; default: all)")
+    ask.add_argument("--json", action="store_true", help="print a JSON list of answer rows")
+    ask.set_defaults(handler=run_ask)
+
+    report = subparsers.add_parser("report", help="fit the runs and write report.md with plots and answers")
+    _add_fit_arguments(report)
+    report.add_argument("--question", action="append", metavar="Q",
+                        help='question to answer in the report (repeatable; default: "tokens for 7B")')
+    report.add_argument("--limitations", default="", metavar="TEXT",
+                        help="paragraph on what this study can and cannot tell")
+    report.set_defaults(handler=run_report)
+
+
+def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="?", metavar="RUNS",
+                        help="RUNS folder or one sweep folder (default: $SCALING_RUNS or ./runs)")
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                        help=f"folder for fit.json and plots (default: ./{DEFAULT_OUT})")
+    parser.add_argument("--starts", type=int, default=DEFAULT_FIT_STARTS, metavar="N",
+                        help=f"minimum size of approach 3's start grid (default: {DEFAULT_FIT_STARTS})")
+    parser.add_argument("--convention", choices=CONVENTIONS, default="total",
+                        help="how N is counted: total (embeddings included) or non_embedding")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="fit runs from different corpora or tokenizers together")
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from analysis.fit import fit_runs
+
+    record = fit_runs(_runs_path(args.runs), args.out, convention=args.convention, starts=args.starts,
+                      allow_mixed=args.allow_mixed)
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        _print_fit(record, Path(args.out))
+    return 0
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    from analysis.ask import ask
+
+    answer = ask(args.question, fit=args.fit, law_keys=args.law)
+    if args.json:
+        print(json.dumps(list(answer.rows), indent=2))
+        for note in answer.notes:
+            print(f"note: {note}", file=sys.stderr)
+        return 0
+    _print_answer(answer)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from analysis.ask import ask
+    from analysis.fit import fit_runs
+    from analysis.report import write_report
+
+    record = fit_runs(_runs_path(args.runs), args.out, convention=args.convention, starts=args.starts,
+                      allow_mixed=args.allow_mixed)
+    answers = [ask(question, fit=record) for question in (args.question or ["tokens for 7B"])]
+    path = write_report(args.out, record, answers, limitations=args.limitations)
+    print(f"wrote {path}")
+    return 0
+
+
+def _runs_path(runs: str | None) -> Path:
+    from scaling.paths import runs_root
+
+    return runs_root(runs)
+
+
+def _print_fit(record: dict[str, Any], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    approach3 = record["approach3"]
+    table = Table(title=f"approach 3 on {record['n_runs']} runs, N = {record['convention']} parameters")
+    table.add_column("parameter")
+    table.add_column("value", justify="right")
+    for name, value in approach3["parameters"].items():
+        table.add_row(name, f"{value:.6g}")
+    table.add_row("objective (sum of Huber losses)", f"{approach3['objective']:.6g}")
+    console = Console()
+    console.print(table)
+    console.print(f"status: {approach3['status']}")
+    approach2 = record.get("approach2")
+    if approach2 and approach2.get("a") is not None:
+        console.print(f"approach 2: N_opt ∝ C^{approach2['a']:.4f}, D_opt ∝ C^{approach2['b']:.4f} "
+                      f"over {len(approach2['budgets_used'])} budgets")
+    elif record.get("approach2_note"):
+        console.print(record["approach2_note"])
+    if record.get("excluded_runs"):
+        console.print(f"excluded: {', '.join(record['excluded_runs'])}")
+    console.print(f"wrote {out / 'fit.json'}")
+
+
+def _print_answer(answer) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{answer.query.text}  (C = 6ND; loss in nats/token on each law's own data)")
+    for column in ("law", "N (params)", "D (tokens)", "D/N", "C (FLOPs)", "loss", "source"):
+        table.add_column(column, overflow="fold")
+    sources: list[str] = []
+    for row in answer.rows:
+        if row["source"] not in sources:
+            sources.append(row["source"])
+        table.add_row(row["law"], _number(row["params"]), _number(row["tokens"]), f"{row['tokens_per_param']:.2f}",
+                      _number(row["flops"]), "-" if row["loss"] is None else f"{row['loss']:.4f}",
+                      f"[{sources.index(row['source']) + 1}]")
+    console = Console()
+    console.print(table)
+    for number, source in enumerate(sources, start=1):
+        console.print(f"[{number}] {source}", markup=False, highlight=False)
+    for note in answer.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else str(value)

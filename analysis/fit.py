@@ -1,0 +1,185 @@
+"""`scaling fit`: fit approach 3 (and approach 2 when the sweep has IsoFLOP budgets) to a folder of runs.
+
+Writes `fit.json` and PNG plots into an output folder. Every number in fit.json is written with Python's
+float repr, so each parameter reads back bit for bit (17 significant digits).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scaling.errors import UserError
+
+from analysis.fit_isoflop import IsoFlopFit, fit_isoflop, group_by_budget
+from analysis.fit_parametric import Approach3Options, ParametricFit, fit_approach3
+from analysis.runs import CONVENTIONS, RunTable, load_runs
+
+logger = logging.getLogger(__name__)
+
+FIT_FILE = "fit.json"
+FIT_SCHEMA = 1
+APPROACH3_PARAMETERS = 5
+
+CONVENTION_DESCRIPTIONS = {
+    "total": "N counts every parameter, embeddings and output head included (Hoffmann et al. 2022); C = 6 N D",
+    "non_embedding": "N counts attention and MLP matrices only (Kaplan et al. 2020); C = 6 N D with that N",
+}
+
+
+def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "total", starts: int = 1000,
+             bootstraps: int = 0, allow_mixed: bool = False, plot: bool = True,
+             options: Approach3Options | None = None) -> dict[str, Any]:
+    """Fit the completed runs under `runs_path`; write fit.json and plots to `out_dir`; return the record.
+
+    `starts` is the minimum size of approach 3's start grid. Raises UserError when there are fewer
+    completed runs than approach 3's 5 parameters, or a single model size or token count.
+    """
+    if convention not in CONVENTIONS:
+        raise UserError(f"unknown parameter convention {convention!r}; use one of: {', '.join(CONVENTIONS)}")
+    if bootstraps:
+        # NOTE: intervals are not implemented yet; refusing beats writing a fit.json without them.
+        raise UserError(f"bootstraps={bootstraps}: bootstrap intervals are not available yet; use 0")
+    table = load_runs(runs_path, allow_mixed=allow_mixed)
+    params, tokens, losses = _points(table, convention)
+    _check_enough(table, params, tokens)
+
+    started = time.perf_counter()
+    approach3_options = replace(options or Approach3Options(), n_starts=starts)
+    approach3 = fit_approach3(params, tokens, losses, options=approach3_options)
+    logger.info("approach 3 on %d runs from %d starts: %s (%.1f s)", len(params), approach3.n_starts,
+                approach3.status, time.perf_counter() - started)
+
+    budget_groups = _budget_groups(table, convention)
+    approach2, approach2_note = _try_approach2(table, params, losses, budget_groups)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = _record(table, convention, approach3, approach2, approach2_note, params, tokens, losses)
+    if plot:
+        record["plots"] = _draw(out, approach3, approach2, params, tokens, losses, budget_groups, convention)
+    (out / FIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    logger.info("wrote %s", out / FIT_FILE)
+    return record
+
+
+def read_fit(path: str | Path) -> dict[str, Any]:
+    """Read a fit.json written by `fit_runs`; raise UserError when it is missing or not a fit record."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FIT_FILE
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"fit file {path} not found; run `scaling fit RUNS --out DIR` first") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"fit file {path} is not valid JSON ({error}); rerun `scaling fit`") from None
+    if not isinstance(record, dict) or "approach3" not in record:
+        raise UserError(f"fit file {path} contains no approach 3 fit; pass a fit.json written by `scaling fit`")
+    return record
+
+
+def _points(table: RunTable, convention: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    params = np.array([row.params(convention) for row in table.rows], dtype=float)
+    tokens = np.array([row.tokens for row in table.rows], dtype=float)
+    losses = np.array([row.final_loss for row in table.rows], dtype=float)
+    return params, tokens, losses
+
+
+def _check_enough(table: RunTable, params: np.ndarray, tokens: np.ndarray) -> None:
+    excluded = f" ({len(table.excluded)} excluded: {', '.join(sorted(table.excluded))})" if table.excluded else ""
+    if len(params) < APPROACH3_PARAMETERS:
+        raise UserError(
+            f"{len(params)} completed run(s) under {table.source}{excluded}; approach 3 fits "
+            f"{APPROACH3_PARAMETERS} parameters and needs at least {APPROACH3_PARAMETERS} runs: run more of the sweep"
+        )
+    if np.unique(params).size < 2:
+        raise UserError(f"all {len(params)} runs under {table.source} have one model size ({params[0]:.4g}); "
+                        "a scaling law needs at least 2 sizes: add sizes to the sweep")
+    if np.unique(tokens).size < 2:
+        raise UserError(f"all {len(tokens)} runs under {table.source} trained on one token count ({tokens[0]:.4g}); "
+                        "a scaling law in D needs at least 2: add token budgets to the sweep")
+
+
+def _budget_groups(table: RunTable, convention: str) -> list[tuple[float, np.ndarray]]:
+    """Group runs by IsoFLOP budget: the sweep's recorded budget, else 6 N_total D agreeing within 1%.
+
+    Grouping always uses total-parameter compute, because that is what sweeps plan. Under the non-embedding
+    convention, each group's C is then the median of its runs' 6 N_non_embedding D.
+    """
+    groups = group_by_budget([row.flops_6nd for row in table.rows], [row.flop_budget for row in table.rows])
+    if convention == "total":
+        return groups
+    return [(float(np.median([table.rows[i].flops(convention) for i in indices])), indices)
+            for _, indices in groups]
+
+
+def _try_approach2(table: RunTable, params: np.ndarray, losses: np.ndarray,
+                   groups: list[tuple[float, np.ndarray]]) -> tuple[IsoFlopFit | None, str]:
+    """Run approach 2 when at least 2 budgets have at least 3 sizes each; otherwise return the reason."""
+    sized = [budget for budget, indices in groups if np.unique(params[indices]).size >= 3]
+    if len(sized) < 2:
+        return None, f"approach 2 skipped: {len(sized)} budget(s) with >= 3 sizes, it needs 2"
+    labels = np.empty(len(params))
+    for budget, indices in groups:
+        labels[indices] = budget
+    try:
+        fit = fit_isoflop(params, labels, losses, labels, skip_small_budgets=True)
+    except UserError as error:
+        # A budget without a minimum sinks approach 2 only; approach 3 stays valid, so it is reported.
+        logger.warning("approach 2 failed: %s", error)
+        return None, f"approach 2 failed: {error}"
+    return fit, "; ".join(fit.warnings)
+
+
+def _record(table: RunTable, convention: str, approach3: ParametricFit, approach2: IsoFlopFit | None,
+            approach2_note: str, params: np.ndarray, tokens: np.ndarray, losses: np.ndarray) -> dict[str, Any]:
+    return {
+        "schema": FIT_SCHEMA,
+        "runs_source": table.source,
+        "n_runs": len(table.rows),
+        "excluded_runs": dict(sorted(table.excluded.items())),
+        "corpus_fingerprints": sorted(str(f) for f in table.fingerprints),
+        "convention": convention,
+        "convention_description": CONVENTION_DESCRIPTIONS[convention],
+        "units": {"N": "parameters", "D": "tokens", "C": "FLOPs (6ND)", "loss": "nats/token, final validation"},
+        "status": approach3.status,
+        "converged": approach3.converged,
+        "approach3": approach3.to_dict(),
+        "approach2": None if approach2 is None else approach2.to_dict(),
+        "approach2_note": approach2_note,
+        "points": [
+            {"run_id": row.run_id, "sweep": row.sweep, "params": float(n), "tokens": float(d), "loss": float(loss)}
+            for row, n, d, loss in zip(table.rows, params, tokens, losses)
+        ],
+    }
+
+
+def _draw(out: Path, approach3: ParametricFit, approach2: IsoFlopFit | None, params: np.ndarray,
+          tokens: np.ndarray, losses: np.ndarray, budget_groups: list[tuple[float, np.ndarray]],
+          convention: str) -> list[str]:
+    from analysis import plots  # matplotlib loads only when drawing, so `scaling ask` stays quick
+
+    law = approach3.law(convention=convention)
+    written = []
+    if approach2 is not None:
+        written.append(plots.plot_isoflop(approach2, out / "isoflop.png", convention))
+    if approach2 is not None:
+        groups, along = [indices for _, indices in budget_groups], "budget"
+    else:
+        groups, along = _groups_by(tokens), "tokens"
+    written.append(plots.plot_loss_vs_params(law, params, tokens, losses, groups, out / "loss_vs_params.png",
+                                             convention, along))
+    written.append(plots.plot_loss_vs_tokens(law, params, tokens, losses, _groups_by(params),
+                                             out / "loss_vs_tokens.png", convention))
+    return [path.name for path in written]
+
+
+def _groups_by(values: np.ndarray) -> list[np.ndarray]:
+    return [np.flatnonzero(values == value) for value in np.unique(values)]

@@ -1,0 +1,200 @@
+"""Chinchilla approach 2: IsoFLOP profiles (Hoffmann et al. 2022, arXiv:2203.15556, section 3.2).
+
+At each FLOP budget C, the final loss of models of different sizes N (each trained on D = C / (6 N) tokens)
+is fitted with a parabola in x = ln N; its vertex is N_opt(C). Then N_opt = k_N C^a and D_opt = k_D C^b are
+fitted by least squares in log space across budgets.
+
+The parabola is always in ln N, never in N, because sizes are log-spaced. On the surface of Hoffmann's
+approach 3, a parabola in linear N puts the vertex 1.8x off the minimum for sizes spanning N_opt/4..4 N_opt,
+and 4.9x off for N_opt/16..16 N_opt.
+
+A vertex outside the sampled sizes, or a budget whose lowest loss is at its smallest or largest size, is
+flagged "optimum at edge": the data do not bracket the minimum, so that budget is left out of the power law
+unless the caller includes it on purpose.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from scaling.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+BUDGET_MATCH_TOLERANCE = 0.01  # runs whose 6ND agree within 1% are taken to share a budget
+MIN_SIZES_PER_BUDGET = 3
+
+
+@dataclass(frozen=True)
+class IsoFlopProfile:
+    """One FLOP budget's parabola loss = c2 x^2 + c1 x + c0 in x = ln N, and its vertex."""
+
+    flops: float  # budget C, FLOPs
+    params: tuple[float, ...]  # sizes N (parameters), ascending
+    losses: tuple[float, ...]  # final losses (nats/token), matching params
+    coefficients: tuple[float, float, float]  # (c2, c1, c0)
+    params_opt: float  # vertex N_opt(C), parameters
+    tokens_opt: float  # D_opt(C) = C / (6 N_opt), tokens
+    loss_opt: float  # parabola value at the vertex, nats/token
+    at_edge: bool  # the vertex or the lowest sampled loss lies at or beyond the sampled sizes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "flops": self.flops, "params": list(self.params), "losses": list(self.losses),
+            "coefficients_in_ln_params": list(self.coefficients), "params_opt": self.params_opt,
+            "tokens_opt": self.tokens_opt, "loss_opt": self.loss_opt, "at_edge": self.at_edge,
+        }
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """y = coefficient * C^exponent, fitted by least squares on (ln C, ln y)."""
+
+    exponent: float
+    coefficient: float
+
+    def __call__(self, flops: ArrayLike) -> np.ndarray:
+        return self.coefficient * np.asarray(flops, dtype=float) ** self.exponent
+
+
+@dataclass(frozen=True)
+class IsoFlopFit:
+    """Result of approach 2: the per-budget profiles and the power laws through their vertices."""
+
+    profiles: tuple[IsoFlopProfile, ...]
+    params_law: PowerLaw | None  # N_opt(C); None when fewer than 2 budgets could be used
+    tokens_law: PowerLaw | None  # D_opt(C)
+    budgets_used: tuple[float, ...]
+    warnings: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": {
+                "name": "approach 2 (IsoFLOP profiles)",
+                "profile": "least-squares parabola of final loss in ln N per FLOP budget; vertex = N_opt(C)",
+                "power_laws": "least squares of ln N_opt and ln D_opt on ln C over budgets not at an edge",
+            },
+            "a": None if self.params_law is None else self.params_law.exponent,
+            "params_coefficient": None if self.params_law is None else self.params_law.coefficient,
+            "b": None if self.tokens_law is None else self.tokens_law.exponent,
+            "tokens_coefficient": None if self.tokens_law is None else self.tokens_law.coefficient,
+            "budgets_used": list(self.budgets_used),
+            "profiles": [profile.to_dict() for profile in self.profiles],
+            "warnings": list(self.warnings),
+        }
+
+
+def fit_profile(flops: float, params: ArrayLike, losses: ArrayLike) -> IsoFlopProfile:
+    """Fit one budget's parabola in ln N; raise UserError naming the budget when it cannot have a minimum."""
+    params = np.asarray(params, dtype=float)
+    losses = np.asarray(losses, dtype=float)
+    order = np.argsort(params)
+    params, losses = params[order], losses[order]
+    distinct = np.unique(params).size
+    if distinct < MIN_SIZES_PER_BUDGET:
+        raise UserError(
+            f"IsoFLOP budget {flops:.3g} FLOPs has {distinct} distinct model size(s); a parabola needs at least "
+            f"{MIN_SIZES_PER_BUDGET}: add sizes to this budget or leave it out of approach 2"
+        )
+
+    x = np.log(params)
+    c2, c1, c0 = np.polyfit(x, losses, 2)
+    if not c2 > 0:
+        raise UserError(
+            f"IsoFLOP budget {flops:.3g} FLOPs: the loss parabola in ln N has non-positive curvature ({c2:.3g}), "
+            "so it has no minimum; widen the range of sizes around the expected optimum"
+        )
+    vertex = -c1 / (2 * c2)
+    lowest_at_end = int(np.argmin(losses)) in (0, len(losses) - 1)
+    at_edge = bool(vertex <= x[0] or vertex >= x[-1] or lowest_at_end)
+    params_opt = math.exp(vertex)
+    return IsoFlopProfile(
+        flops=float(flops), params=tuple(params.tolist()), losses=tuple(losses.tolist()),
+        coefficients=(float(c2), float(c1), float(c0)), params_opt=params_opt,
+        tokens_opt=flops / (6.0 * params_opt), loss_opt=float(c0 - c1**2 / (4 * c2)), at_edge=at_edge,
+    )
+
+
+def group_by_budget(flops: ArrayLike, budgets: ArrayLike | None = None,
+                    tolerance: float = BUDGET_MATCH_TOLERANCE) -> list[tuple[float, np.ndarray]]:
+    """Group point indices by FLOP budget: return [(budget FLOPs, indices)] in ascending budget order.
+
+    `budgets` contains each point's budget from its sweep spec (NaN or None where unknown). A point without
+    one joins a recorded budget within `tolerance` (relative) of its own compute `flops` (6ND); the rest are
+    grouped among themselves: sorted, a point joins the current group while it is within `tolerance` of that
+    group's smallest member, and the group's budget is its median.
+    """
+    flops = np.asarray(flops, dtype=float)
+    labels = np.full(flops.shape, np.nan) if budgets is None else np.array(
+        [np.nan if b is None else float(b) for b in np.asarray(budgets, dtype=object)], dtype=float)
+    groups: dict[float, list[int]] = {}
+    for index in np.flatnonzero(~np.isnan(labels)):
+        groups.setdefault(float(labels[index]), []).append(int(index))
+
+    unlabelled = []
+    for index in np.flatnonzero(np.isnan(labels)):
+        near = [budget for budget in groups if abs(flops[index] - budget) <= tolerance * budget]
+        if near:
+            groups[min(near, key=lambda budget: abs(flops[index] - budget))].append(int(index))
+        else:
+            unlabelled.append(int(index))
+    unlabelled = np.array(unlabelled, dtype=int)
+    current: list[int] = []
+    for index in unlabelled[np.argsort(flops[unlabelled])]:
+        if current and flops[index] > flops[current[0]] * (1 + tolerance):
+            groups.setdefault(float(np.median(flops[current])), []).extend(current)
+            current = []
+        current.append(int(index))
+    if current:
+        groups.setdefault(float(np.median(flops[current])), []).extend(current)
+    return [(budget, np.array(sorted(indices))) for budget, indices in sorted(groups.items())]
+
+
+def fit_isoflop(params: ArrayLike, flops: ArrayLike, losses: ArrayLike, budgets: ArrayLike | None = None, *,
+                include_edge_budgets: bool = False, skip_small_budgets: bool = False) -> IsoFlopFit:
+    """Fit approach 2: one parabola per budget, then power laws through the vertices.
+
+    `flops` are each point's compute (6ND, FLOPs), used to group points when `budgets` is not given.
+    A budget with fewer than 3 sizes raises UserError naming it, or is skipped with a warning when
+    `skip_small_budgets`. A budget flagged "optimum at edge" is kept in the profiles but left out of the
+    power laws unless `include_edge_budgets`.
+    """
+    params = np.asarray(params, dtype=float)
+    losses = np.asarray(losses, dtype=float)
+    warnings: list[str] = []
+    profiles: list[IsoFlopProfile] = []
+    for budget, indices in group_by_budget(flops, budgets):
+        if skip_small_budgets and np.unique(params[indices]).size < MIN_SIZES_PER_BUDGET:
+            warnings.append(f"budget {budget:.3g} FLOPs skipped: {np.unique(params[indices]).size} size(s), "
+                            f"approach 2 needs {MIN_SIZES_PER_BUDGET}")
+            continue
+        profile = fit_profile(budget, params[indices], losses[indices])
+        if profile.at_edge:
+            warnings.append(f"budget {budget:.3g} FLOPs: optimum at edge of the sampled sizes "
+                            f"({profile.params[0]:.3g}..{profile.params[-1]:.3g} parameters, vertex "
+                            f"{profile.params_opt:.3g}); add sizes beyond it")
+        profiles.append(profile)
+
+    used = [p for p in profiles if include_edge_budgets or not p.at_edge]
+    params_law = tokens_law = None
+    if len(used) >= 2:
+        budget_flops = np.array([p.flops for p in used])
+        params_law = fit_power_law(budget_flops, [p.params_opt for p in used])
+        tokens_law = fit_power_law(budget_flops, [p.tokens_opt for p in used])
+    else:
+        warnings.append(f"approach 2 power laws need 2 usable budgets, found {len(used)}")
+    for message in warnings:
+        logger.warning("approach 2: %s", message)
+    return IsoFlopFit(tuple(profiles), params_law, tokens_law, tuple(p.flops for p in used), tuple(warnings))
+
+
+def fit_power_law(flops: ArrayLike, values: ArrayLike) -> PowerLaw:
+    """Fit values = k C^e by least squares on (ln C, ln values)."""
+    exponent, intercept = np.polyfit(np.log(np.asarray(flops, dtype=float)), np.log(np.asarray(values, dtype=float)), 1)
+    return PowerLaw(float(exponent), float(math.exp(intercept)))

@@ -1,0 +1,114 @@
+"""`scaling report`: a Markdown report of a fit, its plots and the answers to questions.
+
+The report is written from a fit.json record, so it can be regenerated without refitting.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from analysis.ask import Answer
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "report.md"
+
+_PLOT_CAPTIONS = {
+    "isoflop.png": "IsoFLOP profiles: final loss against N per FLOP budget, parabola in ln N, star at N_opt(C)",
+    "loss_vs_params.png": "Final loss against N with the fitted approach 3 law",
+    "loss_vs_tokens.png": "Final loss against D with the fitted approach 3 law",
+}
+
+
+def write_report(out_dir: str | Path, fit: dict[str, Any], answers: Sequence[Answer] = (),
+                 limitations: str = "", title: str = "Scaling-law report") -> Path:
+    """Write `report.md` into `out_dir` from a fit.json record and answered questions; return its path.
+
+    `limitations` fills the section on what the study can and cannot tell; the caller knows the sweep's
+    scale and corpus, so it writes that paragraph.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title}", ""]
+    lines += _runs_section(fit)
+    lines += _approach3_section(fit)
+    lines += _approach2_section(fit)
+    lines += _plots_section(fit)
+    for answer in answers:
+        lines += _answer_section(answer)
+    lines += ["## What this study can and cannot tell", "",
+              limitations.strip() or "_No statement given: say at which scale and on which corpus these runs "
+              "were trained before reading the numbers above as general._", ""]
+    path = out / REPORT_FILE
+    path.write_text("\n".join(lines))
+    logger.info("wrote %s", path)
+    return path
+
+
+def _runs_section(fit: dict[str, Any]) -> list[str]:
+    lines = ["## Runs", "",
+             f"- source: `{fit.get('runs_source')}`",
+             f"- completed runs fitted: {fit.get('n_runs')}",
+             f"- corpus fingerprints: {', '.join(fit.get('corpus_fingerprints', [])) or 'unknown'}",
+             f"- parameter convention: **{fit.get('convention')}**: {fit.get('convention_description')}",
+             f"- units: {', '.join(f'{k} in {v}' for k, v in fit.get('units', {}).items())}"]
+    excluded = fit.get("excluded_runs") or {}
+    if excluded:
+        lines.append(f"- excluded runs ({len(excluded)}): "
+                     + "; ".join(f"`{name}` ({reason})" for name, reason in excluded.items()))
+    return lines + [""]
+
+
+def _approach3_section(fit: dict[str, Any]) -> list[str]:
+    approach3 = fit["approach3"]
+    values = approach3["parameters"]
+    method = approach3["method"]
+    lines = ["## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta", "",
+             f"Status: **{approach3['status']}**. Objective (sum of Huber losses): {approach3['objective']:.6g} "
+             f"over {approach3['n_points']} runs.", "",
+             "| parameter | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value:.6g} |" for name, value in values.items()]
+    lines += ["", f"a = beta / (alpha + beta) is the exponent of N_opt(C), b = alpha / (alpha + beta) that of "
+              f"D_opt(C). N is counted as: {fit.get('convention')} parameters.", "",
+              f"Method: {method['loss']} (delta {method['huber_delta']:g}) on {method['space']}; "
+              f"{method['optimizer']}; {method['starts']} starts; parameters {method['parameters']}.", ""]
+    return lines
+
+
+def _approach2_section(fit: dict[str, Any]) -> list[str]:
+    approach2 = fit.get("approach2")
+    if approach2 is None:
+        return ["## Approach 2: IsoFLOP profiles", "", fit.get("approach2_note") or "not run", ""]
+    lines = ["## Approach 2: IsoFLOP profiles", ""]
+    if approach2.get("a") is not None:
+        lines.append(f"N_opt = {approach2['params_coefficient']:.4g} C^{approach2['a']:.4f}, "
+                     f"D_opt = {approach2['tokens_coefficient']:.4g} C^{approach2['b']:.4f} "
+                     f"(C in FLOPs, N {fit.get('convention')} parameters, D tokens).")
+    lines += ["", "| budget C (FLOPs) | sizes | N_opt | D_opt | at edge |", "| --- | --- | --- | --- | --- |"]
+    for profile in approach2["profiles"]:
+        lines.append(f"| {profile['flops']:.3g} | {len(profile['params'])} | {profile['params_opt']:.4g} | "
+                     f"{profile['tokens_opt']:.4g} | {'yes' if profile['at_edge'] else 'no'} |")
+    for warning in approach2.get("warnings", []):
+        lines.append(f"\n> warning: {warning}")
+    return lines + [""]
+
+
+def _plots_section(fit: dict[str, Any]) -> list[str]:
+    lines = ["## Plots", ""]
+    for name in fit.get("plots", []):
+        lines += [f"![{_PLOT_CAPTIONS.get(name, name)}]({name})", "", f"_{_PLOT_CAPTIONS.get(name, name)}._", ""]
+    return lines
+
+
+def _answer_section(answer: Answer) -> list[str]:
+    lines = [f"## Question: {answer.query.text}", "",
+             "| law | N (params) | D (tokens) | D/N | C = 6ND (FLOPs) | loss (nats/token) | source |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in answer.rows:
+        loss = "n/a" if row["loss"] is None else f"{row['loss']:.4f}"
+        lines.append(f"| {row['law']} | {row['params']:.4g} | {row['tokens']:.4g} | {row['tokens_per_param']:.2f} | "
+                     f"{row['flops']:.4g} | {loss} | {row['source']} |")
+    lines += [f"\n> {note}" for note in answer.notes]
+    return lines + [""]

@@ -1,0 +1,168 @@
+"""Read a run store back into the analysis table: one row per run.
+
+`load_runs(path)` accepts the RUNS root, one sweep folder or one run folder (the layout of
+docs/run_format.md, read through `scaling.run_store`). Only completed runs with a finite final validation
+loss become rows; the others are listed in `RunTable.excluded` with the reason and named in a warning.
+Runs from different corpus or tokenizer fingerprints are never mixed unless the caller asks.
+
+This module imports no JAX.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scaling.errors import UserError
+from scaling.run_store import RunDir, iter_run_dirs
+
+logger = logging.getLogger(__name__)
+
+CONVENTIONS = ("total", "non_embedding")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run as the fits see it. N is in parameters, D in tokens, C in FLOPs, losses in nats/token."""
+
+    run_id: str
+    sweep: str
+    corpus_fingerprint: str | None
+    params_total: int  # N, every parameter including embeddings (Hoffmann et al. 2022's convention)
+    params_non_embedding: int  # N without embeddings (Kaplan et al. 2020's convention)
+    tokens: int  # D actually trained
+    flops_6nd: float  # C = 6 N_total D
+    flops_exact: float | None  # forward + backward matrix multiplies, with attention and logits
+    flop_budget: float | None  # the IsoFLOP budget this run belongs to, from its sweep spec, when recorded
+    final_loss: float  # summary.final_val_loss
+    status: str
+    learning_curve: tuple[tuple[float, float], ...] = field(default=(), repr=False)  # (tokens, val_loss)
+    path: str = ""
+
+    def params(self, convention: str = "total") -> int:
+        """Return N under `convention`: "total" or "non_embedding"."""
+        if convention == "total":
+            return self.params_total
+        if convention == "non_embedding":
+            return self.params_non_embedding
+        raise UserError(f"unknown parameter convention {convention!r}; use one of: {', '.join(CONVENTIONS)}")
+
+    def flops(self, convention: str = "total") -> float:
+        """Return C = 6 N D under `convention`."""
+        return 6.0 * self.params(convention) * self.tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "sweep": self.sweep, "corpus_fingerprint": self.corpus_fingerprint,
+            "params_total": self.params_total, "params_non_embedding": self.params_non_embedding,
+            "tokens": self.tokens, "flops_6nd": self.flops_6nd, "flops_exact": self.flops_exact,
+            "flop_budget": self.flop_budget, "final_loss": self.final_loss, "status": self.status,
+            "learning_curve": [list(point) for point in self.learning_curve],
+        }
+
+
+@dataclass(frozen=True)
+class RunTable:
+    """Completed runs as rows, and every run left out with the reason."""
+
+    rows: tuple[RunRow, ...]
+    excluded: dict[str, str]  # "<sweep>/<run_id>" -> reason (status, missing summary, missing loss)
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def fingerprints(self) -> set[str | None]:
+        return {row.corpus_fingerprint for row in self.rows}
+
+
+def load_runs(path: str | Path, *, allow_mixed: bool = False) -> RunTable:
+    """Read every run under `path` (RUNS root, sweep folder or run folder) into a RunTable.
+
+    Raises UserError when `path` contains no runs, or when completed runs come from more than one corpus or
+    tokenizer fingerprint and `allow_mixed` is False.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise UserError(f"runs folder {root} not found; pass the RUNS folder or one sweep folder inside it")
+    rows: list[RunRow] = []
+    excluded: dict[str, str] = {}
+    for run_dir in iter_run_dirs(root):
+        name = f"{run_dir.sweep}/{run_dir.run_id}"
+        row, reason = _read_run(run_dir)
+        if row is None:
+            excluded[name] = reason
+        else:
+            rows.append(row)
+    if not rows and not excluded:
+        raise UserError(f"no runs found under {root}: expected <sweep>/<run_id>/config.json folders")
+    if excluded:
+        logger.warning("excluded %d run(s) that are not usable: %s", len(excluded),
+                       "; ".join(f"{name} ({reason})" for name, reason in sorted(excluded.items())))
+
+    fingerprints = sorted({str(row.corpus_fingerprint) for row in rows})
+    if len(fingerprints) > 1 and not allow_mixed:
+        raise UserError(
+            f"runs under {root} come from {len(fingerprints)} corpus/tokenizer fingerprints "
+            f"({', '.join(fingerprints)}); fit one corpus at a time, or allow mixing explicitly"
+        )
+    rows.sort(key=lambda row: (row.sweep, row.flops_6nd, row.params_total, row.run_id))
+    return RunTable(tuple(rows), excluded, str(root))
+
+
+def _read_run(run_dir: RunDir) -> tuple[RunRow | None, str]:
+    """Return (row, "") for a usable run, or (None, reason)."""
+    try:
+        config = run_dir.config()
+    except (OSError, ValueError) as error:
+        return None, f"unreadable config.json: {error}"
+    try:
+        summary = run_dir.summary()
+    except (OSError, ValueError) as error:
+        return None, f"unreadable summary.json: {error}"
+    if summary is None:
+        return None, "no summary.json (never started)"
+    status = summary.get("status")
+    if status != "completed":
+        return None, f"status {status}"
+    final_loss = summary.get("final_val_loss")
+    if final_loss is None or not math.isfinite(float(final_loss)):
+        return None, "completed without a finite final_val_loss"
+
+    params = config.get("params", {})
+    flops = config.get("flops", {})
+    try:
+        params_total = int(params["total"])
+        params_non_embedding = int(params["non_embedding"])
+        tokens = int(config.get("tokens", summary.get("tokens_seen")))
+    except (KeyError, TypeError, ValueError) as error:
+        return None, f"config.json lacks parameter counts or tokens ({error})"
+
+    corpus = config.get("corpus") or {}
+    train_config = config.get("config") or {}
+    budget = train_config.get("flop_budget", config.get("flop_budget"))
+    curve = tuple(
+        (float(row["tokens"]), float(row["val_loss"]))
+        for row in run_dir.metrics()
+        if row.get("val_loss") is not None and row.get("tokens") is not None
+    )
+    row = RunRow(
+        run_id=str(config.get("run_id", run_dir.run_id)),
+        sweep=str(config.get("sweep", run_dir.sweep)),
+        corpus_fingerprint=corpus.get("fingerprint"),
+        params_total=params_total,
+        params_non_embedding=params_non_embedding,
+        tokens=tokens,
+        flops_6nd=6.0 * params_total * tokens,
+        flops_exact=None if flops.get("exact") is None else float(flops["exact"]),
+        flop_budget=None if budget is None else float(budget),
+        final_loss=float(final_loss),
+        status=str(status),
+        learning_curve=curve,
+        path=str(run_dir.path),
+    )
+    return row, ""

@@ -1,0 +1,116 @@
+"""Questions: parsing, one row per law, disagreement notes, the fit's own row, and the CLI's --json output."""
+
+import argparse
+import json
+
+import pytest
+
+from analysis import cli
+from analysis.ask import ROW_KEYS, ask
+from analysis.query import parse_query
+from scaling.errors import UserError
+
+
+@pytest.mark.parametrize("text, kind, params, tokens, flops", [
+    ("tokens for 7B", "tokens_for_params", 7e9, None, None),
+    ("Tokens for 7e9", "tokens_for_params", 7e9, None, None),
+    ("tokens for 350M params", "tokens_for_params", 3.5e8, None, None),
+    ("tokens for 1.5t", "tokens_for_params", 1.5e12, None, None),
+    ("tokens for 125k", "tokens_for_params", 1.25e5, None, None),
+    ("compute for 70B", "compute_for_params", 7e10, None, None),
+    ("params for 1e23 FLOPs", "params_for_flops", None, None, 1e23),
+    ("tokens per param at 1e22 FLOPs", "tokens_per_param", None, None, 1e22),
+    ("loss at 7B params and 1.4T tokens", "loss_at", 7e9, 1.4e12, None),
+    ("loss at 7B params, 1.4T tokens?", "loss_at", 7e9, 1.4e12, None),
+])
+def test_parse_forms(text, kind, params, tokens, flops):
+    query = parse_query(text)
+    assert query.kind == kind
+    assert query.params == params
+    assert query.tokens == tokens
+    assert query.flops == flops
+
+
+def test_unknown_question_lists_forms():
+    with pytest.raises(UserError, match="tokens for 7B.*params for 1e23 FLOPs"):
+        parse_query("how big should my model be")
+
+
+def test_zero_is_rejected():
+    with pytest.raises(UserError, match="> 0"):
+        parse_query("tokens for 0B")
+
+
+def test_tokens_for_7b_rows_and_disagreement_note():
+    answer = ask("tokens for 7B")
+    assert [tuple(row) for row in answer.rows] == [ROW_KEYS] * len(answer.rows)
+    by_law = {row["law"].split(" (")[0].split(",")[0]: row for row in answer.rows}
+    assert by_law["20 tokens per parameter"]["loss"] is None
+    assert by_law["20 tokens per parameter"]["tokens"] == pytest.approx(1.4e11)
+    # Printed Hoffmann (4.677e11) against 20 tokens per parameter (1.4e11) is 3.3x apart.
+    assert len(answer.notes) == 1
+    assert "disagree by 3.34x on tokens" in answer.notes[0]
+
+
+def test_agreeing_laws_give_no_note():
+    answer = ask("tokens for 7B", law_keys=["tokens-20", "epoch-2024"])
+    assert answer.notes == ()
+
+
+def test_params_for_flops_is_compute_optimal():
+    answer = ask("params for 5.88e21 FLOPs", law_keys=["tokens-20"])
+    row = answer.rows[0]
+    assert row["params"] == pytest.approx(7e9)
+    assert row["flops"] == pytest.approx(5.88e21)
+
+
+def test_loss_at_uses_given_point():
+    answer = ask("loss at 7B params and 1.4T tokens", law_keys=["hoffmann-a3-printed"])
+    row = answer.rows[0]
+    assert row["loss"] == pytest.approx(1.69 + 406.4 / 7e9**0.34 + 410.7 / 1.4e12**0.28)
+    assert row["tokens_per_param"] == pytest.approx(200.0)
+
+
+def test_fit_row_comes_first():
+    record = {"approach3": {"log_a": 6.0, "log_b": 7.0, "log_e": 0.5, "alpha": 0.3, "beta": 0.35,
+                            "converged": True}, "convention": "total", "n_runs": 12}
+    answer = ask("tokens for 7B", fit=record)
+    assert answer.rows[0]["law"].startswith("your fit (approach 3, total parameters, 12 runs, converged)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scaling")
+    cli.add_parsers(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_cli_ask_json_keys(capsys):
+    args = _parser().parse_args(["ask", "tokens for 7B", "--json"])
+    assert args.handler(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) >= 3
+    for row in rows:
+        assert set(row) == set(ROW_KEYS)
+
+
+def test_cli_ask_table(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    args = _parser().parse_args(["ask", "compute for 70B", "--law", "tokens-20"])
+    assert args.handler(args) == 0
+    output = capsys.readouterr().out
+    assert "20 tokens per parameter" in output
+    assert "5.88e+23" in output
+
+
+def test_cli_fit_options_parse():
+    args = _parser().parse_args(["fit", "runs/demo", "--out", "o", "--starts", "200", "--convention",
+                                 "non_embedding", "--json"])
+    assert (args.runs, args.out, args.starts, args.convention, args.json) == ("runs/demo", "o", 200,
+                                                                             "non_embedding", True)
+    assert args.handler is cli.run_fit
+
+
+def test_cli_report_registered():
+    args = _parser().parse_args(["report", "runs", "--question", "tokens for 1B"])
+    assert args.handler is cli.run_report
+    assert args.question == ["tokens for 1B"]

@@ -1,0 +1,124 @@
+"""fit_runs end to end on synthetic run folders: fit.json contents, precision, plots, guards."""
+
+import json
+
+import numpy as np
+import pytest
+
+from analysis.fit import fit_runs, read_fit
+from analysis.fit_parametric import Approach3Options
+from analysis.laws import ParametricLaw
+from analysis.report import write_report
+from analysis.ask import ask
+from analysis.synthetic import isoflop_grid, law_losses, write_synthetic_run
+from scaling.errors import UserError
+
+LAW = ParametricLaw("truth", "truth", "test", e_coef=1.5, a_coef=60.0, b_coef=300.0, alpha=0.3, beta=0.35)
+
+
+def _write_isoflop_sweep(root, record_budget=True, noise=0.0):
+    params, tokens, budgets = isoflop_grid(LAW, [1e15, 1e16, 1e17], 5, 4)
+    losses = law_losses(LAW, params, tokens, noise=noise)
+    for i, (n, d, c, loss) in enumerate(zip(params, tokens, budgets, losses)):
+        write_synthetic_run(root, "iso", f"r{i:02d}", params_total=int(n), tokens=int(d), final_loss=float(loss),
+                            flop_budget=float(c) if record_budget else None)
+    write_synthetic_run(root, "iso", "zz-diverged", params_total=1000, tokens=1000, final_loss=None,
+                        status="diverged")
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    out = tmp_path_factory.mktemp("out")
+    _write_isoflop_sweep(root, record_budget=False)
+    return fit_runs(root, out, starts=100), out
+
+
+def test_fit_recovers_law_from_runs(fitted):
+    record, _ = fitted
+    values = record["approach3"]["parameters"]
+    assert record["converged"], record["status"]
+    assert values["alpha"] == pytest.approx(0.3, rel=0.01)
+    assert values["beta"] == pytest.approx(0.35, rel=0.01)
+    assert values["E"] == pytest.approx(1.5, rel=0.01)
+
+
+def test_fit_record_names_method_and_runs(fitted):
+    record, _ = fitted
+    assert record["n_runs"] == 15
+    assert record["excluded_runs"] == {"iso/zz-diverged": "status diverged"}
+    assert record["convention"] == "total"
+    method = record["approach3"]["method"]
+    assert method["huber_delta"] == 1e-3
+    assert method["starts"] == 108
+    assert "L-BFGS-B" in method["optimizer"]
+
+
+def test_approach2_from_grouped_6nd(fitted):
+    record, _ = fitted
+    approach2 = record["approach2"]
+    assert len(approach2["profiles"]) == 3
+    assert approach2["a"] == pytest.approx(0.35 / 0.65, abs=0.01)
+
+
+def test_fit_json_round_trips_full_precision(fitted):
+    record, out = fitted
+    reread = read_fit(out / "fit.json")
+    for name in ("log_a", "log_b", "log_e", "alpha", "beta", "objective"):
+        assert reread["approach3"][name] == record["approach3"][name], name
+        assert isinstance(reread["approach3"][name], float)
+    text = (out / "fit.json").read_text()
+    assert repr(record["approach3"]["alpha"]) in text
+
+
+def test_plots_written(fitted):
+    record, out = fitted
+    assert set(record["plots"]) == {"isoflop.png", "loss_vs_params.png", "loss_vs_tokens.png"}
+    for name in record["plots"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_lists_fit_and_answers(fitted):
+    record, out = fitted
+    path = write_report(out, record, [ask("tokens for 7B", fit=record)], limitations="Tiny synthetic study.")
+    text = path.read_text()
+    assert "![" in text
+    assert "(isoflop.png)" in text
+    assert "**total**" in text
+    assert "Tiny synthetic study." in text
+    assert "your fit" in text
+
+
+def test_too_few_runs_is_user_error(tmp_path):
+    for i in range(4):
+        write_synthetic_run(tmp_path, "s", f"r{i}", params_total=10**6 * (i + 1), tokens=10**7 * (i + 1),
+                            final_loss=3.0)
+    with pytest.raises(UserError, match="4 completed run"):
+        fit_runs(tmp_path, tmp_path / "out", starts=1)
+
+
+def test_single_model_size_is_user_error(tmp_path):
+    for i in range(6):
+        write_synthetic_run(tmp_path, "s", f"r{i}", params_total=10**6, tokens=10**7 * (i + 1), final_loss=3.0)
+    with pytest.raises(UserError, match="one model size"):
+        fit_runs(tmp_path, tmp_path / "out", starts=1)
+
+
+def test_non_embedding_convention_recorded(tmp_path):
+    _write_isoflop_sweep(tmp_path / "runs")
+    record = fit_runs(tmp_path / "runs", tmp_path / "out", convention="non_embedding", starts=32, plot=False,
+                      options=Approach3Options(max_iterations=500))
+    assert record["convention"] == "non_embedding"
+    assert "Kaplan" in record["convention_description"]
+    assert record["points"][0]["params"] == pytest.approx(int(record["points"][0]["params"]))
+
+
+def test_read_fit_missing_is_user_error(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        read_fit(tmp_path / "fit.json")
+
+
+def test_read_fit_rejects_other_json(tmp_path):
+    (tmp_path / "fit.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(UserError, match="approach 3"):
+        read_fit(tmp_path)
