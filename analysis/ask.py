@@ -26,6 +26,7 @@ _ASKED = {
     "tokens_per_param": "tokens_per_param",
     "loss_at": "loss",
 }
+_ALLOCATING = ("tokens_for_params", "compute_for_params", "params_for_flops", "tokens_per_param")
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,21 @@ def fitted_law(record: dict[str, Any], source: str = "your fit.json") -> Paramet
 
 def answer_row(law: Law, query: Query) -> dict[str, Any]:
     """Return one law's answer to `query` as a row with the keys of ROW_KEYS."""
-    if query.kind in ("tokens_for_params", "compute_for_params"):
-        params = query.params
-        tokens = law.tokens_for_params(params)
-    elif query.kind in ("params_for_flops", "tokens_per_param"):
-        params, tokens = law.compute_optimal(query.flops)
-    elif query.kind == "loss_at":
-        params, tokens = query.params, query.tokens
-    else:
-        raise ValueError(f"unknown query kind {query.kind!r}")
+    try:
+        if query.kind in ("tokens_for_params", "compute_for_params"):
+            params = query.params
+            tokens = law.tokens_for_params(params)
+        elif query.kind in ("params_for_flops", "tokens_per_param"):
+            params, tokens = law.compute_optimal(query.flops)
+        elif query.kind == "loss_at":
+            params, tokens = query.params, query.tokens
+        else:
+            raise ValueError(f"unknown query kind {query.kind!r}")
+    except ValueError as error:
+        # A fitted law with alpha or beta <= 0 has no compute-optimal allocation: the row stays, empty.
+        if query.kind not in _ALLOCATING:
+            raise
+        return _empty_row(law, query, str(error))
     loss = law.loss(params, tokens)
     return {
         "law": law.name,
@@ -86,6 +93,11 @@ def answer_row(law: Law, query: Query) -> dict[str, Any]:
         "loss": None if loss is None else float(loss),
         "source": law.citation,
     }
+
+
+def _empty_row(law: Law, query: Query, reason: str) -> dict[str, Any]:
+    return {"law": law.name, "params": query.params, "tokens": None, "tokens_per_param": None,
+            "flops": query.flops, "loss": None, "source": f"{law.citation} (no allocation: {reason})"}
 
 
 def disagreement_notes(query: Query, rows: Sequence[dict[str, Any]]) -> list[str]:

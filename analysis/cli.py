@@ -78,7 +78,7 @@ def run_ask(args: argparse.Namespace) -> int:
         for note in answer.notes:
             print(f"note: {note}", file=sys.stderr)
         return 0
-    _print_answer(answer)
+    print_answer(answer)
     return 0
 
 
@@ -126,7 +126,8 @@ def _print_fit(record: dict[str, Any], out: Path) -> None:
     console.print(f"wrote {out / 'fit.json'}")
 
 
-def _print_answer(answer) -> None:
+def print_answer(answer) -> None:
+    """Print an Answer as a rich table, its sources as numbered notes below it, then its notes."""
     from rich.console import Console
     from rich.table import Table
 
@@ -137,8 +138,8 @@ def _print_answer(answer) -> None:
     for row in answer.rows:
         if row["source"] not in sources:
             sources.append(row["source"])
-        table.add_row(row["law"], _number(row["params"]), _number(row["tokens"]), f"{row['tokens_per_param']:.2f}",
-                      _number(row["flops"]), "-" if row["loss"] is None else f"{row['loss']:.4f}",
+        table.add_row(row["law"], _number(row["params"]), _number(row["tokens"]),
+                      _number(row["tokens_per_param"], ".2f"), _number(row["flops"]), _number(row["loss"], ".4f"),
                       f"[{sources.index(row['source']) + 1}]")
     console = Console()
     console.print(table)
@@ -148,5 +149,7 @@ def _print_answer(answer) -> None:
         console.print(f"note: {note}", markup=False, highlight=False)
 
 
-def _number(value: float) -> str:
-    return f"{value:.4g}" if math.isfinite(value) else str(value)
+def _number(value: float | None, spec: str = ".4g") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) if math.isfinite(value) else str(value)

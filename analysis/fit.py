@@ -149,6 +149,12 @@ def _record(table: RunTable, convention: str, approach3: ParametricFit, approach
         "convention": convention,
         "convention_description": CONVENTION_DESCRIPTIONS[convention],
         "units": {"N": "parameters", "D": "tokens", "C": "FLOPs (6ND)", "loss": "nats/token, final validation"},
+        "data_range": {
+            "params": [float(params.min()), float(params.max())],
+            "tokens": [float(tokens.min()), float(tokens.max())],
+            "flops": [float((6 * params * tokens).min()), float((6 * params * tokens).max())],
+            "loss": [float(losses.min()), float(losses.max())],
+        },
         "status": approach3.status,
         "converged": approach3.converged,
         "approach3": approach3.to_dict(),

@@ -114,3 +114,12 @@ def test_cli_report_registered():
     args = _parser().parse_args(["report", "runs", "--question", "tokens for 1B"])
     assert args.handler is cli.run_report
     assert args.question == ["tokens for 1B"]
+
+
+def test_fit_without_allocation_gives_empty_row():
+    record = {"approach3": {"log_a": 6.0, "log_b": 7.0, "log_e": 0.5, "alpha": -0.1, "beta": 0.35,
+                            "converged": False}, "convention": "total", "n_runs": 6}
+    answer = ask("tokens for 7B", fit=record)
+    assert answer.rows[0]["tokens"] is None
+    assert "no allocation" in answer.rows[0]["source"]
+    assert answer.rows[1]["tokens"] == pytest.approx(1.4e11)

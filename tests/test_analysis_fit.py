@@ -122,3 +122,9 @@ def test_read_fit_rejects_other_json(tmp_path):
     (tmp_path / "fit.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(UserError, match="approach 3"):
         read_fit(tmp_path)
+
+
+def test_data_range_recorded(fitted):
+    record, _ = fitted
+    params = [point["params"] for point in record["points"]]
+    assert record["data_range"]["params"] == [min(params), max(params)]
