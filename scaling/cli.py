@@ -98,6 +98,7 @@ def _add_train_parser(commands) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from scaling.config import TrainConfig
+    from scaling.run_lock import RunLocked
     from scaling.train import train
 
     path = Path(args.config)
@@ -105,7 +106,11 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(f"config file {path} not found; pass a JSON or YAML TrainConfig")
     raw = _read_config_file(path)
     config = TrainConfig.from_dict(raw.get("config", raw))  # accepts a run's own config.json too
-    summary = train(config, args.runs, progress=not args.no_progress)
+    try:
+        summary = train(config, args.runs, progress=not args.no_progress)
+    except RunLocked as locked:
+        print(f"scaling: {locked}; wait for it to finish", file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=2))
     return 0 if summary["status"] == "completed" else 1
 

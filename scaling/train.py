@@ -33,6 +33,7 @@ from scaling.config import TrainConfig
 from scaling.data import PreparedCorpus, batch_at, epochs_for, predicted_bytes, validation_windows
 from scaling.errors import UserError
 from scaling.paths import runs_root as resolve_runs_root
+from scaling.run_lock import RunLock
 from scaling.run_store import RunDir
 from scaling.schedule import schedule_values, scheduled_lr
 from scaling.tracking import Tracker
@@ -200,6 +201,11 @@ def train(config: TrainConfig, runs_root: str | Path | None = None, *, progress:
     root = resolve_runs_root(runs_root)
     run_dir = RunDir.at(root, config.sweep, config.run_id)
     _check_same_config(run_dir, config)
+    with RunLock(run_dir.path):  # raises RunLocked while another live process trains this run
+        return _train_locked(config, root, run_dir, progress)
+
+
+def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bool) -> dict[str, Any]:
     previous = run_dir.summary() if run_dir.summary_path.exists() else None
     if previous and previous.get("status") == "completed":
         log.info("run %s/%s already completed; skipping", config.sweep, config.run_id)

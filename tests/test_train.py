@@ -118,3 +118,43 @@ def test_resume_after_kill_equals_uninterrupted(small_corpus, tmp_path):
     assert [r["step"] for r in resumed_rows] == [r["step"] for r in straight_rows]
     for ours, theirs in zip(resumed_rows, straight_rows):
         assert {k: ours.get(k) for k in COMPARED_KEYS} == {k: theirs.get(k) for k in COMPARED_KEYS}
+
+
+def test_locked_run_is_not_trained_twice(small_corpus, tmp_path):
+    from scaling.run_lock import RunLock, RunLocked
+
+    config = tiny_config(small_corpus)
+    with RunLock(RunDir.at(tmp_path, "test", "tiny").path):
+        script = (
+            "import json, sys\n"
+            "from scaling.config import TrainConfig\n"
+            "from scaling.run_lock import RunLocked\n"
+            "from scaling.train import train\n"
+            "try:\n"
+            "    train(TrainConfig.from_dict(json.load(open(sys.argv[1]))), sys.argv[2], progress=False)\n"
+            "except RunLocked as locked:\n"
+            "    print(locked); sys.exit(3)\n"
+        )
+        config_path = tmp_path / "tiny.json"
+        config_path.write_text(json.dumps(config.to_dict()))
+        other = subprocess.run([sys.executable, "-c", script, str(config_path), str(tmp_path)],
+                               capture_output=True, text=True, timeout=120)
+        assert other.returncode == 3, other.stderr
+        assert f"pid {os.getpid()}" in other.stdout or str(os.getpid()) in other.stdout
+    assert RunDir.at(tmp_path, "test", "tiny").summary() is None  # the blocked process trained nothing
+
+
+def test_lock_of_killed_holder_is_released(tmp_path):
+    from scaling.run_lock import RunLock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom scaling.run_lock import RunLock\n"
+         "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)\n", str(tmp_path / "run")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with RunLock(tmp_path / "run"):
+        pass

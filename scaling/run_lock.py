@@ -1,0 +1,68 @@
+"""A lock per run folder, so two launchers on one sweep never train the same run at once.
+
+The lock is an exclusive `flock` on `<run>/.lock`. The kernel releases it when the holder exits, however it
+exits (SIGKILL included), so a dead launcher never keeps a run locked. The file records the holder's
+host and process id for the message another launcher prints. NOTE: flock is reliable on local disks; on
+network file systems check that your mount supports it before sharing one RUNS folder between hosts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+
+
+class RunLocked(Exception):
+    """The run is being trained by another live process."""
+
+    def __init__(self, run_path: Path, holder: str):
+        super().__init__(f"run {run_path.name} is being trained by {holder}")
+        self.holder = holder
+
+
+class RunLock:
+    """Exclusive ownership of one run folder while it trains; use as a context manager."""
+
+    def __init__(self, run_path: Path):
+        self.run_path = Path(run_path)
+        self.path = self.run_path / LOCK_NAME
+        self.handle = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise RunLocked naming the live holder."""
+        self.run_path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunLocked(self.run_path, holder) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
+        handle.flush()
+        self.handle = handle
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
