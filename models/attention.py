@@ -1,0 +1,221 @@
+"""Scaled dot-product attention over grouped key/value heads, in three implementations.
+
+softmax(q k^T / sqrt(E)) v (Vaswani et al. 2017, eq. 1), where H query heads share K key/value heads
+(Ainslie et al. 2023, grouped-query attention; K = 1 is Shazeer 2019's multi-query attention). Query head
+h reads key/value head h // (H // K): consecutive query heads share one key/value head, the same grouping
+as `jax.nn.dot_product_attention`.
+
+Implementations, chosen by `ModelConfig.attention_impl`:
+- "xla": the score matrix [L, S] in full, then a float32 softmax. The CPU default.
+- "blockwise": an online softmax over blocks of keys (Milakov & Gimelshein 2018, arXiv:1805.02867;
+  Rabe & Staats 2021, arXiv:2112.05682). It keeps a running maximum, normaliser and weighted sum per query,
+  so memory grows with L x block instead of L x S, and the backward pass recomputes each block.
+- "cudnn": cuDNN flash attention (Dao et al. 2022, arXiv:2205.14135) through
+  `jax.nn.dot_product_attention(implementation="cudnn")`, on NVIDIA GPUs with bfloat16 or float16 inputs.
+
+Which keys a query sees: key slot s is visible to the query in slot t when s <= t (the causal mask) and s
+holds a real token (the padding mask). The two masks are combined with a logical and. A query also always
+sees its own slot, so a padding query, which has no real key before it, still gets a finite softmax.
+
+Shape suffixes: B batch, L query positions, S key positions, H query heads, K key/value heads,
+G query heads per key/value head (H = K G), E head_dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from scaling.errors import UserError
+
+DEFAULT_KEY_BLOCK = 128  # keys per block of the blockwise implementation
+MASKED_SCORE = float(jnp.finfo(jnp.float32).min)  # score of a masked key, finite so that no inf - inf appears
+
+
+def visible_keys(
+    query_index_L: jax.Array,
+    key_index_S: jax.Array,
+    key_valid_BxS: jax.Array,
+    causal: bool = True,
+) -> jax.Array:
+    """Return the [B, L, S] boolean mask of keys each query may attend to.
+
+    `query_index_L` and `key_index_S` are cache slots (positions in the sequence buffer), `key_valid_BxS`
+    marks slots that hold real tokens. `causal=False` drops the causal mask and is meant only for tests and
+    examples that show what the mask prevents.
+    """
+    real_Bx1xS = key_valid_BxS[:, None, :]
+    own_slot_1xLxS = (key_index_S[None, :] == query_index_L[:, None])[None]
+    if not causal:
+        return real_Bx1xS | own_slot_1xLxS
+    earlier_1xLxS = (key_index_S[None, :] <= query_index_L[:, None])[None]
+    return (real_Bx1xS & earlier_1xLxS) | own_slot_1xLxS
+
+
+def attention(
+    q_BxLxHxE: jax.Array,
+    k_BxSxKxE: jax.Array,
+    v_BxSxKxE: jax.Array,
+    *,
+    query_index_L: jax.Array | None = None,
+    key_valid_BxS: jax.Array | None = None,
+    causal: bool = True,
+    implementation: str = "xla",
+    key_block: int = DEFAULT_KEY_BLOCK,
+) -> jax.Array:
+    """Return the attention output [B, L, H, E] in the dtype of `q_BxLxHxE`.
+
+    Defaults describe self-attention without a cache: query i sits in slot i and every key is real.
+    "cudnn" runs only in that case (no cache, no padding). With a cache or padding the XLA implementation
+    runs instead, because single-token decode reads the cache once and gains nothing from a fused kernel.
+    """
+    batch, length = q_BxLxHxE.shape[:2]
+    keys = k_BxSxKxE.shape[1]
+    plain_self_attention = query_index_L is None and key_valid_BxS is None and length == keys
+    if query_index_L is None:
+        query_index_L = jnp.arange(length)
+    if key_valid_BxS is None:
+        key_valid_BxS = jnp.ones((batch, keys), bool)
+
+    if implementation == "cudnn" and plain_self_attention and causal:
+        return attention_cudnn(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)
+    if implementation == "blockwise":
+        return attention_blockwise(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, query_index_L, key_valid_BxS, causal, key_block)
+    if implementation in ("xla", "cudnn"):
+        return attention_xla(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, query_index_L, key_valid_BxS, causal)
+    raise UserError(f"attention_impl={implementation!r} is not one of: xla, cudnn, blockwise")
+
+
+def _group_queries(q_BxLxHxE: jax.Array, kv_heads: int) -> jax.Array:
+    """Reshape queries to [B, L, K, G, E]: query head h = k G + g reads key/value head k (repeat grouping)."""
+    batch, length, heads, head_dim = q_BxLxHxE.shape
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads cannot share {kv_heads} key/value heads evenly")
+    return q_BxLxHxE.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+
+
+def attention_xla(
+    q_BxLxHxE: jax.Array,
+    k_BxSxKxE: jax.Array,
+    v_BxSxKxE: jax.Array,
+    query_index_L: jax.Array,
+    key_valid_BxS: jax.Array,
+    causal: bool = True,
+) -> jax.Array:
+    """Return attention computed with the full [L, S] score matrix and a float32 softmax."""
+    batch, length, heads, head_dim = q_BxLxHxE.shape
+    q_BxLxKxGxE = _group_queries(q_BxLxHxE, k_BxSxKxE.shape[2])
+    scores_BxKxGxLxS = jnp.einsum(
+        "blkge,bske->bkgls", q_BxLxKxGxE, k_BxSxKxE, preferred_element_type=jnp.float32
+    ) / math.sqrt(head_dim)
+
+    key_index_S = jnp.arange(k_BxSxKxE.shape[1])
+    visible_BxLxS = visible_keys(query_index_L, key_index_S, key_valid_BxS, causal)
+    scores_BxKxGxLxS = jnp.where(visible_BxLxS[:, None, None], scores_BxKxGxLxS, MASKED_SCORE)
+    weights_BxKxGxLxS = jax.nn.softmax(scores_BxKxGxLxS, axis=-1)
+
+    out_BxLxKxGxE = jnp.einsum(
+        "bkgls,bske->blkge", weights_BxKxGxLxS.astype(v_BxSxKxE.dtype), v_BxSxKxE,
+        preferred_element_type=jnp.float32,
+    )
+    return out_BxLxKxGxE.reshape(batch, length, heads, head_dim).astype(q_BxLxHxE.dtype)
+
+
+def attention_blockwise(
+    q_BxLxHxE: jax.Array,
+    k_BxSxKxE: jax.Array,
+    v_BxSxKxE: jax.Array,
+    query_index_L: jax.Array,
+    key_valid_BxS: jax.Array,
+    causal: bool = True,
+    key_block: int = DEFAULT_KEY_BLOCK,
+) -> jax.Array:
+    """Return attention computed block by block over the keys with an online softmax.
+
+    After each block the running maximum m, normaliser l and weighted sum a of every query are updated:
+    m' = max(m, max_s score), l' = l exp(m - m') + sum_s exp(score - m'), a' = a exp(m - m') + sum_s
+    exp(score - m') v_s. The output is a / l once all blocks are read.
+    """
+    if key_block < 1:
+        raise ValueError(f"key_block={key_block} must be a positive number of keys")
+    batch, length, heads, head_dim = q_BxLxHxE.shape
+    keys, kv_heads = k_BxSxKxE.shape[1:3]
+    groups = heads // kv_heads
+    n_blocks = -(-keys // key_block)
+    padding = n_blocks * key_block - keys
+
+    # Pad the keys to whole blocks. Padded slots are invalid, so no query attends to them.
+    k_BxSxKxE = jnp.pad(k_BxSxKxE, ((0, 0), (0, padding), (0, 0), (0, 0)))
+    v_BxSxKxE = jnp.pad(v_BxSxKxE, ((0, 0), (0, padding), (0, 0), (0, 0)))
+    key_valid_BxS = jnp.pad(key_valid_BxS, ((0, 0), (0, padding)))
+    key_index_S = jnp.arange(n_blocks * key_block)
+
+    def blocks(x, axis: int):
+        """Split axis `axis` of x into [n_blocks, ..., key_block, ...] with the block index first."""
+        split = x.reshape(*x.shape[:axis], n_blocks, key_block, *x.shape[axis + 1 :])
+        return jnp.moveaxis(split, axis, 0)
+
+    q_BxLxKxGxE = _group_queries(q_BxLxHxE, kv_heads)
+    scale = 1.0 / math.sqrt(head_dim)
+
+    def read_block(carry, block):
+        max_BxKxGxL, norm_BxKxGxL, sum_BxKxGxLxE = carry
+        k_BxCxKxE, v_BxCxKxE, valid_BxC, index_C = block  # C: keys in this block
+        scores_BxKxGxLxC = jnp.einsum(
+            "blkge,bcke->bkglc", q_BxLxKxGxE, k_BxCxKxE, preferred_element_type=jnp.float32
+        ) * scale
+        visible_BxLxC = visible_keys(query_index_L, index_C, valid_BxC, causal)[:, None, None]
+        scores_BxKxGxLxC = jnp.where(visible_BxLxC, scores_BxKxGxLxC, MASKED_SCORE)
+
+        new_max_BxKxGxL = jnp.maximum(max_BxKxGxL, scores_BxKxGxLxC.max(axis=-1))
+        weights_BxKxGxLxC = jnp.where(visible_BxLxC, jnp.exp(scores_BxKxGxLxC - new_max_BxKxGxL[..., None]), 0.0)
+        rescale_BxKxGxL = jnp.exp(max_BxKxGxL - new_max_BxKxGxL)
+        norm_BxKxGxL = norm_BxKxGxL * rescale_BxKxGxL + weights_BxKxGxLxC.sum(axis=-1)
+        block_sum_BxKxGxLxE = jnp.einsum(
+            "bkglc,bcke->bkgle", weights_BxKxGxLxC.astype(v_BxCxKxE.dtype), v_BxCxKxE,
+            preferred_element_type=jnp.float32,
+        )
+        sum_BxKxGxLxE = sum_BxKxGxLxE * rescale_BxKxGxL[..., None] + block_sum_BxKxGxLxE
+        return (new_max_BxKxGxL, norm_BxKxGxL, sum_BxKxGxLxE), None
+
+    initial = (
+        jnp.full((batch, kv_heads, groups, length), MASKED_SCORE, jnp.float32),
+        jnp.zeros((batch, kv_heads, groups, length), jnp.float32),
+        jnp.zeros((batch, kv_heads, groups, length, head_dim), jnp.float32),
+    )
+    xs = (blocks(k_BxSxKxE, 1), blocks(v_BxSxKxE, 1), blocks(key_valid_BxS, 1), blocks(key_index_S, 0))
+    # jax.checkpoint makes the backward pass recompute each block's scores instead of storing all of them.
+    (_, norm_BxKxGxL, sum_BxKxGxLxE), _ = jax.lax.scan(jax.checkpoint(read_block), initial, xs)
+
+    # Every query sees at least its own slot, so the normaliser is positive.
+    out_BxKxGxLxE = sum_BxKxGxLxE / norm_BxKxGxL[..., None]
+    out_BxLxKxGxE = jnp.moveaxis(out_BxKxGxLxE, 3, 1)
+    return out_BxLxKxGxE.reshape(batch, length, heads, head_dim).astype(q_BxLxHxE.dtype)
+
+
+def attention_cudnn(q_BxLxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array) -> jax.Array:
+    """Return causal self-attention from cuDNN's fused kernel; raise UserError where it cannot run."""
+    check_cudnn_available(q_BxLxHxE.dtype)
+    return jax.nn.dot_product_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, is_causal=True, implementation="cudnn")
+
+
+def check_cudnn_available(dtype) -> None:
+    """Raise UserError unless the default device is an NVIDIA GPU and `dtype` is bfloat16 or float16.
+
+    cuDNN's fused attention in JAX 0.10 accepts only fp16, bf16 and fp8 inputs.
+    """
+    device = jax.devices()[0]
+    platform_version = getattr(getattr(device, "client", None), "platform_version", "") or ""
+    on_nvidia = device.platform == "gpu" and "rocm" not in platform_version.lower()
+    if not on_nvidia:
+        raise UserError(
+            f"attention_impl='cudnn' needs an NVIDIA GPU, but JAX runs on {device.platform} ({device.device_kind}); "
+            "use attention_impl='xla' or 'blockwise'"
+        )
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        raise UserError(
+            f"attention_impl='cudnn' needs compute_dtype bfloat16 or float16, not {jnp.dtype(dtype).name}; "
+            "set compute_dtype='bfloat16' (or 'auto') or use attention_impl='xla'"
+        )
