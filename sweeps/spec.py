@@ -1,0 +1,542 @@
+"""Sweep specs: the YAML file that describes a sweep, and its expansion into one TrainConfig per run.
+
+A spec names the sweep (`name`, its folder under RUNS) and the corpus (`data`). It fixes the model family
+(`model`: ModelConfig fields other than the shape, which models.size_ladder picks for each size), the
+optimizer and the training settings shared by all runs (`train`). It lists the runs in one of two forms:
+- `grid: {params: [...], tokens: [...]}`: every model size N trained on every token budget D;
+- `isoflop: {budgets: [...], params: [...]}`: for each FLOP budget C, each size N trained on D = C / F(N)
+  tokens, where F is the training FLOPs per token named by `flops_per_token` (`6N_total` by default, or
+  `6N_non_embedding`, or `exact` from scaling.accounting). `params` is one list for every budget, or a
+  mapping budget -> list.
+Counts may be written 1e6, "3.2e5" or "1M" (see sweeps.numbers). The packaged specs live in sweeps/specs/,
+and `load_spec("demo")` finds sweeps/specs/demo.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.size_ladder import DEFAULT_ASPECT_RATIO, DEFAULT_HEAD_DIM, describe, model_for_params
+from scaling.accounting import parameter_counts, training_flops_per_token
+from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
+from scaling.errors import UserError
+from scaling.paths import runs_root as resolve_runs_root
+from sweeps.numbers import format_count, parse_count
+
+log = logging.getLogger(__name__)
+
+SPECS_DIR = Path(__file__).resolve().parent / "specs"
+FLOPS_CONVENTIONS = ("6N_total", "6N_non_embedding", "exact")  # the keys of scaling.accounting's FLOPs per token
+PARAM_CONVENTIONS = ("total", "non_embedding")
+
+TOP_KEYS = ("name", "description", "data", "model", "optimizer", "train", "flops_per_token", "grid", "isoflop")
+DATA_KEYS = ("source", "tokenizer", "vocab_size", "text_field", "val_fraction")
+LADDER_KEYS = ("convention", "aspect_ratio", "head_dim")
+# ModelConfig fields that the size ladder or the corpus sets for each run, so a spec may not fix them.
+SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
+TRAIN_KEYS = ("seq_len", "batch_size", "eval_tokens", "eval_interval", "log_interval", "checkpoint_interval",
+              "keep_checkpoints", "seed", "wandb_mode", "wandb_project")
+GRID_KEYS = ("params", "tokens")
+ISOFLOP_KEYS = ("budgets", "params")
+
+EVALS_PER_RUN = 8  # target evaluations per run when eval_interval is "auto" (the rule gives 5 to 9)
+CHECKPOINTS_PER_RUN = 3  # checkpoints per run when checkpoint_interval is "auto"
+MIN_STEPS_WARNING = 20  # runs shorter than this many optimizer steps get a warning: their schedule is mostly warmup
+_SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The corpus of the sweep; prepared with scaling.data.prepare under RUNS/_data when missing."""
+
+    source: str = "python-stdlib"  # python-stdlib, a text file, a folder, a glob or a .jsonl file
+    tokenizer: str = "bytes"  # "bytes" or "bpe"
+    vocab_size: int = 4096  # BPE vocabulary size in tokens (ignored for bytes, whose vocabulary is fixed)
+    text_field: str = "text"  # JSONL field that contains the text
+    val_fraction: float = 0.05  # share of documents held out for validation
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model family: fixed ModelConfig fields, and how the size ladder shapes each N."""
+
+    convention: str = "total"  # parameter convention of the sizes in the spec: "total" or "non_embedding"
+    aspect_ratio: float = DEFAULT_ASPECT_RATIO  # d_model / n_layers the ladder aims for
+    head_dim: int = DEFAULT_HEAD_DIM  # width of one attention head; d_model is a multiple of it
+    fields: dict[str, Any] = field(default_factory=dict)  # other ModelConfig fields (norm, mlp, positions, ...)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Training settings shared by every run; None intervals follow the rule in `run_intervals`."""
+
+    seq_len: int = 128  # tokens per training sequence
+    batch_size: int = 16  # sequences per optimizer step
+    eval_tokens: int = 32768  # validation tokens scored at each evaluation
+    eval_interval: int | None = None  # optimizer steps between evaluations; None ("auto") scales with the run
+    log_interval: int = 10  # optimizer steps between metric rows (shortened for short runs)
+    checkpoint_interval: int | None = None  # optimizer steps between checkpoints; None ("auto") scales with the run
+    keep_checkpoints: int = 2  # checkpoints kept on disk per run
+    seed: int = 0  # initialisation and data-order seed, the same for every run of the sweep
+    wandb_mode: str = "auto"  # "online", "offline", "disabled" or "auto"
+    wandb_project: str = "scaling"
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.batch_size
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Every size in `params` trained on every token budget in `tokens`."""
+
+    params: tuple[float, ...]  # target parameter counts N (in the model convention)
+    tokens: tuple[float, ...]  # token budgets D
+
+
+@dataclass(frozen=True)
+class IsoflopSpec:
+    """For each FLOP budget, the sizes trained on that budget."""
+
+    params_by_budget: dict[float, tuple[float, ...]]  # budget C (FLOPs) -> target parameter counts N
+
+    @property
+    def budgets(self) -> tuple[float, ...]:
+        return tuple(sorted(self.params_by_budget))
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed, validated sweep spec."""
+
+    name: str  # the sweep: folder RUNS/<name>/ and the W&B group
+    data: DataSpec
+    model: ModelSpec
+    optimizer: OptimizerConfig
+    train: TrainSpec
+    flops_per_token: str = "6N_total"  # FLOPs-per-token convention for D = C / F(N) and for every C shown
+    grid: GridSpec | None = None
+    isoflop: IsoflopSpec | None = None
+    description: str = ""
+    origin: str = "<spec>"  # the file it came from, for messages
+
+    @property
+    def kind(self) -> str:
+        return "isoflop" if self.isoflop is not None else "grid"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep, fully resolved: its TrainConfig and the quantities a scaling study reads."""
+
+    run_id: str  # e.g. C1e13-N3.2e5 (IsoFLOP) or N3.2e5-D1e7 (grid)
+    config: TrainConfig
+    target_params: float  # N asked for in the spec, in the model convention
+    params_total: int  # N of the chosen shape, every parameter
+    params_non_embedding: int  # N of the chosen shape, attention and MLP matrices only
+    tokens: int  # D actually trained: whole batches
+    flops: float  # C of the trained tokens, in the spec's flops_per_token convention
+    flops_per_token: int  # F(N) in that convention
+    budget: float | None  # the IsoFLOP budget C this run belongs to; None for grid runs
+
+    @property
+    def steps(self) -> int:
+        return self.config.total_steps
+
+    @property
+    def shape(self) -> str:
+        return describe(self.config.model)
+
+
+def load_spec(path_or_name: str | Path) -> SweepSpec:
+    """Read a spec from a YAML file, or a packaged one by bare name ("demo" -> sweeps/specs/demo.yaml)."""
+    path = Path(path_or_name).expanduser()
+    if not path.exists():
+        packaged = SPECS_DIR / f"{path_or_name}.yaml"
+        if str(path_or_name) and "/" not in str(path_or_name) and packaged.exists():
+            path = packaged
+        else:
+            raise UserError(
+                f"sweep spec {str(path_or_name)!r} is neither a file nor a packaged spec; "
+                f"give a YAML path or one of: {', '.join(packaged_specs())}"
+            )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"sweep spec {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except OSError as error:
+        raise UserError(f"cannot read sweep spec {path}: {error.strerror}; check the path") from None
+    return parse_spec(raw, origin=str(path))
+
+
+def packaged_specs() -> list[str]:
+    """Return the names of the specs shipped in sweeps/specs/."""
+    return sorted(path.stem for path in SPECS_DIR.glob("*.yaml"))
+
+
+def parse_spec(raw: Any, origin: str = "<spec>") -> SweepSpec:
+    """Validate a spec given as nested dicts (parsed YAML); every mistake raises a one-line UserError."""
+    try:
+        return _parse(raw, origin)
+    except UserError as error:
+        raise UserError(f"sweep spec {origin}: {error}") from None
+
+
+def _parse(raw: Any, origin: str) -> SweepSpec:
+    top = _mapping(raw, "the spec", TOP_KEYS)
+    name = top.get("name")
+    if not isinstance(name, str) or not _SWEEP_NAME.match(name):
+        raise UserError(
+            f"name={name!r} must be a folder-safe sweep name (letters, digits, '.', '_', '-', not starting "
+            "with '_' or '.'); e.g. name: my-sweep"
+        )
+    if ("grid" in top) == ("isoflop" in top):
+        raise UserError("give exactly one of 'grid: {params, tokens}' or 'isoflop: {budgets, params}'")
+    flops_convention = top.get("flops_per_token", "6N_total")
+    if flops_convention not in FLOPS_CONVENTIONS:
+        raise UserError(f"flops_per_token={flops_convention!r} is not one of: {', '.join(FLOPS_CONVENTIONS)}")
+    description = top.get("description", "")
+    if not isinstance(description, str):
+        raise UserError(f"description={description!r} must be a string; quote it in the YAML")
+
+    optimizer_raw = _mapping(top.get("optimizer", {}), "optimizer", _field_names(OptimizerConfig))
+    _coerce_fields(OptimizerConfig, optimizer_raw, "optimizer")
+    spec = SweepSpec(
+        name=name,
+        data=_parse_data(top.get("data", {})),
+        model=_parse_model(top.get("model", {})),
+        optimizer=OptimizerConfig(**optimizer_raw),
+        train=_parse_train(top.get("train", {})),
+        flops_per_token=flops_convention,
+        grid=_parse_grid(top["grid"]) if "grid" in top else None,
+        isoflop=_parse_isoflop(top["isoflop"]) if "isoflop" in top else None,
+        description=description.strip(),
+        origin=origin,
+    )
+    _check_unique_ids(spec)
+    return spec
+
+
+def _mapping(raw: Any, where: str, known: tuple[str, ...] | set[str]) -> dict[str, Any]:
+    """Return `raw` as a dict after checking it is a mapping whose keys are all in `known`."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must be a mapping of keys to values, got {raw!r}")
+    for key in raw:
+        if key not in known:
+            raise UserError(f"unknown key {key!r} in {where}; known keys are: {', '.join(sorted(known))}")
+    return dict(raw)
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _parse_data(raw: Any) -> DataSpec:
+    values = _mapping(raw, "data", DATA_KEYS)
+    if "vocab_size" in values:
+        values["vocab_size"] = _integer(values["vocab_size"], "data.vocab_size")
+    for key in ("source", "tokenizer", "text_field"):
+        if key in values and not isinstance(values[key], str):
+            raise UserError(f"data.{key}={values[key]!r} must be a string; quote it in the YAML")
+    if values.get("tokenizer", "bytes") not in ("bytes", "bpe"):
+        raise UserError(f"data.tokenizer={values['tokenizer']!r} is not one of: bytes, bpe")
+    return DataSpec(**values)
+
+
+def _parse_model(raw: Any) -> ModelSpec:
+    ladder_fields = set(_field_names(ModelConfig)) - set(SHAPE_FIELDS)
+    values = _mapping(raw, "model", set(LADDER_KEYS) | set(SHAPE_FIELDS) | ladder_fields)
+    for key in SHAPE_FIELDS:
+        if key in values:
+            fix = ("it comes from the prepared corpus (set data.vocab_size for BPE)" if key == "vocab_size"
+                   else "each size's shape comes from the size ladder (steer it with aspect_ratio or head_dim)")
+            raise UserError(f"model.{key}={values[key]!r} cannot be set in a sweep: {fix}; remove it")
+    convention = values.pop("convention", "total")
+    if convention not in PARAM_CONVENTIONS:
+        raise UserError(f"model.convention={convention!r} is not one of: {', '.join(PARAM_CONVENTIONS)}")
+    aspect_ratio = parse_count(values.pop("aspect_ratio", DEFAULT_ASPECT_RATIO), "model.aspect_ratio")
+    head_dim = _integer(values.pop("head_dim", DEFAULT_HEAD_DIM), "model.head_dim")
+    _coerce_fields(ModelConfig, values, "model")
+    ModelConfig(**values)  # reject bad field values now, with ModelConfig's own messages
+    return ModelSpec(convention=convention, aspect_ratio=aspect_ratio, head_dim=head_dim, fields=values)
+
+
+def _parse_train(raw: Any) -> TrainSpec:
+    values = _mapping(raw, "train", TRAIN_KEYS)
+    for key in ("seq_len", "batch_size", "eval_tokens", "log_interval", "keep_checkpoints"):
+        if key in values:
+            values[key] = _integer(values[key], f"train.{key}")
+    for key in ("eval_interval", "checkpoint_interval"):
+        if key in values:
+            values[key] = None if values[key] == "auto" else _integer(values[key], f"train.{key}")
+    if "seed" in values and (not isinstance(values["seed"], int) or isinstance(values["seed"], bool)
+                             or values["seed"] < 0):
+        raise UserError(f"train.seed={values['seed']!r} must be an integer >= 0")
+    for key in ("wandb_mode", "wandb_project"):
+        if key in values and not isinstance(values[key], str):
+            raise UserError(f"train.{key}={values[key]!r} must be a string; quote it in the YAML")
+    return TrainSpec(**values)
+
+
+def _coerce_fields(cls: type, values: dict[str, Any], where: str) -> None:
+    """Convert spec values in place to the type of each dataclass field's default (float, int, bool, str).
+
+    PyYAML reads `3e-3` as a string (its float syntax needs a decimal point), so numbers are parsed here.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        default = defaults[key]
+        if isinstance(default, bool) or isinstance(default, str):
+            if type(value) is not type(default):
+                raise UserError(f"{where}.{key}={value!r} must be a {type(default).__name__}")
+        elif isinstance(default, (int, float)):
+            values[key] = _number(value, f"{where}.{key}", integer=isinstance(default, int))
+
+
+def _number(value: Any, where: str, integer: bool) -> int | float:
+    """Return a number written as a YAML number or a string like "3e-4"; zero and negatives are left to
+    the config's own checks."""
+    if isinstance(value, str):
+        try:
+            value = float(value.replace("_", ""))
+        except ValueError:
+            raise UserError(f"{where}={value!r} is not a number") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{where}={value!r} is not a finite number")
+    if integer:
+        if value != int(value):
+            raise UserError(f"{where}={value!r} must be a whole number")
+        return int(value)
+    return float(value)
+
+
+def _integer(value: Any, where: str) -> int:
+    """Return a positive whole count (a plain int, or a string like "32K"); reject fractions."""
+    number = parse_count(value, where)
+    if number != int(number):
+        raise UserError(f"{where}={value!r} must be a whole number")
+    return int(number)
+
+
+def _count_list(raw: Any, where: str) -> tuple[float, ...]:
+    if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{where} must be a non-empty list of counts, e.g. [1e5, 3e5, 1M]; got {raw!r}")
+    return tuple(parse_count(value, f"{where}[{index}]") for index, value in enumerate(raw))
+
+
+def _parse_grid(raw: Any) -> GridSpec:
+    values = _mapping(raw, "grid", GRID_KEYS)
+    for key in GRID_KEYS:
+        if key not in values:
+            raise UserError(f"grid needs '{key}', a list of counts; e.g. grid: {{params: [1e5, 1e6], tokens: [1e7]}}")
+    return GridSpec(params=_count_list(values["params"], "grid.params"),
+                    tokens=_count_list(values["tokens"], "grid.tokens"))
+
+
+def _parse_isoflop(raw: Any) -> IsoflopSpec:
+    values = _mapping(raw, "isoflop", ISOFLOP_KEYS)
+    if "params" not in values:
+        raise UserError("isoflop needs 'params': one list of sizes for every budget, or a mapping budget -> list")
+    params = values["params"]
+    if isinstance(params, dict):
+        by_budget: dict[float, tuple[float, ...]] = {}
+        for key, sizes in params.items():
+            budget = parse_count(key, f"isoflop.params key {key!r}")
+            if budget in by_budget:
+                raise UserError(f"isoflop.params names budget {key!r} twice; merge its size lists")
+            by_budget[budget] = _count_list(sizes, f"isoflop.params[{key}]")
+        if "budgets" in values:
+            listed = _count_list(values["budgets"], "isoflop.budgets")
+            missing = [b for b in listed if b not in by_budget]
+            extra = [b for b in by_budget if b not in listed]
+            if missing or extra:
+                odd = format_count((missing or extra)[0])
+                raise UserError(
+                    f"isoflop budget {odd} is in {'budgets' if missing else 'params'} but not in "
+                    f"{'params' if missing else 'budgets'}; list the same budgets in both, or drop 'budgets'"
+                )
+        return IsoflopSpec(params_by_budget=by_budget)
+    if "budgets" not in values:
+        raise UserError("isoflop needs 'budgets', a list of FLOP budgets such as [1e12, 3e12]")
+    budgets = _count_list(values["budgets"], "isoflop.budgets")
+    sizes = _count_list(params, "isoflop.params")
+    by_budget = {}
+    for budget in budgets:
+        if budget in by_budget:
+            raise UserError(f"isoflop.budgets lists {format_count(budget)} twice; remove the duplicate")
+        by_budget[budget] = sizes
+    return IsoflopSpec(params_by_budget=by_budget)
+
+
+def isoflop_run_id(budget: float, params: float) -> str:
+    return f"C{format_count(budget)}-N{format_count(params)}"
+
+
+def grid_run_id(params: float, tokens: float) -> str:
+    return f"N{format_count(params)}-D{format_count(tokens)}"
+
+
+def _run_points(spec: SweepSpec) -> list[tuple[str, float, float | None, float | None]]:
+    """Return (run_id, target N, budget C or None, tokens D or None) for every run, in a fixed order:
+    budgets then sizes ascending (IsoFLOP), sizes then token budgets ascending (grid)."""
+    if spec.isoflop is not None:
+        return [(isoflop_run_id(budget, n), n, budget, None)
+                for budget in spec.isoflop.budgets for n in sorted(spec.isoflop.params_by_budget[budget])]
+    assert spec.grid is not None
+    return [(grid_run_id(n, d), n, None, d) for n in sorted(spec.grid.params) for d in sorted(spec.grid.tokens)]
+
+
+def _check_unique_ids(spec: SweepSpec) -> None:
+    seen: dict[str, tuple[float, float | None, float | None]] = {}
+    for run_id, n, budget, tokens in _run_points(spec):
+        if run_id in seen:
+            first_n, _, first_d = seen[run_id]
+            if tokens is None:
+                entries = f"params {first_n:g} and {n:g} under budget {format_count(budget or 0)}"
+            else:
+                entries = f"params {first_n:g} and {n:g} with tokens {first_d:g} and {tokens:g}"
+            raise UserError(f"duplicate run {run_id}: {entries} give the same run; remove one of them")
+        seen[run_id] = (n, budget, tokens)
+
+
+def run_intervals(steps: int, train: TrainSpec) -> tuple[int, int, int]:
+    """Return (log_interval, eval_interval, checkpoint_interval) in optimizer steps for a run of `steps`.
+
+    The rule, for "auto" intervals:
+    - log every min(train.log_interval, steps // 8) steps (at least 1), so short runs still log 8 rows;
+    - evaluate every k log intervals, k = ceil(steps / (8 * log_interval)): the eval interval is the smallest
+      multiple of the log interval that is at least steps / 8, and because the log interval is at most
+      steps / 8 it is below steps / 4, so a run evaluates 5 to 9 times, its last step included;
+    - checkpoint every ceil(steps / 3) steps: three checkpoints, the last at the final step.
+    The trainer evaluates only on logging steps, so an explicit eval_interval shrinks the log interval to a
+    divisor of it.
+    """
+    log_every = max(1, min(train.log_interval, steps // EVALS_PER_RUN))
+    if train.eval_interval is None:
+        eval_every = log_every * max(1, math.ceil(steps / (EVALS_PER_RUN * log_every)))
+    else:
+        eval_every = train.eval_interval
+        log_every = math.gcd(log_every, eval_every)
+    checkpoint_every = train.checkpoint_interval or max(1, math.ceil(steps / CHECKPOINTS_PER_RUN))
+    return log_every, eval_every, checkpoint_every
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The corpus folder of a sweep and its meta.json."""
+
+    path: Path
+    meta: dict[str, Any]
+
+
+def prepare_data(spec: SweepSpec, runs_root: str | Path | None, *, progress: bool = False) -> PreparedData:
+    """Prepare the spec's corpus under RUNS/_data (tokenizing it if missing or stale) and return it."""
+    from scaling.data import default_data_dir, prepare
+
+    data = spec.data
+    folder = default_data_dir(data.source, data.tokenizer, data.vocab_size, resolve_runs_root(runs_root))
+    meta = prepare(data.source, folder, tokenizer=data.tokenizer, vocab_size=data.vocab_size,
+                   text_field=data.text_field, val_fraction=data.val_fraction, progress=progress)
+    return PreparedData(path=folder, meta=meta)
+
+
+def expand(spec: SweepSpec, runs_root: str | Path | None = None, *, progress: bool = False,
+           data: PreparedData | None = None) -> list[PlannedRun]:
+    """Return every run of the sweep with its full TrainConfig, after preparing the corpus if needed.
+
+    Each config is validated here (TrainConfig raises UserError), so a bad run stops the sweep before any
+    run starts. Two sizes that the ladder maps to one shape under the same budget (IsoFLOP) or token
+    budget (grid) are one run twice, and raise UserError too.
+    """
+    data = data or prepare_data(spec, runs_root, progress=progress)
+    try:
+        runs = _expand(spec, data)
+    except UserError as error:
+        raise UserError(f"sweep {spec.name}: {error}") from None
+    for run in runs:
+        if run.steps < MIN_STEPS_WARNING:
+            log.warning("run %s has only %d optimizer steps; its warmup and decay are coarse", run.run_id, run.steps)
+    return runs
+
+
+def _expand(spec: SweepSpec, data: PreparedData) -> list[PlannedRun]:
+    train = spec.train
+    vocab_size = int(data.meta["vocab_size"])
+    model_fields = {"max_seq_len": train.seq_len, **spec.model.fields, "vocab_size": vocab_size}
+    base = ModelConfig(**model_fields)
+    shapes: dict[float, ModelConfig] = {}
+    runs: list[PlannedRun] = []
+    seen: dict[tuple[str, float], str] = {}  # (shape, budget or tokens) -> run id, to find one run listed twice
+
+    for run_id, target, budget, tokens_target in _run_points(spec):
+        if target not in shapes:
+            shapes[target] = model_for_params(target, base, convention=spec.model.convention,
+                                              aspect_ratio=spec.model.aspect_ratio, head_dim=spec.model.head_dim)
+        model = shapes[target]
+        per_token = training_flops_per_token(model, train.seq_len)[spec.flops_per_token]
+        if budget is not None:
+            tokens_target = budget / per_token
+            if tokens_target < train.tokens_per_step:
+                raise UserError(
+                    f"run {run_id}: budget C={format_count(budget)} gives D={tokens_target:.0f} tokens for "
+                    f"{describe(model)}, less than one batch of {train.tokens_per_step} tokens; raise the budget, "
+                    "drop this size, or shrink train.batch_size * train.seq_len"
+                )
+        assert tokens_target is not None
+        # Whole batches only: round to the nearest batch so C stays within half a batch of the budget.
+        steps = max(1, round(tokens_target / train.tokens_per_step))
+        key = (json.dumps(dataclasses.asdict(model), sort_keys=True), budget if budget is not None else tokens_target)
+        if key in seen:
+            raise UserError(
+                f"duplicate run: {seen[key]} and {run_id} both give {describe(model)}; "
+                "drop one size or space the sizes further apart"
+            )
+        seen[key] = run_id
+
+        log_every, eval_every, checkpoint_every = run_intervals(steps, train)
+        try:
+            config = TrainConfig(
+                model=model,
+                optimizer=spec.optimizer,
+                data=DataConfig(path=str(data.path), seq_len=train.seq_len, batch_size=train.batch_size,
+                                eval_tokens=train.eval_tokens),
+                tokens=steps * train.tokens_per_step,
+                seed=train.seed,
+                run_id=run_id,
+                sweep=spec.name,
+                flop_budget=budget,
+                eval_interval=eval_every,
+                log_interval=log_every,
+                checkpoint_interval=checkpoint_every,
+                keep_checkpoints=train.keep_checkpoints,
+                wandb_mode=train.wandb_mode,
+                wandb_project=train.wandb_project,
+            )
+        except UserError as error:
+            raise UserError(f"run {run_id}: {error}") from None
+        counts = parameter_counts(model)
+        runs.append(PlannedRun(
+            run_id=run_id,
+            config=config,
+            target_params=target,
+            params_total=counts["total"],
+            params_non_embedding=counts["non_embedding"],
+            tokens=config.tokens_trained,
+            flops=float(per_token) * config.tokens_trained,
+            flops_per_token=per_token,
+            budget=budget,
+        ))
+    return runs
