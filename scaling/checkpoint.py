@@ -3,19 +3,32 @@
 The state saved is a pytree of parameters, optimizer state, the step and the RNG key data. The step is
 also the data position, because `scaling.data.batch_at` draws batch `step` from (seed, step) alone.
 Orbax writes each step to a temporary folder and renames it when complete, so a checkpoint cut short by
-a kill is never listed as a finished step.
+a kill is never listed as a finished step. A finished step can still be damaged later (a full disk, a
+copy cut short, a file deleted by hand): `restore_latest` then falls back to the newest readable step and
+moves the damaged ones aside, so the steps after it can be saved again.
+
+Two failures are told apart before any array is read. A checkpoint whose stored tree differs from the
+model's (other layers or widths: the config changed under the run) raises a UserError naming the first
+differing path; nothing is moved or deleted. A checkpoint whose files cannot be read is damaged.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from scaling.errors import UserError
 
 log = logging.getLogger(__name__)
+
+ITEM = "default"  # the folder Orbax gives the single item of a step
+UNREADABLE_PREFIX = "unreadable-"  # damaged steps are moved to checkpoints/unreadable-<step>; Orbax ignores them
 
 
 class Checkpointer:
@@ -23,12 +36,25 @@ class Checkpointer:
 
     def __init__(self, directory: Path, keep: int = 2):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.keep = keep
+        self.manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True)
+        return ocp.CheckpointManager(self.directory, options=options)
+
+    def _reopen(self) -> None:
+        # A manager fixes its item layout from the first step it reads; a damaged step must not fix it.
+        self.manager.close()
+        self.manager = self._open()
 
     def save(self, step: int, state: Any) -> None:
-        """Start writing `state` as checkpoint `step`; Orbax finishes the write in the background."""
-        self.manager.save(step, args=ocp.args.StandardSave(state))
+        """Start writing `state` as checkpoint `step`; Orbax finishes the write in the background.
+
+        `force` stops Orbax from skipping the save without a word when a step >= `step` is listed; such a
+        step makes Orbax raise instead.
+        """
+        self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -40,17 +66,69 @@ class Checkpointer:
         """Restore the newest readable checkpoint into the structure of `abstract_state`.
 
         A checkpoint that fails to restore (truncated or missing files) is skipped with a warning naming
-        its step, and the one before it is tried. Returns None when no checkpoint can be restored.
+        its step, and the one before it is tried; the skipped steps are then moved aside (see
+        `_set_aside`) so that training can save those steps again. Returns None when no checkpoint can
+        be restored. Raises UserError when a checkpoint is readable but holds a differently shaped state.
         """
+        unreadable: list[int] = []
+        restored = None
         for step in reversed(self.steps()):
             try:
-                state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+                stored = self._stored_leaves(step)
             except Exception as error:  # Orbax raises many types for damaged files; any of them means skip.
-                log.warning("checkpoint at step %d in %s is unreadable (%s); trying an older one", step,
-                            self.directory, error)
+                self._skip(step, error, unreadable)
                 continue
-            return step, state
-        return None
+            check_same_tree(stored, abstract_state, f"checkpoint at step {step} in {self.directory}")
+            try:
+                state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+            except Exception as error:
+                self._skip(step, error, unreadable)
+                continue
+            restored = (step, state)
+            break
+        if unreadable:
+            for step in unreadable:
+                self._set_aside(step)
+            self._reopen()
+        return restored
+
+    def _skip(self, step: int, error: Exception, unreadable: list[int]) -> None:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        log.warning("checkpoint at step %d in %s is unreadable (%s); trying an older one", step, self.directory,
+                    first_line[:300])
+        unreadable.append(step)
+        self._reopen()
+
+    def _stored_leaves(self, step: int) -> dict[str, tuple[int, ...]]:
+        """Return {path: shape} of every array stored in checkpoint `step`, from its metadata."""
+        handler = ocp.PyTreeCheckpointHandler()
+        try:
+            metadata = handler.metadata(epath.Path(self.directory / str(step) / ITEM))
+        finally:
+            handler.close()
+        leaves = _leaves_by_path(getattr(metadata, "tree", metadata))
+        if not leaves:
+            raise ValueError("its metadata lists no arrays: files are missing or truncated")
+        return leaves
+
+    def _set_aside(self, step: int) -> None:
+        """Move the damaged step folder to checkpoints/unreadable-<step>[-n], out of Orbax's listing."""
+        source = self.directory / str(step)
+        if not source.exists():
+            return
+        target = self.directory / f"{UNREADABLE_PREFIX}{step}"
+        number = 1
+        while target.exists():
+            number += 1
+            target = self.directory / f"{UNREADABLE_PREFIX}{step}-{number}"
+        try:
+            source.rename(target)
+        except OSError as error:
+            log.warning("could not move unreadable checkpoint %s aside (%s); deleting it", source, error)
+            shutil.rmtree(source, ignore_errors=True)
+            return
+        log.warning("moved unreadable checkpoint of step %d to %s; step %d will be saved again", step, target,
+                    step)
 
     def close(self) -> None:
         self.manager.wait_until_finished()
@@ -60,3 +138,46 @@ class Checkpointer:
 def abstract_like(state: Any) -> Any:
     """Return shape/dtype/sharding stand-ins for `state`, the restore target Orbax needs."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def check_same_tree(stored: dict[str, tuple[int, ...]], target: Any, what: str) -> None:
+    """Raise UserError naming the first path where the stored arrays and `target`'s differ.
+
+    Paths are compared as `params/block_0/mlp/up/kernel`, whatever container holds each level (dict,
+    tuple, optax named tuple), and parameters are compared before optimizer moments, so the message names
+    the parameter the config changed.
+    """
+    wanted = _leaves_by_path(target)
+    fix = "restore with the config the run was saved with, or start a new run_id"
+    for path in sorted(wanted, key=_params_first):
+        if path not in stored:
+            raise UserError(f"{what} does not fit this model: {path} {wanted[path]} is in the model but not in "
+                            f"the checkpoint; {fix}")
+        if stored[path] != wanted[path]:
+            raise UserError(f"{what} does not fit this model: {path} has shape {stored[path]} in the checkpoint "
+                            f"and {wanted[path]} in the model; {fix}")
+    extra = sorted((path for path in stored if path not in wanted), key=_params_first)
+    if extra:
+        raise UserError(f"{what} does not fit this model: {extra[0]} {stored[extra[0]]} is in the checkpoint "
+                        f"but not in the model; {fix}")
+
+
+def _params_first(path: str) -> bool:
+    return not path.startswith("params/")
+
+
+def _leaves_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {_path_name(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _path_name(path: tuple) -> str:
+    parts = []
+    for entry in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(entry, attribute):
+                parts.append(str(getattr(entry, attribute)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)

@@ -36,11 +36,18 @@ def _has_api_key() -> bool:
 
 
 class Tracker:
-    """A W&B run named by run_id and grouped by sweep; every call logs and swallows W&B errors."""
+    """A W&B run named by run_id and grouped by sweep; every call logs and swallows W&B errors.
+
+    A resumed training run resumes its W&B run (the id is a function of sweep and run_id) and sends its
+    kept metric rows again (`log_rows`), because a killed process loses the rows W&B had not yet written.
+    Rows below the step W&B says it already holds (`starting_step` of a resumed online run) are not sent,
+    so the W&B history has every step once.
+    """
 
     def __init__(self, *, mode: str, project: str, run_id: str, sweep: str, run_dir: Path, config: dict[str, Any]):
         self.mode = resolve_mode(mode)
         self.run = None
+        self.first_new_step = 0  # W&B already holds the steps below this one
         if self.mode == "disabled":
             return
         try:
@@ -59,19 +66,25 @@ class Tracker:
                 reinit="finish_previous",
                 settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
             )
+            self.first_new_step = int(getattr(self.run, "starting_step", 0) or 0)
             log.info("W&B run %s (%s mode) in group %s", run_id, self.mode, sweep)
         except Exception as error:  # W&B may fail in many ways (network, auth, service); training goes on.
             log.error("W&B init failed for run %s, continuing with the local run store only: %s", run_id, error)
             self.run = None
 
     def log(self, row: dict[str, Any], step: int) -> None:
-        if self.run is None:
+        if self.run is None or step < self.first_new_step:
             return
         try:
             self.run.log(row, step=step)
         except Exception as error:
             log.error("W&B log failed at step %d, disabling W&B for this run: %s", step, error)
             self.run = None
+
+    def log_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Send metric rows read back from metrics.jsonl, each at its own step."""
+        for row in rows:
+            self.log(row, step=int(row["step"]))
 
     def summary(self, summary: dict[str, Any]) -> None:
         if self.run is None:

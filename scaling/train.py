@@ -5,7 +5,8 @@ The flow of `train(config)`:
 2. build the model, AdamW and a device mesh (one device is a mesh of one), then restore the newest
    checkpoint or initialise;
 3. run the jit-compiled step, compiled once per run with the state donated; the host reads metrics
-   back only every `log_interval` steps, and evaluates and checkpoints at fixed intervals;
+   back only every `log_interval` steps and at checkpoint steps, and evaluates and checkpoints at fixed
+   intervals; a non-finite loss stops the run with status `diverged` and the first bad step;
 4. evaluate at the end and write summary.json with the final validation loss, the run's L(N, D) point.
 """
 
@@ -15,6 +16,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -39,6 +41,35 @@ from scaling.schedule import schedule_values, scheduled_lr
 from scaling.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+FAULT_ENV = "SCALING_FAULT"
+FAULT_POINTS = ("step", "checkpoint", "eval", "nan")
+
+
+def fault_from_env() -> tuple[str, int] | None:
+    """Return the fault a test asked for in SCALING_FAULT="<point>:<step>", or None when it is unset.
+
+    Test-only (tests/faults.py sets it; docs/reliability.md lists the points). At optimizer step `step`
+    (counted from 1): `step` kills the process by SIGKILL right after the step is dispatched, `checkpoint`
+    right after the checkpoint write of that step has started, `eval` after the first validation chunk of
+    that step is dispatched, and `nan` makes that step's parameters NaN, so its loss is NaN. `step` and
+    `eval` first let earlier checkpoint writes finish, so each point tests one thing. When unset, the loop
+    compares one tuple per step and nothing else.
+    """
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return None
+    point, _, step = raw.partition(":")
+    if point not in FAULT_POINTS or not step.isdigit():
+        raise ValueError(f"{FAULT_ENV}={raw!r} is not <point>:<step> with point one of {', '.join(FAULT_POINTS)}")
+    return point, int(step)
+
+
+def _kill_self(checkpointer: Checkpointer | None = None) -> None:
+    """SIGKILL this process, after `checkpointer`'s writes in flight end when given (the fault hook)."""
+    if checkpointer is not None:  # so a kill at a step or evaluation never also cuts an earlier checkpoint
+        checkpointer.wait()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def enable_compilation_cache(runs_root: Path) -> None:
@@ -182,8 +213,11 @@ class Trainer:
         target_logits_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
         return ((log_z_BxL - target_logits_BxL).sum(axis=-1) * weights_B).sum()
 
-    def evaluate(self, params, windows: np.ndarray) -> float:
-        """Return the summed nats over all validation windows, in chunks of one training batch."""
+    def evaluate(self, params, windows: np.ndarray, after_first_chunk=None) -> float:
+        """Return the summed nats over all validation windows, in chunks of one training batch.
+
+        `after_first_chunk`, when given, is called once the first chunk is dispatched (the fault hook).
+        """
         batch = self.config.data.batch_size
         total = jnp.zeros((), jnp.float32)
         for start in range(0, len(windows), batch):
@@ -193,6 +227,8 @@ class Trainer:
                 weights[len(chunk) :] = 0.0
                 chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), chunk.shape[1]), chunk.dtype)])
             total = total + self.eval_fn(params, chunk, weights)
+            if after_first_chunk is not None and start == 0:
+                after_first_chunk()
         return float(total)
 
 
@@ -207,8 +243,9 @@ def train(config: TrainConfig, runs_root: str | Path | None = None, *, progress:
 
 def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bool) -> dict[str, Any]:
     previous = run_dir.summary() if run_dir.summary_path.exists() else None
-    if previous and previous.get("status") == "completed":
-        log.info("run %s/%s already completed; skipping", config.sweep, config.run_id)
+    if previous and previous.get("status") in ("completed", "diverged"):
+        # A diverged run is final too: resuming it would repeat the same steps and diverge again.
+        log.info("run %s/%s already %s; skipping", config.sweep, config.run_id, previous["status"])
         return previous
 
     corpus = PreparedCorpus.load(config.data.path)
@@ -245,6 +282,8 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
         run_dir=run_dir.path,
         config=record,
     )
+    if start_step > 0:
+        tracker.log_rows(run_dir.metrics())
     started = time.time()
     wall_before = (previous or {}).get("wall_time_s", 0.0) or 0.0
     summary = _base_summary(record, status="running")
@@ -276,8 +315,11 @@ def _loop(config, trainer, state, start_step, corpus, run_dir, checkpointer, tra
     val_bytes = predicted_bytes(windows, corpus.tokenizer)
     val_tokens = windows.shape[0] * (windows.shape[1] - 1)
 
-    def evaluate(params) -> dict[str, float]:
-        nats = trainer.evaluate(params, windows)
+    fault = fault_from_env()
+
+    def evaluate(params, step: int) -> dict[str, float]:
+        interrupt = (lambda: _kill_self(checkpointer)) if fault == ("eval", step) else None
+        nats = trainer.evaluate(params, windows, after_first_chunk=interrupt)
         return {"val_loss": nats / val_tokens, "val_bpb": nats / (math.log(2) * val_bytes)}
 
     record = run_dir.config()
@@ -288,14 +330,21 @@ def _loop(config, trainer, state, start_step, corpus, run_dir, checkpointer, tra
     last_eval: dict[str, float] = {}
 
     for step in range(start_step, total_steps):
+        done = step + 1
+        if fault == ("nan", done):
+            state = {**state, "params": jax.tree.map(lambda p: p * jnp.nan, state["params"])}
         batch = batch_at(corpus.train, step, batch_size=config.data.batch_size, seq_len=config.data.seq_len,
                          seed=config.seed)
         state, metrics = trainer.step_fn(state, batch, schedule)
         pending.append(metrics)
-        done = step + 1
+        if fault == ("step", done):
+            _kill_self(checkpointer)
         is_last = done == total_steps
+        is_checkpoint = done % config.checkpoint_interval == 0 or is_last
 
-        if done % config.log_interval == 0 or is_last:
+        # A row also closes at every checkpoint step, so the rows after a resume cover the same steps as an
+        # uninterrupted run's (the losses of steps before a checkpoint are not in the checkpoint).
+        if done % config.log_interval == 0 or is_checkpoint:
             fetched = jax.device_get(pending)  # the only host synchronisation between evaluations
             now = time.time()
             row = {
@@ -309,22 +358,29 @@ def _loop(config, trainer, state, start_step, corpus, run_dir, checkpointer, tra
             }
             pending, interval_start = [], now
             if not math.isfinite(row["train_loss"]):
+                losses = [float(m["train_loss"]) for m in fetched]
+                bad = next(i for i, loss in enumerate(losses) if not math.isfinite(loss))
+                first_bad = done - len(fetched) + 1 + bad
                 run_dir.append_metrics([row])
-                summary.update(status="diverged", diverged_step=done, steps_done=done,
+                tracker.log(row, step=done)
+                summary.update(status="diverged", diverged_step=first_bad, steps_done=done,
                                tokens_seen=done * tokens_per_step, wall_time_s=row["wall_s"])
                 run_dir.write_summary(summary)
-                log.error("run %s diverged at step %d (train loss %s)", config.run_id, done, row["train_loss"])
+                log.error("run %s diverged: train loss %s at step %d; its status is diverged", config.run_id,
+                          losses[bad], first_bad)
                 bar.close()
                 return summary
             if done % config.eval_interval == 0 or is_last:
-                last_eval = evaluate(state["params"])
+                last_eval = evaluate(state["params"], done)
                 row.update(last_eval)
             run_dir.append_metrics([row])
             tracker.log(row, step=done)
             bar.update(done, row)
 
-        if done % config.checkpoint_interval == 0 or is_last:
+        if is_checkpoint:
             checkpointer.save(done, state)
+            if fault == ("checkpoint", done):
+                _kill_self()
 
     bar.close()
     checkpointer.wait()

@@ -1,0 +1,270 @@
+"""Runs survive kill -9 at chosen points, NaN losses and a failing W&B.
+
+Each kill test trains in a child process that SIGKILLs itself at one point (tests/faults.py), resumes in
+this process, and compares with one uninterrupted run of the same config: on CPU the final loss and every
+metric row must be equal bit for bit, with no step duplicated or missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from faults import finished_steps, train_until_fault, wandb_history, wandb_offline_runs
+from scaling.run_store import RunDir
+from scaling.train import train
+from test_train import COMPARED_KEYS, tiny_config
+
+STEPS = 60  # 60 steps: rows every 5, evaluations and checkpoints every 20
+
+
+def fault_config(corpus: Path, run_id: str, **changes):
+    return tiny_config(corpus, tokens=STEPS * 32 * 8, run_id=run_id, sweep="faults", **changes)
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+    """One compilation cache for this module's runs and their child processes, so each compiles once."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("jax_cache")
+        patch.setenv("SCALING_JAX_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def reference(small_corpus, tmp_path_factory, jax_cache):
+    """The uninterrupted run every faulted run must equal: (summary, metric rows)."""
+    runs = tmp_path_factory.mktemp("reference_runs")
+    summary = train(fault_config(small_corpus, "straight"), runs, progress=False)
+    assert summary["status"] == "completed"
+    run = RunDir.at(runs, "faults", "straight")
+    return summary, run.metrics(), run
+
+
+def compared(rows):
+    return [{key: row.get(key) for key in COMPARED_KEYS} for row in rows]
+
+
+def assert_equals_reference(run: RunDir, summary: dict, reference) -> None:
+    reference_summary, reference_rows, _ = reference
+    rows = run.metrics()
+    steps = [row["step"] for row in rows]
+    assert len(steps) == len(set(steps)), f"duplicated steps in metrics.jsonl: {steps}"
+    assert steps == [row["step"] for row in reference_rows]
+    assert compared(rows) == compared(reference_rows)  # bitwise: floats compared with ==
+    assert summary["status"] == "completed"
+    assert summary["final_val_loss"] == reference_summary["final_val_loss"]
+    assert summary["final_val_bpb"] == reference_summary["final_val_bpb"]
+    assert summary["tokens_seen"] == reference_summary["tokens_seen"]
+    assert run.summary() == summary
+
+
+# (fault, metric rows on disk after the kill, finished checkpoints after the kill)
+KILL_POINTS = [
+    ("step:33", list(range(5, 31, 5)), [20]),  # mid-interval: rows to 30, resume from 20 drops 25 and 30
+    ("checkpoint:40", list(range(5, 41, 5)), [20]),  # the write of 40 started, never finished
+    ("eval:40", list(range(5, 36, 5)), [20]),  # evaluation of 40 under way: its row is not written
+]
+
+
+@pytest.mark.parametrize("fault, rows_after_kill, checkpoints_after_kill", KILL_POINTS,
+                         ids=[point[0].split(":")[0] for point in KILL_POINTS])
+def test_resume_after_kill_equals_uninterrupted(fault, rows_after_kill, checkpoints_after_kill, small_corpus,
+                                                tmp_path, reference, jax_cache, caplog):
+    run_id = f"killed-{fault.split(':')[0]}"  # one W&B id per case: the W&B service of this process keeps ids
+    config = fault_config(small_corpus, run_id, wandb_mode="offline")
+    run = RunDir.at(tmp_path, "faults", run_id)
+
+    train_until_fault(config, tmp_path, fault)
+
+    assert run.status() == "running"
+    assert [row["step"] for row in run.metrics()] == rows_after_kill
+    assert finished_steps(run.checkpoint_dir) == checkpoints_after_kill
+    if fault.startswith("checkpoint"):  # the kill landed inside the write: its folder keeps Orbax's temporary name
+        assert any(path.name.startswith("40.") for path in run.checkpoint_dir.iterdir())
+
+    with caplog.at_level(logging.INFO, logger="scaling.train"):
+        summary = train(config, tmp_path, progress=False)
+    assert f"resumes from step {checkpoints_after_kill[-1]}" in caplog.text
+
+    assert_equals_reference(run, summary, reference)
+
+    # W&B, offline: both attempts wrote to the same run id. The killed one lost what W&B had not written
+    # yet (often everything); the resumed one sent the kept rows again, so it alone holds every step once,
+    # with the values of metrics.jsonl.
+    attempts = wandb_offline_runs(run.path)
+    assert len(attempts) == 2, attempts
+    assert {path.name for path in attempts} == {f"run-faults-{run_id}.wandb"}
+    killed_steps = [row["_step"] for row in wandb_history(attempts[0])]
+    assert killed_steps == sorted(set(killed_steps)) and set(killed_steps) <= set(rows_after_kill)
+    history = wandb_history(attempts[1], wait_for_exit=30)
+    assert [row["_step"] for row in history] == [row["step"] for row in reference[1]]
+    assert [row["train_loss"] for row in history] == [row["train_loss"] for row in reference[1]]
+
+
+def test_killed_twice_and_torn_metrics_line(small_corpus, tmp_path, reference, jax_cache):
+    """A second kill during the resumed run, then a torn last metrics line: still equal to the reference."""
+    config = fault_config(small_corpus, "twice", wandb_mode="disabled")
+    run = RunDir.at(tmp_path, "faults", "twice")
+    train_until_fault(config, tmp_path, "step:27")
+    train_until_fault(config, tmp_path, "eval:60")  # resumes from 20, killed while evaluating the last step
+    assert finished_steps(run.checkpoint_dir) == [20, 40]
+    with open(run.metrics_path, "a") as handle:
+        handle.write('{"step": 60, "tokens": 15')  # an append cut short
+
+    summary = train(config, tmp_path, progress=False)
+
+    assert_equals_reference(run, summary, reference)
+
+
+@pytest.mark.slow
+def test_random_kills_equal_uninterrupted(small_corpus, tmp_path, reference, jax_cache):
+    """Five kills at random points and kinds, each attempt resuming the last; the end is bitwise equal."""
+    chooser = random.Random(6)
+    config = fault_config(small_corpus, "random", wandb_mode="disabled")
+    run = RunDir.at(tmp_path, "faults", "random")
+    done = 0
+    for _ in range(5):
+        step = chooser.randint(done + 1, STEPS)
+        kind = chooser.choice(["step", "checkpoint", "eval"])
+        if kind in ("checkpoint", "eval"):  # both happen at multiples of 20 only
+            step = 20 * -(-step // 20)
+        train_until_fault(config, tmp_path, f"{kind}:{step}")
+        done = max(finished_steps(run.checkpoint_dir) or [0])
+    summary = train(config, tmp_path, progress=False)
+    assert_equals_reference(run, summary, reference)
+
+
+def test_damaged_latest_checkpoint_falls_back_and_is_saved_again(small_corpus, tmp_path, reference, jax_cache,
+                                                                 caplog):
+    """C12 through training: checkpoints 20 and 40 finished, 40 then truncated; resume uses 20, warns
+    naming 40, saves 40 again, and ends equal to the uninterrupted run."""
+    from faults import damage_checkpoint
+
+    config = fault_config(small_corpus, "damaged", wandb_mode="disabled")
+    run = RunDir.at(tmp_path, "faults", "damaged")
+    train_until_fault(config, tmp_path, "step:47")
+    assert finished_steps(run.checkpoint_dir) == [20, 40]
+    damage_checkpoint(run.checkpoint_dir / "40", "truncate_arrays")
+
+    with caplog.at_level(logging.INFO):
+        summary = train(config, tmp_path, progress=False)
+
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any("checkpoint at step 40" in message and "unreadable" in message for message in warnings), warnings
+    assert "resumes from step 20" in caplog.text
+    assert_equals_reference(run, summary, reference)
+    assert finished_steps(run.checkpoint_dir) == [40, 60]  # 40 saved again; keep_checkpoints=2
+    assert (run.checkpoint_dir / "unreadable-40").is_dir()  # the damaged copy is kept aside, not deleted
+
+
+def test_nan_loss_stops_run_as_diverged(small_corpus, tmp_path, reference, monkeypatch, caplog):
+    monkeypatch.setenv("SCALING_FAULT", "nan:23")
+    config = fault_config(small_corpus, "nan")
+    with caplog.at_level(logging.ERROR, logger="scaling.train"):
+        summary = train(config, tmp_path, progress=False)
+    run = RunDir.at(tmp_path, "faults", "nan")
+
+    assert summary["status"] == "diverged"
+    assert summary["diverged_step"] == 23  # the step itself, not the row that reported it
+    assert summary["steps_done"] == 25
+    assert run.summary() == summary
+    rows = run.metrics()
+    assert [row["step"] for row in rows] == list(range(5, 26, 5))
+    assert rows[-1]["train_loss"] is None  # NaN has no JSON spelling
+    assert compared(rows[:-1]) == compared(reference[1][:4])  # the steps before it are untouched
+    assert finished_steps(run.checkpoint_dir) == [20]  # no checkpoint of a diverged state
+    assert "diverged" in caplog.text and "step 23" in caplog.text
+
+    monkeypatch.delenv("SCALING_FAULT")
+    assert train(config, tmp_path, progress=False) == summary  # a diverged run is final: not retrained
+
+
+def test_absurd_learning_rate_diverges_and_fits_exclude_it(small_corpus, tmp_path, reference, caplog):
+    from analysis.runs import load_runs
+    from scaling.config import OptimizerConfig
+
+    config = fault_config(small_corpus, "lr1e30", optimizer=OptimizerConfig(peak_lr=1e30, warmup_steps=1))
+    summary = train(config, tmp_path, progress=False)
+    assert summary["status"] == "diverged"
+    assert 1 <= summary["diverged_step"] <= summary["steps_done"] <= STEPS
+
+    shutil.copytree(reference[2].path, tmp_path / "faults" / "straight", ignore=shutil.ignore_patterns("checkpoints"))
+    with caplog.at_level(logging.WARNING, logger="analysis.runs"):
+        table = load_runs(tmp_path / "faults")
+    assert [row.run_id for row in table.rows] == ["straight"]
+    assert table.excluded == {"faults/lr1e30": "status diverged"}
+    assert "faults/lr1e30" in caplog.text
+
+
+class _BrokenLog:
+    """Wraps a real W&B run, raising from `log` from the `fail_at`-th call on (as a dropped network would)."""
+
+    def __init__(self, run, fail_at: int):
+        self.run, self.fail_at, self.calls = run, fail_at, 0
+
+    def __getattr__(self, name):
+        return getattr(self.run, name)
+
+    def log(self, row, step):
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise ConnectionError("W&B unreachable (stand-in for a network failure)")
+        self.run.log(row, step=step)
+
+
+def test_wandb_log_failing_mid_run(small_corpus, tmp_path, reference, monkeypatch, caplog):
+    """W&B's log raises from the 3rd row on. No W&B server can run here, so the failure is a stand-in
+    wrapped around a real offline run; training, the local store and the summary must not notice."""
+    import wandb
+
+    real_init = wandb.init
+    wrapped = []
+
+    def init(*args, **kwargs):
+        wrapped.append(_BrokenLog(real_init(*args, **kwargs), fail_at=3))
+        return wrapped[-1]
+
+    monkeypatch.setattr(wandb, "init", init)
+    config = fault_config(small_corpus, "flaky", wandb_mode="offline")
+    with caplog.at_level(logging.ERROR, logger="scaling.tracking"):
+        summary = train(config, tmp_path, progress=False)
+
+    assert_equals_reference(RunDir.at(tmp_path, "faults", "flaky"), summary, reference)
+    failures = [record for record in caplog.records if record.name == "scaling.tracking"]
+    assert len(failures) == 1, [record.getMessage() for record in failures]  # logged once, then W&B is off
+    assert "W&B log failed at step 15" in failures[0].getMessage()
+    assert wrapped[0].calls == 3  # nothing was sent after the failure
+    wrapped[0].run.finish()
+
+
+def test_wandb_init_failing(small_corpus, tmp_path, reference, monkeypatch, caplog):
+    import wandb
+
+    def init(*args, **kwargs):
+        raise ConnectionError("W&B unreachable (stand-in: no server can run in the tests)")
+
+    monkeypatch.setattr(wandb, "init", init)
+    config = fault_config(small_corpus, "no_wandb", wandb_mode="online")
+    with caplog.at_level(logging.ERROR, logger="scaling.tracking"):
+        summary = train(config, tmp_path, progress=False)
+
+    assert_equals_reference(RunDir.at(tmp_path, "faults", "no_wandb"), summary, reference)
+    failures = [record.getMessage() for record in caplog.records if record.name == "scaling.tracking"]
+    assert len(failures) == 1 and "W&B init failed for run no_wandb" in failures[0], failures
+
+
+def test_fault_hook_rejects_a_bad_spec(monkeypatch):
+    from scaling.train import fault_from_env
+
+    monkeypatch.delenv("SCALING_FAULT", raising=False)
+    assert fault_from_env() is None
+    monkeypatch.setenv("SCALING_FAULT", "checkpoint:40")
+    assert fault_from_env() == ("checkpoint", 40)
+    monkeypatch.setenv("SCALING_FAULT", "disk:3")
+    with pytest.raises(ValueError, match="SCALING_FAULT"):
+        fault_from_env()
