@@ -1,7 +1,9 @@
 """Answer a parsed question with every published law, and with the user's own fit when one is given.
 
 One row per law, always with the same keys: law, params (N), tokens (D), tokens_per_param (D/N),
-flops (C = 6ND), loss (nats/token, None when the law predicts none), source. Compute is 6ND throughout.
+flops (C = 6ND), loss (nats/token, None when the law predicts none), source, and interval. Compute is 6ND
+throughout. `interval` is None unless the law comes with bootstrap replicates (a fit.json written with
+bootstraps); then it maps each numeric key to its [low, high] percentile interval, with its "level".
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from analysis.allocation import FLOPS_PER_PARAM_TOKEN
 from analysis.fit import read_fit
 from analysis.laws import Law, ParametricLaw, all_laws, get_law
 from analysis.query import Query, parse_query
 
-ROW_KEYS = ("law", "params", "tokens", "tokens_per_param", "flops", "loss", "source")
+ROW_KEYS = ("law", "params", "tokens", "tokens_per_param", "flops", "loss", "source", "interval")
+INTERVAL_KEYS = ("params", "tokens", "tokens_per_param", "flops", "loss")
 DISAGREEMENT_FACTOR = 2.0  # laws whose answers differ by more than this are called out
 
 # The quantity each kind of question asks for, which is the one compared across laws.
@@ -46,9 +51,14 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
     """
     query = question if isinstance(question, Query) else parse_query(question)
     laws: list[Law] = [get_law(key) for key in law_keys] if law_keys else all_laws()
+    rows = [answer_row(law, query) for law in laws]
     if fit is not None:
-        laws.insert(0, fitted_law(fit if isinstance(fit, dict) else read_fit(fit), source=_fit_source(fit)))
-    rows = tuple(answer_row(law, query) for law in laws)
+        record = fit if isinstance(fit, dict) else read_fit(fit)
+        law = fitted_law(record, source=_fit_source(fit))
+        row = answer_row(law, query)
+        row["interval"] = bootstrap_interval(record, query)
+        rows.insert(0, row)
+    rows = tuple(rows)
     return Answer(query, rows, tuple(disagreement_notes(query, rows)))
 
 
@@ -92,12 +102,45 @@ def answer_row(law: Law, query: Query) -> dict[str, Any]:
         "flops": FLOPS_PER_PARAM_TOKEN * float(params) * float(tokens),
         "loss": None if loss is None else float(loss),
         "source": law.citation,
+        "interval": None,
     }
+
+
+def asked_quantity(kind: str) -> str:
+    """Return the row key a kind of question asks for: tokens, flops, params, tokens_per_param or loss."""
+    return _ASKED[kind]
+
+
+def bootstrap_interval(record: dict[str, Any], query: Query) -> dict[str, Any] | None:
+    """Return percentile intervals of the fit's answer over its converged bootstrap replicates, or None."""
+    bootstrap = record.get("bootstrap")
+    if not bootstrap:
+        return None
+    samples = bootstrap["samples"]
+    replicate_rows = []
+    for theta, converged in zip(samples["values"], samples["converged"]):
+        if not converged:
+            continue
+        log_a, log_b, log_e, alpha, beta = theta
+        law = ParametricLaw.from_logs("replicate", "replicate", "bootstrap", log_a=log_a, log_b=log_b, log_e=log_e,
+                                      alpha=alpha, beta=beta)
+        replicate_rows.append(answer_row(law, query))
+    if len(replicate_rows) < 2:
+        return None
+    level = float(bootstrap["level"])
+    tail = 100 * (1 - level) / 2
+    interval: dict[str, Any] = {"level": level, "replicates": len(replicate_rows)}
+    for key in INTERVAL_KEYS:
+        values = np.array([row[key] for row in replicate_rows if row[key] is not None], dtype=float)
+        interval[key] = None if values.size < 2 else [float(np.percentile(values, tail)),
+                                                      float(np.percentile(values, 100 - tail))]
+    return interval
 
 
 def _empty_row(law: Law, query: Query, reason: str) -> dict[str, Any]:
     return {"law": law.name, "params": query.params, "tokens": None, "tokens_per_param": None,
-            "flops": query.flops, "loss": None, "source": f"{law.citation} (no allocation: {reason})"}
+            "flops": query.flops, "loss": None, "source": f"{law.citation} (no allocation: {reason})",
+            "interval": None}
 
 
 def disagreement_notes(query: Query, rows: Sequence[dict[str, Any]]) -> list[str]:

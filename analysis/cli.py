@@ -16,6 +16,7 @@ from typing import Any
 from analysis.runs import CONVENTIONS
 
 DEFAULT_FIT_STARTS = 1000
+DEFAULT_BOOTSTRAPS = 200  # the same default as analysis.bootstrap, kept here so parsing imports no numpy
 DEFAULT_OUT = "fit"
 
 
@@ -51,6 +52,9 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"folder for fit.json and plots (default: ./{DEFAULT_OUT})")
     parser.add_argument("--starts", type=int, default=DEFAULT_FIT_STARTS, metavar="N",
                         help=f"minimum size of approach 3's start grid (default: {DEFAULT_FIT_STARTS})")
+    parser.add_argument("--bootstraps", type=int, default=DEFAULT_BOOTSTRAPS, metavar="N",
+                        help=f"bootstrap replicates for 95%% intervals, 0 for none (default: {DEFAULT_BOOTSTRAPS})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     parser.add_argument("--convention", choices=CONVENTIONS, default="total",
                         help="how N is counted: total (embeddings included) or non_embedding")
     parser.add_argument("--allow-mixed", action="store_true",
@@ -61,7 +65,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from analysis.fit import fit_runs
 
     record = fit_runs(_runs_path(args.runs), args.out, convention=args.convention, starts=args.starts,
-                      allow_mixed=args.allow_mixed)
+                      bootstraps=args.bootstraps, seed=args.seed, allow_mixed=args.allow_mixed)
     if args.json:
         print(json.dumps(record, indent=2))
     else:
@@ -88,7 +92,7 @@ def run_report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
 
     record = fit_runs(_runs_path(args.runs), args.out, convention=args.convention, starts=args.starts,
-                      allow_mixed=args.allow_mixed)
+                      bootstraps=args.bootstraps, seed=args.seed, allow_mixed=args.allow_mixed)
     answers = [ask(question, fit=record) for question in (args.question or ["tokens for 7B"])]
     path = write_report(args.out, record, answers, limitations=args.limitations)
     print(f"wrote {path}")
@@ -107,11 +111,15 @@ def _print_fit(record: dict[str, Any], out: Path) -> None:
 
     approach3 = record["approach3"]
     table = Table(title=f"approach 3 on {record['n_runs']} runs, N = {record['convention']} parameters")
+    bootstrap = record.get("bootstrap") or {}
+    intervals = bootstrap.get("intervals", {})
     table.add_column("parameter")
     table.add_column("value", justify="right")
+    table.add_column(f"{100 * bootstrap.get('level', 0.95):.0f}% interval ({bootstrap.get('replicates', 0)} bootstraps)")
     for name, value in approach3["parameters"].items():
-        table.add_row(name, f"{value:.6g}")
-    table.add_row("objective (sum of Huber losses)", f"{approach3['objective']:.6g}")
+        bounds = intervals.get(name)
+        table.add_row(name, f"{value:.6g}", "" if bounds is None else f"{bounds[0]:.4g} .. {bounds[1]:.4g}")
+    table.add_row("objective (sum of Huber losses)", f"{approach3['objective']:.6g}", "")
     console = Console()
     console.print(table)
     console.print(f"status: {approach3['status']}")
@@ -132,7 +140,7 @@ def print_answer(answer) -> None:
     from rich.table import Table
 
     table = Table(title=f"{answer.query.text}  (C = 6ND; loss in nats/token on each law's own data)")
-    for column in ("law", "N (params)", "D (tokens)", "D/N", "C (FLOPs)", "loss", "source"):
+    for column in ("law", "N (params)", "D (tokens)", "D/N", "C (FLOPs)", "loss", "95% interval", "source"):
         table.add_column(column, overflow="fold")
     sources: list[str] = []
     for row in answer.rows:
@@ -140,6 +148,7 @@ def print_answer(answer) -> None:
             sources.append(row["source"])
         table.add_row(row["law"], _number(row["params"]), _number(row["tokens"]),
                       _number(row["tokens_per_param"], ".2f"), _number(row["flops"]), _number(row["loss"], ".4f"),
+                      _interval_text(row.get("interval"), answer.query.kind),
                       f"[{sources.index(row['source']) + 1}]")
     console = Console()
     console.print(table)
@@ -147,6 +156,17 @@ def print_answer(answer) -> None:
         console.print(f"[{number}] {source}", markup=False, highlight=False)
     for note in answer.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
+
+
+def _interval_text(interval: dict[str, Any] | None, kind: str) -> str:
+    """Return the interval of the quantity the question asks for, e.g. "tokens 1.1e11 .. 1.6e11"."""
+    from analysis.ask import asked_quantity
+
+    if not interval:
+        return "-"
+    key = asked_quantity(kind)
+    bounds = interval.get(key)
+    return "-" if bounds is None else f"{key} {bounds[0]:.3g} .. {bounds[1]:.3g}"
 
 
 def _number(value: float | None, spec: str = ".4g") -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 from scaling.errors import UserError
 
+from analysis.bootstrap import DEFAULT_BOOTSTRAPS, bootstrap_approach3
 from analysis.fit_isoflop import IsoFlopFit, fit_isoflop, group_by_budget
 from analysis.fit_parametric import Approach3Options, ParametricFit, fit_approach3
 from analysis.runs import CONVENTIONS, RunTable, load_runs
@@ -34,18 +35,18 @@ CONVENTION_DESCRIPTIONS = {
 
 
 def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "total", starts: int = 1000,
-             bootstraps: int = 0, allow_mixed: bool = False, plot: bool = True,
+             bootstraps: int = DEFAULT_BOOTSTRAPS, seed: int = 0, allow_mixed: bool = False, plot: bool = True,
              options: Approach3Options | None = None) -> dict[str, Any]:
     """Fit the completed runs under `runs_path`; write fit.json and plots to `out_dir`; return the record.
 
-    `starts` is the minimum size of approach 3's start grid. Raises UserError when there are fewer
-    completed runs than approach 3's 5 parameters, or a single model size or token count.
+    `starts` is the minimum size of approach 3's start grid; `bootstraps` replicates (0 for none) give
+    95% intervals, drawn with `seed`. Raises UserError when there are fewer completed runs than approach
+    3's 5 parameters, or a single model size or token count.
     """
     if convention not in CONVENTIONS:
         raise UserError(f"unknown parameter convention {convention!r}; use one of: {', '.join(CONVENTIONS)}")
-    if bootstraps:
-        # NOTE: intervals are not implemented yet; refusing beats writing a fit.json without them.
-        raise UserError(f"bootstraps={bootstraps}: bootstrap intervals are not available yet; use 0")
+    if bootstraps == 1 or bootstraps < 0:
+        raise UserError(f"bootstraps={bootstraps}: use 0 for no intervals, or at least 2 (200 is the default)")
     table = load_runs(runs_path, allow_mixed=allow_mixed)
     params, tokens, losses = _points(table, convention)
     _check_enough(table, params, tokens)
@@ -56,12 +57,21 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     logger.info("approach 3 on %d runs from %d starts: %s (%.1f s)", len(params), approach3.n_starts,
                 approach3.status, time.perf_counter() - started)
 
+    bootstrap = None
+    if bootstraps:
+        started = time.perf_counter()
+        bootstrap = bootstrap_approach3(params, tokens, losses, approach3, n_bootstraps=bootstraps, seed=seed,
+                                        options=approach3_options)
+        logger.info("bootstrap: %d replicates, %d converged (%.1f s)", bootstraps,
+                    int(bootstrap.converged.sum()), time.perf_counter() - started)
+
     budget_groups = _budget_groups(table, convention)
     approach2, approach2_note = _try_approach2(table, params, losses, budget_groups)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = _record(table, convention, approach3, approach2, approach2_note, params, tokens, losses)
+    record["bootstrap"] = None if bootstrap is None else bootstrap.to_dict()
     if plot:
         record["plots"] = _draw(out, approach3, approach2, params, tokens, losses, budget_groups, convention)
     (out / FIT_FILE).write_text(json.dumps(record, indent=2) + "\n")

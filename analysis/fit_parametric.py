@@ -7,7 +7,11 @@ replication by Besiroglu et al. 2024 (arXiv:2404.10102) that make the optimiser 
 - residual r_i = LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i, where LSE is log-sum-exp, so
   exp(LSE(...)) is exactly the law's prediction;
 - objective: sum over points of Huber_delta(r_i), delta = 1e-3;
-- L-BFGS-B from every start of a grid, with the analytic gradient; the best end point wins.
+- from every start of a grid, a local optimiser with analytic derivatives; the best end point wins.
+
+Two optimisers are available. "newton" (the default) runs a damped Newton method on all starts at once
+(`analysis.batched_newton`) and polishes the best end point with L-BFGS-B. "scipy" runs L-BFGS-B from each
+start in turn, as the replication did. Both minimise the same objective and pass the same convergence check.
 
 Convergence is judged on the objective divided by n delta^2 (the Huber loss of n residuals of size delta),
 a scale on which a converged fit has a gradient far below 1e-3. A fit whose best end point still has a larger
@@ -32,6 +36,7 @@ from analysis.laws import ParametricLaw
 logger = logging.getLogger(__name__)
 
 PARAMETER_NAMES = ("log_a", "log_b", "log_e", "alpha", "beta")
+MAX_LOCAL_MINIMA = 8  # distinct end points kept with a fit
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,12 @@ class Approach3Options:
     huber_delta: float = 1e-3  # Huber threshold on log-loss residuals
     n_starts: int = 1000  # minimum size of the start grid (rounded up to a full product grid)
     grid: StartGrid = field(default_factory=StartGrid)
+    solver: str = "newton"  # "newton" (batched over starts) or "scipy" (one L-BFGS-B call per start)
     ftol: float = 1e-15  # L-BFGS-B relative reduction of the objective at which it stops
     gtol: float = 1e-12  # L-BFGS-B projected-gradient size at which it stops
-    max_iterations: int = 10_000  # per start
+    max_iterations: int = 10_000  # L-BFGS-B iterations per start
+    newton_iterations: int = 500  # damped Newton iterations per start
+    newton_gradient: float = 1e-6  # Newton stops at this max |gradient| of objective / (n delta^2)
     converged_gradient: float = 1e-3  # max |gradient| of objective / (n delta^2) accepted as converged
     moved_tolerance: float = 1e-8  # a fit whose theta changed less than this (max abs) did not move
 
@@ -100,6 +108,8 @@ class ParametricFit:
     n_starts_at_best: int  # starts ending within 1e-9 (relative) of the best objective
     start: tuple[float, ...]  # the start that reached the best end point
     method: dict[str, Any]
+    # Distinct end points, best first: (objective, (a, b, e, alpha, beta)); bootstrap refits start from them.
+    local_minima: tuple[tuple[float, tuple[float, ...]], ...] = ()
 
     @property
     def theta(self) -> np.ndarray:
@@ -140,13 +150,22 @@ def method_description(options: Approach3Options, n_starts: int) -> dict[str, An
         "huber_delta": options.huber_delta,
         "space": "log L residuals: log L - LSE(a - alpha log N, b - beta log D, e)",
         "parameters": "a = log A, b = log B, e = log E (natural logs), alpha, beta",
-        "optimizer": f"scipy L-BFGS-B, analytic gradient, ftol {options.ftol:g}, gtol {options.gtol:g}, "
-        f"max {options.max_iterations} iterations per start",
+        "optimizer": _optimizer_description(options),
         "starts": n_starts,
         "start_grid": asdict(options.grid),
         "convergence_test": f"max |gradient of objective / (n delta^2)| <= {options.converged_gradient:g} "
         "and the best end point moved from its start",
     }
+
+
+def _optimizer_description(options: Approach3Options) -> str:
+    lbfgs = (f"scipy L-BFGS-B, analytic gradient, ftol {options.ftol:g}, gtol {options.gtol:g}, "
+             f"max {options.max_iterations} iterations")
+    if options.solver == "scipy":
+        return f"{lbfgs} per start"
+    return (f"damped Newton with the exact Hessian on all starts at once, max {options.newton_iterations} "
+            f"iterations, stopping at scaled gradient {options.newton_gradient:g}; best end point polished by "
+            f"{lbfgs}")
 
 
 def huber_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
@@ -198,13 +217,18 @@ def fit_approach3(params: ArrayLike, tokens: ArrayLike, loss: ArrayLike, *,
         value, gradient = huber_objective(theta, log_n, log_d, log_l, options.huber_delta, point_weights)
         return value / scale, gradient / scale
 
-    ends: list[tuple[float, np.ndarray, np.ndarray]] = []
-    for start in start_points:
-        result = minimize(scaled, start, jac=True, method="L-BFGS-B",
-                          options={"ftol": options.ftol, "gtol": options.gtol, "maxiter": options.max_iterations,
-                                   "maxfun": 2 * options.max_iterations})
-        if np.all(np.isfinite(result.x)) and np.isfinite(result.fun):
-            ends.append((float(result.fun), result.x, start))
+    if options.solver == "scipy":
+        ends = [_lbfgs(scaled, start, options) + (start,) for start in start_points]
+    elif options.solver == "newton":
+        ends = _newton_ends(start_points, log_n, log_d, log_l, point_weights, options)
+        best = min(range(len(ends)), key=lambda i: ends[i][0])
+        value, theta, start = ends[best]
+        polished_value, polished = _lbfgs(scaled, theta, options)
+        if polished_value <= value:
+            ends[best] = (polished_value, polished, start)
+    else:
+        raise ValueError(f"unknown approach 3 solver {options.solver!r}; use 'newton' or 'scipy'")
+    ends = [end for end in ends if np.isfinite(end[0]) and np.all(np.isfinite(end[1]))]
     if not ends:
         raise RuntimeError("approach 3: every start ended at a non-finite objective; check the points for zeros")
     return _best_fit(ends, log_n, log_d, log_l, point_weights, len(start_points), options)
@@ -252,6 +276,24 @@ def _objective_scale(log_n: np.ndarray, weights: np.ndarray | None, delta: float
     return n_effective * delta**2
 
 
+def _lbfgs(scaled, start: np.ndarray, options: Approach3Options) -> tuple[float, np.ndarray]:
+    result = minimize(scaled, start, jac=True, method="L-BFGS-B",
+                      options={"ftol": options.ftol, "gtol": options.gtol, "maxiter": options.max_iterations,
+                               "maxfun": 2 * options.max_iterations})
+    return float(result.fun), result.x
+
+
+def _newton_ends(start_points: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
+                 weights: np.ndarray | None, options: Approach3Options) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    from analysis.batched_newton import minimize_batch
+
+    result = minimize_batch(start_points, log_n, log_d, log_l, options.huber_delta, weights,
+                            max_iterations=options.newton_iterations, gradient_tolerance=options.newton_gradient)
+    scale = _objective_scale(log_n, weights, options.huber_delta)
+    return [(float(value / scale), theta, start)
+            for value, theta, start in zip(result.objective, result.theta, start_points)]
+
+
 def _best_fit(ends: list[tuple[float, np.ndarray, np.ndarray]], log_n: np.ndarray, log_d: np.ndarray,
               log_l: np.ndarray, weights: np.ndarray | None, n_starts: int,
               options: Approach3Options) -> ParametricFit:
@@ -268,13 +310,32 @@ def _best_fit(ends: list[tuple[float, np.ndarray, np.ndarray]], log_n: np.ndarra
         logger.warning("approach 3 fit %s", status)
 
     scale = _objective_scale(log_n, weights, options.huber_delta)
+    minima = tuple((value * scale, tuple(float(x) for x in point)) for value, point in _distinct_ends(ends))
     return ParametricFit(
         log_a=float(theta[0]), log_b=float(theta[1]), log_e=float(theta[2]),
         alpha=float(theta[3]), beta=float(theta[4]),
         objective=best_value * scale, converged=verdict.converged, status=status,
         gradient_norm=verdict.gradient_norm, n_points=len(log_n), n_starts=n_starts, n_starts_at_best=at_best,
-        start=tuple(float(x) for x in start), method=method_description(options, n_starts),
+        start=tuple(float(x) for x in start), method=method_description(options, n_starts), local_minima=minima,
     )
+
+
+def _distinct_ends(ends: list[tuple[float, np.ndarray, np.ndarray]], limit: int = MAX_LOCAL_MINIMA,
+                   tolerance: float = 1e-3) -> list[tuple[float, np.ndarray]]:
+    """Return up to `limit` end points, best first, each differing from every better one in theta and objective.
+
+    Two end points count as one when their theta is within `tolerance` (max abs) or their objectives agree
+    to 1e-7 (relative): the latter merges points on a plateau where one term of the law has vanished and its
+    parameter drifts without changing the objective.
+    """
+    kept: list[tuple[float, np.ndarray]] = []
+    for value, theta, _ in sorted(ends, key=lambda end: end[0]):
+        if all(np.max(np.abs(theta - other)) > tolerance and abs(value - other_value) > 1e-7 * abs(other_value)
+               for other_value, other in kept):
+            kept.append((value, theta))
+            if len(kept) == limit:
+                break
+    return kept
 
 
 def _log_points(params: ArrayLike, tokens: ArrayLike, loss: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from analysis.ask import Answer
+from analysis.ask import Answer, asked_quantity
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,17 @@ def _approach3_section(fit: dict[str, Any]) -> list[str]:
     lines = ["## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta", "",
              f"Status: **{approach3['status']}**. Objective (sum of Huber losses): {approach3['objective']:.6g} "
              f"over {approach3['n_points']} runs.", "",
-             "| parameter | value |", "| --- | --- |"]
-    lines += [f"| {name} | {value:.6g} |" for name, value in values.items()]
+             "| parameter | value | 95% bootstrap interval |", "| --- | --- | --- |"]
+    intervals = (fit.get("bootstrap") or {}).get("intervals", {})
+    for name, value in values.items():
+        bounds = intervals.get(name)
+        lines.append(f"| {name} | {value:.6g} | {'-' if bounds is None else f'{bounds[0]:.4g} .. {bounds[1]:.4g}'} |")
+    bootstrap = fit.get("bootstrap")
+    if bootstrap:
+        lines += ["", f"Intervals: {bootstrap['method']}; {bootstrap['converged_replicates']} of "
+                  f"{bootstrap['replicates']} replicates converged (seed {bootstrap['seed']})."]
+    else:
+        lines += ["", "No bootstrap was run, so the values above come without intervals."]
     lines += ["", f"a = beta / (alpha + beta) is the exponent of N_opt(C), b = alpha / (alpha + beta) that of "
               f"D_opt(C). N is counted as: {fit.get('convention')} parameters.", "",
               f"Method: {method['loss']} (delta {method['huber_delta']:g}) on {method['space']}; "
@@ -104,11 +113,18 @@ def _plots_section(fit: dict[str, Any]) -> list[str]:
 
 def _answer_section(answer: Answer) -> list[str]:
     lines = [f"## Question: {answer.query.text}", "",
-             "| law | N (params) | D (tokens) | D/N | C = 6ND (FLOPs) | loss (nats/token) | source |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| law | N (params) | D (tokens) | D/N | C = 6ND (FLOPs) | loss (nats/token) | 95% interval | source |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    key = asked_quantity(answer.query.kind)
     for row in answer.rows:
-        loss = "n/a" if row["loss"] is None else f"{row['loss']:.4f}"
-        lines.append(f"| {row['law']} | {row['params']:.4g} | {row['tokens']:.4g} | {row['tokens_per_param']:.2f} | "
-                     f"{row['flops']:.4g} | {loss} | {row['source']} |")
+        interval = (row.get("interval") or {}).get(key)
+        bounds = "-" if interval is None else f"{key} {interval[0]:.3g} .. {interval[1]:.3g}"
+        lines.append(f"| {row['law']} | {_cell(row['params'], '.4g')} | {_cell(row['tokens'], '.4g')} | "
+                     f"{_cell(row['tokens_per_param'], '.2f')} | {_cell(row['flops'], '.4g')} | "
+                     f"{_cell(row['loss'], '.4f')} | {bounds} | {row['source']} |")
     lines += [f"\n> {note}" for note in answer.notes]
     return lines + [""]
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)

@@ -1,0 +1,151 @@
+"""Bootstrap confidence intervals for approach 3: refit on runs resampled with replacement.
+
+Each replicate draws as many runs as there are, with replacement, and refits the law; a run drawn k times
+gets weight k in the Huber sum. Intervals are percentiles of the replicates (95% by default), for every
+parameter and for the allocation exponents a = beta/(alpha+beta) and b = alpha/(alpha+beta).
+
+A replicate starts from the distinct end points of the full-data fit whose objective is within a factor
+1.5 of the best (the best point, and any rival local minimum its start grid found), not from the whole grid
+again. Resampling moves the optimum only a little, so these starts reach it, and the work per replicate
+drops from 1000+ starts to a few. Replicates whose best end point fails the convergence check are left out
+of the intervals and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from analysis.fit_parametric import Approach3Options, ParametricFit, _lbfgs, _log_points, _objective_scale, huber_objective
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BOOTSTRAPS = 200
+START_OBJECTIVE_FACTOR = 1.5  # full-data end points this close to the best objective seed every replicate
+DERIVED_NAMES = ("E", "A", "B", "alpha", "beta", "a", "b")
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Replicate fits of approach 3 and their percentile intervals."""
+
+    samples: np.ndarray  # (replicates, 5): (a, b, e, alpha, beta) of each replicate's best end point
+    objectives: np.ndarray  # (replicates,): sum of weighted Huber losses
+    converged: np.ndarray  # (replicates,) bool
+    level: float  # interval coverage, e.g. 0.95
+    seed: int
+    starts_per_replicate: int
+    solver: str
+
+    def parameter_samples(self, converged_only: bool = True) -> dict[str, np.ndarray]:
+        """Return E, A, B, alpha, beta, a and b of each (converged) replicate."""
+        theta = self.samples[self.converged] if converged_only else self.samples
+        alpha, beta = theta[:, 3], theta[:, 4]
+        return {
+            "E": np.exp(theta[:, 2]), "A": np.exp(theta[:, 0]), "B": np.exp(theta[:, 1]),
+            "alpha": alpha, "beta": beta, "a": beta / (alpha + beta), "b": alpha / (alpha + beta),
+        }
+
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """Return the central percentile interval of each parameter at `level`; empty when none converged."""
+        if not self.converged.any():
+            return {}
+        tail = 100 * (1 - self.level) / 2
+        return {name: (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+                for name, values in self.parameter_samples().items()}
+
+    def standard_errors(self) -> dict[str, float]:
+        """Return the standard deviation of each parameter over converged replicates; empty when fewer than 2."""
+        if self.converged.sum() < 2:
+            return {}
+        return {name: float(np.std(values, ddof=1)) for name, values in self.parameter_samples().items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": "resample runs with replacement, refit approach 3 from the full-data fit's distinct end "
+                      "points, percentile intervals over converged replicates",
+            "replicates": int(self.samples.shape[0]),
+            "converged_replicates": int(self.converged.sum()),
+            "level": self.level,
+            "seed": self.seed,
+            "starts_per_replicate": self.starts_per_replicate,
+            "solver": self.solver,
+            "intervals": {name: list(bounds) for name, bounds in self.intervals().items()},
+            "standard_errors": self.standard_errors(),
+            "samples": {"parameters": ["log_a", "log_b", "log_e", "alpha", "beta"],
+                        "values": self.samples.tolist(), "converged": self.converged.tolist()},
+        }
+
+
+def bootstrap_approach3(params: ArrayLike, tokens: ArrayLike, loss: ArrayLike, fit: ParametricFit, *,
+                        n_bootstraps: int = DEFAULT_BOOTSTRAPS, seed: int = 0, level: float = 0.95,
+                        options: Approach3Options = Approach3Options()) -> BootstrapResult:
+    """Refit approach 3 on `n_bootstraps` resamples of the points; return the replicates and intervals."""
+    if n_bootstraps < 2:
+        raise ValueError(f"n_bootstraps={n_bootstraps} must be >= 2 for an interval")
+    log_n, log_d, log_l = _log_points(params, tokens, loss)
+    points = log_n.size
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(points, np.full(points, 1.0 / points), size=n_bootstraps).astype(float)
+    starts = replicate_starts(fit)
+
+    if options.solver == "newton":
+        theta, values = _newton_replicates(starts, counts, log_n, log_d, log_l, options)
+    else:
+        theta, values = _scipy_replicates(starts, counts, log_n, log_d, log_l, options)
+
+    converged = np.array([_gradient_norm(t, w, log_n, log_d, log_l, options) <= options.converged_gradient
+                          for t, w in zip(theta, counts)])
+    if not converged.all():
+        logger.warning("bootstrap: %d of %d replicates did not converge and are left out of the intervals",
+                       int((~converged).sum()), n_bootstraps)
+    return BootstrapResult(theta, values, converged, level, seed, len(starts), options.solver)
+
+
+def replicate_starts(fit: ParametricFit) -> np.ndarray:
+    """Return the starts of every replicate: the fit's distinct end points near its best objective."""
+    near = [theta for value, theta in fit.local_minima if value <= START_OBJECTIVE_FACTOR * fit.objective]
+    return np.array(near or [tuple(fit.theta)], dtype=float)
+
+
+def _newton_replicates(starts: np.ndarray, counts: np.ndarray, log_n: np.ndarray, log_d: np.ndarray,
+                       log_l: np.ndarray, options: Approach3Options) -> tuple[np.ndarray, np.ndarray]:
+    from analysis.batched_newton import minimize_batch
+
+    replicates, per = counts.shape[0], starts.shape[0]
+    result = minimize_batch(np.tile(starts, (replicates, 1)), log_n, log_d, log_l, options.huber_delta,
+                            np.repeat(counts, per, axis=0), max_iterations=options.newton_iterations,
+                            gradient_tolerance=options.newton_gradient)
+    objective = result.objective.reshape(replicates, per)
+    objective = np.where(np.isfinite(objective), objective, np.inf)
+    best = np.argmin(objective, axis=1)
+    theta = result.theta.reshape(replicates, per, 5)[np.arange(replicates), best]
+    return theta, objective[np.arange(replicates), best]
+
+
+def _scipy_replicates(starts: np.ndarray, counts: np.ndarray, log_n: np.ndarray, log_d: np.ndarray,
+                      log_l: np.ndarray, options: Approach3Options) -> tuple[np.ndarray, np.ndarray]:
+    thetas, values = [], []
+    for weights in counts:
+        scale = _objective_scale(log_n, weights, options.huber_delta)
+
+        def scaled(theta: np.ndarray, weights: np.ndarray = weights, scale: float = scale):
+            value, gradient = huber_objective(theta, log_n, log_d, log_l, options.huber_delta, weights)
+            return value / scale, gradient / scale
+
+        ends = [_lbfgs(scaled, start, options) for start in starts]
+        value, theta = min(ends, key=lambda end: end[0] if math.isfinite(end[0]) else math.inf)
+        thetas.append(theta)
+        values.append(value * scale)
+    return np.array(thetas), np.array(values)
+
+
+def _gradient_norm(theta: np.ndarray, weights: np.ndarray, log_n: np.ndarray, log_d: np.ndarray,
+                   log_l: np.ndarray, options: Approach3Options) -> float:
+    _, gradient = huber_objective(theta, log_n, log_d, log_l, options.huber_delta, weights)
+    return float(np.max(np.abs(gradient))) / _objective_scale(log_n, weights, options.huber_delta)
