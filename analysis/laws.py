@@ -20,6 +20,7 @@ from analysis import allocation
 
 HOFFMANN_2022 = "Hoffmann et al. 2022, Training Compute-Optimal Large Language Models, arXiv:2203.15556"
 BESIROGLU_2024 = "Besiroglu et al. 2024, Chinchilla Scaling: A replication attempt, arXiv:2404.10102"
+KAPLAN_2020 = "Kaplan et al. 2020, Scaling Laws for Neural Language Models, arXiv:2001.08361"
 
 
 class Law(Protocol):
@@ -109,12 +110,53 @@ class TokensPerParamLaw:
         return None
 
 
+@dataclass(frozen=True)
+class PowerLawAllocation:
+    """N_opt(C) = coefficient * C^exponent (C in FLOPs) and D_opt = C / (6 N_opt). It predicts no loss."""
+
+    key: str
+    name: str
+    citation: str
+    exponent: float  # a in N_opt proportional to C^a
+    coefficient: float  # parameters per FLOPs^a
+    convention: str = "total"
+
+    def compute_optimal(self, flops: float) -> tuple[float, float]:
+        params = self.coefficient * flops**self.exponent
+        return params, flops / (allocation.FLOPS_PER_PARAM_TOKEN * params)
+
+    def flops_for_params(self, params: float) -> float:
+        return (params / self.coefficient) ** (1.0 / self.exponent)
+
+    def tokens_for_params(self, params: float) -> float:
+        return self.flops_for_params(params) / (allocation.FLOPS_PER_PARAM_TOKEN * params)
+
+    def loss(self, params: float, tokens: float) -> float | None:
+        return None
+
+
+@dataclass(frozen=True)
+class SingleVariableLaw:
+    """Kaplan et al.'s one-variable form L(x) = (x_c / x)^exponent, in nats/token on their WebText2 tokens."""
+
+    key: str
+    name: str
+    citation: str
+    variable: str  # "params" (non-embedding N, trained to convergence) or "tokens" (D, with early stopping)
+    scale: float  # x_c: N_c in parameters or D_c in tokens
+    exponent: float
+
+    def loss(self, value: float) -> float:
+        """Return L at N = `value` parameters or D = `value` tokens, as `variable` says."""
+        return (self.scale / value) ** self.exponent
+
+
 TOKENS_20 = TokensPerParamLaw(
     key="tokens-20",
     name="20 tokens per parameter",
     citation=(
-        f"{HOFFMANN_2022}: rule of thumb from Chinchilla itself (70B parameters trained on 1.4T tokens, "
-        "section 4)"
+        f"{HOFFMANN_2022}: rule of thumb from table 3 (approach 1 projections of 20.0 to 22.4 tokens per "
+        "parameter) and Chinchilla itself (70B parameters trained on 1.4T tokens, section 4)"
     ),
     tokens_per_param=20.0,
 )
@@ -123,7 +165,7 @@ HOFFMANN_A3_PRINTED = ParametricLaw(
     key="hoffmann-a3-printed",
     name="Hoffmann 2022 approach 3, as printed",
     citation=(
-        f"{HOFFMANN_2022}, section 3.3 and appendix D.2: approach 3 fit as printed, "
+        f"{HOFFMANN_2022}, appendix D.2: approach 3 fit as printed, "
         "E 1.69, A 406.4, B 410.7, alpha 0.34, beta 0.28"
     ),
     e_coef=1.69,
@@ -162,7 +204,76 @@ EPOCH_2024 = ParametricLaw(
     beta=0.3658,
 )
 
-_REGISTRY: tuple[Law, ...] = (TOKENS_20, HOFFMANN_A3_PRINTED, HOFFMANN_A3_UNROUNDED, EPOCH_2024)
+# Table 3 of Hoffmann et al. lists approach 1's projections, table A3 (appendix D.3) approach 2's, as
+# (parameters, FLOPs, tokens) rows. Neither prints the power law's coefficient, so these constants are a
+# least-squares fit of ln N on ln C through the rows from 400M to 10T parameters, leaving out the 67B row,
+# whose token count is rounded to two digits. The fitted exponents agree with the paper's table 2
+# (a = 0.50 and 0.49), and the fits reproduce every other row's FLOPs within 0.6% (tested).
+HOFFMANN_A1 = PowerLawAllocation(
+    key="hoffmann-a1",
+    name="Hoffmann 2022 approach 1 (training-curve envelope)",
+    citation=(
+        f"{HOFFMANN_2022}, table 3 (approach 1 projections), fitted as N_opt = 0.0993487 C^0.498092; "
+        "table 2 gives a = 0.50"
+    ),
+    exponent=0.498092,
+    coefficient=0.0993487,
+)
+
+HOFFMANN_A2 = PowerLawAllocation(
+    key="hoffmann-a2",
+    name="Hoffmann 2022 approach 2 (IsoFLOP profiles)",
+    citation=(
+        f"{HOFFMANN_2022}, table A3 (approach 2 projections), fitted as N_opt = 0.145574 C^0.489927; "
+        "table 2 gives a = 0.49"
+    ),
+    exponent=0.489927,
+    coefficient=0.145574,
+)
+
+# Kaplan et al.'s compute-efficient exponent, N_opt proportional to C^0.73, as Hoffmann et al. list it in
+# their table 2, anchored where Hoffmann et al.'s appendix D.4 applies it: 4.68B parameters at 1e21 FLOPs.
+# NOTE: Kaplan et al. count non-embedding parameters; appendix D.4 does not say which count it used.
+KAPLAN_2020_ALLOCATION = PowerLawAllocation(
+    key="kaplan-2020",
+    name="Kaplan 2020 compute-efficient allocation (N_opt proportional to C^0.73)",
+    citation=(
+        f"{KAPLAN_2020}, exponent 0.73 as listed in {HOFFMANN_2022} table 2, anchored at 4.68B parameters "
+        "for 1e21 FLOPs (Hoffmann et al. appendix D.4)"
+    ),
+    exponent=0.73,
+    coefficient=4.68e9 / 1e21**0.73,
+    convention="non_embedding",
+)
+
+# Kaplan et al. 2020, equations 1.1 and 1.2: L(N) for models trained to convergence (N non-embedding
+# parameters), L(D) for large models trained with early stopping (D tokens).
+KAPLAN_2020_PARAMS = SingleVariableLaw(
+    key="kaplan-2020-params",
+    name="Kaplan 2020 L(N) = (N_c / N)^alpha_N",
+    citation=f"{KAPLAN_2020}, equation 1.1: alpha_N 0.076, N_c 8.8e13 non-embedding parameters",
+    variable="params",
+    scale=8.8e13,
+    exponent=0.076,
+)
+
+KAPLAN_2020_TOKENS = SingleVariableLaw(
+    key="kaplan-2020-tokens",
+    name="Kaplan 2020 L(D) = (D_c / D)^alpha_D",
+    citation=f"{KAPLAN_2020}, equation 1.2: alpha_D 0.095, D_c 5.4e13 tokens",
+    variable="tokens",
+    scale=5.4e13,
+    exponent=0.095,
+)
+
+SINGLE_VARIABLE_LAWS: dict[str, SingleVariableLaw] = {
+    law.key: law for law in (KAPLAN_2020_PARAMS, KAPLAN_2020_TOKENS)
+}
+
+_REGISTRY: tuple[Law, ...] = (
+    TOKENS_20, HOFFMANN_A1, HOFFMANN_A2, HOFFMANN_A3_PRINTED, HOFFMANN_A3_UNROUNDED, EPOCH_2024,
+    KAPLAN_2020_ALLOCATION,
+)
 LAWS: dict[str, Law] = {law.key: law for law in _REGISTRY}
 
 

@@ -47,7 +47,14 @@ def test_tokens_for_7b_rows_and_disagreement_note():
     by_law = {row["law"].split(" (")[0].split(",")[0]: row for row in answer.rows}
     assert by_law["20 tokens per parameter"]["loss"] is None
     assert by_law["20 tokens per parameter"]["tokens"] == pytest.approx(1.4e11)
-    # Printed Hoffmann (4.677e11) against 20 tokens per parameter (1.4e11) is 3.3x apart.
+    tokens = [row["tokens"] for row in answer.rows]
+    assert len(answer.notes) == 1
+    assert f"disagree by {max(tokens) / min(tokens):.2f}x on tokens" in answer.notes[0]
+
+
+def test_printed_and_20_rule_disagree():
+    # Printed Hoffmann (4.677e11 tokens) against 20 tokens per parameter (1.4e11) is 3.34x apart.
+    answer = ask("tokens for 7B", law_keys=["tokens-20", "hoffmann-a3-printed"])
     assert len(answer.notes) == 1
     assert "disagree by 3.34x on tokens" in answer.notes[0]
 
