@@ -35,6 +35,37 @@ def test_gradient_of_logits_ignores_later_tokens(positions):
         assert np.all(later == 0.0), f"position {i} depends on later positions"
         assert np.any(earlier != 0.0), f"position {i} depends on nothing"
 
+def _jacobian_of_logits_by_embeddings(transformer, params, tokens, **kwargs):
+    """Return d(sum of logits at position i) / d(embedding at position j) as [L, B, L, D]."""
+    embeddings = params["embed"]["embedding"][tokens]
+
+    def logit_sums_per_position(embedded):
+        logits = transformer.apply({"params": params}, tokens, input_embeddings_BxLxD=embedded, **kwargs)
+        return logits.sum(axis=(0, 2))
+
+    return np.asarray(jax.jit(jax.jacrev(logit_sums_per_position))(embeddings))
+
+
+def test_mask_off_leaks_later_tokens():
+    # The same weights without the causal mask: earlier positions now depend on later ones.
+    _, params, tokens = _init(SMALL)
+    jacobian_LxBxLxD = _jacobian_of_logits_by_embeddings(Transformer(SMALL, causal=False), params, tokens)
+    for i in range(tokens.shape[1] - 1):
+        assert np.any(jacobian_LxBxLxD[i, :, i + 1 :] != 0.0), f"position {i} does not see later tokens"
+
+
+def test_all_ones_padding_mask_keeps_causal_mask():
+    transformer, params, tokens = _init(SMALL)
+    all_real = jnp.ones(tokens.shape, bool)
+    plain = transformer.apply({"params": params}, tokens)
+    masked = transformer.apply({"params": params}, tokens, token_mask_BxL=all_real)
+    np.testing.assert_allclose(np.asarray(masked), np.asarray(plain), atol=1e-6, rtol=0)
+
+    jacobian_LxBxLxD = _jacobian_of_logits_by_embeddings(transformer, params, tokens, token_mask_BxL=all_real)
+    for i in range(tokens.shape[1]):
+        assert np.all(jacobian_LxBxLxD[i, :, i + 1 :] == 0.0), f"position {i} depends on later positions"
+
+
 def test_changing_token_j_changes_only_positions_j_and_later():
     transformer, params, tokens = _init(SMALL)
     base = transformer.apply({"params": params}, tokens)
