@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models.generate import Generator, Sampling, UncachedGreedy
-from models.kv_cache import CacheFullError, init_cache
+from models.kv_cache import CacheFullError, init_cache, kv_cache_bytes, kv_cache_bytes_for, kv_cache_comparison
 from models.transformer import Transformer, next_token_loss
 from scaling.config import ModelConfig
 
@@ -374,3 +374,27 @@ def test_sampling_rejects_invalid_settings(settings, message):
 
     with pytest.raises(UserError, match=message):
         Sampling(**settings)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cache_size_calculator_matches_arrays(kv_heads, dtype):
+    model = dataclasses.replace(BASE, n_kv_heads=kv_heads, compute_dtype=dtype, n_layers=3)
+    cache = init_cache(model, batch_size=5, length=16)
+    real_bytes = sum(x.nbytes for x in (*cache.keys_BxSxKxE, *cache.values_BxSxKxE))
+    assert cache.kv_nbytes() == real_bytes
+    assert kv_cache_bytes_for(model, context=16, batch_size=5) == real_bytes
+    bytes_per_value = 4 if dtype == "float32" else 2
+    assert kv_cache_bytes(3, kv_heads, 8, 16, 5, bytes_per_value) == real_bytes
+
+
+def test_cache_comparison_mha_gqa_mqa():
+    # 32 layers of 32 heads of 128, 4096 tokens, batch 1, 2-byte values: 2 * 32 * 32 * 128 * 4096 * 2 = 2 GiB.
+    rows = kv_cache_comparison(n_layers=32, n_heads=32, head_dim=128, context=4096, batch_size=1, bytes_per_value=2)
+    assert [row["attention"] for row in rows] == ["MHA", "GQA", "MQA"]
+    assert [row["kv_heads"] for row in rows] == [32, 8, 1]
+    assert rows[0]["bytes"] == 2**31
+    assert rows[0]["gib"] == 2.0
+    assert rows[1]["bytes"] == 2**31 // 4
+    assert rows[2]["bytes"] == 2**31 // 32
+    assert [row["attention"] for row in kv_cache_comparison(2, 2, 64, 128)] == ["MHA", "MQA"]  # no GQA between 1 and 2
