@@ -142,13 +142,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def setup_logging(verbose: bool) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
+    # Logs go to stderr so that stdout carries only results (JSON with --json) and can be piped.
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)],
     )
     for noisy in ("absl", "jax", "orbax", "wandb", "matplotlib", "urllib3", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

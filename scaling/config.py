@@ -40,7 +40,7 @@ class ModelConfig:
     n_kv_heads: int | None = None  # key/value heads; None means n_heads (multi-head), 1 is multi-query
     head_dim: int | None = None  # width of one head; None means d_model // n_heads
     d_ff: int | None = None  # MLP hidden width; None means 4 d_model (GELU) or swiglu_hidden_size (SwiGLU)
-    max_seq_len: int = 256  # longest sequence in tokens (learned positions and the KV cache size)
+    max_seq_len: int = 256  # maximum sequence length in tokens (sizes learned positions and the KV cache)
     norm: str = "rmsnorm"  # "rmsnorm" or "layernorm", applied before each sub-block (pre-norm)
     mlp: str = "swiglu"  # "swiglu" or "gelu"
     positions: str = "rope"  # "rope" or "learned"
@@ -113,7 +113,7 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the prepared tokens live and how batches are cut from them."""
+    """Location of the prepared tokens and the shape of the batches cut from them."""
 
     path: str = ""  # folder written by `scaling data prepare` (train.bin, val.bin, meta.json)
     seq_len: int = 128  # tokens per training sequence

@@ -3,7 +3,7 @@
 1. prepare the corpus (byte-level tokens, reused when unchanged);
 2. plan and launch the packaged IsoFLOP sweep (`sweeps/specs/demo.yaml`, or `quick.yaml`);
 3. fit approach 3 and the IsoFLOP parabolas over the completed runs;
-4. answer "tokens for 7B" from the new fit beside the published laws, and write report.md.
+4. compute "tokens for 7B" from the new fit beside the published laws, and write report.md.
 
 This module sits above `sweeps` and `analysis` like the CLI does, so it imports them inside the function.
 """
