@@ -15,6 +15,7 @@ from typing import Any
 
 from analysis.runs import CONVENTIONS
 
+OPTIONAL_METHODS = ("approach1", "approach2", "kaplan", "extrapolation")  # as analysis.fit, without importing it
 DEFAULT_FIT_STARTS = 1000
 DEFAULT_BOOTSTRAPS = 200  # the same default as analysis.bootstrap, kept here so parsing imports no numpy
 DEFAULT_OUT = "fit"
@@ -47,7 +48,17 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="?", metavar="RUNS",
-                        help="RUNS folder or one sweep folder (default: $SCALING_RUNS or ./runs)")
+                        help="RUNS folder, one sweep folder, or a CSV of points (default: $SCALING_RUNS or ./runs)")
+    parser.add_argument("--columns", metavar="MAP",
+                        help="CSV column mapping, e.g. N=params,D=tokens,L=loss (any two of N, D, C; optional "
+                             "budget=COLUMN, id=COLUMN); implies RUNS is a CSV file")
+    parser.add_argument("--where", action="append", metavar="COLUMN=VALUE",
+                        help="keep only CSV rows whose COLUMN equals VALUE (repeatable)")
+    parser.add_argument("--method", action="append", choices=OPTIONAL_METHODS, metavar="METHOD",
+                        help=f"run only these methods beside approach 3 (repeatable; default: all of "
+                             f"{', '.join(OPTIONAL_METHODS)})")
+    parser.add_argument("--holdout", type=float, default=0.1, metavar="FRACTION",
+                        help="share of the largest-compute runs held out by the extrapolation check (default 0.1)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help=f"folder for fit.json and plots (default: ./{DEFAULT_OUT})")
     parser.add_argument("--starts", type=int, default=DEFAULT_FIT_STARTS, metavar="N",
@@ -61,11 +72,17 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fit runs from different corpora or tokenizers together")
 
 
-def run_fit(args: argparse.Namespace) -> int:
+def _fit(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.fit import fit_runs
 
-    record = fit_runs(_runs_path(args.runs), args.out, convention=args.convention, starts=args.starts,
-                      bootstraps=args.bootstraps, seed=args.seed, allow_mixed=args.allow_mixed)
+    return fit_runs(_runs_path(args.runs), args.out, convention=args.convention, starts=args.starts,
+                    bootstraps=args.bootstraps, seed=args.seed, allow_mixed=args.allow_mixed,
+                    methods=tuple(args.method or OPTIONAL_METHODS), columns=args.columns, filters=args.where,
+                    holdout_fraction=args.holdout)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    record = _fit(args)
     if args.json:
         print(json.dumps(record, indent=2))
     else:
@@ -88,11 +105,9 @@ def run_ask(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     from analysis.ask import ask
-    from analysis.fit import fit_runs
     from analysis.report import write_report
 
-    record = fit_runs(_runs_path(args.runs), args.out, convention=args.convention, starts=args.starts,
-                      bootstraps=args.bootstraps, seed=args.seed, allow_mixed=args.allow_mixed)
+    record = _fit(args)
     answers = [ask(question, fit=record) for question in (args.question or ["tokens for 7B"])]
     path = write_report(args.out, record, answers, limitations=args.limitations)
     print(f"wrote {path}")
@@ -123,12 +138,20 @@ def _print_fit(record: dict[str, Any], out: Path) -> None:
     console = Console()
     console.print(table)
     console.print(f"status: {approach3['status']}")
+    approach1 = record.get("approach1") or {}
+    if approach1.get("a") is not None:
+        console.print(f"approach 1: N_opt ∝ C^{approach1['a']:.4f}, D_opt ∝ C^{approach1['b']:.4f} "
+                      "(envelope of learning curves)")
     approach2 = record.get("approach2")
     if approach2 and approach2.get("a") is not None:
         console.print(f"approach 2: N_opt ∝ C^{approach2['a']:.4f}, D_opt ∝ C^{approach2['b']:.4f} "
                       f"over {len(approach2['budgets_used'])} budgets")
     elif record.get("approach2_note"):
         console.print(record["approach2_note"])
+    extrapolation = record.get("extrapolation") or {}
+    if "mean_abs_relative_error" in extrapolation:
+        console.print(f"extrapolation: refit without the {len(extrapolation['held_out'])} largest-compute run(s) "
+                      f"predicts their loss with mean |error| {extrapolation['mean_abs_relative_error']:.2%}")
     if record.get("excluded_runs"):
         console.print(f"excluded: {', '.join(record['excluded_runs'])}")
     console.print(f"wrote {out / 'fit.json'}")

@@ -17,7 +17,11 @@ import numpy as np
 
 from scaling.errors import UserError
 
-from analysis.bootstrap import DEFAULT_BOOTSTRAPS, bootstrap_approach3
+from analysis.bootstrap import DEFAULT_BOOTSTRAPS, BootstrapResult, bootstrap_approach3
+from analysis.csv_points import DEFAULT_COLUMNS, load_csv
+from analysis.extrapolation import DEFAULT_HOLDOUT_FRACTION, extrapolation_check
+from analysis.fit_envelope import EnvelopeFit, fit_envelope
+from analysis.fit_kaplan import fit_kaplan
 from analysis.fit_isoflop import IsoFlopFit, fit_isoflop, group_by_budget
 from analysis.fit_parametric import Approach3Options, ParametricFit, fit_approach3
 from analysis.runs import CONVENTIONS, RunTable, load_runs
@@ -27,6 +31,7 @@ logger = logging.getLogger(__name__)
 FIT_FILE = "fit.json"
 FIT_SCHEMA = 1
 APPROACH3_PARAMETERS = 5
+OPTIONAL_METHODS = ("approach1", "approach2", "kaplan", "extrapolation")  # approach 3 always runs
 
 CONVENTION_DESCRIPTIONS = {
     "total": "N counts every parameter, embeddings and output head included (Hoffmann et al. 2022); C = 6 N D",
@@ -36,9 +41,14 @@ CONVENTION_DESCRIPTIONS = {
 
 def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "total", starts: int = 1000,
              bootstraps: int = DEFAULT_BOOTSTRAPS, seed: int = 0, allow_mixed: bool = False, plot: bool = True,
-             options: Approach3Options | None = None) -> dict[str, Any]:
+             options: Approach3Options | None = None, methods: tuple[str, ...] = OPTIONAL_METHODS,
+             columns: str | None = None, filters: list[str] | None = None,
+             holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION) -> dict[str, Any]:
     """Fit the completed runs under `runs_path`; write fit.json and plots to `out_dir`; return the record.
 
+    `runs_path` is a run store folder, or a CSV of points read with the `columns` mapping (and `filters`),
+    see `analysis.csv_points`. Approach 3 always runs; `methods` picks the others ("approach1",
+    "approach2", "kaplan", "extrapolation"), each skipped with a note where the data cannot support it.
     `starts` is the minimum size of approach 3's start grid; `bootstraps` replicates (0 for none) give
     95% intervals, drawn with `seed`. Raises UserError when there are fewer completed runs than approach
     3's 5 parameters, or a single model size or token count.
@@ -47,7 +57,10 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
         raise UserError(f"unknown parameter convention {convention!r}; use one of: {', '.join(CONVENTIONS)}")
     if bootstraps == 1 or bootstraps < 0:
         raise UserError(f"bootstraps={bootstraps}: use 0 for no intervals, or at least 2 (200 is the default)")
-    table = load_runs(runs_path, allow_mixed=allow_mixed)
+    unknown = sorted(set(methods) - set(OPTIONAL_METHODS))
+    if unknown:
+        raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(OPTIONAL_METHODS)}")
+    table = _load_table(runs_path, allow_mixed, columns, filters)
     params, tokens, losses = _points(table, convention)
     _check_enough(table, params, tokens)
 
@@ -66,14 +79,36 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
                     int(bootstrap.converged.sum()), time.perf_counter() - started)
 
     budget_groups = _budget_groups(table, convention)
-    approach2, approach2_note = _try_approach2(table, params, losses, budget_groups)
+    approach2, approach2_note = None, "approach 2 not requested"
+    if "approach2" in methods:
+        approach2, approach2_note = _try_approach2(table, params, losses, budget_groups)
+    envelope = None
+    if "approach1" in methods or "kaplan" in methods:
+        envelope = fit_envelope([row.params(convention) for row in table.rows],
+                                [row.learning_curve for row in table.rows])
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = _record(table, convention, approach3, approach2, approach2_note, params, tokens, losses)
     record["bootstrap"] = None if bootstrap is None else bootstrap.to_dict()
+    record["approach1"] = None
+    if "approach1" in methods:
+        record["approach1"] = envelope.to_dict() if envelope is not None else {
+            "skipped": "approach 1 needs learning curves (val_loss rows in metrics.jsonl) from at least 2 runs"}
+    if "kaplan" in methods:
+        record["kaplan"] = fit_kaplan(params, tokens, losses,
+                                      None if envelope is None else envelope.flops,
+                                      None if envelope is None else envelope.loss)
+    if "extrapolation" in methods:
+        started = time.perf_counter()
+        record["extrapolation"] = extrapolation_check(params, tokens, losses, [row.run_id for row in table.rows],
+                                                      approach3_options, holdout_fraction)
+        logger.info("extrapolation check (%.1f s): %s", time.perf_counter() - started,
+                    record["extrapolation"].get("skipped") or
+                    f"mean |error| {record['extrapolation']['mean_abs_relative_error']:.2%} on the held-out runs")
     if plot:
-        record["plots"] = _draw(out, approach3, approach2, params, tokens, losses, budget_groups, convention)
+        record["plots"] = _draw(out, approach3, approach2, params, tokens, losses, budget_groups, convention,
+                                bootstrap, envelope)
     (out / FIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
     logger.info("wrote %s", out / FIT_FILE)
     return record
@@ -93,6 +128,14 @@ def read_fit(path: str | Path) -> dict[str, Any]:
     if not isinstance(record, dict) or "approach3" not in record:
         raise UserError(f"fit file {path} contains no approach 3 fit; pass a fit.json written by `scaling fit`")
     return record
+
+
+def _load_table(source: str | Path, allow_mixed: bool, columns: str | None, filters: list[str] | None) -> RunTable:
+    if columns is not None or str(source).lower().endswith(".csv"):
+        return load_csv(source, columns or DEFAULT_COLUMNS, filters)
+    if filters:
+        raise UserError("row filters apply to CSV points only; drop them or pass a .csv file")
+    return load_runs(source, allow_mixed=allow_mixed)
 
 
 def _points(table: RunTable, convention: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -139,12 +182,8 @@ def _try_approach2(table: RunTable, params: np.ndarray, losses: np.ndarray,
     labels = np.empty(len(params))
     for budget, indices in groups:
         labels[indices] = budget
-    try:
-        fit = fit_isoflop(params, labels, losses, labels, skip_small_budgets=True)
-    except UserError as error:
-        # A budget without a minimum sinks approach 2 only; approach 3 stays valid, so it is reported.
-        logger.warning("approach 2 failed: %s", error)
-        return None, f"approach 2 failed: {error}"
+    # Budgets without a minimum are skipped with a warning naming them: approach 3 stays valid either way.
+    fit = fit_isoflop(params, labels, losses, labels, skip_invalid_budgets=True)
     return fit, "; ".join(fit.warnings)
 
 
@@ -179,7 +218,7 @@ def _record(table: RunTable, convention: str, approach3: ParametricFit, approach
 
 def _draw(out: Path, approach3: ParametricFit, approach2: IsoFlopFit | None, params: np.ndarray,
           tokens: np.ndarray, losses: np.ndarray, budget_groups: list[tuple[float, np.ndarray]],
-          convention: str) -> list[str]:
+          convention: str, bootstrap: BootstrapResult | None, envelope: EnvelopeFit | None) -> list[str]:
     from analysis import plots  # matplotlib loads only when drawing, so `scaling ask` stays quick
 
     law = approach3.law(convention=convention)
@@ -194,6 +233,10 @@ def _draw(out: Path, approach3: ParametricFit, approach2: IsoFlopFit | None, par
                                              convention, along))
     written.append(plots.plot_loss_vs_tokens(law, params, tokens, losses, _groups_by(params),
                                              out / "loss_vs_tokens.png", convention))
+    written.append(plots.plot_loss_vs_flops(law, params, tokens, losses, out / "loss_vs_flops.png", convention))
+    written.append(plots.plot_frontier(law, bootstrap, approach2, envelope, 6 * params * tokens,
+                                       out / "optimal_allocation.png", convention))
+    written.append(plots.plot_residuals(law, params, tokens, losses, out / "residuals.png", convention))
     return [path.name for path in written]
 
 

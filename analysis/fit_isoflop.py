@@ -157,30 +157,40 @@ def group_by_budget(flops: ArrayLike, budgets: ArrayLike | None = None,
 
 
 def fit_isoflop(params: ArrayLike, flops: ArrayLike, losses: ArrayLike, budgets: ArrayLike | None = None, *,
-                include_edge_budgets: bool = False, skip_small_budgets: bool = False) -> IsoFlopFit:
+                include_edge_budgets: bool = False, skip_invalid_budgets: bool = False) -> IsoFlopFit:
     """Fit approach 2: one parabola per budget, then power laws through the vertices.
 
     `flops` are each point's compute (6ND, FLOPs), used to group points when `budgets` is not given.
-    A budget with fewer than 3 sizes raises UserError naming it, or is skipped with a warning when
-    `skip_small_budgets`. A budget flagged "optimum at edge" is kept in the profiles but left out of the
+    A budget with fewer than 3 sizes, or whose parabola has non-positive curvature, raises UserError naming
+    it, or is skipped with a warning naming it when `skip_invalid_budgets`. A budget flagged "optimum at edge" is kept in the profiles but left out of the
     power laws unless `include_edge_budgets`.
     """
     params = np.asarray(params, dtype=float)
     losses = np.asarray(losses, dtype=float)
     warnings: list[str] = []
     profiles: list[IsoFlopProfile] = []
+    too_small: list[float] = []
     for budget, indices in group_by_budget(flops, budgets):
-        if skip_small_budgets and np.unique(params[indices]).size < MIN_SIZES_PER_BUDGET:
-            warnings.append(f"budget {budget:.3g} FLOPs skipped: {np.unique(params[indices]).size} size(s), "
-                            f"approach 2 needs {MIN_SIZES_PER_BUDGET}")
+        if skip_invalid_budgets and np.unique(params[indices]).size < MIN_SIZES_PER_BUDGET:
+            too_small.append(budget)
             continue
-        profile = fit_profile(budget, params[indices], losses[indices])
+        try:
+            profile = fit_profile(budget, params[indices], losses[indices])
+        except UserError as error:
+            if not skip_invalid_budgets:
+                raise
+            warnings.append(f"skipped: {error}")
+            continue
         if profile.at_edge:
             warnings.append(f"budget {budget:.3g} FLOPs: optimum at edge of the sampled sizes "
                             f"({profile.params[0]:.3g}..{profile.params[-1]:.3g} parameters, vertex "
                             f"{profile.params_opt:.3g}); add sizes beyond it")
         profiles.append(profile)
 
+    if too_small:
+        listed = ", ".join(f"{budget:.3g}" for budget in too_small[:8]) + (", ..." if len(too_small) > 8 else "")
+        warnings.append(f"{len(too_small)} budget(s) skipped with fewer than {MIN_SIZES_PER_BUDGET} sizes: "
+                        f"{listed} FLOPs")
     used = [p for p in profiles if include_edge_budgets or not p.at_edge]
     params_law = tokens_law = None
     if len(used) >= 2:

@@ -147,7 +147,7 @@ class SingleVariableLaw:
     exponent: float
 
     def loss(self, value: float) -> float:
-        """Return L at N = `value` parameters or D = `value` tokens, as `variable` says."""
+        """Return L at N = `value` parameters or D = `value` tokens, depending on `variable`."""
         return (self.scale / value) ** self.exponent
 
 

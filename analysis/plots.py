@@ -6,6 +6,7 @@ display is needed. Every figure names its parameter convention and units in its 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +22,7 @@ CONVENTION_LABELS = {
     "non_embedding": "non-embedding parameters",
 }
 LOSS_LABEL = "final validation loss (nats/token)"
+MAX_LEGEND_ENTRIES = 12  # beyond this a legend hides the data, so colours alone tell groups apart
 
 
 def params_label(convention: str) -> str:
@@ -45,7 +47,8 @@ def plot_isoflop(fit: IsoFlopFit, path: Path, convention: str) -> Path:
     axes.set_xlabel(params_label(convention))
     axes.set_ylabel(LOSS_LABEL)
     axes.set_title("IsoFLOP profiles: parabola in ln N per budget, star = N_opt(C); C = 6ND")
-    axes.legend(fontsize=7)
+    if len(fit.profiles) <= MAX_LEGEND_ENTRIES:
+        axes.legend(fontsize=7)
     return _save(figure, path)
 
 
@@ -97,7 +100,8 @@ def _finish_law_axes(axes, law: ParametricLaw, xlabel: str, title: str) -> None:
         f"alpha={law.alpha:.4g}, beta={law.beta:.4g}",
         fontsize=9,
     )
-    axes.legend(fontsize=7)
+    if len(axes.get_legend_handles_labels()[0]) <= MAX_LEGEND_ENTRIES:
+        axes.legend(fontsize=7)
 
 
 def _colours(count: int) -> list:
@@ -111,6 +115,105 @@ def _save(figure: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    figure.tight_layout()
+    with warnings.catch_warnings():
+        # A long legend can leave tight_layout without room; the figure is still complete, so it is saved.
+        warnings.simplefilter("ignore", UserWarning)
+        figure.tight_layout()
     figure.savefig(path, dpi=120)
     return path
+
+
+def plot_loss_vs_flops(law: ParametricLaw, params: np.ndarray, tokens: np.ndarray, losses: np.ndarray,
+                       path: Path, convention: str) -> Path:
+    """Draw observed losses against C = 6ND, coloured by N, with the law's compute-optimal loss; write `path`."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
+    flops = 6 * params * tokens
+    points = axes.scatter(flops, losses, c=np.log10(params), cmap="viridis", s=18)
+    figure.colorbar(points, ax=axes, label=f"log10 {params_label(convention)}")
+    dense = np.geomspace(flops.min() / 1.3, flops.max() * 1.3, 200)
+    optimal = [law.compute_optimal(c) for c in dense] if law.alpha > 0 and law.beta > 0 else []
+    if optimal:
+        axes.plot(dense, [law.loss(n, d) for n, d in optimal], color="black", lw=1,
+                  label="fitted law at the compute-optimal N, D")
+        axes.legend(fontsize=7)
+    _finish_law_axes(axes, law, "C = 6ND (FLOPs)", "loss against compute")
+    return _save(figure, path)
+
+
+def plot_frontier(law: ParametricLaw, bootstrap, approach2: IsoFlopFit | None, envelope, flops: np.ndarray,
+                  path: Path, convention: str) -> Path:
+    """Draw N_opt(C) and D_opt(C): the fit with its bootstrap band, approaches 1 and 2, and published laws."""
+    from analysis.laws import all_laws
+
+    figure = Figure(figsize=(11, 4.5))
+    params_axes, tokens_axes = figure.subplots(1, 2)
+    dense = np.geomspace(flops.min() / 10, 1e25, 200)
+    if law.alpha > 0 and law.beta > 0:
+        fitted = np.array([law.compute_optimal(c) for c in dense])
+        params_axes.plot(dense, fitted[:, 0], color="black", lw=2, label="your fit (approach 3)")
+        tokens_axes.plot(dense, fitted[:, 1], color="black", lw=2, label="your fit (approach 3)")
+    band = _bootstrap_band(bootstrap, dense)
+    if band is not None:
+        params_axes.fill_between(dense, band[0], band[1], color="grey", alpha=0.3, label="95% bootstrap band")
+        tokens_axes.fill_between(dense, band[2], band[3], color="grey", alpha=0.3, label="95% bootstrap band")
+    if approach2 is not None:
+        vertices = [p for p in approach2.profiles if not p.at_edge]
+        params_axes.scatter([p.flops for p in vertices], [p.params_opt for p in vertices], color="tab:red",
+                            marker="*", s=60, label="approach 2 vertices", zorder=3)
+        tokens_axes.scatter([p.flops for p in vertices], [p.tokens_opt for p in vertices], color="tab:red",
+                            marker="*", s=60, label="approach 2 vertices", zorder=3)
+    if envelope is not None and envelope.params_law is not None:
+        params_axes.plot(dense, envelope.params_law(dense), color="tab:orange", lw=1.5, label="approach 1 (yours)")
+        tokens_axes.plot(dense, envelope.tokens_law(dense), color="tab:orange", lw=1.5, label="approach 1 (yours)")
+    for published in all_laws():
+        optimal = np.array([published.compute_optimal(c) for c in dense])
+        params_axes.plot(dense, optimal[:, 0], lw=0.8, ls="--", label=published.name)
+        tokens_axes.plot(dense, optimal[:, 1], lw=0.8, ls="--", label=published.name)
+    for axes, quantity in ((params_axes, f"N_opt ({CONVENTION_LABELS.get(convention, convention)})"),
+                           (tokens_axes, "D_opt (tokens)")):
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlabel("C = 6ND (FLOPs)")
+        axes.set_ylabel(quantity)
+    params_axes.set_title("compute-optimal model size", fontsize=9)
+    tokens_axes.set_title("compute-optimal tokens; published laws dashed", fontsize=9)
+    tokens_axes.legend(fontsize=6, loc="upper left")
+    return _save(figure, path)
+
+
+def plot_residuals(law: ParametricLaw, params: np.ndarray, tokens: np.ndarray, losses: np.ndarray, path: Path,
+                   convention: str) -> Path:
+    """Draw ln L - ln L_fit against C = 6ND, coloured by N; write `path`."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
+    residual = np.log(losses) - np.log(law.loss(params, tokens))
+    points = axes.scatter(6 * params * tokens, residual, c=np.log10(params), cmap="viridis", s=18)
+    figure.colorbar(points, ax=axes, label=f"log10 {params_label(convention)}")
+    axes.axhline(0.0, color="black", lw=0.8)
+    axes.set_xscale("log")
+    axes.set_xlabel("C = 6ND (FLOPs)")
+    axes.set_ylabel("ln L - ln L_fit (loss in nats/token)")
+    axes.set_title("residuals of the approach 3 fit", fontsize=9)
+    return _save(figure, path)
+
+
+def _bootstrap_band(bootstrap, flops: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """Return 2.5 and 97.5 percentiles of N_opt(C) and D_opt(C) over converged replicates, or None."""
+    if bootstrap is None or bootstrap.converged.sum() < 2:
+        return None
+    from analysis import allocation
+
+    params_rows, tokens_rows = [], []
+    for log_a, log_b, _, alpha, beta in bootstrap.samples[bootstrap.converged]:
+        if alpha <= 0 or beta <= 0:
+            continue
+        n_opt = allocation.optimal_params(flops, np.exp(log_a), np.exp(log_b), alpha, beta)
+        params_rows.append(n_opt)
+        tokens_rows.append(flops / (6 * n_opt))
+    if len(params_rows) < 2:
+        return None
+    params_rows, tokens_rows = np.array(params_rows), np.array(tokens_rows)
+    tail = 100 * (1 - bootstrap.level) / 2
+    return (np.percentile(params_rows, tail, axis=0), np.percentile(params_rows, 100 - tail, axis=0),
+            np.percentile(tokens_rows, tail, axis=0), np.percentile(tokens_rows, 100 - tail, axis=0))

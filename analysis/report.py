@@ -19,6 +19,10 @@ _PLOT_CAPTIONS = {
     "isoflop.png": "IsoFLOP profiles: final loss against N per FLOP budget, parabola in ln N, star at N_opt(C)",
     "loss_vs_params.png": "Final loss against N with the fitted approach 3 law",
     "loss_vs_tokens.png": "Final loss against D with the fitted approach 3 law",
+    "loss_vs_flops.png": "Final loss against C = 6ND with the law's compute-optimal loss",
+    "optimal_allocation.png": "N_opt(C) and D_opt(C): your fit with its 95% bootstrap band, approaches 1 and 2, "
+                              "and the published laws",
+    "residuals.png": "Residuals ln L - ln L_fit of approach 3 against C",
 }
 
 
@@ -35,6 +39,9 @@ def write_report(out_dir: str | Path, fit: dict[str, Any], answers: Sequence[Ans
     lines += _runs_section(fit)
     lines += _approach3_section(fit)
     lines += _approach2_section(fit)
+    lines += _approach1_section(fit)
+    lines += _kaplan_section(fit)
+    lines += _extrapolation_section(fit)
     lines += _plots_section(fit)
     for answer in answers:
         lines += _answer_section(answer)
@@ -102,6 +109,52 @@ def _approach2_section(fit: dict[str, Any]) -> list[str]:
     for warning in approach2.get("warnings", []):
         lines.append(f"\n> warning: {warning}")
     return lines + [""]
+
+
+def _approach1_section(fit: dict[str, Any]) -> list[str]:
+    approach1 = fit.get("approach1")
+    if not approach1:
+        return []
+    lines = ["## Approach 1: minimum over learning curves", ""]
+    if "skipped" in approach1:
+        return lines + [approach1["skipped"], ""]
+    if approach1.get("a") is None:
+        return lines + ["Fewer than 2 model sizes win inside the sampled range, so no power law was fitted.", ""]
+    return lines + [
+        f"N_opt = {approach1['params_coefficient']:.4g} C^{approach1['a']:.4f}, "
+        f"D_opt = {approach1['tokens_coefficient']:.4g} C^{approach1['b']:.4f} over "
+        f"{approach1['budgets_fitted']} envelope budgets ({fit.get('convention')} parameters).",
+        "", f"Caveat: {approach1['method']['caveat']}.", ""]
+
+
+def _kaplan_section(fit: dict[str, Any]) -> list[str]:
+    kaplan = fit.get("kaplan")
+    if not kaplan:
+        return []
+    lines = ["## Kaplan-style single-variable fits", "",
+             "| law | exponent | scale | E | points | rms of ln residuals |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, law in kaplan["fits"].items():
+        if law is None:
+            lines.append(f"| {name} | not enough points | | | | |")
+            continue
+        lines.append(f"| {name} | {law['exponent']:.4f} | {law['scale']:.4g} ({law['variable']}) | "
+                     f"{law['irreducible']:.4g} | {law['points']} | {law['rms_log_residual']:.3g} |")
+    return lines + ["", f"N is counted as {fit.get('convention')} parameters; Kaplan et al. counted non-embedding "
+                    "parameters.", ""]
+
+
+def _extrapolation_section(fit: dict[str, Any]) -> list[str]:
+    check = fit.get("extrapolation")
+    if not check:
+        return []
+    lines = ["## Extrapolation check", ""]
+    if "skipped" in check:
+        return lines + [check["skipped"], ""]
+    return lines + [
+        f"{check['method']}. Mean |relative error| {check['mean_abs_relative_error']:.2%}, max "
+        f"{check['max_abs_relative_error']:.2%}, for runs up to "
+        f"{max(run['flops'] for run in check['held_out']):.3g} FLOPs predicted from runs up to "
+        f"{check['largest_fitted_flops']:.3g} FLOPs.", ""]
 
 
 def _plots_section(fit: dict[str, Any]) -> list[str]:

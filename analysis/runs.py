@@ -31,9 +31,10 @@ class RunRow:
     run_id: str
     sweep: str
     corpus_fingerprint: str | None
-    params_total: int  # N, every parameter including embeddings (Hoffmann et al. 2022's convention)
-    params_non_embedding: int  # N without embeddings (Kaplan et al. 2020's convention)
-    tokens: int  # D actually trained
+    # Counts are whole numbers for runs; points read from a CSV of published data may carry fractions.
+    params_total: float  # N, every parameter including embeddings (Hoffmann et al. 2022's convention)
+    params_non_embedding: float  # N without embeddings (Kaplan et al. 2020's convention)
+    tokens: float  # D actually trained
     flops_6nd: float  # C = 6 N_total D
     flops_exact: float | None  # forward + backward matrix multiplies, with attention and logits
     flop_budget: float | None  # the IsoFLOP budget this run belongs to, from its sweep spec, when recorded
@@ -42,7 +43,7 @@ class RunRow:
     learning_curve: tuple[tuple[float, float], ...] = field(default=(), repr=False)  # (tokens, val_loss)
     path: str = ""
 
-    def params(self, convention: str = "total") -> int:
+    def params(self, convention: str = "total") -> float:
         """Return N under `convention`: "total" or "non_embedding"."""
         if convention == "total":
             return self.params_total

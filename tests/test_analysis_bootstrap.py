@@ -72,8 +72,8 @@ def test_newton_hessian_matches_finite_differences():
 
 def test_newton_and_scipy_reach_same_fit():
     points = _noisy_points()
-    newton = fit_approach3(*points, options=Approach3Options(n_starts=32))
-    scipy_fit = fit_approach3(*points, options=Approach3Options(n_starts=32, solver="scipy"))
+    newton = fit_approach3(*points, options=Approach3Options(n_starts=16))
+    scipy_fit = fit_approach3(*points, options=Approach3Options(n_starts=16, solver="scipy"))
     assert newton.converged, newton.status
     assert scipy_fit.converged, scipy_fit.status
     assert newton.objective == pytest.approx(scipy_fit.objective, rel=1e-8)
@@ -104,8 +104,8 @@ def test_bootstrap_reproducible_with_seed():
 def test_bootstrap_solvers_agree():
     points = _noisy_points()
     fit = fit_approach3(*points, options=Approach3Options(n_starts=32))
-    newton = bootstrap_approach3(*points, fit, n_bootstraps=10, seed=1)
-    scipy_result = bootstrap_approach3(*points, fit, n_bootstraps=10, seed=1,
+    newton = bootstrap_approach3(*points, fit, n_bootstraps=4, seed=1)
+    scipy_result = bootstrap_approach3(*points, fit, n_bootstraps=4, seed=1,
                                        options=Approach3Options(solver="scipy"))
     np.testing.assert_allclose(newton.samples, scipy_result.samples, atol=1e-4)
 

@@ -73,7 +73,8 @@ def test_fit_json_round_trips_full_precision(fitted):
 
 def test_plots_written(fitted):
     record, out = fitted
-    assert set(record["plots"]) == {"isoflop.png", "loss_vs_params.png", "loss_vs_tokens.png"}
+    assert set(record["plots"]) == {"isoflop.png", "loss_vs_params.png", "loss_vs_tokens.png", "loss_vs_flops.png",
+                                    "optimal_allocation.png", "residuals.png"}
     for name in record["plots"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

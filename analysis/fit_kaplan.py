@@ -1,0 +1,103 @@
+"""Kaplan et al. 2020 (arXiv:2001.08361) single-variable laws fitted to runs.
+
+- L(N) = (N_c / N)^alpha_N (their equation 1.1), or with an irreducible term E + (N_c / N)^alpha_N, fitted
+  to the lowest final loss of each model size (the size's best-trained run);
+- L(D) = (D_c / D)^alpha_D (equation 1.2), fitted to the lowest final loss at each token count;
+- L(C) = (C_c / C)^alpha_C (equation 1.3's form), fitted to the compute frontier of the learning curves
+  (the approach 1 envelope).
+
+Pure power laws are least squares of ln L on ln x. The form with E minimises squared residuals of ln L
+with scipy's least_squares from the pure fit. Kaplan et al. count non-embedding parameters, so fits meant
+to compare with their constants should use that convention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.optimize import least_squares
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """L(x) = irreducible + (scale / x)^exponent, with the points it was fitted to."""
+
+    variable: str  # "params", "tokens" or "flops"
+    exponent: float
+    scale: float  # x_c in the unit of `variable`
+    irreducible: float  # E in nats/token; 0 for the pure power law
+    points: int
+    rms_log_residual: float  # root mean square of ln L - ln L_fit
+
+    def loss(self, value: ArrayLike) -> np.ndarray:
+        return self.irreducible + (self.scale / np.asarray(value, dtype=float)) ** self.exponent
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_single_power_law(values: ArrayLike, losses: ArrayLike, variable: str,
+                         irreducible: bool = False) -> PowerLawFit | None:
+    """Fit L = [E +] (x_c / x)^alpha to points; return None with fewer than 2 distinct x (3 with E)."""
+    x = np.asarray(values, dtype=float)
+    y = np.asarray(losses, dtype=float)
+    if np.unique(x).size < (3 if irreducible else 2):
+        return None
+    slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
+    exponent = -slope
+    scale = math.exp(intercept / exponent) if exponent != 0 else math.inf
+    fit = PowerLawFit(variable, float(exponent), float(scale), 0.0, int(x.size), _rms(x, y, exponent, scale, 0.0))
+    if not irreducible or not (exponent > 0 and math.isfinite(scale)):
+        return fit
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        log_e, alpha, log_scale = theta
+        return np.log(np.exp(log_e) + np.exp(alpha * (log_scale - np.log(x)))) - np.log(y)
+
+    start = np.array([math.log(0.5 * y.min()), exponent, math.log(scale)])
+    result = least_squares(residuals, start, method="lm", xtol=1e-14, ftol=1e-14, gtol=1e-14, max_nfev=20000)
+    log_e, alpha, log_scale = result.x
+    return PowerLawFit(variable, float(alpha), float(math.exp(log_scale)), float(math.exp(log_e)), int(x.size),
+                       _rms(x, y, alpha, math.exp(log_scale), math.exp(log_e)))
+
+
+def lowest_per_value(values: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Return the distinct values and the lowest loss observed at each."""
+    values = np.asarray(values, dtype=float)
+    losses = np.asarray(losses, dtype=float)
+    distinct = np.unique(values)
+    return distinct, np.array([losses[values == value].min() for value in distinct])
+
+
+def fit_kaplan(params: ArrayLike, tokens: ArrayLike, losses: ArrayLike,
+               frontier_flops: ArrayLike | None = None, frontier_loss: ArrayLike | None = None) -> dict[str, Any]:
+    """Fit L(N), L(N) with E, L(D) and (given a compute frontier) L(C); return them as a JSON-ready dict."""
+    sizes, size_loss = lowest_per_value(params, losses)
+    counts, count_loss = lowest_per_value(tokens, losses)
+    fits = {
+        "L(N)": fit_single_power_law(sizes, size_loss, "params"),
+        "L(N) with E": fit_single_power_law(sizes, size_loss, "params", irreducible=True),
+        "L(D)": fit_single_power_law(counts, count_loss, "tokens"),
+        "L(C)": None,
+    }
+    if frontier_flops is not None and frontier_loss is not None and len(frontier_flops) >= 2:
+        fits["L(C)"] = fit_single_power_law(frontier_flops, frontier_loss, "flops")
+    return {
+        "method": {
+            "name": "Kaplan et al. 2020 single-variable power laws",
+            "L(N)": "lowest final loss per model size; least squares of ln L on ln N",
+            "L(N) with E": "the same points; least squares of ln L with an irreducible term (scipy least_squares)",
+            "L(D)": "lowest final loss per token count; least squares of ln L on ln D",
+            "L(C)": "compute frontier of the learning curves (approach 1 envelope); least squares of ln L on ln C",
+        },
+        "fits": {name: None if fit is None else fit.to_dict() for name, fit in fits.items()},
+    }
+
+
+def _rms(x: np.ndarray, y: np.ndarray, exponent: float, scale: float, irreducible: float) -> float:
+    predicted = irreducible + (scale / x) ** exponent
+    return float(np.sqrt(np.mean((np.log(predicted) - np.log(y)) ** 2)))
