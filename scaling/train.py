@@ -250,22 +250,28 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
 
     corpus = PreparedCorpus.load(config.data.path)
     _check_vocabulary(config, corpus)
+    _check_corpus_size(config, corpus)
+    _check_same_corpus(run_dir, corpus)
     epochs = epochs_for(config.tokens_trained, corpus)
     if epochs > 1:
         log.warning(
-            "run %s plans %d tokens, %.2f passes over the %d training tokens of the corpus",
+            "run %s plans %d tokens, %.2f epochs over the %d training tokens of the corpus: it sees data again",
             config.run_id, config.tokens_trained, epochs, len(corpus.train),
         )
 
     record = run_record(config, corpus.meta)
-    if not run_dir.config_path.exists():
-        run_dir.write_config(record)
     enable_compilation_cache(root)
 
     trainer = Trainer(config)
     state = trainer.init_state(config.seed)
     checkpointer = Checkpointer(run_dir.checkpoint_dir, keep=config.keep_checkpoints)
-    restored = checkpointer.restore_latest(abstract_like(state))
+    try:
+        restored = checkpointer.restore_latest(abstract_like(state))
+    except BaseException:  # a checkpoint of another model: leave the run as it was
+        checkpointer.close()
+        raise
+    if not run_dir.config_path.exists():
+        run_dir.write_config(record)
     if restored is not None:
         start_step, state = restored
         dropped = run_dir.truncate_metrics_after(start_step)
@@ -423,6 +429,36 @@ def _check_vocabulary(config: TrainConfig, corpus: PreparedCorpus) -> None:
         raise UserError(
             f"model.vocab_size={config.model.vocab_size} does not match the corpus at {config.data.path} "
             f"(vocabulary {vocab}); set model.vocab_size to {vocab}"
+        )
+
+
+def _check_corpus_size(config: TrainConfig, corpus: PreparedCorpus) -> None:
+    """Reject a corpus whose training split holds less than one batch, or whose validation split holds
+    less than one sequence, before anything of the run is written."""
+    data = config.data
+    batch = data.batch_size * data.seq_len + 1  # one batch of windows laid end to end, sharing boundary tokens
+    if len(corpus.train) < batch:
+        raise UserError(
+            f"corpus at {data.path} has {len(corpus.train)} training tokens, fewer than one batch of "
+            f"batch_size * seq_len + 1 = {batch}; prepare a larger corpus, or lower batch_size or seq_len"
+        )
+    if len(corpus.val) < data.seq_len + 1:
+        raise UserError(
+            f"corpus at {data.path} has {len(corpus.val)} validation tokens, fewer than one sequence of "
+            f"seq_len + 1 = {data.seq_len + 1}; prepare it again with a larger --val-fraction, or lower seq_len"
+        )
+
+
+def _check_same_corpus(run_dir: RunDir, corpus: PreparedCorpus) -> None:
+    """Reject resuming a run on a corpus other than the one it started on (prepared again with other text)."""
+    if not run_dir.config_path.exists():
+        return
+    started_on = (run_dir.config().get("corpus") or {}).get("fingerprint")
+    if started_on is not None and started_on != corpus.fingerprint:
+        raise UserError(
+            f"run folder {run_dir.path} was started on corpus fingerprint {started_on}, but the corpus at "
+            f"{corpus.path} now has fingerprint {corpus.fingerprint}; prepare the original corpus again, "
+            "or start a new run_id"
         )
 
 

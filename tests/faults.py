@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from scaling.config import TrainConfig
 from scaling.train import FAULT_ENV
 
@@ -28,6 +30,21 @@ CHILD_SCRIPT = (
     "from scaling.train import train\n"
     "train(TrainConfig.from_dict(json.load(open(sys.argv[1]))), sys.argv[2], progress=False)\n"
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_jax_cache(tmp_path_factory):
+    """One JAX compilation cache for every run of the test session, children included (SCALING_JAX_CACHE).
+
+    The tiny runs of these tests share their shapes, so after the first run each one loads its compiled
+    programs instead of compiling them: seconds instead of tens of seconds on a 2-core machine. A module
+    that imports this fixture uses it.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.getbasetemp() / "jax_cache"
+        path.mkdir(exist_ok=True)
+        patch.setenv("SCALING_JAX_CACHE", str(path))
+        yield path
 
 
 def train_in_child(config: TrainConfig, runs: Path, fault: str | None = None, timeout: float = 300,
@@ -87,6 +104,23 @@ def damage_checkpoint(step_dir: Path, how: str) -> None:
         step_dir.mkdir()
     else:
         raise ValueError(f"unknown damage {how!r}; one of {DAMAGES}")
+
+
+def run_steps(trainer, state, train_tokens, start: int, stop: int):
+    """Run optimizer steps [start, stop) of `trainer` from `state` as training does; return the state."""
+    import jax.numpy as jnp
+
+    from scaling.data import batch_at
+    from scaling.schedule import schedule_values
+
+    config = trainer.config
+    schedule = {key: jnp.asarray(value, jnp.float32)
+                for key, value in schedule_values(config.optimizer, config.total_steps).items()}
+    for step in range(start, stop):
+        batch = batch_at(train_tokens, step, batch_size=config.data.batch_size, seq_len=config.data.seq_len,
+                         seed=config.seed)
+        state, _ = trainer.step_fn(state, batch, schedule)
+    return state
 
 
 WANDB_FILE_HEADER = b":W&B"

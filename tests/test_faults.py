@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from faults import finished_steps, train_until_fault, wandb_history, wandb_offline_runs
 from scaling.run_store import RunDir
 from scaling.train import train
-from test_train import COMPARED_KEYS, tiny_config
+from tests.faults import finished_steps, shared_jax_cache, train_until_fault, wandb_history, wandb_offline_runs  # noqa: F401
+from tests.test_train import COMPARED_KEYS, tiny_config
 
 STEPS = 60  # 60 steps: rows every 5, evaluations and checkpoints every 20
 
@@ -27,16 +27,7 @@ def fault_config(corpus: Path, run_id: str, **changes):
 
 
 @pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory):
-    """One compilation cache for this module's runs and their child processes, so each compiles once."""
-    with pytest.MonkeyPatch.context() as patch:
-        path = tmp_path_factory.mktemp("jax_cache")
-        patch.setenv("SCALING_JAX_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
-def reference(small_corpus, tmp_path_factory, jax_cache):
+def reference(small_corpus, tmp_path_factory):
     """The uninterrupted run every faulted run must equal: (summary, metric rows)."""
     runs = tmp_path_factory.mktemp("reference_runs")
     summary = train(fault_config(small_corpus, "straight"), runs, progress=False)
@@ -74,7 +65,7 @@ KILL_POINTS = [
 @pytest.mark.parametrize("fault, rows_after_kill, checkpoints_after_kill", KILL_POINTS,
                          ids=[point[0].split(":")[0] for point in KILL_POINTS])
 def test_resume_after_kill_equals_uninterrupted(fault, rows_after_kill, checkpoints_after_kill, small_corpus,
-                                                tmp_path, reference, jax_cache, caplog):
+                                                tmp_path, reference, caplog):
     run_id = f"killed-{fault.split(':')[0]}"  # one W&B id per case: the W&B service of this process keeps ids
     config = fault_config(small_corpus, run_id, wandb_mode="offline")
     run = RunDir.at(tmp_path, "faults", run_id)
@@ -106,7 +97,7 @@ def test_resume_after_kill_equals_uninterrupted(fault, rows_after_kill, checkpoi
     assert [row["train_loss"] for row in history] == [row["train_loss"] for row in reference[1]]
 
 
-def test_killed_twice_and_torn_metrics_line(small_corpus, tmp_path, reference, jax_cache):
+def test_killed_twice_and_torn_metrics_line(small_corpus, tmp_path, reference):
     """A second kill during the resumed run, then a torn last metrics line: still equal to the reference."""
     config = fault_config(small_corpus, "twice", wandb_mode="disabled")
     run = RunDir.at(tmp_path, "faults", "twice")
@@ -122,7 +113,7 @@ def test_killed_twice_and_torn_metrics_line(small_corpus, tmp_path, reference, j
 
 
 @pytest.mark.slow
-def test_random_kills_equal_uninterrupted(small_corpus, tmp_path, reference, jax_cache):
+def test_random_kills_equal_uninterrupted(small_corpus, tmp_path, reference):
     """Five kills at random points and kinds, each attempt resuming the last; the end is bitwise equal."""
     chooser = random.Random(6)
     config = fault_config(small_corpus, "random", wandb_mode="disabled")
@@ -139,11 +130,12 @@ def test_random_kills_equal_uninterrupted(small_corpus, tmp_path, reference, jax
     assert_equals_reference(run, summary, reference)
 
 
-def test_damaged_latest_checkpoint_falls_back_and_is_saved_again(small_corpus, tmp_path, reference, jax_cache,
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_faults_checkpoint.py
+def test_damaged_latest_checkpoint_falls_back_and_is_saved_again(small_corpus, tmp_path, reference,
                                                                  caplog):
     """C12 through training: checkpoints 20 and 40 finished, 40 then truncated; resume uses 20, warns
     naming 40, saves 40 again, and ends equal to the uninterrupted run."""
-    from faults import damage_checkpoint
+    from tests.faults import damage_checkpoint
 
     config = fault_config(small_corpus, "damaged", wandb_mode="disabled")
     run = RunDir.at(tmp_path, "faults", "damaged")

@@ -14,13 +14,12 @@ import numpy as np
 import optax
 import pytest
 
-from faults import DAMAGES, damage_checkpoint, finished_steps
 from scaling.checkpoint import Checkpointer, abstract_like
 from scaling.config import DataConfig, ModelConfig, TrainConfig
-from scaling.data import PreparedCorpus, batch_at
+from scaling.data import PreparedCorpus
 from scaling.errors import UserError
-from scaling.schedule import schedule_values
-from scaling.train import Trainer
+from scaling.train import Trainer, enable_compilation_cache
+from tests.faults import DAMAGES, damage_checkpoint, finished_steps, run_steps, shared_jax_cache  # noqa: F401
 
 
 def small_state(value: float) -> dict:
@@ -30,6 +29,12 @@ def small_state(value: float) -> dict:
         count=jnp.asarray(int(value), jnp.int32), mu=params, nu=params)), "step": jnp.asarray(int(value))}
 
 
+# Reading truncated array files, Orbax leaves asyncio callbacks that fire after their loop closed; they
+# print "Event loop is closed" and change nothing.
+ORBAX_LOOP_NOISE = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@ORBAX_LOOP_NOISE
 @pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_latest_checkpoint(how, tmp_path, caplog):
     """C12: steps 100 and 200 finished, 200 then damaged. Restore uses 100 and warns naming 200; the next
@@ -96,26 +101,16 @@ def test_restore_into_wrong_model_names_first_mismatch(model, message, two_layer
     assert sorted(path.name for path in two_layer_checkpoint.iterdir()) == ["3"]
 
 
-def run_steps(trainer: Trainer, state, train_tokens, start: int, stop: int):
-    config = trainer.config
-    schedule = {key: jnp.asarray(value, jnp.float32)
-                for key, value in schedule_values(config.optimizer, config.total_steps).items()}
-    for step in range(start, stop):
-        batch = batch_at(train_tokens, step, batch_size=config.data.batch_size, seq_len=config.data.seq_len,
-                         seed=config.seed)
-        state, _ = trainer.step_fn(state, batch, schedule)
-    return state
-
-
+REPO = Path(__file__).resolve().parents[1]
 FRESH_PROCESS = """
 import json, sys
 from scaling.checkpoint import Checkpointer, abstract_like
 from scaling.config import TrainConfig
 from scaling.data import PreparedCorpus
-sys.path.insert(0, sys.argv[3])
-from test_faults_checkpoint import run_steps
-from scaling.train import Trainer
+from scaling.train import Trainer, enable_compilation_cache
+from tests.faults import run_steps
 
+enable_compilation_cache(sys.argv[2])  # SCALING_JAX_CACHE names the session's cache
 config = TrainConfig.from_dict(json.load(open(sys.argv[1])))
 trainer = Trainer(config)
 checkpointer = Checkpointer(sys.argv[2])
@@ -130,6 +125,7 @@ def test_three_steps_saved_and_three_in_a_fresh_process_equal_six(small_corpus, 
     """C11: 6 uninterrupted steps equal 3 steps, a save, a restore in a fresh process and 3 more steps, bit
     for bit; the restored optimizer state keeps its optax named tuples."""
     config = tiny().replace(data=DataConfig(path=str(small_corpus), seq_len=32, batch_size=8))
+    enable_compilation_cache(tmp_path)  # SCALING_JAX_CACHE names the session's cache
     train_tokens = PreparedCorpus.load(small_corpus).train
     trainer = Trainer(config)
     six = run_steps(trainer, trainer.init_state(config.seed), train_tokens, 0, 6)
@@ -139,8 +135,8 @@ def test_three_steps_saved_and_three_in_a_fresh_process_equal_six(small_corpus, 
     checkpointer.close()
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(config.to_dict()))
-    child = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(config_path), str(tmp_path / "checkpoints"),
-                            str(Path(__file__).parent)], capture_output=True, text=True, timeout=300)
+    child = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(config_path), str(tmp_path / "checkpoints")],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-3000:]
 
     step, resumed = Checkpointer(tmp_path / "checkpoints").restore_latest(abstract_like(six))

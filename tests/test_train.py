@@ -1,4 +1,7 @@
-"""Training runs: the run record, skipping completed runs, exact resume after a kill."""
+"""Training runs: the run record, skipping completed runs, the run lock.
+
+Resume after a kill, at several points, is tested in tests/test_faults.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
 from scaling.errors import UserError
 from scaling.run_store import RunDir
 from scaling.train import train
+from tests.faults import shared_jax_cache  # noqa: F401  (autouse: one compilation cache for the session)
 
 COMPARED_KEYS = ("step", "tokens", "train_loss", "grad_norm", "lr", "val_loss", "val_bpb")
 
@@ -76,48 +79,6 @@ def test_vocabulary_mismatch_rejected(small_corpus, tmp_path):
     config = config.replace(model=ModelConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=2, max_seq_len=32))
     with pytest.raises(UserError, match="set model.vocab_size to 256"):
         train(config, tmp_path, progress=False)
-
-
-def _train_in_subprocess(config: TrainConfig, runs: Path) -> subprocess.Popen:
-    config_path = runs / f"{config.run_id}.json"
-    config_path.write_text(json.dumps(config.to_dict()))
-    script = (
-        "import json, sys\n"
-        "from scaling.config import TrainConfig\n"
-        "from scaling.train import train\n"
-        "train(TrainConfig.from_dict(json.load(open(sys.argv[1]))), sys.argv[2], progress=False)\n"
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", script, str(config_path), str(runs)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "WANDB_MODE": "disabled"},
-    )
-
-
-def test_resume_after_kill_equals_uninterrupted(small_corpus, tmp_path):
-    # Long enough that the kill lands mid-run: 240 steps, checkpoints every 20.
-    config = tiny_config(small_corpus, tokens=240 * 32 * 8, eval_interval=40)
-    reference = train(config.replace(run_id="straight"), tmp_path, progress=False)
-
-    process = _train_in_subprocess(config.replace(run_id="killed"), tmp_path)
-    checkpoints = RunDir.at(tmp_path, "test", "killed").checkpoint_dir
-    deadline = time.time() + 120
-    while not (checkpoints / "40").exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert process.poll() is None, f"training finished or failed before the kill: {process.stderr.read()}"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert RunDir.at(tmp_path, "test", "killed").status() == "running"
-
-    resumed = train(config.replace(run_id="killed"), tmp_path, progress=False)
-
-    assert resumed["final_val_loss"] == reference["final_val_loss"]  # bitwise on CPU
-    straight_rows = RunDir.at(tmp_path, "test", "straight").metrics()
-    resumed_rows = RunDir.at(tmp_path, "test", "killed").metrics()
-    assert [r["step"] for r in resumed_rows] == [r["step"] for r in straight_rows]
-    for ours, theirs in zip(resumed_rows, straight_rows):
-        assert {k: ours.get(k) for k in COMPARED_KEYS} == {k: theirs.get(k) for k in COMPARED_KEYS}
 
 
 def test_locked_run_is_not_trained_twice(small_corpus, tmp_path):

@@ -1,0 +1,276 @@
+"""Bad input through the `scaling` command: a one-line error, exit status 2, nothing already written lost.
+
+Most cases call `scaling.cli.main` in this process (what the console script runs); one runs the installed
+`scaling` script to check the exit status and stderr of a real process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from scaling.cli import main
+from scaling.run_store import RunDir
+from tests.faults import shared_jax_cache  # noqa: F401  (autouse: one compilation cache for the session)
+
+SCALING = Path(sys.executable).with_name("scaling")
+
+
+def cli(capsys, *args: str) -> tuple[int, str]:
+    """Run `scaling ARGS`; return the exit status and stderr."""
+    status = main([str(arg) for arg in args])
+    return status, capsys.readouterr().err
+
+
+def assert_user_error(status: int, stderr: str, *fragments: str) -> None:
+    """Exit status 2, no traceback, one `scaling: error:` line that contains every fragment."""
+    assert status == 2, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("scaling: error:")]
+    assert len(lines) == 1, stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file below `folder`, to show a failed command changed nothing."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != ".lock"}
+
+
+def write_config(path: Path, **sections) -> Path:
+    path.write_text(json.dumps(sections))
+    return path
+
+
+def train_config(corpus: Path, run_id: str, **changes) -> dict:
+    config = {
+        "model": {"vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 32},
+        "data": {"path": str(corpus), "seq_len": 32, "batch_size": 8, "eval_tokens": 256},
+        "tokens": 10 * 32 * 8, "log_interval": 5, "eval_interval": 10, "checkpoint_interval": 10,
+        "run_id": run_id, "sweep": "bad", "wandb_mode": "disabled",
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def text_corpus(tmp_path_factory) -> Path:
+    """About 10 KB of real text, prepared as bytes: 1 to 2 epochs for the tiny runs here."""
+    source = tmp_path_factory.mktemp("text")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for name in ("bisect.py", "heapq.py", "keyword.py"):
+        (source / name).write_bytes((stdlib / name).read_bytes()[:4000])
+    out = tmp_path_factory.mktemp("prepared") / "corpus"
+    assert main(["data", "prepare", str(source), "--out", str(out), "--val-fraction", "0.34"]) == 0
+    return out
+
+
+# Corpora
+
+
+def test_empty_corpus_keeps_the_prepared_folder(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_bytes(b"")
+    status, stderr = cli(capsys, "data", "prepare", empty, "--out", tmp_path / "new")
+    assert_user_error(status, stderr, "has no text", "all 1 documents are empty")
+    assert not (tmp_path / "new").exists()
+
+    (tmp_path / "good.txt").write_text("some text\n" * 100)
+    prepared = tmp_path / "prepared"
+    assert main(["data", "prepare", str(tmp_path / "good.txt"), "--out", str(prepared)]) == 0
+    before = snapshot(prepared)
+    status, stderr = cli(capsys, "data", "prepare", empty, "--out", prepared, "--force")
+    assert_user_error(status, stderr, "has no text")
+    assert snapshot(prepared) == before
+
+
+def test_source_folder_without_files(capsys, tmp_path):
+    (tmp_path / "nothing").mkdir()
+    status, stderr = cli(capsys, "data", "prepare", tmp_path / "nothing", "--out", tmp_path / "out")
+    assert_user_error(status, stderr, "contains no files")
+
+
+def test_corpus_smaller_than_a_batch(capsys, tmp_path):
+    (tmp_path / "small.txt").write_text("one line\n" * 20 + "last line of validation text, long enough: 40 bytes\n")
+    corpus = tmp_path / "small"
+    assert main(["data", "prepare", str(tmp_path / "small.txt"), "--out", str(corpus)]) == 0
+    config = write_config(tmp_path / "c.json", **train_config(corpus, "small"))
+    status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress")
+    assert_user_error(status, stderr, "181 training tokens", "fewer than one batch", "= 257")  # 180 bytes + EOT
+    assert not RunDir.at(tmp_path / "runs", "bad", "small").config_path.exists()  # nothing of the run written
+
+
+def test_validation_split_smaller_than_a_sequence(capsys, tmp_path):
+    (tmp_path / "one.txt").write_text("a line of training text, forty bytes long\n" * 40 + "x\n")
+    corpus = tmp_path / "one"
+    assert main(["data", "prepare", str(tmp_path / "one.txt"), "--out", str(corpus), "--val-fraction", "0.01"]) == 0
+    config = write_config(tmp_path / "c.json", **train_config(corpus, "one"))
+    status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress")
+    assert_user_error(status, stderr, "validation tokens", "--val-fraction")
+    assert not RunDir.at(tmp_path / "runs", "bad", "one").config_path.exists()
+
+
+def test_non_utf8_bytes_are_decoded_with_replacement(capsys, tmp_path, caplog):
+    source = tmp_path / "latin1.txt"
+    source.write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1") * 50)
+    with caplog.at_level(logging.WARNING, logger="scaling.data"):
+        assert main(["data", "prepare", str(source), "--out", str(tmp_path / "out")]) == 0
+    assert "1 of 1 documents" in caplog.text and "decoded as U+FFFD" in caplog.text
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["documents_with_invalid_utf8"] == 1
+    tokens = (tmp_path / "out" / "train.bin").read_bytes()
+    assert "caf\ufffd cr\ufffdme".encode() in tokens  # U+FFFD is EF BF BD in the byte tokens
+
+
+def test_token_budget_larger_than_corpus_warns_with_epochs(capsys, tmp_path, text_corpus, caplog):
+    meta = json.loads((text_corpus / "meta.json").read_text())
+    tokens = meta["tokens"]["train"] + 512
+    steps = tokens // 256
+    config = write_config(tmp_path / "c.json", **train_config(text_corpus, "epochs", tokens=tokens))
+    with caplog.at_level(logging.WARNING, logger="scaling.train"):
+        status, _ = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress")
+    assert status == 0
+    epochs = steps * 256 / meta["tokens"]["train"]
+    assert f"{epochs:.2f} epochs over the {meta['tokens']['train']} training tokens" in caplog.text
+
+
+def test_resume_on_another_corpus_is_refused(capsys, tmp_path):
+    """A killed run whose corpus folder was prepared again from other text must not resume on it."""
+    from scaling.config import TrainConfig
+    from scaling.data import PreparedCorpus
+    from scaling.train import run_record
+
+    corpus, text = tmp_path / "corpus", tmp_path / "src" / "a.txt"
+    text.parent.mkdir()
+    text.write_text("first text of this corpus\n" * 400)
+    assert main(["data", "prepare", str(text.parent), "--out", str(corpus)]) == 0
+    raw = train_config(corpus, "moved")
+    run = RunDir.at(tmp_path / "runs", "bad", "moved")
+    run.write_config(run_record(TrainConfig.from_dict(raw), PreparedCorpus.load(corpus).meta))
+    run.write_summary({"status": "running"})  # as a run killed midway leaves it
+    before = snapshot(run.path)
+
+    text.write_text("other text now, prepared again in place\n" * 400)
+    assert main(["data", "prepare", str(text.parent), "--out", str(corpus)]) == 0
+    status, stderr = cli(capsys, "train", write_config(tmp_path / "c.json", **raw), "--runs", tmp_path / "runs")
+    assert_user_error(status, stderr, "was started on corpus fingerprint", "start a new run_id")
+    assert snapshot(run.path) == before
+
+
+# Model shapes
+
+
+@pytest.mark.parametrize("model, fragment", [
+    ({"d_model": 30, "n_heads": 4}, "d_model=30 is not divisible by n_heads=4"),
+    ({"d_model": 32, "n_heads": 4, "n_kv_heads": 3}, "n_heads=4 is not divisible by n_kv_heads=3"),
+    ({"n_layer": 3}, "unknown model key 'n_layer'"),
+], ids=["heads", "kv_heads", "typo"])
+def test_bad_model_shape(model, fragment, capsys, tmp_path, text_corpus):
+    config = write_config(tmp_path / "c.json", **train_config(text_corpus, "shape", model=model))
+    status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs")
+    assert_user_error(status, stderr, fragment)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_checkpoint_of_another_model_is_refused(capsys, tmp_path, text_corpus):
+    """C11 through `scaling train`: the run folder holds a 2-layer checkpoint but no config.json (deleted by
+    hand); a 3-layer config must not train over it, and nothing of the run is changed."""
+    from scaling.checkpoint import Checkpointer
+    from scaling.config import TrainConfig
+    from scaling.train import Trainer
+
+    two_layers = train_config(text_corpus, "changed")
+    run = RunDir.at(tmp_path / "runs", "bad", "changed")
+    checkpointer = Checkpointer(run.checkpoint_dir)
+    checkpointer.save(10, Trainer(TrainConfig.from_dict(two_layers)).init_state(0))
+    checkpointer.close()
+    before = snapshot(run.path)
+
+    config = write_config(tmp_path / "c.json", **train_config(text_corpus, "changed", model={"n_layers": 3}))
+    status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress")
+    assert_user_error(status, stderr, "checkpoint at step 10", "params/block_2/", "start a new run_id")
+    assert snapshot(run.path) == before
+    assert not run.config_path.exists()
+
+
+# Sweep specs
+
+SPEC_HEAD = """name: bad
+data: {source: python-stdlib, tokenizer: bytes}
+model: {convention: total, aspect_ratio: 20, head_dim: 16}
+train: {seq_len: 32, batch_size: 8, eval_tokens: 256}
+"""
+
+
+@pytest.mark.parametrize("body, fragments", [
+    ("isoflop: {budgets: [1e10], params: [1e4, 2e4]}\ncolour: red\n", ["unknown key 'colour'", "known keys are"]),
+    ("isoflop: {budgets: [0, 1e10], params: [1e4, 2e4]}\n", ["isoflop.budgets[0]=0", "must be a positive number"]),
+    ("isoflop: {budgets: [-5], params: [1e4, 2e4]}\n", ["isoflop.budgets[0]=-5", "must be a positive number"]),
+    ("grid: {params: [1e4, 2e4], tokens: [0]}\n", ["grid.tokens[0]=0", "must be a positive number"]),
+    ("grid: {params: [1e4, 1e4], tokens: [1e5]}\n", ["duplicate run N1e4-D1e5", "remove one of them"]),
+    ("isoflop: {budgets: [1e10, 1e10], params: [1e4]}\n", ["lists 1e10 twice"]),
+    pytest.param("isoflop: {budgets: [-1e10], params: [1e4, 2e4]}\n", ["must be a positive number"],
+                 marks=pytest.mark.xfail(strict=True, reason="sweeps/numbers.py: the count pattern has no sign, "
+                                                             "so '-1e10' is reported as 'not a number'")),
+], ids=["unknown_key", "zero_budget", "negative_budget", "zero_tokens", "duplicate_run", "duplicate_budget",
+        "negative_budget_exponent"])
+def test_bad_sweep_spec(body, fragments, capsys, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_HEAD + body)
+    status, stderr = cli(capsys, "sweep", "plan", spec, "--runs", tmp_path / "runs", "--no-probe")
+    assert_user_error(status, stderr, "sweep spec", *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+# Fits and questions
+
+
+def write_runs(root: Path, points: list[tuple[float, float]], fingerprints: list[str] | None = None) -> None:
+    from analysis.synthetic import write_synthetic_run
+
+    for index, (params, tokens) in enumerate(points):
+        write_synthetic_run(root, "s", f"r{index}", params_total=int(params), tokens=int(tokens),
+                            final_loss=2.0 + 1e3 / params ** 0.3 + 1e3 / tokens ** 0.3,
+                            fingerprint=(fingerprints or ["same"] * len(points))[index])
+
+
+@pytest.mark.parametrize("points, fingerprints, fragments", [
+    ([(1e5, 1e7), (2e5, 1e7), (4e5, 2e7)], None, ["3 completed run(s)", "needs at least 5 runs"]),
+    ([(1e5, d) for d in (1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7)], None, ["one model size", "at least 2 sizes"]),
+    ([(1e5, 1e7), (2e5, 1e7), (4e5, 2e7), (1e5, 4e7), (2e5, 2e7), (8e5, 1e7)], list("ababab"),
+     ["2 corpus/tokenizer fingerprints (a, b)"]),
+], ids=["too_few_runs", "one_size", "two_corpora"])
+def test_bad_fit_keeps_the_previous_fit(points, fingerprints, fragments, capsys, tmp_path):
+    write_runs(tmp_path / "runs", points, fingerprints)
+    out = tmp_path / "fit"
+    out.mkdir()
+    (out / "fit.json").write_text('{"from": "an earlier fit"}\n')
+    status, stderr = cli(capsys, "fit", tmp_path / "runs", "--out", out)
+    assert_user_error(status, stderr, *fragments)
+    assert (out / "fit.json").read_text() == '{"from": "an earlier fit"}\n'
+
+
+@pytest.mark.parametrize("question", ["tokens for seven", "", "loss at 7B params", "tokens for -7B"])
+def test_question_that_does_not_parse(question, capsys):
+    status, stderr = cli(capsys, "ask", question)
+    assert_user_error(status, stderr, f"question {question!r} is not understood", "tokens for 7B")
+
+
+def test_installed_script_prints_one_line_and_exits_2():
+    result = subprocess.run([str(SCALING), "ask", "tokens for seven"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scaling: error: question 'tokens for seven' is not understood")
