@@ -48,7 +48,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="?", metavar="RUNS",
-                        help="RUNS folder, one sweep folder, or a CSV of points (default: $SCALING_RUNS or ./runs)")
+                        help="RUNS folder, one sweep folder, wandb:ENTITY/PROJECT[/GROUP], or a CSV of points "
+                             "(default: $SCALING_RUNS or ./runs)")
     parser.add_argument("--columns", metavar="MAP",
                         help="CSV column mapping, e.g. N=params,D=tokens,L=loss (any two of N, D, C; optional "
                              "budget=COLUMN, id=COLUMN); implies RUNS is a CSV file")
@@ -114,9 +115,11 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runs_path(runs: str | None) -> Path:
+def _runs_path(runs: str | None) -> Path | str:
     from scaling.paths import runs_root
 
+    if runs is not None and runs.startswith("wandb:"):
+        return runs
     return runs_root(runs)
 
 

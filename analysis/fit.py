@@ -25,6 +25,7 @@ from analysis.fit_kaplan import fit_kaplan
 from analysis.fit_isoflop import IsoFlopFit, fit_isoflop, group_by_budget
 from analysis.fit_parametric import Approach3Options, ParametricFit, fit_approach3
 from analysis.runs import CONVENTIONS, RunTable, load_runs
+from analysis.wandb_runs import is_wandb_source, load_wandb
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
              holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION) -> dict[str, Any]:
     """Fit the completed runs under `runs_path`; write fit.json and plots to `out_dir`; return the record.
 
-    `runs_path` is a run store folder, or a CSV of points read with the `columns` mapping (and `filters`),
-    see `analysis.csv_points`. Approach 3 always runs; `methods` picks the others ("approach1",
+    `runs_path` is a run store folder, "wandb:ENTITY/PROJECT[/GROUP]" (see `analysis.wandb_runs`), or a CSV
+    of points read with the `columns` mapping (and `filters`, see `analysis.csv_points`). Approach 3 always runs; `methods` picks the others ("approach1",
     "approach2", "kaplan", "extrapolation"), each skipped with a note where the data cannot support it.
     `starts` is the minimum size of approach 3's start grid; `bootstraps` replicates (0 for none) give
     95% intervals, drawn with `seed`. Raises UserError when there are fewer completed runs than approach
@@ -131,6 +132,8 @@ def read_fit(path: str | Path) -> dict[str, Any]:
 
 
 def _load_table(source: str | Path, allow_mixed: bool, columns: str | None, filters: list[str] | None) -> RunTable:
+    if is_wandb_source(source):
+        return load_wandb(str(source), allow_mixed=allow_mixed)
     if columns is not None or str(source).lower().endswith(".csv"):
         return load_csv(source, columns or DEFAULT_COLUMNS, filters)
     if filters:

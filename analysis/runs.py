@@ -14,7 +14,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from scaling.errors import UserError
 from scaling.run_store import RunDir, iter_run_dirs
@@ -90,29 +90,11 @@ def load_runs(path: str | Path, *, allow_mixed: bool = False) -> RunTable:
     root = Path(path)
     if not root.exists():
         raise UserError(f"runs folder {root} not found; pass the RUNS folder or one sweep folder inside it")
-    rows: list[RunRow] = []
-    excluded: dict[str, str] = {}
+    items = []
     for run_dir in iter_run_dirs(root):
-        name = f"{run_dir.sweep}/{run_dir.run_id}"
         row, reason = _read_run(run_dir)
-        if row is None:
-            excluded[name] = reason
-        else:
-            rows.append(row)
-    if not rows and not excluded:
-        raise UserError(f"no runs found under {root}: expected <sweep>/<run_id>/config.json folders")
-    if excluded:
-        logger.warning("excluded %d run(s) that are not usable: %s", len(excluded),
-                       "; ".join(f"{name} ({reason})" for name, reason in sorted(excluded.items())))
-
-    fingerprints = sorted({str(row.corpus_fingerprint) for row in rows})
-    if len(fingerprints) > 1 and not allow_mixed:
-        raise UserError(
-            f"runs under {root} come from {len(fingerprints)} corpus/tokenizer fingerprints "
-            f"({', '.join(fingerprints)}); fit one corpus at a time, or allow mixing explicitly"
-        )
-    rows.sort(key=lambda row: (row.sweep, row.flops_6nd, row.params_total, row.run_id))
-    return RunTable(tuple(rows), excluded, str(root))
+        items.append((f"{run_dir.sweep}/{run_dir.run_id}", row, reason))
+    return build_table(items, str(root), allow_mixed)
 
 
 def _read_run(run_dir: RunDir) -> tuple[RunRow | None, str]:
@@ -127,6 +109,16 @@ def _read_run(run_dir: RunDir) -> tuple[RunRow | None, str]:
         return None, f"unreadable summary.json: {error}"
     if summary is None:
         return None, "no summary.json (never started)"
+    return row_from_records(config, summary, run_dir.metrics, run_dir.run_id, run_dir.sweep, str(run_dir.path))
+
+
+def row_from_records(config: dict[str, Any], summary: dict[str, Any], metrics: Callable[[], Iterable[dict[str, Any]]],
+                     run_id: str, sweep: str, path: str) -> tuple[RunRow | None, str]:
+    """Build a row from a run's config record, summary and metric rows; return (None, reason) when unusable.
+
+    The same records come from a run folder (config.json, summary.json, metrics.jsonl) or from W&B (run
+    config, summary and history). `metrics` is called only for completed runs.
+    """
     status = summary.get("status")
     if status != "completed":
         return None, f"status {status}"
@@ -141,19 +133,19 @@ def _read_run(run_dir: RunDir) -> tuple[RunRow | None, str]:
         params_non_embedding = int(params["non_embedding"])
         tokens = int(config.get("tokens", summary.get("tokens_seen")))
     except (KeyError, TypeError, ValueError) as error:
-        return None, f"config.json lacks parameter counts or tokens ({error})"
+        return None, f"config lacks parameter counts or tokens ({error})"
 
     corpus = config.get("corpus") or {}
     train_config = config.get("config") or {}
     budget = train_config.get("flop_budget", config.get("flop_budget"))
     curve = tuple(
         (float(row["tokens"]), float(row["val_loss"]))
-        for row in run_dir.metrics()
+        for row in metrics()
         if row.get("val_loss") is not None and row.get("tokens") is not None
     )
     row = RunRow(
-        run_id=str(config.get("run_id", run_dir.run_id)),
-        sweep=str(config.get("sweep", run_dir.sweep)),
+        run_id=str(config.get("run_id", run_id)),
+        sweep=str(config.get("sweep", sweep)),
         corpus_fingerprint=corpus.get("fingerprint"),
         params_total=params_total,
         params_non_embedding=params_non_embedding,
@@ -164,6 +156,31 @@ def _read_run(run_dir: RunDir) -> tuple[RunRow | None, str]:
         final_loss=float(final_loss),
         status=str(status),
         learning_curve=curve,
-        path=str(run_dir.path),
+        path=path,
     )
     return row, ""
+
+
+def build_table(items: Iterable[tuple[str, RunRow | None, str]], source: str, allow_mixed: bool) -> RunTable:
+    """Collect (name, row or None, reason) items into a RunTable, warning about exclusions and mixed corpora."""
+    rows: list[RunRow] = []
+    excluded: dict[str, str] = {}
+    for name, row, reason in items:
+        if row is None:
+            excluded[name] = reason
+        else:
+            rows.append(row)
+    if not rows and not excluded:
+        raise UserError(f"no runs found under {source}: expected <sweep>/<run_id>/config.json folders")
+    if excluded:
+        logger.warning("excluded %d run(s) that are not usable: %s", len(excluded),
+                       "; ".join(f"{name} ({reason})" for name, reason in sorted(excluded.items())))
+
+    fingerprints = sorted({str(row.corpus_fingerprint) for row in rows})
+    if len(fingerprints) > 1 and not allow_mixed:
+        raise UserError(
+            f"runs under {source} come from {len(fingerprints)} corpus/tokenizer fingerprints "
+            f"({', '.join(fingerprints)}); fit one corpus at a time, or allow mixing explicitly"
+        )
+    rows.sort(key=lambda row: (row.sweep, row.flops_6nd, row.params_total, row.run_id))
+    return RunTable(tuple(rows), excluded, source)
