@@ -116,74 +116,79 @@ def test_blockwise_values_and_gradients_match_xla(key_block):
         np.testing.assert_allclose(np.asarray(block_grad), np.asarray(xla_grad), atol=1e-5, rtol=0)
 
 
-SMALL = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, max_seq_len=300)
+SMALL = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, max_seq_len=16)
+
+
+def init_params(model: ModelConfig, seed: int = 0) -> dict:
+    """Return random parameters drawn with NumPy in the model's shapes, so nothing compiles."""
+    shapes = jax.eval_shape(lambda: Transformer(model).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), jnp.float32), shapes["params"])
+
+
+def logits_of(models, params, tokens):
+    """Return the logits of each (model, params) pair, compiled together as one program."""
+    run = jax.jit(lambda params, tokens: [Transformer(m).apply({"params": p}, tokens) for m, p in zip(models, params)])
+    return [np.asarray(x) for x in run(params, tokens)]
 
 
 def test_model_blockwise_matches_xla_over_several_blocks():
     # 300 positions are three blocks of the default 128 keys.
-    tokens = jax.random.randint(jax.random.key(0), (1, 300), 0, SMALL.vocab_size)
-    xla_model = dataclasses.replace(SMALL, n_kv_heads=2)
-    params = jax.jit(Transformer(xla_model).init)(jax.random.key(1), tokens[:, :8])["params"]
+    xla_model = dataclasses.replace(SMALL, n_kv_heads=2, max_seq_len=300)
     blockwise_model = dataclasses.replace(xla_model, attention_impl="blockwise")
-    xla_logits = jax.jit(lambda p, t: Transformer(xla_model).apply({"params": p}, t))(params, tokens)
-    block_logits = jax.jit(lambda p, t: Transformer(blockwise_model).apply({"params": p}, t))(params, tokens)
-    np.testing.assert_allclose(np.asarray(block_logits), np.asarray(xla_logits), atol=1e-5, rtol=0)
+    params = init_params(xla_model, seed=1)
+    tokens = jax.random.randint(jax.random.key(0), (1, 300), 0, SMALL.vocab_size)
+    xla_logits, block_logits = logits_of([xla_model, blockwise_model], [params, params], tokens)
+    np.testing.assert_allclose(block_logits, xla_logits, atol=1e-5, rtol=0)
 
 
 def test_model_gqa_equals_mha_with_duplicated_kv_weights():
-    gqa = dataclasses.replace(SMALL, n_kv_heads=2, max_seq_len=16)
-    mha = dataclasses.replace(SMALL, max_seq_len=16)
-    tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, SMALL.vocab_size)
-    gqa_params = jax.jit(Transformer(gqa).init)(jax.random.key(3), tokens)["params"]
+    gqa = dataclasses.replace(SMALL, n_kv_heads=2)
+    gqa_params = init_params(gqa, seed=3)
 
     # Key and value kernels are [d_model, kv_heads, head_dim]; MHA head h gets GQA kv head h // 2.
-    mha_params = jax.tree.map(lambda x: x, gqa_params)
+    mha_params = dict(gqa_params)
     for layer in range(SMALL.n_layers):
         attention_params = dict(mha_params[f"block_{layer}"]["attention"])
         for name in ("key", "value"):
             attention_params[name] = {"kernel": attention_params[name]["kernel"][:, [0, 0, 1, 1]]}
         mha_params[f"block_{layer}"] = {**mha_params[f"block_{layer}"], "attention": attention_params}
 
-    gqa_logits = jax.jit(Transformer(gqa).apply)({"params": gqa_params}, tokens)
-    mha_logits = jax.jit(Transformer(mha).apply)({"params": mha_params}, tokens)
-    np.testing.assert_allclose(np.asarray(gqa_logits), np.asarray(mha_logits), atol=1e-6, rtol=0)
+    tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, SMALL.vocab_size)
+    gqa_logits, mha_logits = logits_of([gqa, SMALL], [gqa_params, mha_params], tokens)
+    np.testing.assert_allclose(gqa_logits, mha_logits, atol=1e-6, rtol=0)
 
 
 def test_kv_heads_equal_to_heads_is_mha():
-    explicit = dataclasses.replace(SMALL, n_kv_heads=4, max_seq_len=16)
-    default = dataclasses.replace(SMALL, max_seq_len=16)
-    tokens = jax.random.randint(jax.random.key(4), (2, 8), 0, SMALL.vocab_size)
-    params = jax.jit(Transformer(default).init)(jax.random.key(5), tokens)["params"]
-    shapes = jax.eval_shape(Transformer(explicit).init, jax.random.key(5), tokens)["params"]
+    explicit = dataclasses.replace(SMALL, n_kv_heads=4)
+    params = init_params(SMALL, seed=5)
+    shapes = jax.eval_shape(Transformer(explicit).init, jax.random.key(5), jnp.zeros((1, 4), jnp.int32))["params"]
     assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, params)
-    np.testing.assert_array_equal(
-        np.asarray(jax.jit(Transformer(explicit).apply)({"params": params}, tokens)),
-        np.asarray(jax.jit(Transformer(default).apply)({"params": params}, tokens)),
-    )
+    tokens = jax.random.randint(jax.random.key(4), (2, 8), 0, SMALL.vocab_size)
+    explicit_logits, default_logits = logits_of([explicit, SMALL], [params, params], tokens)
+    np.testing.assert_array_equal(explicit_logits, default_logits)
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="cuDNN may run on this machine")
 def test_cudnn_rejected_without_nvidia_gpu():
-    model = dataclasses.replace(SMALL, attention_impl="cudnn", max_seq_len=16)
+    model = dataclasses.replace(SMALL, attention_impl="cudnn")
     with pytest.raises(UserError, match="needs an NVIDIA GPU"):
         jax.eval_shape(Transformer(model).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
 
 
 def test_unknown_compute_dtype_rejected():
-    model = dataclasses.replace(SMALL, compute_dtype="float8", max_seq_len=16)
+    model = dataclasses.replace(SMALL, compute_dtype="float8")
     with pytest.raises(UserError, match="compute_dtype='float8'"):
         jax.eval_shape(Transformer(model).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
 
 
 def test_bfloat16_compute_close_to_float32():
+    bf16 = dataclasses.replace(SMALL, compute_dtype="bfloat16")
+    params = init_params(SMALL, seed=7)
     tokens = jax.random.randint(jax.random.key(6), (2, 8), 0, SMALL.vocab_size)
-    model = dataclasses.replace(SMALL, max_seq_len=16)
-    params = jax.jit(Transformer(model).init)(jax.random.key(7), tokens)["params"]
-    bf16 = dataclasses.replace(model, compute_dtype="bfloat16")
-    reference = np.asarray(jax.jit(Transformer(model).apply)({"params": params}, tokens))
-    low_precision = jax.jit(Transformer(bf16).apply)({"params": params}, tokens)
-    assert low_precision.dtype == jnp.float32  # logits are returned in float32
+    reference, low_precision = logits_of([SMALL, bf16], [params, params], tokens)
+    assert low_precision.dtype == np.float32  # logits are returned in float32
     assert jax.tree.leaves(params)[0].dtype == jnp.float32
     # bfloat16 keeps 8 bits of mantissa: a relative error near 2^-8 per operation.
-    assert np.abs(np.asarray(low_precision) - reference).max() < 0.05 * np.abs(reference).max()
-    assert np.abs(np.asarray(low_precision) - reference).max() > 0.0  # it did compute in bfloat16
+    assert np.abs(low_precision - reference).max() < 0.05 * np.abs(reference).max()
+    assert np.abs(low_precision - reference).max() > 0.0  # it did compute in bfloat16

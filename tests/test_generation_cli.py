@@ -1,0 +1,123 @@
+"""`scaling generate` end to end: train a tiny run, restore its checkpoint and tokenizer, continue a prompt."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from models.generate import Generator, Sampling, UncachedGreedy
+from models.restore import load_trained_run
+from scaling.cli import main
+from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
+from scaling.train import train
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_corpus, tmp_path_factory) -> Path:
+    """Train a 2-layer byte-level model for 20 steps; return its run folder."""
+    config = TrainConfig(
+        model=ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=2, max_seq_len=32),
+        optimizer=OptimizerConfig(peak_lr=3e-3, warmup_steps=4),
+        data=DataConfig(path=str(small_corpus), seq_len=32, batch_size=8, eval_tokens=1024),
+        tokens=20 * 32 * 8,
+        eval_interval=20,
+        log_interval=10,
+        checkpoint_interval=20,
+        run_id="tiny-generate",
+        sweep="test",
+        wandb_mode="disabled",
+    )
+    runs = tmp_path_factory.mktemp("runs")
+    summary = train(config, runs, progress=False)
+    assert summary["status"] == "completed"
+    return runs / "test" / "tiny-generate"
+
+
+def test_cli_prints_greedy_continuation(trained_run, capsys):
+    status = main(["generate", str(trained_run), "--prompt", "def ", "--max-new-tokens", "12", "--temperature", "0"])
+    printed = capsys.readouterr().out
+
+    run = load_trained_run(trained_run)
+    prompt = [int(t) for t in run.tokenizer.encode("def ")]
+    expected = Generator(run.config.model, run.params).generate(
+        [prompt], 12, Sampling(temperature=0.0), stop_tokens=[run.tokenizer.eot_id]
+    )
+    assert status == 0
+    assert printed == run.tokenizer.decode(expected.tokens[0]) + "\n"
+    assert run.step == 20
+
+    # The trained weights decode the same with and without the cache.
+    uncached, _ = UncachedGreedy(run.config.model, run.params, bucket=32).generate([prompt], 12)
+    stop = run.tokenizer.eot_id
+    expected_uncached = uncached[0][: uncached[0].index(stop)] if stop in uncached[0] else uncached[0]
+    assert expected.tokens[0] == expected_uncached
+
+
+def test_cli_json_reports_timings(trained_run, capsys):
+    status = main([
+        "generate", str(trained_run), "--prompt", "import ", "--max-new-tokens", "6", "--temperature", "0.8",
+        "--top-k", "20", "--top-p", "0.9", "--seed", "3", "--no-stop", "--json",
+    ])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert report["checkpoint_step"] == 20
+    assert report["prompt_tokens"] == len("import ")
+    assert report["new_tokens"] == 6
+    assert report["stop_reason"] == "max_new_tokens"
+    assert report["sampling"] == {"temperature": 0.8, "top_k": 20, "top_p": 0.9, "seed": 3}
+    assert report["prefill_ms"] > 0
+    assert report["tokens_per_s"] > 0
+    assert isinstance(report["continuation"], str)
+
+
+def test_cli_stops_when_cache_is_full(trained_run, capsys):
+    status = main([
+        "generate", str(trained_run), "--prompt", "0123456789" * 3, "--max-new-tokens", "5", "--no-stop", "--json",
+    ])  # a 30-token prompt in the model's 32 slots
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert report["new_tokens"] == 2
+    assert report["stop_reason"] == "cache_full"
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, f"expected one line, got: {err!r}"
+    return err
+
+
+def test_cli_rejects_missing_run_folder(tmp_path, capsys):
+    status = main(["generate", str(tmp_path / "nowhere"), "--prompt", "x", "--max-new-tokens", "3"])
+    assert status == 2
+    assert "does not exist" in _error_line(capsys)
+
+
+def test_cli_rejects_folder_without_config(tmp_path, capsys):
+    status = main(["generate", str(tmp_path), "--prompt", "x", "--max-new-tokens", "3"])
+    assert status == 2
+    assert "config.json is missing" in _error_line(capsys)
+
+
+def test_cli_rejects_run_without_checkpoint(trained_run, tmp_path, capsys):
+    copy = tmp_path / "untrained"
+    copy.mkdir()
+    shutil.copy(trained_run / "config.json", copy / "config.json")
+    status = main(["generate", str(copy), "--prompt", "x", "--max-new-tokens", "3"])
+    assert status == 2
+    assert "has no checkpoint" in _error_line(capsys)
+    assert not (copy / "checkpoints").exists()  # a failed restore creates no folder
+
+
+def test_cli_rejects_invalid_sampling(trained_run, capsys):
+    status = main(["generate", str(trained_run), "--prompt", "x", "--max-new-tokens", "3", "--top-p", "0"])
+    assert status == 2
+    assert "top_p" in _error_line(capsys)
+
+
+def test_cli_rejects_prompt_filling_cache(trained_run, capsys):
+    status = main(["generate", str(trained_run), "--prompt", "x" * 40, "--max-new-tokens", "3"])
+    assert status == 2
+    assert "no room to generate" in _error_line(capsys)
