@@ -10,8 +10,8 @@ The flow of `Generator.generate(prompts, max_new_tokens)`:
 The decode loop compiles once per (batch size, cache length). The number of steps, the sampling settings
 and the stop tokens are traced arguments, so later requests of the same shape run without compiling.
 
-The prompt and the new tokens must fit in the cache together: with a cache of S slots and a prompt of P
-tokens at most S - P tokens are generated, and a row cut short that way ends with the reason "cache_full".
+The prompt and the new tokens must fit in the cache together. With a cache of S slots and a prompt of P
+tokens, at most S - P tokens are generated, and a row cut short that way ends with the reason "cache_full".
 
 Sampling: temperature scales the logits (0 means greedy, the argmax), top-k keeps the k largest logits,
 and top-p keeps the smallest set of most likely tokens whose probability reaches p (nucleus sampling,
@@ -20,10 +20,11 @@ Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration"). Top-k app
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +42,7 @@ PAD_TOKEN = 0  # token id written into left padding and after a row stops; it is
 
 @dataclass(frozen=True)
 class Sampling:
-    """How the next token is drawn from the logits."""
+    """Settings of the draw of each next token from the logits."""
 
     temperature: float = 1.0  # divides the logits; 0 selects the most likely token (greedy decoding)
     top_k: int = 0  # keep only the k most likely tokens (ties with the k-th are kept); 0 keeps all
@@ -101,22 +102,23 @@ class Generation:
         return self.decode_steps * len(self.tokens) / self.decode_s if self.decode_s > 0 else float("nan")
 
 
-@dataclass(eq=False)
 class Generator:
-    """Compiled prefill and decode for one model and its parameters, with a cache of `cache_len` slots."""
+    """Compiled prefill and decode for one model and its parameters, with a cache of `cache_len` slots.
 
-    model: ModelConfig
-    params: dict
-    cache_len: int | None = None  # slots per row; None means model.max_seq_len
-    trace_counts: Counter = field(default_factory=Counter)  # times each step was traced, i.e. compiled
+    Generators of the same model config and cache length share their compiled steps.
+    """
 
-    def __post_init__(self) -> None:
-        self.cache_len = self.model.max_seq_len if self.cache_len is None else self.cache_len
-        init_cache(self.model, 1, self.cache_len)  # checks the length against the model before any work
-        self._transformer = Transformer(self.model)
-        self._prefill_jit = jax.jit(self._prefill)
-        self._decode_jit = jax.jit(self._decode)
-        self._compiled: dict[tuple, object] = {}
+    def __init__(self, model: ModelConfig, params: dict, cache_len: int | None = None):
+        self.model = model
+        self.params = params
+        self.cache_len = model.max_seq_len if cache_len is None else cache_len
+        init_cache(model, 1, self.cache_len)  # checks the length against the model before any work
+        self._steps = _compiled_steps(model, self.cache_len)
+
+    @property
+    def trace_counts(self) -> Counter:
+        """Times the prefill and decode functions of this model and cache length were traced (compiled)."""
+        return self._steps.trace_counts
 
     def generate(
         self,
@@ -138,7 +140,7 @@ class Generator:
         )
 
         compile_started = time.perf_counter()
-        prefill = self._compile("prefill", self._prefill_jit, self.params, tokens_BxP, mask_BxP)
+        prefill = self._steps.executable("prefill", self.params, tokens_BxP, mask_BxP)
         compile_s = time.perf_counter() - compile_started
 
         started = time.perf_counter()
@@ -154,7 +156,7 @@ class Generator:
         key = jax.random.key(sampling.seed)
         decode_args = (self.params, cache, last_logits_BxV, key, jnp.int32(steps), *settings, stop_ids_T)
         compile_started = time.perf_counter()
-        decode = self._compile("decode", self._decode_jit, *decode_args)
+        decode = self._steps.executable("decode", *decode_args)
         compile_s += time.perf_counter() - compile_started
 
         started = time.perf_counter()
@@ -198,17 +200,29 @@ class Generator:
             mask[row, longest - len(array) :] = True
         return jnp.asarray(tokens), jnp.asarray(mask), lengths
 
-    def _compile(self, name: str, jitted, *args):
-        """Return the compiled executable of `jitted` for the shapes of `args`, compiling on first use."""
+
+class _CompiledSteps:
+    """The jitted prefill and decode loop of one model config and cache length, and their executables."""
+
+    def __init__(self, model: ModelConfig, cache_len: int):
+        self.model = model
+        self.cache_len = cache_len
+        self.transformer = Transformer(model)
+        self.trace_counts: Counter = Counter()
+        self._jitted = {"prefill": jax.jit(self._prefill), "decode": jax.jit(self._decode)}
+        self._executables: dict[tuple, object] = {}
+
+    def executable(self, name: str, *args):
+        """Return the compiled `name` step for the shapes of `args`, compiling it on first use."""
         key = (name, tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(args)))
-        if key not in self._compiled:
-            self._compiled[key] = jitted.lower(*args).compile()
-        return self._compiled[key]
+        if key not in self._executables:
+            self._executables[key] = self._jitted[name].lower(*args).compile()
+        return self._executables[key]
 
     def _prefill(self, params, tokens_BxP, mask_BxP) -> tuple[jax.Array, KVCache]:
         self.trace_counts["prefill"] += 1
         cache = init_cache(self.model, tokens_BxP.shape[0], self.cache_len)
-        logits_BxPxV, cache = self._transformer.apply(
+        logits_BxPxV, cache = self.transformer.apply(
             {"params": params}, tokens_BxP, token_mask_BxL=mask_BxP, cache=cache
         )
         return logits_BxPxV[:, -1], cache
@@ -233,7 +247,7 @@ class Generator:
             done_B = done_B | is_stop_B
             # The sampled token is fed back even after the last step. It lands in slot P + step, which
             # the step budget S - P keeps inside the cache, and leaves the cache ready for a continuation.
-            logits_Bx1xV, cache = self._transformer.apply({"params": params}, token_B[:, None], cache=cache)
+            logits_Bx1xV, cache = self.transformer.apply({"params": params}, token_B[:, None], cache=cache)
             return step + 1, cache, logits_Bx1xV[:, 0], key, tokens_BxS, done_B, counts_B
 
         initial = (
@@ -247,6 +261,11 @@ class Generator:
         )
         steps_run, _, _, _, tokens_BxS, done_B, counts_B = jax.lax.while_loop(not_finished, decode_one, initial)
         return tokens_BxS, counts_B, done_B, steps_run
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_steps(model: ModelConfig, cache_len: int) -> _CompiledSteps:
+    return _CompiledSteps(model, cache_len)
 
 
 def generate(
