@@ -52,6 +52,9 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
     query = question if isinstance(question, Query) else parse_query(question)
     laws: list[Law] = [get_law(key) for key in law_keys] if law_keys else all_laws()
     rows = [answer_row(law, query) for law in laws]
+    if query.kind == "loss_at" and not law_keys:
+        # Allocation rules predict no loss, so their rows would only repeat the question.
+        rows = [row for row in rows if row["loss"] is not None]
     if fit is not None:
         record = fit if isinstance(fit, dict) else read_fit(fit)
         law = fitted_law(record, source=_fit_source(fit))

@@ -130,3 +130,10 @@ def test_fit_without_allocation_gives_empty_row():
     assert answer.rows[0]["tokens"] is None
     assert "no allocation" in answer.rows[0]["source"]
     assert answer.rows[1]["tokens"] == pytest.approx(1.4e11)
+
+
+def test_loss_question_lists_only_laws_with_loss():
+    answer = ask("loss at 7B params and 1.4T tokens")
+    assert len(answer.rows) == 3
+    for row in answer.rows:
+        assert row["loss"] is not None
