@@ -58,6 +58,8 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", action="append", choices=OPTIONAL_METHODS, metavar="METHOD",
                         help=f"run only these methods beside approach 3 (repeatable; default: all of "
                              f"{', '.join(OPTIONAL_METHODS)})")
+    parser.add_argument("--log-plots", action="store_true",
+                        help="with a wandb: source, log the plots and fitted parameters back to that W&B project")
     parser.add_argument("--holdout", type=float, default=0.1, metavar="FRACTION",
                         help="share of the largest-compute runs held out by the extrapolation check (default 0.1)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
@@ -76,10 +78,20 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
 def _fit(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.fit import fit_runs
 
-    return fit_runs(_runs_path(args.runs), args.out, convention=args.convention, starts=args.starts,
-                    bootstraps=args.bootstraps, seed=args.seed, allow_mixed=args.allow_mixed,
-                    methods=tuple(args.method or OPTIONAL_METHODS), columns=args.columns, filters=args.where,
-                    holdout_fraction=args.holdout)
+    from scaling.errors import UserError
+
+    source = _runs_path(args.runs)
+    if args.log_plots and not str(source).startswith("wandb:"):
+        raise UserError("--log-plots needs a wandb:ENTITY/PROJECT[/GROUP] source; drop it for local runs")
+    record = fit_runs(source, args.out, convention=args.convention, starts=args.starts,
+                      bootstraps=args.bootstraps, seed=args.seed, allow_mixed=args.allow_mixed,
+                      methods=tuple(args.method or OPTIONAL_METHODS), columns=args.columns, filters=args.where,
+                      holdout_fraction=args.holdout)
+    if args.log_plots:
+        from analysis.wandb_runs import log_plots
+
+        log_plots(str(source), Path(args.out), record.get("plots", []), record)
+    return record
 
 
 def run_fit(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ access and, for private projects, an API key; the local run store needs neither 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from scaling.errors import UserError
@@ -64,3 +65,28 @@ def load_wandb(source: str, *, allow_mixed: bool = False, api: Any = None) -> Ru
         items.append((f"{sweep}/{run.name}", row, reason))
     logger.info("read %d W&B run(s) from %s%s", len(items), path, f" group {group}" if group else "")
     return build_table(items, source, allow_mixed)
+
+
+def log_plots(source: str, out_dir: Path, plot_names: list[str], record: dict[str, Any],
+              wandb_module: Any = None) -> None:
+    """Log a fit's PNG plots and its approach 3 parameters to the W&B project its runs came from.
+
+    Creates one W&B run of job type "analysis" in the source's project and group. `wandb_module` replaces
+    the wandb package (tests pass a stand-in). Raises UserError when W&B cannot be reached.
+    """
+    path, group = parse_source(source)
+    entity, project = path.split("/")
+    if wandb_module is None:
+        try:
+            import wandb as wandb_module
+        except ImportError:
+            raise UserError("logging plots to W&B needs the wandb package: pip install wandb") from None
+    try:
+        run = wandb_module.init(entity=entity, project=project, group=group, job_type="analysis",
+                                name="scaling-fit", config={"convention": record.get("convention")})
+        run.log({name.removesuffix(".png"): wandb_module.Image(str(Path(out_dir) / name)) for name in plot_names})
+        run.summary.update({f"approach3/{key}": value for key, value in record["approach3"]["parameters"].items()})
+        run.finish()
+    except Exception as error:  # the W&B client raises its own error types for network and auth failures
+        raise UserError(f"could not log plots to W&B project {path}: {error}; the plots are still in {out_dir}") from None
+    logger.info("logged %d plot(s) to W&B project %s", len(plot_names), path)

@@ -100,3 +100,54 @@ def test_fit_from_wandb_source(tmp_path, monkeypatch):
     record = fit_runs("wandb:me/scaling/iso", tmp_path, starts=32, bootstraps=0, plot=False, methods=())
     assert record["n_runs"] == 16
     assert record["approach3"]["parameters"]["alpha"] == pytest.approx(0.3, rel=1e-3)
+
+
+class StandInWandb:
+    """The parts of the wandb module that log_plots uses: init, Image, and a run with log/summary/finish."""
+
+    class Image:
+        def __init__(self, path):
+            self.path = path
+
+    def __init__(self):
+        self.inits = []
+        self.logged = []
+        self.summary = {}
+        self.finished = False
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        return self
+
+    def log(self, row):
+        self.logged.append(row)
+
+    def finish(self):
+        self.finished = True
+
+
+def test_log_plots_to_source_project(tmp_path):
+    from analysis.wandb_runs import log_plots
+
+    (tmp_path / "isoflop.png").write_bytes(b"png")
+    stand_in = StandInWandb()
+    record = {"convention": "total", "approach3": {"parameters": {"alpha": 0.3, "beta": 0.35}}}
+    log_plots("wandb:me/scaling/iso", tmp_path, ["isoflop.png"], record, wandb_module=stand_in)
+    assert stand_in.inits[0]["entity"] == "me"
+    assert stand_in.inits[0]["project"] == "scaling"
+    assert stand_in.inits[0]["group"] == "iso"
+    assert stand_in.logged[0]["isoflop"].path == str(tmp_path / "isoflop.png")
+    assert stand_in.summary == {"approach3/alpha": 0.3, "approach3/beta": 0.35}
+    assert stand_in.finished
+
+
+def test_log_plots_needs_wandb_source(tmp_path):
+    import argparse
+
+    from analysis import cli
+
+    parser = argparse.ArgumentParser(prog="scaling")
+    cli.add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["fit", str(tmp_path), "--log-plots"])
+    with pytest.raises(UserError, match="--log-plots needs a wandb"):
+        args.handler(args)
