@@ -1,0 +1,76 @@
+"""`scaling sweep plan|launch`: see a sweep's runs and cost, then run it on this machine.
+
+scaling/cli.py calls `add_parsers(subparsers)` and dispatches `args.handler(args)`; each handler returns
+the exit status. A UserError raised here becomes a one-line message and exit status 2 in scaling/cli.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+log = logging.getLogger(__name__)
+
+SPEC_HELP = "a sweep spec YAML file, or the name of a packaged spec (demo, quick, ...)"
+
+
+def add_parsers(subparsers) -> None:
+    """Add `sweep` with its `plan` and `launch` subcommands to the `scaling` parser."""
+    sweep = subparsers.add_parser("sweep", help="plan and launch sweeps of model sizes and token budgets")
+    actions = sweep.add_subparsers(dest="sweep_command", metavar="ACTION", required=True)
+
+    plan = actions.add_parser("plan", help="print every run of a sweep (N, D, C, steps) and its estimated time")
+    plan.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+    _add_common(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--no-probe", action="store_true",
+                      help="estimate time from FLOPs with assumed speeds instead of timing the step (fast)")
+    plan.set_defaults(handler=plan_command)
+
+    launch = actions.add_parser("launch", help="run a sweep's unfinished runs in local worker processes")
+    launch.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
+    _add_common(launch)
+    launch.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    launch.set_defaults(handler=launch_command)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", metavar="DIR", help="run store root (default: $SCALING_RUNS or ./runs)")
+    parser.add_argument("--workers", metavar="K", type=int, default=2,
+                        help="local worker processes, each on its own share of the CPU cores (default 2)")
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    from sweeps.plan import make_plan
+    from sweeps.spec import load_spec
+
+    _check_workers(args.workers)
+    plan = make_plan(load_spec(args.spec), args.runs, probe=not args.no_probe, workers=args.workers,
+                     progress=not args.json)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        plan.print()
+    return 0
+
+
+def launch_command(args: argparse.Namespace) -> int:
+    from sweeps.launcher import run_sweep
+    from sweeps.spec import load_spec
+
+    _check_workers(args.workers)
+    outcomes = run_sweep(load_spec(args.spec), args.runs, workers=args.workers, progress=not args.no_progress,
+                         show_table=True)
+    unfinished = [outcome.run.run_id for outcome in outcomes if not outcome.ok]
+    if unfinished:
+        log.error("%d of %d runs did not complete: %s", len(unfinished), len(outcomes), ", ".join(unfinished))
+        return 1
+    return 0
+
+
+def _check_workers(workers: int) -> None:
+    from scaling.errors import UserError
+
+    if workers < 1:
+        raise UserError(f"--workers {workers} must be at least 1")

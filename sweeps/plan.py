@@ -1,0 +1,296 @@
+"""The plan of a sweep: every run with its N, D, C and steps, and what the sweep will cost in time.
+
+Time per run on one worker comes from a cost model,
+    seconds = startup + compile + steps * t(F) + evaluations * chunks * t(F / 3),
+where F is the exact training FLOPs of one optimizer step (scaling.accounting, Hoffmann et al. 2022 appendix
+F), t(F) = a + b F is the step time, and an evaluation chunk (one batch, forward only) costs a third of a
+training step's FLOPs. With the probe (the default), a, b, startup and compile come from timing the step of
+up to PROBE_SHAPES model shapes in a worker-like process (sweeps.probe): a and b by least squares over the
+measured shapes. Without it (`--no-probe`) they are assumed constants, named as such in the output.
+The wall time of the sweep is the longest-first schedule of the runs' times over the workers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from scaling.accounting import training_flops_per_token
+from scaling.paths import runs_root as resolve_runs_root
+from scaling.run_store import RunDir
+from sweeps.numbers import format_count, human_count
+from sweeps.resources import split_cores
+from sweeps.spec import PlannedRun, PreparedData, SweepSpec, expand, prepare_data
+
+log = logging.getLogger(__name__)
+
+PROBE_SHAPES = 3  # model shapes timed by the probe: the cheapest, the dearest and one between (by FLOPs/step)
+# Assumed costs for `--no-probe`, of the order measured on a 2-core x86 VM with one core per worker.
+ASSUMED_FLOPS_PER_S = 3e10  # exact training FLOPs per second of one worker
+ASSUMED_STEP_OVERHEAD_S = 0.002  # fixed seconds per step (dispatch, small kernels)
+ASSUMED_COMPILE_S = 6.0
+ASSUMED_STARTUP_S = 4.0
+WIDE_OUTPUT = 160  # columns of the plan table when stdout is not a terminal
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds for one run on one worker; see the module docstring for the formula."""
+
+    startup_s: float  # starting a worker process: interpreter, imports, JAX, corpus, run store
+    compile_s: float  # building and compiling the step of a new shape
+    step_overhead_s: float  # a: fixed seconds per optimizer step
+    seconds_per_flop: float  # b: seconds per exact training FLOP
+    method: str  # how the numbers were obtained, printed with the plan
+
+    def step_seconds(self, flops_per_step: float) -> float:
+        return self.step_overhead_s + self.seconds_per_flop * flops_per_step
+
+    def run_seconds(self, run: PlannedRun) -> float:
+        config = run.config
+        flops_per_step = exact_flops_per_token(run) * config.data.tokens_per_step
+        chunks = math.ceil(evaluation_windows(config) / config.data.batch_size)
+        evaluations = evaluation_count(config)
+        return (self.startup_s + self.compile_s + config.total_steps * self.step_seconds(flops_per_step)
+                + evaluations * chunks * self.step_seconds(flops_per_step / 3))
+
+
+def exact_flops_per_token(run: PlannedRun) -> int:
+    return training_flops_per_token(run.config.model, run.config.data.seq_len)["exact"]
+
+
+def evaluation_count(config) -> int:
+    """Return how many validation passes a run makes: every eval_interval steps, and at the last step."""
+    steps = config.total_steps
+    return steps // config.eval_interval + (1 if steps % config.eval_interval else 0)
+
+
+def evaluation_windows(config) -> int:
+    """Return the validation windows of one evaluation, before the cap by the validation split's length."""
+    return max(1, config.data.eval_tokens // config.data.seq_len)
+
+
+def assumed_cost_model() -> CostModel:
+    return CostModel(
+        startup_s=ASSUMED_STARTUP_S,
+        compile_s=ASSUMED_COMPILE_S,
+        step_overhead_s=ASSUMED_STEP_OVERHEAD_S,
+        seconds_per_flop=1 / ASSUMED_FLOPS_PER_S,
+        method=(f"assumed, not measured: {ASSUMED_FLOPS_PER_S / 1e9:.0f} GFLOP/s per worker (exact FLOPs), "
+                f"{ASSUMED_STEP_OVERHEAD_S * 1e3:.0f} ms per step, {ASSUMED_COMPILE_S:.0f} s compile, "
+                f"{ASSUMED_STARTUP_S:.0f} s worker start"),
+    )
+
+
+def probe_cost_model(runs: list[PlannedRun], runs_root: Path, workers: int) -> CostModel:
+    """Time the step of up to PROBE_SHAPES distinct shapes in a worker-like process and fit the cost model."""
+    from sweeps.probe import measure
+
+    by_shape: dict[str, PlannedRun] = {}
+    for run in runs:
+        by_shape.setdefault(run.shape, run)
+    ordered = sorted(by_shape.values(), key=exact_flops_per_token)
+    picks = sorted({0, len(ordered) // 2, len(ordered) - 1})[:PROBE_SHAPES]
+    chosen = [ordered[i] for i in picks]
+    slot = split_cores(workers)[0]
+    log.info("probing step time of %d of %d shapes on %d core(s)", len(chosen), len(ordered), slot.threads)
+    report = measure([run.config for run in chosen], slot, runs_root)
+
+    points = [(exact_flops_per_token(run) * run.config.data.tokens_per_step, result.step_s)
+              for run, result in zip(chosen, report.results)]
+    overhead, per_flop = _fit_line(points)
+    compile_s = sum(result.compile_s for result in report.results) / len(report.results)
+    # Startup of the probe process is shared by all its shapes; a worker pays it once per run.
+    measured = ", ".join(f"{run.shape.split(' (')[0]}: {result.step_s * 1e3:.1f} ms/step"
+                         for run, result in zip(chosen, report.results))
+    return CostModel(
+        startup_s=report.startup_s,
+        compile_s=compile_s,
+        step_overhead_s=overhead,
+        seconds_per_flop=per_flop,
+        method=(f"measured on {report.threads} core(s) per worker for {len(chosen)} of {len(ordered)} shapes "
+                f"({measured}); fitted t = {overhead * 1e3:.2f} ms + FLOPs / {1e-9 / per_flop:.1f} GFLOP/s; "
+                f"compile {compile_s:.1f} s, worker start {report.startup_s:.1f} s"),
+    )
+
+
+def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Return (a, b) of the least-squares line t = a + b F, with a >= 0 and b > 0.
+
+    One point, or a fit whose intercept would be negative, gives the line through the origin instead.
+    """
+    if len(points) >= 2:
+        mean_f = sum(f for f, _ in points) / len(points)
+        mean_t = sum(t for _, t in points) / len(points)
+        spread = sum((f - mean_f) ** 2 for f, _ in points)
+        if spread > 0:
+            slope = sum((f - mean_f) * (t - mean_t) for f, t in points) / spread
+            intercept = mean_t - slope * mean_f
+            if slope > 0 and intercept >= 0:
+                return intercept, slope
+    through_origin = sum(f * t for f, t in points) / sum(f * f for f, _ in points)
+    return 0.0, through_origin
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One run of the plan and its state in the run store."""
+
+    run: PlannedRun
+    seconds: float  # estimated seconds on one worker for the whole run
+    state: str  # "new", "completed", or "partial <steps done>/<steps>" from summary.json and metrics.jsonl
+    remaining_s: float  # estimated seconds still to run (0 when completed)
+    epochs: float  # passes over the corpus's training tokens
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The output of `scaling sweep plan`: the runs, their cost, and the totals."""
+
+    spec: SweepSpec
+    rows: tuple[PlanRow, ...]
+    cost: CostModel
+    workers: int
+    data: PreparedData
+
+    @property
+    def runs(self) -> list[PlannedRun]:
+        return [row.run for row in self.rows]
+
+    def wall_seconds(self) -> float:
+        """Return the estimated wall time of the remaining runs over `workers` workers (longest first)."""
+        loads = [0.0] * self.workers
+        for seconds in sorted((row.remaining_s for row in self.rows), reverse=True):
+            heapq.heapreplace(loads, loads[0] + seconds)
+        return max(loads)
+
+    def to_dict(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "sweep": spec.name,
+            "spec": spec.origin,
+            "kind": spec.kind,
+            "param_convention": spec.model.convention,
+            "flops_per_token": spec.flops_per_token,
+            "corpus": {"path": str(self.data.path), "fingerprint": self.data.meta.get("fingerprint"),
+                       "tokenizer": self.data.meta.get("tokenizer"), "vocab_size": self.data.meta.get("vocab_size"),
+                       "train_tokens": self.data.meta["tokens"]["train"]},
+            "estimate": {"method": self.cost.method, "workers": self.workers},
+            "runs": [_row_dict(row) for row in self.rows],
+            "totals": {
+                "runs": len(self.rows),
+                "runs_to_do": sum(1 for row in self.rows if row.state != "completed"),
+                "tokens": sum(row.run.tokens for row in self.rows),
+                "flops": sum(row.run.flops for row in self.rows),
+                "seconds_one_worker": sum(row.seconds for row in self.rows),
+                "remaining_seconds_one_worker": sum(row.remaining_s for row in self.rows),
+                "wall_seconds": self.wall_seconds(),
+            },
+        }
+
+    def table(self) -> Table:
+        spec = self.spec
+        title = f"sweep {spec.name} ({spec.kind}, {len(self.rows)} runs) from {spec.origin}"
+        table = Table(title=title, title_justify="left")
+        for header in ("run", "shape", "N total", "N non-emb", "D tokens", "steps", f"C ({spec.flops_per_token})",
+                       "D/N", "epochs", "est. time", "state"):
+            table.add_column(header, justify="left" if header in ("run", "shape", "state") else "right")
+        for row in self.rows:
+            run = row.run
+            table.add_row(
+                run.run_id, run.shape.split(" (")[0], human_count(run.params_total),
+                human_count(run.params_non_embedding), human_count(run.tokens), str(run.steps),
+                format_count(run.flops), f"{run.tokens / run.params_total:.1f}", f"{row.epochs:.2f}",
+                _duration(row.seconds), row.state,
+            )
+        totals = self.to_dict()["totals"]
+        table.add_section()
+        table.add_row("total", "", "", "", human_count(totals["tokens"]), str(sum(r.run.steps for r in self.rows)),
+                      format_count(totals["flops"]), "", "", _duration(totals["seconds_one_worker"]),
+                      f"{totals['runs_to_do']} to run")
+        return table
+
+    def print(self, console: Console | None = None) -> None:
+        # Piped output has no terminal width; rich would assume 80 columns and wrap every cell.
+        console = console or (Console() if Console().is_terminal else Console(width=WIDE_OUTPUT))
+        console.print(self.table())
+        totals = self.to_dict()["totals"]
+        console.print(
+            f"D: whole batches of {self.spec.train.tokens_per_step} tokens. C = D x training FLOPs per token "
+            f"({self.spec.flops_per_token}). The spec's sizes count {self.spec.model.convention.replace('_', '-')} "
+            "parameters; D/N uses N total."
+        )
+        console.print(f"time estimate: {self.cost.method}")
+        console.print(f"remaining: {totals['runs_to_do']} runs, {_duration(totals['remaining_seconds_one_worker'])} "
+                      f"on one worker, about {_duration(totals['wall_seconds'])} wall with {self.workers} workers")
+
+
+def _row_dict(row: PlanRow) -> dict[str, Any]:
+    run, config = row.run, row.run.config
+    return {
+        "run_id": run.run_id,
+        "budget": run.budget,
+        "target_params": run.target_params,
+        "params_total": run.params_total,
+        "params_non_embedding": run.params_non_embedding,
+        "shape": run.shape,
+        "tokens": run.tokens,
+        "steps": run.steps,
+        "flops": run.flops,
+        "flops_per_token": run.flops_per_token,
+        "tokens_per_param": run.tokens / run.params_total,
+        "epochs": row.epochs,
+        "log_interval": config.log_interval,
+        "eval_interval": config.eval_interval,
+        "checkpoint_interval": config.checkpoint_interval,
+        "estimated_seconds": row.seconds,
+        "remaining_seconds": row.remaining_s,
+        "state": row.state,
+    }
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def run_state(runs_root: Path, run: PlannedRun) -> tuple[str, float]:
+    """Return the run's state in the store and the fraction of its steps already done."""
+    run_dir = RunDir.at(runs_root, run.config.sweep, run.run_id)
+    summary = run_dir.summary() if run_dir.summary_path.exists() else None
+    if summary is None:
+        return "new", 0.0
+    if summary.get("status") == "completed":
+        return "completed", 1.0
+    # A run that stopped early resumes from its newest checkpoint, at or below its last metric row.
+    done = max((row.get("step", 0) for row in run_dir.metrics()), default=0)
+    return f"{summary.get('status')} {done}/{run.steps}", min(done / run.steps, 1.0)
+
+
+def make_plan(spec: SweepSpec, runs_root: str | Path | None = None, probe: bool = True, workers: int = 2,
+              progress: bool = False) -> Plan:
+    """Expand the spec (preparing its corpus if needed), estimate each run's time, and return the plan."""
+    root = resolve_runs_root(runs_root)
+    data = prepare_data(spec, root, progress=progress)
+    runs = expand(spec, root, data=data)
+    cost = probe_cost_model(runs, root, workers) if probe else assumed_cost_model()
+    train_tokens = int(data.meta["tokens"]["train"])
+    rows = []
+    for run in runs:
+        seconds = cost.run_seconds(run)
+        state, done = run_state(root, run)
+        remaining = 0.0 if state == "completed" else seconds * (1 - done)
+        rows.append(PlanRow(run=run, seconds=seconds, state=state, remaining_s=remaining,
+                            epochs=run.tokens / train_tokens))
+    return Plan(spec=spec, rows=tuple(rows), cost=cost, workers=workers, data=data)
