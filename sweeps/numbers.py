@@ -12,7 +12,7 @@ import re
 from scaling.errors import UserError
 
 SUFFIXES = {"K": 1e3, "k": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-_COUNT = re.compile(r"^\s*([0-9][0-9_]*\.?[0-9_]*(?:[eE][+-]?[0-9]+)?)\s*([KkMBGT]?)\s*$")
+_COUNT = re.compile(r"^\s*([+-]?[0-9][0-9_]*\.?[0-9_]*(?:[eE][+-]?[0-9]+)?)\s*([KkMBGT]?)\s*$")
 RUN_ID_DIGITS = 3  # significant digits of a count inside a run id
 
 

@@ -1,0 +1,399 @@
+"""Sweep specs, their expansion into runs, the plan, and the local launcher on a tiny corpus.
+
+The launcher tests train real (tiny) models in worker processes: two runs, a second launch that skips
+them, a run that fails while the other completes, and a run killed mid-way that resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scaling.config import TrainConfig
+from scaling.errors import UserError
+from scaling.run_store import RunDir
+from sweeps import cli
+from sweeps.launcher import LOGS_FOLDER, run_sweep, start_worker
+from sweeps.numbers import format_count, parse_count
+from sweeps.plan import evaluation_count, make_plan
+from sweeps.resources import CORES_ENV, SINGLE_THREAD_XLA_FLAGS, split_cores
+from sweeps.spec import (
+    SweepSpec, TrainSpec, expand, grid_run_id, isoflop_run_id, load_spec, packaged_specs, parse_spec, run_intervals,
+)
+
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
+         "upsilon phi chi psi omega").split()
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    """Forty small text documents with some structure (~40 KB), enough for tiny models to learn from."""
+    folder = tmp_path_factory.mktemp("corpus")
+    for doc in range(40):
+        lines = []
+        for line in range(25):
+            words = [WORDS[(doc * 7 + line * 3 + k * k) % len(WORDS)] for k in range(6)]
+            lines.append(f"{line:02d} " + " ".join(words) + ".")
+        (folder / f"doc{doc:02d}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def shared_compilation_cache(tmp_path_factory, monkeypatch):
+    """One persistent JAX cache for every test, so the tiny shapes compile once per session."""
+    monkeypatch.setenv("SCALING_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "jax_cache"))
+
+
+def tiny_raw(source: Path | str, name: str = "tiny", **sections) -> dict:
+    raw = {
+        "name": name,
+        "data": {"source": str(source), "tokenizer": "bytes"},
+        "model": {"head_dim": 8, "aspect_ratio": 8},
+        "optimizer": {"peak_lr": "1e-2", "warmup_steps": 5},
+        "train": {"seq_len": 32, "batch_size": 4, "eval_tokens": 512, "wandb_mode": "disabled"},
+        "grid": {"params": ["4K", "1.2e4"], "tokens": ["20K"]},
+    }
+    raw.update(sections)
+    if "isoflop" in sections:
+        raw.pop("grid")
+    return raw
+
+
+# ---------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1e6", 1e6), ("3.2e5", 3.2e5), ("1M", 1e6), ("1.5K", 1500), ("2B", 2e9), ("1_000", 1000), (1e13, 1e13), (7, 7),
+])
+def test_parse_count_accepts_the_usual_spellings(text, value):
+    assert parse_count(text, "x") == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["-1e6", "0", 0, "1e6 tokens", "abc", True, None, [1]])
+def test_parse_count_rejects_non_positive_and_malformed(text):
+    with pytest.raises(UserError, match="x="):
+        parse_count(text, "x")
+
+
+def test_parse_count_negative_is_not_positive():
+    with pytest.raises(UserError, match=r"x='-1e10' must be a positive number"):
+        parse_count("-1e10", "x")
+
+
+def test_format_count_is_short_and_round_trips():
+    assert [format_count(v) for v in (320000, 1e13, 3.16e5, 7)] == ["3.2e5", "1e13", "3.16e5", "7e0"]
+    for value in (3.2e5, 1e13, 1.25e6, 42.0):
+        assert parse_count(format_count(value), "x") == pytest.approx(value)
+
+
+# ---------------------------------------------------------------- spec parsing
+
+
+def test_grid_spec_parses_counts_with_suffixes(corpus_dir):
+    spec = parse_spec(tiny_raw(corpus_dir, grid={"params": ["4K", 1.2e4, "3e4"], "tokens": ["20K", "1e5"]}))
+    assert spec.kind == "grid"
+    assert spec.grid.params == (4000.0, 12000.0, 30000.0)
+    assert spec.grid.tokens == (20000.0, 100000.0)
+    assert spec.optimizer.peak_lr == pytest.approx(1e-2)  # "1e-2" is a string to PyYAML; parsed as a number
+    assert spec.train.eval_interval is None  # "auto"
+    assert spec.train.checkpoint_interval is None
+
+
+def test_isoflop_spec_accepts_one_list_or_a_mapping(corpus_dir):
+    shared = parse_spec(tiny_raw(corpus_dir, isoflop={"budgets": ["1e9", "3e9"], "params": ["4K", "1.2e4"]}))
+    assert shared.kind == "isoflop"
+    assert shared.isoflop.params_by_budget == {1e9: (4000.0, 12000.0), 3e9: (4000.0, 12000.0)}
+
+    mapped = parse_spec(tiny_raw(corpus_dir, isoflop={"params": {"1e9": ["4K"], "3e9": ["4K", "1.2e4"]}}))
+    assert mapped.isoflop.budgets == (1e9, 3e9)
+    assert mapped.isoflop.params_by_budget[3e9] == (4000.0, 12000.0)
+
+
+def test_packaged_specs_load_by_name():
+    names = packaged_specs()
+    assert {"demo", "quick"} <= set(names)
+    for name in names:
+        spec = load_spec(name)
+        assert isinstance(spec, SweepSpec) and spec.name
+    demo = load_spec("demo")
+    assert demo.kind == "isoflop"
+    assert len(demo.isoflop.budgets) >= 3
+    sizes = [n for sizes in demo.isoflop.params_by_budget.values() for n in sizes]
+    assert max(sizes) / min(sizes) >= 10
+    assert all(len(sizes) >= 4 for sizes in demo.isoflop.params_by_budget.values())
+
+
+def test_spec_file_round_trip_through_yaml(tmp_path, corpus_dir):
+    import yaml
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw(corpus_dir)))
+    assert load_spec(path).name == "tiny"
+    with pytest.raises(UserError, match="no-such-spec"):
+        load_spec("no-such-spec")
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"optimiser": {}}, "'optimiser'"),
+    ({"train": {"seq_len": 32, "batchsize": 4}}, "'batchsize'"),
+    ({"model": {"d_model": 64}}, "model.d_model=64"),
+    ({"model": {"vocab_size": 300}}, "model.vocab_size=300"),
+    ({"data": {"source": "x", "tokeniser": "bytes"}}, "'tokeniser'"),
+    ({"isoflop": {"budgets": ["1e9", "-3e9"], "params": ["4K"]}}, "isoflop.budgets[1]='-3e9'"),
+    ({"isoflop": {"budgets": [0], "params": ["4K"]}}, "isoflop.budgets[0]=0"),
+    ({"isoflop": {"budgets": ["1e9"], "params": ["4K", "-5"]}}, "isoflop.params[1]='-5'"),
+    ({"grid": {"params": ["4K"], "tokens": ["-1"]}}, "grid.tokens[0]='-1'"),
+    ({"isoflop": {"budgets": ["1e9"], "params": ["3.2e5", 320000]}}, "duplicate run C1e9-N3.2e5"),
+    ({"isoflop": {"budgets": ["1e9", "1.0e9"], "params": ["4K"]}}, "lists 1e9 twice"),
+    ({"grid": {"params": ["4K", "4000"], "tokens": ["2e4"]}}, "duplicate run N4e3-D2e4"),
+    ({"isoflop": {"budgets": ["1e9"], "params": {"1e9": ["4K"], "2e9": ["4K"]}}}, "budget 2e9"),
+    ({"name": "_data"}, "name='_data'"),
+    ({"flops_per_token": "6ND"}, "flops_per_token='6ND'"),
+    ({"optimizer": {"peak_lr": "fast"}}, "optimizer.peak_lr='fast'"),
+    ({"optimizer": {"schedule": "step"}}, "schedule='step'"),
+    ({"train": {"wandb_mode": "loud"}}, None),
+])
+def test_bad_specs_raise_user_error_naming_the_value(corpus_dir, tmp_path, change, named):
+    raw = tiny_raw(corpus_dir, **change)
+    with pytest.raises(UserError) as caught:
+        spec = parse_spec(raw, origin="bad.yaml")
+        expand(spec, tmp_path / "runs")  # some mistakes (a TrainConfig's own checks) surface at expansion
+    message = str(caught.value)
+    assert "\n" not in message
+    assert named is None or named in message, message
+    if named is None:
+        assert "loud" in message
+
+
+def test_spec_with_both_or_neither_form_is_rejected(corpus_dir):
+    with pytest.raises(UserError, match="exactly one of"):
+        parse_spec({**tiny_raw(corpus_dir), "isoflop": {"budgets": ["1e9"], "params": ["4K"]}})
+    raw = tiny_raw(corpus_dir)
+    raw.pop("grid")
+    with pytest.raises(UserError, match="exactly one of"):
+        parse_spec(raw)
+
+
+# ---------------------------------------------------------------- expansion
+
+
+def test_isoflop_tokens_within_one_batch_of_c_over_6n(corpus_dir, tmp_path):
+    spec = parse_spec(tiny_raw(corpus_dir, isoflop={"budgets": ["1e9", "3e9"], "params": ["4K", "1.2e4"]}))
+    runs = expand(spec, tmp_path / "runs")
+    batch = spec.train.tokens_per_step
+    assert len(runs) == 4
+    for run in runs:
+        assert run.budget in (1e9, 3e9)
+        assert run.config.flop_budget == run.budget
+        ideal_tokens = run.budget / (6 * run.params_total)
+        assert abs(run.tokens - ideal_tokens) <= batch / 2
+        assert run.tokens % batch == 0
+        assert run.tokens == run.config.tokens_trained
+        assert run.flops == pytest.approx(6 * run.params_total * run.tokens)
+        assert run.run_id == isoflop_run_id(run.budget, run.target_params)
+        assert run.config.data.path == str(tmp_path / "runs" / "_data" / Path(run.config.data.path).name)
+        assert run.config.model.vocab_size == 256
+
+
+def test_exact_flops_convention_uses_the_accounting_count(corpus_dir, tmp_path):
+    from scaling.accounting import training_flops_per_token
+
+    spec = parse_spec(tiny_raw(corpus_dir, flops_per_token="exact",
+                               isoflop={"budgets": ["3e9"], "params": ["4K", "1.2e4"]}))
+    for run in expand(spec, tmp_path / "runs"):
+        exact = training_flops_per_token(run.config.model, spec.train.seq_len)["exact"]
+        assert run.flops_per_token == exact
+        assert abs(run.tokens - 3e9 / exact) <= spec.train.tokens_per_step / 2
+
+
+def test_run_ids_are_unique_stable_and_readable(corpus_dir, tmp_path):
+    raw = tiny_raw(corpus_dir, grid={"params": ["4K", "1.2e4"], "tokens": ["20K", "4e4"]})
+    first = expand(parse_spec(raw), tmp_path / "runs")
+    second = expand(parse_spec(raw), tmp_path / "runs")
+    ids = [run.run_id for run in first]
+    assert ids == ["N4e3-D2e4", "N4e3-D4e4", "N1.2e4-D2e4", "N1.2e4-D4e4"]
+    assert ids == [run.run_id for run in second]
+    assert [run.config for run in first] == [run.config for run in second]
+    assert grid_run_id(3.2e5, 1e7) == "N3.2e5-D1e7"
+    assert isoflop_run_id(1e13, 3.2e5) == "C1e13-N3.2e5"
+
+
+def test_expand_rejects_two_sizes_with_one_shape(corpus_dir, tmp_path):
+    # The size ladder maps 1e4 and 1.05e4 to the same shape (d8 L7 at head_dim 8), so the runs would be equal.
+    spec = parse_spec(tiny_raw(corpus_dir, isoflop={"budgets": ["3e9"], "params": ["1e4", "1.05e4"]}))
+    with pytest.raises(UserError, match="duplicate run: C3e9-N1e4 and C3e9-N1.05e4"):
+        expand(spec, tmp_path / "runs")
+
+
+def test_budget_below_one_batch_names_the_run(corpus_dir, tmp_path):
+    spec = parse_spec(tiny_raw(corpus_dir, isoflop={"budgets": ["1e6"], "params": ["1.2e4"]}))
+    with pytest.raises(UserError, match="run C1e6-N1.2e4: budget C=1e6"):
+        expand(spec, tmp_path / "runs")
+
+
+def test_expand_names_run_of_invalid_train_config(corpus_dir, tmp_path):
+    spec = parse_spec(tiny_raw(corpus_dir, model={"head_dim": 8, "max_seq_len": 16}))
+    with pytest.raises(UserError, match=r"run N4e3-D2e4: data.seq_len=32 exceeds model.max_seq_len=16"):
+        expand(spec, tmp_path / "runs")
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 5, 7, 8, 9, 15, 16, 50, 79, 80, 81, 100, 333, 1000, 4321, 20000])
+def test_interval_rule_gives_five_to_nine_evaluations(steps):
+    log_every, eval_every, checkpoint_every = run_intervals(steps, TrainSpec(log_interval=10))
+    assert eval_every % log_every == 0  # the trainer evaluates only on logging steps
+    config = TrainConfig(tokens=steps * 2048, eval_interval=eval_every, log_interval=log_every,
+                         checkpoint_interval=checkpoint_every)
+    evaluations = evaluation_count(config)
+    assert min(5, steps) <= evaluations <= 9
+    assert math.ceil(steps / checkpoint_every) <= 3
+
+
+def test_run_intervals_explicit_eval_interval():
+    log_every, eval_every, _ = run_intervals(1000, TrainSpec(log_interval=10, eval_interval=25))
+    assert (log_every, eval_every) == (5, 25)
+
+
+# ---------------------------------------------------------------- plan
+
+
+def test_plan_without_probe_prints_every_run_and_totals(corpus_dir, tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "iso.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw(corpus_dir, isoflop={"budgets": ["1e9", "3e9"], "params": ["4K", "1.2e4"]})))
+    args = argparse.Namespace(spec=str(path), runs=str(tmp_path / "runs"), json=False, no_probe=True, workers=2)
+    assert cli.plan_command(args) == 0
+    out = capsys.readouterr().out
+    for run_id in ("C1e9-N4e3", "C1e9-N1.2e4", "C3e9-N4e3", "C3e9-N1.2e4"):
+        assert run_id in out
+    assert "total" in out
+    assert "assumed, not measured" in out
+    assert "6N_total" in out
+
+    args.json = True
+    assert cli.plan_command(args) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [row["run_id"] for row in plan["runs"]] == ["C1e9-N4e3", "C1e9-N1.2e4", "C3e9-N4e3", "C3e9-N1.2e4"]
+    assert plan["totals"]["runs"] == 4 and plan["totals"]["tokens"] == sum(r["tokens"] for r in plan["runs"])
+    assert plan["flops_per_token"] == "6N_total"
+    assert all(row["state"] == "new" and row["estimated_seconds"] > 0 for row in plan["runs"])
+    assert plan["totals"]["wall_seconds"] <= plan["totals"]["seconds_one_worker"]
+
+
+# ---------------------------------------------------------------- resources
+
+
+def test_cores_are_split_into_disjoint_equal_slots():
+    slots = split_cores(2, cores=[0, 1, 2, 3, 4])
+    assert [slot.cores for slot in slots] == [(0, 1), (2, 3)]
+    assert split_cores(3, cores=[0, 1])[2].cores == (0,)
+    env = slots[0].environment({"XLA_FLAGS": "--xla_dump_to=/tmp/x"})
+    assert env[CORES_ENV] == "0,1"
+    assert "xla_cpu_multi_thread_eigen" not in env["XLA_FLAGS"]
+    single = split_cores(1, cores=[3])[0].environment({"XLA_FLAGS": "--xla_dump_to=/tmp/x"})
+    assert single["XLA_FLAGS"] == f"{SINGLE_THREAD_XLA_FLAGS} --xla_dump_to=/tmp/x"
+    assert single["OMP_NUM_THREADS"] == "1"
+
+
+def test_worker_process_pins_itself_to_its_cores():
+    core = sorted(os.sched_getaffinity(0))[-1]
+    env = split_cores(1, cores=[core])[0].environment()
+    code = "from sweeps.resources import pin_to_assigned_cores as p; p(); import os; print(sorted(os.sched_getaffinity(0)))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [core]
+
+
+# ---------------------------------------------------------------- launcher (trains tiny models)
+
+
+def test_launch_completes_runs_then_skips_them(corpus_dir, tmp_path):
+    spec = parse_spec(tiny_raw(corpus_dir))
+    runs = tmp_path / "runs"
+    outcomes = run_sweep(spec, runs, workers=2, progress=False)
+    assert [o.status for o in outcomes] == ["completed", "completed"]
+    for outcome in outcomes:
+        summary = RunDir.at(runs, "tiny", outcome.run.run_id).summary()
+        assert summary["status"] == "completed"
+        assert summary["steps_done"] == outcome.run.steps
+        assert math.isfinite(summary["final_val_loss"])
+        assert summary["final_val_loss"] < math.log(256)  # below the loss of a uniform guess over bytes
+        assert outcome.summary == summary
+
+    logs = {path: path.read_text() for path in (runs / "tiny" / LOGS_FOLDER).iterdir()}
+    again = run_sweep(spec, runs, workers=2, progress=False)
+    assert [o.status for o in again] == ["skipped", "skipped"]
+    assert [o.summary for o in again] == [o.summary for o in outcomes]
+    assert {path: path.read_text() for path in logs} == logs  # no worker was started
+
+
+def test_launch_reports_failed_run_and_finishes_others(corpus_dir, tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "fails.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw(corpus_dir, name="fails")))
+    runs = tmp_path / "runs"
+    blocked = runs / "fails" / "N4e3-D2e4"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the run folder should be")
+
+    args = argparse.Namespace(spec=str(path), runs=str(runs), workers=2, no_progress=False)
+    assert cli.launch_command(args) == 1
+    out = capsys.readouterr().out
+    assert "failed" in out
+    assert "completed" in out
+    assert RunDir.at(runs, "fails", "N1.2e4-D2e4").summary()["status"] == "completed"
+    log_text = (runs / "fails" / LOGS_FOLDER / "N4e3-D2e4.log").read_text()
+    assert "N4e3-D2e4" in log_text
+    assert "Error" in log_text
+
+
+def test_launch_resumes_killed_run_from_checkpoint(corpus_dir, tmp_path):
+    spec = parse_spec(tiny_raw(corpus_dir, name="resume", grid={"params": ["4K"], "tokens": ["80K"]}))
+    runs = tmp_path / "runs"
+    (run,) = expand(spec, runs)
+    run_dir = RunDir.at(runs, "resume", run.run_id)
+    process, log_file, log_path = start_worker(run, split_cores(1)[0], runs)
+    deadline = time.time() + 120
+    try:
+        while not any(p.name.isdigit() for p in run_dir.checkpoint_dir.glob("*")) and process.poll() is None:
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        log_file.close()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed; lengthen it"
+    assert run_dir.summary()["status"] == "running"
+    rows_before = {row["step"]: row for row in run_dir.metrics()}
+
+    (outcome,) = run_sweep(spec, runs, workers=1, progress=False)
+    assert outcome.status == "completed"
+    assert outcome.summary["steps_done"] == run.steps
+    resumed_from = int(log_path.read_text().split("resumes from step ")[1].split()[0])
+    assert 0 < resumed_from < run.steps
+    rows_after = {row["step"]: row for row in run_dir.metrics()}
+    assert sorted(rows_after) == sorted(set(rows_after))
+    # Rows up to the checkpoint are the ones written before the kill, untouched (their wall clock included).
+    steps_kept = [step for step in rows_before if step <= resumed_from]
+    assert steps_kept
+    assert all(rows_after[step] == rows_before[step] for step in steps_kept)
+    assert max(rows_after) == run.steps
+
+
+@pytest.mark.slow
+def test_plan_probe_measures_step_time(corpus_dir, tmp_path):
+    spec = parse_spec(tiny_raw(corpus_dir))
+    plan = make_plan(spec, tmp_path / "runs", probe=True, workers=1)
+    assert plan.cost.method.startswith("measured")
+    assert plan.cost.seconds_per_flop > 0
+    assert plan.cost.compile_s > 0
+    assert all(row.seconds > plan.cost.compile_s for row in plan.rows)
