@@ -2,7 +2,7 @@
 
 The runs are ranked by C = 6 N D. The top `holdout_fraction` of them (at least 1) are held out, the law is
 refitted on the rest with the same options, and each held-out run's final loss is predicted. The relative
-errors (predicted / observed - 1) say how far the fit can be trusted one step beyond the data.
+errors (predicted / observed - 1) measure how far the fit can be trusted one step beyond the data.
 """
 
 from __future__ import annotations

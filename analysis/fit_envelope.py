@@ -8,7 +8,7 @@ D_opt = k' C^b are then fitted in log space to the envelope.
 Hoffmann et al. trained each size with 4 cosine cycle lengths so that some run was fully decayed near
 every budget. A run here decays its learning rate only at its own end, so an intermediate point of its curve
 is a model whose schedule had not finished. The envelope uses such points anyway, as approach 1 does, and
-says so in its method; approach 3 uses final losses only.
+its method record states this. Approach 3 uses final losses only.
 """
 
 from __future__ import annotations

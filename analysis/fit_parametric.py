@@ -325,8 +325,8 @@ def _distinct_ends(ends: list[tuple[float, np.ndarray, np.ndarray]], limit: int 
     """Return up to `limit` end points, best first, each differing from every better one in theta and objective.
 
     Two end points count as one when their theta is within `tolerance` (max abs) or their objectives agree
-    to 1e-7 (relative): the latter merges points on a plateau where one term of the law has vanished and its
-    parameter drifts without changing the objective.
+    to 1e-7 (relative). The objective test merges points on a plateau, where one term of the law has vanished
+    and its parameter drifts without changing the objective.
     """
     kept: list[tuple[float, np.ndarray]] = []
     for value, theta, _ in sorted(ends, key=lambda end: end[0]):
