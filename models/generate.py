@@ -150,8 +150,8 @@ class Generator:
 
         batch = len(prompts)
         if steps <= 0:
-            return Generation([[] for _ in range(batch)], ["cache_full"] * batch, lengths, 0, prefill_s, 0.0,
-                              compile_s)
+            reason = "max_new_tokens" if max_new_tokens == 0 else "cache_full"
+            return Generation([[] for _ in range(batch)], [reason] * batch, lengths, 0, prefill_s, 0.0, compile_s)
 
         key = jax.random.key(sampling.seed)
         decode_args = (self.params, cache, last_logits_BxV, key, jnp.int32(steps), *settings, stop_ids_T)

@@ -293,6 +293,12 @@ def test_generation_stops_when_cache_is_full():
     result = generator.generate([[1, 2, 3, 4, 5, 6]], 4, Sampling(temperature=0.0))
     assert len(result.tokens[0]) == 2
     assert result.stop_reasons == ["cache_full"]
+    no_room = generator.generate([[1, 2, 3, 4, 5, 6, 7, 8]], 1)
+    assert no_room.tokens == [[]]
+    assert no_room.stop_reasons == ["cache_full"]
+    nothing_requested = generator.generate([[1, 2, 3, 4, 5, 6]], 0)
+    assert nothing_requested.tokens == [[]]
+    assert nothing_requested.stop_reasons == ["max_new_tokens"]
     with pytest.raises(CacheFullError, match="does not fit"):
         generator.generate([list(range(9))], 1)
 

@@ -17,15 +17,15 @@ from scaling.train import train
 
 @pytest.fixture(scope="module")
 def trained_run(small_corpus, tmp_path_factory) -> Path:
-    """Train a 2-layer byte-level model for 20 steps; return its run folder."""
+    """Train a 2-layer byte-level model for 10 steps; return its run folder."""
     config = TrainConfig(
         model=ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=2, max_seq_len=32),
-        optimizer=OptimizerConfig(peak_lr=3e-3, warmup_steps=4),
+        optimizer=OptimizerConfig(peak_lr=3e-3, warmup_steps=2),
         data=DataConfig(path=str(small_corpus), seq_len=32, batch_size=8, eval_tokens=1024),
-        tokens=20 * 32 * 8,
-        eval_interval=20,
+        tokens=10 * 32 * 8,
+        eval_interval=10,
         log_interval=10,
-        checkpoint_interval=20,
+        checkpoint_interval=10,
         run_id="tiny-generate",
         sweep="test",
         wandb_mode="disabled",
@@ -47,7 +47,7 @@ def test_cli_prints_greedy_continuation(trained_run, capsys):
     )
     assert status == 0
     assert printed == run.tokenizer.decode(expected.tokens[0]) + "\n"
-    assert run.step == 20
+    assert run.step == 10
 
     # The trained weights decode the same with and without the cache.
     uncached, _ = UncachedGreedy(run.config.model, run.params, bucket=32).generate([prompt], 12)
@@ -63,7 +63,7 @@ def test_cli_json_reports_timings(trained_run, capsys):
     ])
     report = json.loads(capsys.readouterr().out)
     assert status == 0
-    assert report["checkpoint_step"] == 20
+    assert report["checkpoint_step"] == 10
     assert report["prompt_tokens"] == len("import ")
     assert report["new_tokens"] == 6
     assert report["stop_reason"] == "max_new_tokens"
