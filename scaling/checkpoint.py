@@ -4,7 +4,7 @@ The state saved is a pytree of parameters, optimizer state, the step and the RNG
 also the data position, because `scaling.data.batch_at` draws batch `step` from (seed, step) alone.
 Orbax writes each step to a temporary folder and renames it when complete, so a checkpoint cut short by
 a kill is never listed as a finished step. A finished step can still be damaged later (a full disk, a
-copy cut short, a file deleted by hand): `restore_latest` then falls back to the newest readable step and
+copy cut short, a file deleted by hand). `restore_latest` then falls back to the newest readable step. It
 moves the damaged ones aside, so the steps after it can be saved again.
 
 Two failures are told apart before any array is read. A checkpoint whose stored tree differs from the
@@ -27,8 +27,8 @@ from scaling.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ITEM = "default"  # the folder Orbax gives the single item of a step
-UNREADABLE_PREFIX = "unreadable-"  # damaged steps are moved to checkpoints/unreadable-<step>; Orbax ignores them
+ITEM = "default"  # folder of the single item inside an Orbax step folder
+UNREADABLE_PREFIX = "unreadable-"  # damaged steps move to checkpoints/unreadable-<step>, a name Orbax ignores
 
 
 class Checkpointer:
@@ -44,7 +44,7 @@ class Checkpointer:
         return ocp.CheckpointManager(self.directory, options=options)
 
     def _reopen(self) -> None:
-        # A manager fixes its item layout from the first step it reads; a damaged step must not fix it.
+        # A manager fixes its item layout from the first step it reads, so a damaged step must not be that step.
         self.manager.close()
         self.manager = self._open()
 
@@ -62,20 +62,21 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def restore_latest(self, abstract_state: Any) -> tuple[int, Any] | None:
+    def restore_latest(self, abstract_state: Any, *, set_aside: bool = False) -> tuple[int, Any] | None:
         """Restore the newest readable checkpoint into the structure of `abstract_state`.
 
         A checkpoint that fails to restore (truncated or missing files) is skipped with a warning naming
-        its step, and the one before it is tried; the skipped steps are then moved aside (see
-        `_set_aside`) so that training can save those steps again. Returns None when no checkpoint can
-        be restored. Raises UserError when a checkpoint is readable but holds a differently shaped state.
+        its step, and the one before it is tried. With `set_aside` (training, which holds the run lock),
+        the skipped steps are then moved aside (see `_set_aside`), so training can save those steps again.
+        Readers leave the folder as it is. Returns None when no checkpoint can be restored. Raises
+        UserError when a checkpoint is readable but contains a differently shaped state.
         """
         unreadable: list[int] = []
         restored = None
         for step in reversed(self.steps()):
             try:
                 stored = self._stored_leaves(step)
-            except Exception as error:  # Orbax raises many types for damaged files; any of them means skip.
+            except Exception as error:  # Orbax raises many types for damaged files, and each one means skip.
                 self._skip(step, error, unreadable)
                 continue
             check_same_tree(stored, abstract_state, f"checkpoint at step {step} in {self.directory}")
@@ -86,7 +87,7 @@ class Checkpointer:
                 continue
             restored = (step, state)
             break
-        if unreadable:
+        if unreadable and set_aside:
             for step in unreadable:
                 self._set_aside(step)
             self._reopen()
@@ -143,9 +144,9 @@ def abstract_like(state: Any) -> Any:
 def check_same_tree(stored: dict[str, tuple[int, ...]], target: Any, what: str) -> None:
     """Raise UserError naming the first path where the stored arrays and `target`'s differ.
 
-    Paths are compared as `params/block_0/mlp/up/kernel`, whatever container holds each level (dict,
-    tuple, optax named tuple), and parameters are compared before optimizer moments, so the message names
-    the parameter the config changed.
+    Paths are compared as `params/block_0/mlp/up/kernel`, whatever the container of each level (dict,
+    tuple, optax named tuple). Parameters are compared before optimizer moments, so the message names the
+    parameter the config changed.
     """
     wanted = _leaves_by_path(target)
     fix = "restore with the config the run was saved with, or start a new run_id"

@@ -40,14 +40,14 @@ class Tracker:
 
     A resumed training run resumes its W&B run (the id is a function of sweep and run_id) and sends its
     kept metric rows again (`log_rows`), because a killed process loses the rows W&B had not yet written.
-    Rows below the step W&B says it already holds (`starting_step` of a resumed online run) are not sent,
-    so the W&B history has every step once.
+    Rows below the `starting_step` of a resumed online run (W&B already contains them) are not sent, so
+    the W&B history has every step once.
     """
 
     def __init__(self, *, mode: str, project: str, run_id: str, sweep: str, run_dir: Path, config: dict[str, Any]):
         self.mode = resolve_mode(mode)
         self.run = None
-        self.first_new_step = 0  # W&B already holds the steps below this one
+        self.first_new_step = 0  # W&B already contains the steps below this one
         if self.mode == "disabled":
             return
         try:

@@ -4,9 +4,9 @@ The flow of `train(config)`:
 1. open `RUNS/<sweep>/<run_id>/`, record config.json, and skip the run if it already completed;
 2. build the model, AdamW and a device mesh (one device is a mesh of one), then restore the newest
    checkpoint or initialise;
-3. run the jit-compiled step, compiled once per run with the state donated; the host reads metrics
+3. run the jit-compiled step, compiled once per run with the state donated. The host reads metrics
    back only every `log_interval` steps and at checkpoint steps, and evaluates and checkpoints at fixed
-   intervals; a non-finite loss stops the run with status `diverged` and the first bad step;
+   intervals. A non-finite loss stops the run with status `diverged` and the first bad step;
 4. evaluate at the end and write summary.json with the final validation loss, the run's L(N, D) point.
 """
 
@@ -49,12 +49,13 @@ FAULT_POINTS = ("step", "checkpoint", "eval", "nan")
 def fault_from_env() -> tuple[str, int] | None:
     """Return the fault a test asked for in SCALING_FAULT="<point>:<step>", or None when it is unset.
 
-    Test-only (tests/faults.py sets it; docs/reliability.md lists the points). At optimizer step `step`
-    (counted from 1): `step` kills the process by SIGKILL right after the step is dispatched, `checkpoint`
-    right after the checkpoint write of that step has started, `eval` after the first validation chunk of
-    that step is dispatched, and `nan` makes that step's parameters NaN, so its loss is NaN. `step` and
-    `eval` first let earlier checkpoint writes finish, so each point tests one thing. When unset, the loop
-    compares one tuple per step and nothing else.
+    Test-only: tests/faults.py sets it, and docs/reliability.md lists the points. Steps count from 1.
+    - `step` kills the process by SIGKILL right after optimizer step `step` is dispatched;
+    - `checkpoint` kills it right after the checkpoint write of that step has started;
+    - `eval` kills it after the first validation chunk of that step is dispatched;
+    - `nan` makes the parameters NaN before that step, so its loss is NaN.
+    `step` and `eval` first let earlier checkpoint writes finish, so each point tests one thing. When the
+    variable is unset, the loop compares one tuple per step and nothing else.
     """
     raw = os.environ.get(FAULT_ENV)
     if not raw:
@@ -266,7 +267,7 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     state = trainer.init_state(config.seed)
     checkpointer = Checkpointer(run_dir.checkpoint_dir, keep=config.keep_checkpoints)
     try:
-        restored = checkpointer.restore_latest(abstract_like(state))
+        restored = checkpointer.restore_latest(abstract_like(state), set_aside=True)
     except BaseException:  # a checkpoint of another model: leave the run as it was
         checkpointer.close()
         raise

@@ -136,7 +136,7 @@ def wandb_history(path: Path, wait_for_exit: float = 0.0) -> list[dict]:
     """Return the history rows of an offline W&B run file, in file order, each with its `_step`.
 
     Reads the file's record framing (W&B's LevelDB-style log) and decodes each record with W&B's own
-    protobuf; a record cut short at the end (the writer was killed) is ignored. W&B's service writes the
+    protobuf. A record cut short at the end (the writer was killed) is ignored. W&B's service writes the
     file after `finish()` returns; `wait_for_exit` seconds allows it to write the closing record.
     """
     deadline = time.monotonic() + wait_for_exit

@@ -1,8 +1,8 @@
 """Runs survive kill -9 at chosen points, NaN losses and a failing W&B.
 
-Each kill test trains in a child process that SIGKILLs itself at one point (tests/faults.py), resumes in
-this process, and compares with one uninterrupted run of the same config: on CPU the final loss and every
-metric row must be equal bit for bit, with no step duplicated or missing.
+Each kill test trains in a child process that SIGKILLs itself at one point (tests/faults.py). It resumes
+in this process and compares with one uninterrupted run of the same config. On CPU the final loss and
+every metric row must be equal bit for bit, with no step duplicated or missing.
 """
 
 from __future__ import annotations
@@ -85,13 +85,14 @@ def test_resume_after_kill_equals_uninterrupted(fault, rows_after_kill, checkpoi
     assert_equals_reference(run, summary, reference)
 
     # W&B, offline: both attempts wrote to the same run id. The killed one lost what W&B had not written
-    # yet (often everything); the resumed one sent the kept rows again, so it alone holds every step once,
-    # with the values of metrics.jsonl.
+    # yet (often everything). The resumed one sent the kept rows again, so it alone contains every step
+    # once, with the values of metrics.jsonl.
     attempts = wandb_offline_runs(run.path)
     assert len(attempts) == 2, attempts
     assert {path.name for path in attempts} == {f"run-faults-{run_id}.wandb"}
     killed_steps = [row["_step"] for row in wandb_history(attempts[0])]
-    assert killed_steps == sorted(set(killed_steps)) and set(killed_steps) <= set(rows_after_kill)
+    assert killed_steps == sorted(set(killed_steps))
+    assert set(killed_steps) <= set(rows_after_kill)
     history = wandb_history(attempts[1], wait_for_exit=30)
     assert [row["_step"] for row in history] == [row["step"] for row in reference[1]]
     assert [row["train_loss"] for row in history] == [row["train_loss"] for row in reference[1]]
@@ -131,10 +132,9 @@ def test_random_kills_equal_uninterrupted(small_corpus, tmp_path, reference):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_faults_checkpoint.py
-def test_damaged_latest_checkpoint_falls_back_and_is_saved_again(small_corpus, tmp_path, reference,
-                                                                 caplog):
-    """C12 through training: checkpoints 20 and 40 finished, 40 then truncated; resume uses 20, warns
-    naming 40, saves 40 again, and ends equal to the uninterrupted run."""
+def test_resume_past_damaged_checkpoint(small_corpus, tmp_path, reference, caplog):
+    """Checkpoints 20 and 40 finished, then 40 truncated. The resume uses 20 and warns naming 40. It saves
+    40 again and ends equal to the uninterrupted run."""
     from tests.faults import damage_checkpoint
 
     config = fault_config(small_corpus, "damaged", wandb_mode="disabled")
@@ -170,13 +170,14 @@ def test_nan_loss_stops_run_as_diverged(small_corpus, tmp_path, reference, monke
     assert rows[-1]["train_loss"] is None  # NaN has no JSON spelling
     assert compared(rows[:-1]) == compared(reference[1][:4])  # the steps before it are untouched
     assert finished_steps(run.checkpoint_dir) == [20]  # no checkpoint of a diverged state
-    assert "diverged" in caplog.text and "step 23" in caplog.text
+    assert "diverged" in caplog.text
+    assert "step 23" in caplog.text
 
     monkeypatch.delenv("SCALING_FAULT")
     assert train(config, tmp_path, progress=False) == summary  # a diverged run is final: not retrained
 
 
-def test_absurd_learning_rate_diverges_and_fits_exclude_it(small_corpus, tmp_path, reference, caplog):
+def test_huge_learning_rate_diverges(small_corpus, tmp_path, reference, caplog):
     from analysis.runs import load_runs
     from scaling.config import OptimizerConfig
 
@@ -211,7 +212,7 @@ class _BrokenLog:
 
 def test_wandb_log_failing_mid_run(small_corpus, tmp_path, reference, monkeypatch, caplog):
     """W&B's log raises from the 3rd row on. No W&B server can run here, so the failure is a stand-in
-    wrapped around a real offline run; training, the local store and the summary must not notice."""
+    wrapped around a real offline run. Training, the local store and the summary must not notice."""
     import wandb
 
     real_init = wandb.init
@@ -247,7 +248,8 @@ def test_wandb_init_failing(small_corpus, tmp_path, reference, monkeypatch, capl
 
     assert_equals_reference(RunDir.at(tmp_path, "faults", "no_wandb"), summary, reference)
     failures = [record.getMessage() for record in caplog.records if record.name == "scaling.tracking"]
-    assert len(failures) == 1 and "W&B init failed for run no_wandb" in failures[0], failures
+    assert len(failures) == 1, failures
+    assert "W&B init failed for run no_wandb" in failures[0]
 
 
 def test_fault_hook_rejects_a_bad_spec(monkeypatch):
@@ -260,3 +262,51 @@ def test_fault_hook_rejects_a_bad_spec(monkeypatch):
     monkeypatch.setenv("SCALING_FAULT", "disk:3")
     with pytest.raises(ValueError, match="SCALING_FAULT"):
         fault_from_env()
+
+
+class _RecordingRun:
+    """Stand-in for a resumed online W&B run (no W&B server can run in the tests), which already contains
+    the steps below `starting_step`."""
+
+    def __init__(self, starting_step: int):
+        self.starting_step = starting_step
+        self.logged: list[int] = []
+
+    def log(self, row, step):
+        self.logged.append(step)
+
+    def finish(self, exit_code=0):
+        pass
+
+
+def test_resumed_wandb_run_gets_each_step_once(monkeypatch, tmp_path):
+    import wandb
+
+    from scaling.tracking import Tracker
+
+    run = _RecordingRun(starting_step=25)
+    monkeypatch.setattr(wandb, "init", lambda *args, **kwargs: run)
+    tracker = Tracker(mode="online", project="p", run_id="r", sweep="s", run_dir=tmp_path, config={})
+    tracker.log_rows([{"step": step} for step in range(5, 21, 5)])  # kept rows, resent after a resume
+    for step in range(25, 61, 5):
+        tracker.log({"step": step}, step=step)
+    assert run.logged == list(range(25, 61, 5))
+
+
+def test_failed_summary_write_keeps_the_old_file(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.write_summary({"status": "running", "steps_done": 20})
+    with pytest.raises(TypeError):
+        run.write_summary({"status": "completed", "steps_done": object()})  # fails midway through writing
+    assert run.summary() == {"status": "running", "steps_done": 20}
+    assert sorted(path.name for path in run.path.iterdir()) == ["summary.json"]  # no temporary file left
+
+
+def test_torn_metrics_line_is_skipped_with_a_warning(tmp_path, caplog):
+    run = RunDir(tmp_path / "run")
+    run.append_metrics([{"step": 5, "train_loss": 3.0}, {"step": 10, "train_loss": 2.5}])
+    with open(run.metrics_path, "a") as handle:
+        handle.write('{"step": 15, "train_lo')
+    with caplog.at_level(logging.WARNING, logger="scaling.run_store"):
+        assert [row["step"] for row in run.metrics()] == [5, 10]
+    assert f"torn line 3 of {run.metrics_path}" in caplog.text

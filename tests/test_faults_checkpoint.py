@@ -1,4 +1,4 @@
-"""Checkpoints: half-written steps (C12) and restoring into the wrong model (C11)."""
+"""Checkpoints: damaged steps, restoring into the wrong model, and exact resume across processes."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def small_state(value: float) -> dict:
         count=jnp.asarray(int(value), jnp.int32), mu=params, nu=params)), "step": jnp.asarray(int(value))}
 
 
-# Reading truncated array files, Orbax leaves asyncio callbacks that fire after their loop closed; they
+# Reading truncated array files, Orbax leaves asyncio callbacks that fire after their loop closed. They
 # print "Event loop is closed" and change nothing.
 ORBAX_LOOP_NOISE = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -37,8 +37,8 @@ ORBAX_LOOP_NOISE = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableEx
 @ORBAX_LOOP_NOISE
 @pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_latest_checkpoint(how, tmp_path, caplog):
-    """C12: steps 100 and 200 finished, 200 then damaged. Restore uses 100 and warns naming 200; the next
-    save of 200 succeeds and is what the following restore returns."""
+    """Steps 100 and 200 finished, then 200 damaged. Restore uses 100 and warns naming 200. The next save
+    of 200 succeeds, and the following restore returns it."""
     checkpointer = Checkpointer(tmp_path / "checkpoints")
     checkpointer.save(100, small_state(1.0))
     checkpointer.save(200, small_state(2.0))
@@ -46,19 +46,24 @@ def test_damaged_latest_checkpoint(how, tmp_path, caplog):
     damage_checkpoint(tmp_path / "checkpoints" / "200", how)
 
     checkpointer = Checkpointer(tmp_path / "checkpoints")
+    step, _ = checkpointer.restore_latest(abstract_like(small_state(0.0)))  # a reader: moves nothing
+    assert step == 100
+    assert finished_steps(tmp_path / "checkpoints") == [100, 200]
     with caplog.at_level(logging.WARNING, logger="scaling.checkpoint"):
-        step, state = checkpointer.restore_latest(abstract_like(small_state(0.0)))
+        step, state = checkpointer.restore_latest(abstract_like(small_state(0.0)), set_aside=True)
     assert step == 100
     assert float(state["params"]["w"][0, 0]) == 1.0
     warnings = [record.getMessage() for record in caplog.records if record.name == "scaling.checkpoint"]
-    assert "checkpoint at step 200" in warnings[0] and "unreadable" in warnings[0]
+    assert "checkpoint at step 200" in warnings[0]
+    assert "unreadable" in warnings[0]
     assert finished_steps(tmp_path / "checkpoints") == [100]
     assert (tmp_path / "checkpoints" / "unreadable-200").is_dir()
 
     checkpointer.save(200, small_state(3.0))
     checkpointer.close()
     step, state = Checkpointer(tmp_path / "checkpoints").restore_latest(abstract_like(small_state(0.0)))
-    assert step == 200 and float(state["params"]["w"][0, 0]) == 3.0
+    assert step == 200
+    assert float(state["params"]["w"][0, 0]) == 3.0
 
 
 def test_no_readable_checkpoint_starts_over(tmp_path, caplog):
@@ -67,8 +72,11 @@ def test_no_readable_checkpoint_starts_over(tmp_path, caplog):
     checkpointer.close()
     damage_checkpoint(tmp_path / "checkpoints" / "100", "empty_folder")
     with caplog.at_level(logging.WARNING, logger="scaling.checkpoint"):
-        assert Checkpointer(tmp_path / "checkpoints").restore_latest(abstract_like(small_state(0.0))) is None
+        restored = Checkpointer(tmp_path / "checkpoints").restore_latest(abstract_like(small_state(0.0)),
+                                                                         set_aside=True)
+    assert restored is None
     assert "step 100" in caplog.text
+    assert finished_steps(tmp_path / "checkpoints") == []
 
 
 def tiny(**model) -> TrainConfig:
@@ -93,8 +101,8 @@ def two_layer_checkpoint(tmp_path_factory) -> Path:
     ({"n_layers": 1}, r"params/block_1/attention/key/kernel \(32, 2, 16\) is in the checkpoint but not in the model"),
 ], ids=["deeper", "wider", "shallower"])
 def test_restore_into_wrong_model_names_first_mismatch(model, message, two_layer_checkpoint):
-    """C11: a 2-layer state restored into another shape is a UserError naming the first differing
-    parameter and both shapes; the checkpoint is left where it was."""
+    """A 2-layer state restored into another shape raises a UserError naming the first differing
+    parameter and both shapes. The checkpoint stays where it was."""
     other = jax.eval_shape(lambda: Trainer(tiny(**model)).init_state(0))  # shapes only: nothing compiled
     with pytest.raises(UserError, match=message):
         Checkpointer(two_layer_checkpoint).restore_latest(other)
@@ -121,9 +129,9 @@ checkpointer.close()
 """
 
 
-def test_three_steps_saved_and_three_in_a_fresh_process_equal_six(small_corpus, tmp_path):
-    """C11: 6 uninterrupted steps equal 3 steps, a save, a restore in a fresh process and 3 more steps, bit
-    for bit; the restored optimizer state keeps its optax named tuples."""
+def test_split_restore_equals_six_steps(small_corpus, tmp_path):
+    """6 uninterrupted steps equal 3 steps, a save, a restore in a fresh process and 3 more steps, bit for
+    bit. The restored optimizer state keeps its optax named tuples."""
     config = tiny().replace(data=DataConfig(path=str(small_corpus), seq_len=32, batch_size=8))
     enable_compilation_cache(tmp_path)  # SCALING_JAX_CACHE names the session's cache
     train_tokens = PreparedCorpus.load(small_corpus).train
