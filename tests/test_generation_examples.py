@@ -22,7 +22,8 @@ def test_causal_mask_leak_example():
     masked, unmasked = output.split("without it")[0], output.split("without it")[1]
     assert "logits at position 0: # . . . . . . ." in masked
     assert "logits at position 0: # # # # # # # #" in unmasked
-    losses = [float(line.split(":")[1].split()[0]) for line in output.splitlines() if "causal mask:" in line]
+    losses = [float(line.split(":")[1].split()[0]) for line in output.splitlines()
+              if "causal mask:" in line and "nats/token" in line]
     assert losses[0] > 3.8  # ln(50) = 3.912: random tokens cannot be predicted honestly
     assert losses[1] < 1.0  # the unmasked model copies the visible next token
 
