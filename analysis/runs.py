@@ -180,7 +180,7 @@ def build_table(items: Iterable[tuple[str, RunRow | None, str]], source: str, al
     if len(fingerprints) > 1 and not allow_mixed:
         raise UserError(
             f"runs under {source} come from {len(fingerprints)} corpus/tokenizer fingerprints "
-            f"({', '.join(fingerprints)}); fit one corpus at a time, or allow mixing explicitly"
+            f"({', '.join(fingerprints)}); fit one corpus at a time, or pass --allow-mixed (allow_mixed=True) to fit them together"
         )
     rows.sort(key=lambda row: (row.sweep, row.flops_6nd, row.params_total, row.run_id))
     return RunTable(tuple(rows), excluded, source)

@@ -93,6 +93,8 @@ def _add_train_parser(commands) -> None:
     train.add_argument("config", help="TrainConfig as JSON or YAML (nested model/optimizer/data sections)")
     _add_runs_option(train)
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument("--max-epochs", type=float, metavar="E",
+                       help="refuse the run if its token budget exceeds E passes over the training split")
     train.set_defaults(handler=_train)
 
 
@@ -106,6 +108,8 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(f"config file {path} not found; pass a JSON or YAML TrainConfig")
     raw = _read_config_file(path)
     config = TrainConfig.from_dict(raw.get("config", raw))  # accepts a run's own config.json too
+    if args.max_epochs is not None:
+        config = config.replace(max_epochs=args.max_epochs)
     try:
         summary = train(config, args.runs, progress=not args.no_progress)
     except RunLocked as locked:

@@ -138,6 +138,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tokens: int = 1_000_000  # planned training tokens D; the run trains floor(D / tokens_per_step) steps
     seed: int = 0  # seeds the initialisation and the data order
+    max_epochs: float | None = None  # refuse a run whose D exceeds this many passes over the training split
     run_id: str = "run"  # directory name under the sweep, and the W&B run name
     sweep: str = "adhoc"  # sweep name: the folder under RUNS and the W&B group
     flop_budget: float | None = None  # IsoFLOP budget C (FLOPs) this run belongs to; None outside IsoFLOP sweeps
@@ -150,6 +151,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require_choice(self, "wandb_mode", WANDB_MODES)
+        if self.max_epochs is not None and not self.max_epochs > 0:
+            raise UserError(f"max_epochs={self.max_epochs} must be positive, or null to allow any number of epochs")
         _require_positive(self, "tokens", "eval_interval", "log_interval", "checkpoint_interval", "keep_checkpoints")
         if self.model.max_seq_len < self.data.seq_len:
             raise UserError(

@@ -254,6 +254,12 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     _check_corpus_size(config, corpus)
     _check_same_corpus(run_dir, corpus)
     epochs = epochs_for(config.tokens_trained, corpus)
+    if config.max_epochs is not None and epochs > config.max_epochs:
+        raise UserError(
+            f"run {config.run_id} plans {config.tokens_trained} tokens, {epochs:.2f} epochs over the corpus's "
+            f"{len(corpus.train)} training tokens, above max_epochs={config.max_epochs}; "
+            "lower the token budget, use a larger corpus, or raise max_epochs"
+        )
     if epochs > 1:
         log.warning(
             "run %s plans %d tokens, %.2f epochs over the %d training tokens of the corpus: it sees data again",

@@ -148,6 +148,14 @@ def test_token_budget_larger_than_corpus_warns_with_epochs(capsys, tmp_path, tex
     assert f"{epochs:.2f} epochs over the {meta['tokens']['train']} training tokens" in caplog.text
 
 
+def test_token_budget_above_max_epochs_is_refused(capsys, tmp_path, text_corpus):
+    meta = json.loads((text_corpus / "meta.json").read_text())
+    config = write_config(tmp_path / "c.json", **train_config(text_corpus, "epochs", tokens=3 * meta["tokens"]["train"]))
+    status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress", "--max-epochs", "1")
+    assert_user_error(status, stderr, "above max_epochs=1.0", "epochs over the corpus")
+    assert not (tmp_path / "runs" / "bad" / "epochs" / "config.json").exists()
+
+
 def test_resume_on_another_corpus_is_refused(capsys, tmp_path):
     """A killed run whose corpus folder was prepared again from other text must not resume on it."""
     from scaling.config import TrainConfig
