@@ -17,6 +17,7 @@ NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "gelu")
 POSITIONS = ("rope", "learned")
 ATTENTION_IMPLS = ("xla", "cudnn", "blockwise")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "linear")
 WANDB_MODES = ("online", "offline", "disabled", "auto")
 
@@ -48,7 +49,7 @@ class ModelConfig:
     tie_embeddings: bool = True  # share the token embedding with the output head
     attention_impl: str = "xla"  # "xla", "cudnn" (NVIDIA GPUs) or "blockwise" (memory-efficient, plain JAX)
     z_loss: float = 0.0  # weight of the log(Z)^2 auxiliary loss on the output logits; 0 disables it
-    compute_dtype: str = "float32"  # activations dtype; parameters are always float32
+    compute_dtype: str = "auto"  # activations: "auto" (bfloat16 on GPU/TPU, float32 on CPU), "float32", "bfloat16", "float16"; parameters stay float32
 
     def __post_init__(self) -> None:
         _require_positive(self, "vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len")
@@ -56,6 +57,7 @@ class ModelConfig:
         _require_choice(self, "mlp", MLPS)
         _require_choice(self, "positions", POSITIONS)
         _require_choice(self, "attention_impl", ATTENTION_IMPLS)
+        _require_choice(self, "compute_dtype", COMPUTE_DTYPES)
         if self.head_dim is None and self.d_model % self.n_heads:
             raise UserError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
