@@ -4,8 +4,8 @@
 completed, and runs the rest K at a time, each in a fresh `python -m sweeps.worker` process pinned to its
 own share of the cores (sweeps.resources). Processes are started, never forked, so no JAX state is copied.
 A run that stopped part-way resumes from its newest checkpoint (scaling.train does that). A run that fails
-is logged with its run id and the sweep goes on; the final table marks it, and `scaling sweep launch` exits
-with status 1. Longest runs start first, which shortens the sweep's wall time on a fixed number of workers.
+is logged with its run id and the sweep goes on. The final table marks it, and `scaling sweep launch` then
+exits with status 1. Longest runs start first, which shortens the sweep's wall time on a fixed number of workers.
 Each worker's output goes to RUNS/<sweep>/_logs/<run_id>.log.
 """
 
@@ -31,7 +31,7 @@ from scaling.errors import UserError
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_store import RunDir, read_json
 from sweeps.numbers import human_count
-from sweeps.plan import assumed_cost_model
+from sweeps.plan import WIDE_OUTPUT, assumed_cost_model
 from sweeps.resources import WorkerSlot, split_cores
 from sweeps.spec import PlannedRun, SweepSpec, expand
 from sweeps.worker import EXIT_LOCKED
@@ -171,7 +171,9 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
 
     ordered = [outcomes[run.run_id] for run in runs]
     if progress if show_table is None else show_table:
-        console.print(outcomes_table(spec, ordered))
+        # Piped output has no terminal width; rich would assume 80 columns and wrap the cells.
+        table_console = console if console.is_terminal else Console(width=WIDE_OUTPUT, file=console.file)
+        table_console.print(outcomes_table(spec, ordered))
     return ordered
 
 
@@ -341,7 +343,7 @@ def outcomes_table(spec: SweepSpec, outcomes: list[RunOutcome]) -> Table:
         summary = outcome.summary
         loss = summary.get("final_val_loss")
         wall = summary.get("wall_time_s") if outcome.status == "skipped" else outcome.wall_s
-        status = "completed (earlier)" if outcome.status == "skipped" else outcome.status
+        status = "done earlier" if outcome.status == "skipped" else outcome.status
         if outcome.status in ("failed", "diverged"):
             status = f"[bold red]{status}[/]"
         table.add_row(outcome.run.run_id, human_count(outcome.run.params_total), human_count(outcome.run.tokens),

@@ -1,12 +1,13 @@
 """The plan of a sweep: every run with its N, D, C and steps, and what the sweep will cost in time.
 
 Time per run on one worker comes from a cost model,
-    seconds = startup + compile + steps * t(F) + evaluations * chunks * t(F / 3),
+    seconds = startup + compile + tracking + steps * t(F) + evaluations * chunks * t(F / 3),
 where F is the exact training FLOPs of one optimizer step (scaling.accounting, Hoffmann et al. 2022 appendix
 F), t(F) = a + b F is the step time, and an evaluation chunk (one batch, forward only) costs a third of a
 training step's FLOPs. With the probe (the default), a, b, startup and compile come from timing the step of
 up to PROBE_SHAPES model shapes in a worker-like process (sweeps.probe): a and b by least squares over the
 measured shapes. Without it (`--no-probe`) they are assumed constants, named as such in the output.
+`tracking` is the cost of starting W&B in a run (offline or online); the probe does not measure it.
 The wall time of the sweep is the longest-first schedule of the runs' times over the workers.
 """
 
@@ -32,11 +33,13 @@ from sweeps.spec import PlannedRun, PreparedData, SweepSpec, expand, prepare_dat
 log = logging.getLogger(__name__)
 
 PROBE_SHAPES = 3  # model shapes timed by the probe: the cheapest, the dearest and one between (by FLOPs/step)
-# Assumed costs for `--no-probe`, of the order measured on a 2-core x86 VM with one core per worker.
-ASSUMED_FLOPS_PER_S = 3e10  # exact training FLOPs per second of one worker
-ASSUMED_STEP_OVERHEAD_S = 0.002  # fixed seconds per step (dispatch, small kernels)
-ASSUMED_COMPILE_S = 6.0
-ASSUMED_STARTUP_S = 4.0
+# Assumed costs for `--no-probe`: a least-squares fit of the CPU seconds of 22 runs of 8K to 357K parameters
+# (seq_len 64, batch 8) on a 2-core x86 VM with one core per worker, rounded to be a little pessimistic.
+ASSUMED_FLOPS_PER_S = 3.5e10  # exact training FLOPs per second of one worker (the fit gave 39 GFLOP/s)
+ASSUMED_STEP_OVERHEAD_S = 0.0005  # fixed seconds per step: dispatch and small kernels (the fit gave about 0)
+ASSUMED_COMPILE_S = 2.0  # a shape in the persistent compilation cache loads in about 1 s; a new one takes ~5 s
+ASSUMED_STARTUP_S = 2.0  # interpreter and imports of a worker (the fit gave 3.5 s for startup plus compile)
+TRACKING_S = 6.0  # W&B start and finish per run, offline mode: 5 to 7 CPU-seconds measured on the same VM
 WIDE_OUTPUT = 160  # columns of the plan table when stdout is not a terminal
 
 
@@ -46,6 +49,7 @@ class CostModel:
 
     startup_s: float  # starting a worker process: interpreter, imports, JAX, corpus, run store
     compile_s: float  # building and compiling the step of a new shape
+    tracking_s: float  # starting and finishing W&B in a run whose wandb_mode is not "disabled"
     step_overhead_s: float  # a: fixed seconds per optimizer step
     seconds_per_flop: float  # b: seconds per exact training FLOP
     method: str  # how the numbers were obtained, printed with the plan
@@ -58,7 +62,8 @@ class CostModel:
         flops_per_step = exact_flops_per_token(run) * config.data.tokens_per_step
         chunks = math.ceil(evaluation_windows(config) / config.data.batch_size)
         evaluations = evaluation_count(config)
-        return (self.startup_s + self.compile_s + config.total_steps * self.step_seconds(flops_per_step)
+        tracking = 0.0 if config.wandb_mode == "disabled" else self.tracking_s
+        return (self.startup_s + self.compile_s + tracking + config.total_steps * self.step_seconds(flops_per_step)
                 + evaluations * chunks * self.step_seconds(flops_per_step / 3))
 
 
@@ -81,11 +86,12 @@ def assumed_cost_model() -> CostModel:
     return CostModel(
         startup_s=ASSUMED_STARTUP_S,
         compile_s=ASSUMED_COMPILE_S,
+        tracking_s=TRACKING_S,
         step_overhead_s=ASSUMED_STEP_OVERHEAD_S,
         seconds_per_flop=1 / ASSUMED_FLOPS_PER_S,
         method=(f"assumed, not measured: {ASSUMED_FLOPS_PER_S / 1e9:.0f} GFLOP/s per worker (exact FLOPs), "
-                f"{ASSUMED_STEP_OVERHEAD_S * 1e3:.0f} ms per step, {ASSUMED_COMPILE_S:.0f} s compile, "
-                f"{ASSUMED_STARTUP_S:.0f} s worker start"),
+                f"{ASSUMED_STEP_OVERHEAD_S * 1e3:.1f} ms per step, {ASSUMED_COMPILE_S:.0f} s compile, "
+                f"{ASSUMED_STARTUP_S:.0f} s worker start, {TRACKING_S:.0f} s W&B per run unless disabled"),
     )
 
 
@@ -100,7 +106,7 @@ def probe_cost_model(runs: list[PlannedRun], runs_root: Path, workers: int) -> C
     picks = sorted({0, len(ordered) // 2, len(ordered) - 1})[:PROBE_SHAPES]
     chosen = [ordered[i] for i in picks]
     slot = split_cores(workers)[0]
-    log.info("probing step time of %d of %d shapes on %d core(s)", len(chosen), len(ordered), slot.threads)
+    log.info("probing step time of %d of %d shapes on %s", len(chosen), len(ordered), _cores(slot.threads))
     report = measure([run.config for run in chosen], slot, runs_root)
 
     points = [(exact_flops_per_token(run) * run.config.data.tokens_per_step, result.step_s)
@@ -113,12 +119,18 @@ def probe_cost_model(runs: list[PlannedRun], runs_root: Path, workers: int) -> C
     return CostModel(
         startup_s=report.startup_s,
         compile_s=compile_s,
+        tracking_s=TRACKING_S,
         step_overhead_s=overhead,
         seconds_per_flop=per_flop,
-        method=(f"measured on {report.threads} core(s) per worker for {len(chosen)} of {len(ordered)} shapes "
+        method=(f"measured on {_cores(report.threads)} per worker for {len(chosen)} of {len(ordered)} shapes "
                 f"({measured}); fitted t = {overhead * 1e3:.2f} ms + FLOPs / {1e-9 / per_flop:.1f} GFLOP/s; "
-                f"compile {compile_s:.1f} s, worker start {report.startup_s:.1f} s"),
+                f"compile {compile_s:.1f} s, worker start {report.startup_s:.1f} s; "
+                f"assumed {TRACKING_S:.0f} s W&B per run unless disabled"),
     )
+
+
+def _cores(count: int) -> str:
+    return f"{count} core" if count == 1 else f"{count} cores"
 
 
 def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:

@@ -160,7 +160,7 @@ class PlannedRun:
 def load_spec(path_or_name: str | Path) -> SweepSpec:
     """Read a spec from a YAML file, or a packaged one by bare name ("demo" -> sweeps/specs/demo.yaml)."""
     path = Path(path_or_name).expanduser()
-    if not path.exists():
+    if not path.is_file():
         packaged = SPECS_DIR / f"{path_or_name}.yaml"
         if str(path_or_name) and "/" not in str(path_or_name) and packaged.exists():
             path = packaged

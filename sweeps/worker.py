@@ -2,10 +2,10 @@
 
 The launcher starts one fresh process per run. JAX is first imported here, after the process has pinned
 itself to its cores (sweeps.resources) and with XLA_FLAGS already in its environment. A crash or a kill
-takes down one run only. Input is one JSON object: {"config": TrainConfig as a dict,
-"runs_root": path}. The run's outcome lives in its run directory (summary.json); the exit status repeats it:
-0 completed, 3 diverged, 2 a user error (bad config or corpus), 4 the run is being trained by another live
-process (its lock is held), 1 any other failure.
+takes down one run only. Input is one JSON object: {"config": TrainConfig as a dict, "runs_root": path}.
+The run's outcome is in its run directory (summary.json), and the exit status repeats it: 0 completed,
+3 diverged, 2 a user error (bad config or corpus), 4 the run is being trained by another live process (its
+lock is held), 130 interrupted (SIGINT), 1 any other failure.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_LOCKED = 4
+EXIT_INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
 
 log = logging.getLogger("sweeps.worker")
 
@@ -48,6 +49,9 @@ def main() -> int:
     except RunLocked as error:
         log.error("run %s not started: %s", config.run_id, error)
         return EXIT_LOCKED
+    except KeyboardInterrupt:
+        log.warning("run %s interrupted; a later launch resumes it from its newest checkpoint", config.run_id)
+        return EXIT_INTERRUPTED
     except Exception:
         log.exception("run %s failed", config.run_id)
         return EXIT_FAILED
