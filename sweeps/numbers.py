@@ -50,6 +50,7 @@ def format_count(value: float, digits: int = RUN_ID_DIGITS) -> str:
 def human_count(value: float) -> str:
     """Return `value` with a decimal suffix for tables: 1234567 -> "1.23M", 980 -> "980"."""
     for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= scale:
+        # Values that round up to the next unit at three digits (999,936 -> "1M", not "1e+03K") take that unit.
+        if abs(value) >= scale * (1 - 5e-4):
             return f"{value / scale:.3g}{suffix}"
     return f"{value:.3g}"

@@ -23,7 +23,7 @@ from scaling.errors import UserError
 from scaling.run_store import RunDir
 from sweeps import cli
 from sweeps.launcher import LOGS_FOLDER, run_sweep, start_worker
-from sweeps.numbers import format_count, parse_count
+from sweeps.numbers import format_count, human_count, parse_count
 from sweeps.plan import evaluation_count, make_plan
 from sweeps.resources import CORES_ENV, SINGLE_THREAD_XLA_FLAGS, split_cores
 from sweeps.spec import (
@@ -82,6 +82,10 @@ def test_parse_count_accepts_the_usual_spellings(text, value):
 def test_parse_count_rejects_non_positive_and_malformed(text):
     with pytest.raises(UserError, match="x="):
         parse_count(text, "x")
+
+
+def test_human_count_rounds_into_the_next_unit():
+    assert [human_count(v) for v in (999_936, 999_400, 1_234_567, 980, 21_600)] == ["1M", "999K", "1.23M", "980", "21.6K"]
 
 
 def test_parse_count_negative_is_not_positive():
