@@ -6,6 +6,9 @@ environment. The launcher only chooses the split and passes it through the envir
 pool is switched off too, so a worker never runs more threads than it has cores.
 
 This module imports no JAX: the launcher process never starts a JAX backend of its own.
+
+NOTE: the split covers CPU cores only. On a machine with one GPU use one worker: by default each worker's
+JAX reserves most of the GPU's memory when it starts, so a second worker on the same GPU would fail.
 """
 
 from __future__ import annotations
