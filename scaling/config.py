@@ -156,6 +156,11 @@ class TrainConfig:
         if self.max_epochs is not None and not self.max_epochs > 0:
             raise UserError(f"max_epochs={self.max_epochs} must be positive, or null to allow any number of epochs")
         _require_positive(self, "tokens", "eval_interval", "log_interval", "checkpoint_interval", "keep_checkpoints")
+        if self.eval_interval % self.log_interval:
+            raise UserError(
+                f"eval_interval={self.eval_interval} is not a multiple of log_interval={self.log_interval}; "
+                "evaluations happen on logging steps, so choose a multiple"
+            )
         if self.model.max_seq_len < self.data.seq_len:
             raise UserError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; "

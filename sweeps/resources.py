@@ -40,6 +40,9 @@ class WorkerSlot:
     def environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """Return the environment of a worker process on this slot: `base` plus cores and thread limits."""
         env = dict(os.environ if base is None else base)
+        # A worker inherits no W&B service from its parent: a killed worker would leave its run id marked
+        # in use there, and the relaunched run would then train without W&B.
+        env.pop("WANDB_SERVICE", None)
         env[CORES_ENV] = ",".join(str(core) for core in self.cores)
         for name in THREAD_COUNT_VARIABLES:
             env[name] = str(self.threads)

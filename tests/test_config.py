@@ -35,3 +35,8 @@ def test_error_messages_are_one_line():
     with pytest.raises(UserError) as info:
         ModelConfig(d_model=100, n_heads=3)
     assert "\n" not in str(info.value)
+
+
+def test_eval_interval_must_be_multiple_of_log_interval():
+    with pytest.raises(UserError, match="eval_interval=25 is not a multiple of log_interval=10"):
+        TrainConfig(eval_interval=25, log_interval=10)
