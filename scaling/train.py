@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from models.transformer import Transformer, next_token_loss
 from scaling.accounting import parameter_counts, training_flops_per_token
@@ -38,6 +38,8 @@ from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_lock import RunLock
 from scaling.run_store import RunDir
 from scaling.schedule import schedule_values, scheduled_lr
+from scaling.sharding import (DATA_AXIS, MeshPlan, check_batch_divides, initialize_distributed, is_primary,
+                              make_mesh, put_batch, resolve_plan, state_shardings)
 from scaling.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -151,31 +153,42 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 class Trainer:
-    """The compiled pieces of one run: model, optimizer, mesh, and the step and eval functions."""
+    """The compiled pieces of one run: model, optimizer, mesh, and the step and eval functions.
 
-    def __init__(self, config: TrainConfig, devices: list | None = None):
+    `mesh` chooses the layout over devices (scaling.sharding): a MeshPlan, a string such as "data=4" or
+    "fsdp=4", or None for $SCALING_MESH, else data parallelism over all of `devices` (default: every device).
+    """
+
+    def __init__(self, config: TrainConfig, devices: list | None = None, mesh: MeshPlan | str | None = None):
         self.config = config
         self.model = Transformer(config.model)
         self.optimizer = make_optimizer(config)
-        self.mesh = Mesh(np.array(devices or jax.devices()), ("data",))
+        self.plan = resolve_plan(mesh)
+        self.mesh = make_mesh(self.plan, devices)
+        check_batch_divides(config.data.batch_size, self.mesh)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         self.schedule_kind = config.optimizer.schedule
+        self.fsdp = self.plan.fsdp and self.mesh.size > 1
+        # Without FSDP one replicated sharding covers the whole state, the program every run had before meshes.
+        self.state_sharding = (state_shardings(self._abstract_state(), self.mesh, self.fsdp) if self.fsdp
+                               else self.replicated)
+        self.params_sharding = self.state_sharding["params"] if self.fsdp else self.replicated
 
         self.step_fn = jax.jit(
             self._train_step,
-            in_shardings=(self.replicated, self.batch_sharding, self.replicated),
-            out_shardings=(self.replicated, self.replicated),
+            in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
+            out_shardings=(self.state_sharding, self.replicated),
             donate_argnums=(0,),
         )
         self.eval_fn = jax.jit(
             self._eval_nats,
-            in_shardings=(self.replicated, self.batch_sharding, self.batch_sharding),
+            in_shardings=(self.params_sharding, self.batch_sharding, self.batch_sharding),
             out_shardings=self.replicated,
         )
 
-    def init_state(self, seed: int) -> dict[str, Any]:
-        """Return the initial state: parameters, optimizer state, step 0 and the RNG key data."""
+    def _init_fn(self, seed: int):
+        """Return (the function that builds the state from its key, that key)."""
         init_key, state_key = jax.random.split(jax.random.key(seed))
         dummy_BxL = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
 
@@ -188,17 +201,34 @@ class Trainer:
                 "rng": jax.random.key_data(state_key),
             }
 
-        return jax.jit(init, out_shardings=self.replicated)(init_key)
+        return init, init_key
+
+    def _abstract_state(self) -> dict[str, Any]:
+        init, init_key = self._init_fn(0)
+        return jax.eval_shape(init, init_key)
+
+    def init_state(self, seed: int) -> dict[str, Any]:
+        """Return the initial state: parameters, optimizer state, step 0 and the RNG key data."""
+        init, init_key = self._init_fn(seed)
+        return jax.jit(init, out_shardings=self.state_sharding)(init_key)
+
+    def put_batch(self, batch_BxL1: np.ndarray):
+        """Return a host batch ready for `step_fn` and `eval_fn` (in several processes, a global array)."""
+        return put_batch(batch_BxL1, self.batch_sharding)
 
     def _train_step(self, state, batch_BxL1, schedule):
         inputs_BxL, targets_BxL = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
 
         def objective(params):
+            if self.fsdp:  # gather the whole parameters for the pass; each device stores only its slice
+                params = jax.lax.with_sharding_constraint(params, self.replicated)
             logits_BxLxV = self.model.apply({"params": params}, inputs_BxL)
             loss, total = next_token_loss(logits_BxLxV, targets_BxL, z_loss=self.config.model.z_loss)
             return total, loss
 
         (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+        if self.fsdp:  # each device keeps the gradient slice of the parameters it stores
+            grads = jax.lax.with_sharding_constraint(grads, self.params_sharding)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
         lr = scheduled_lr(state["step"], schedule, self.schedule_kind)
@@ -208,6 +238,8 @@ class Trainer:
 
     def _eval_nats(self, params, windows_BxL1, weights_B):
         """Return the summed nats of predicting every token of the weighted windows."""
+        if self.fsdp:
+            params = jax.lax.with_sharding_constraint(params, self.replicated)
         logits_BxLxV = self.model.apply({"params": params}, windows_BxL1[:, :-1])
         targets_BxL = windows_BxL1[:, 1:]
         log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
@@ -227,7 +259,7 @@ class Trainer:
             if len(chunk) < batch:  # pad to the compiled shape; padding rows carry zero weight
                 weights[len(chunk) :] = 0.0
                 chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), chunk.shape[1]), chunk.dtype)])
-            total = total + self.eval_fn(params, chunk, weights)
+            total = total + self.eval_fn(params, self.put_batch(chunk), self.put_batch(weights))
             if after_first_chunk is not None and start == 0:
                 after_first_chunk()
         return float(total)
@@ -235,11 +267,33 @@ class Trainer:
 
 def train(config: TrainConfig, runs_root: str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
     """Train (or resume, or skip if completed) the run `config` describes; return its summary."""
+    initialize_distributed()  # several processes (SLURM, Open MPI, JAX_* variables): before any JAX backend starts
     root = resolve_runs_root(runs_root)
     run_dir = RunDir.at(root, config.sweep, config.run_id)
     _check_same_config(run_dir, config)
+    if not is_primary():
+        # Process 0 holds the lock and writes the run's files; the others compute and write only their
+        # share of each checkpoint (Orbax coordinates that).
+        return _train_locked(config.replace(wandb_mode="disabled"), root, _SecondaryRunDir(run_dir.path),
+                             progress=False)
     with RunLock(run_dir.path):  # raises RunLocked while another live process trains this run
         return _train_locked(config, root, run_dir, progress)
+
+
+class _SecondaryRunDir(RunDir):
+    """The run folder as processes other than 0 use it: they read its files and write none of them."""
+
+    def write_config(self, record: dict[str, Any]) -> None:
+        pass
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def append_metrics(self, rows: list[dict[str, Any]]) -> None:
+        pass
+
+    def truncate_metrics_after(self, step: int) -> int:
+        return 0
 
 
 def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bool) -> dict[str, Any]:
@@ -302,8 +356,8 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     summary = _base_summary(record, status="running")
     run_dir.write_summary(summary)
     try:
-        summary = _loop(config, trainer, state, start_step, corpus, run_dir, checkpointer, tracker, progress,
-                        wall_before, started)
+        summary = _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpointer, tracker,
+                        progress, wall_before, started)
     except BaseException as error:
         if not isinstance(error, KeyboardInterrupt):
             summary = {**summary, "status": "failed", "error": f"{type(error).__name__}: {error}",
@@ -318,8 +372,8 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     return summary
 
 
-def _loop(config, trainer, state, start_step, corpus, run_dir, checkpointer, tracker, progress, wall_before,
-          started) -> dict[str, Any]:
+def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpointer, tracker, progress,
+          wall_before, started) -> dict[str, Any]:
     total_steps = config.total_steps
     tokens_per_step = config.data.tokens_per_step
     schedule = {key: jnp.asarray(value, jnp.float32)
@@ -335,7 +389,6 @@ def _loop(config, trainer, state, start_step, corpus, run_dir, checkpointer, tra
         nats = trainer.evaluate(params, windows, after_first_chunk=interrupt)
         return {"val_loss": nats / val_tokens, "val_bpb": nats / (math.log(2) * val_bytes)}
 
-    record = run_dir.config()
     summary = _base_summary(record, status="running")
     pending: list[dict[str, jax.Array]] = []
     interval_start = time.time()
@@ -348,7 +401,7 @@ def _loop(config, trainer, state, start_step, corpus, run_dir, checkpointer, tra
             state = {**state, "params": jax.tree.map(lambda p: p * jnp.nan, state["params"])}
         batch = batch_at(corpus.train, step, batch_size=config.data.batch_size, seq_len=config.data.seq_len,
                          seed=config.seed)
-        state, metrics = trainer.step_fn(state, batch, schedule)
+        state, metrics = trainer.step_fn(state, trainer.put_batch(batch), schedule)
         pending.append(metrics)
         if fault == ("step", done):
             _kill_self(checkpointer)

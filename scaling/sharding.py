@@ -1,0 +1,191 @@
+"""How training spreads over devices: data parallelism or FSDP on a one-axis `jax.sharding` mesh.
+
+The mesh has one axis, `data`, of n devices. Each optimizer step's batch is split along it, so every
+device runs batch_size / n sequences, and the gradients are summed across devices inside the compiled step.
+- `data=n` (data parallelism): every device stores all parameters and optimizer moments.
+- `fsdp=n` (fully sharded data parallelism, ZeRO stage 3 of Rajbhandari et al. 2020, arXiv:1910.02054):
+  each parameter and its Adam moments are split along one of their dimensions, so every device stores 1/n
+  of them. The step gathers the whole parameters for the forward and backward pass, and constrains the
+  gradients back to the parameters' layout (XLA turns the sum plus slice into a reduce-scatter where it can).
+One device is a mesh of one, the same program as before meshes existed.
+
+The layout is chosen, in order, by the `mesh` argument of `scaling.train.Trainer`, by the environment
+variable SCALING_MESH (`data=4`, `fsdp=4`, `fsdp` for all devices), or else data parallelism over all
+devices. The layout changes only how the work is spread: the same config trains the same model, with
+losses equal up to float32 summation order.
+
+Several hosts: `initialize_distributed()` calls `jax.distributed.initialize` when the environment names a
+cluster of more than one process (see its docstring for the variables). Each process then sees every
+host's devices in `jax.devices()`, builds the same batch from (seed, step), and hands the devices it owns
+their slices of it (`put_batch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from scaling.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MESH_ENV = "SCALING_MESH"
+DATA_AXIS = "data"
+LAYOUTS = ("data", "fsdp")
+_MESH_TEXT = re.compile(r"^(data|fsdp)(?:=(\d+|all))?$")
+
+
+@dataclass(frozen=True)
+class MeshPlan:
+    """A training layout: how many devices the data axis spans and whether parameters are sharded."""
+
+    devices: int | None = None  # devices on the data axis; None means every device in jax.devices()
+    fsdp: bool = False  # True shards parameters and optimizer moments over the data axis
+
+    def __str__(self) -> str:
+        return f"{'fsdp' if self.fsdp else 'data'}={self.devices if self.devices is not None else 'all'}"
+
+
+def parse_mesh(text: str) -> MeshPlan:
+    """Parse `data=4`, `fsdp=4`, `data`, `fsdp` or `fsdp=all` into a MeshPlan; raise UserError otherwise."""
+    match = _MESH_TEXT.match(text.strip().replace(" ", ""))
+    if not match:
+        raise UserError(f"mesh {text!r} is not data=N or fsdp=N (N a device count or 'all'); try data=4 or fsdp=4")
+    layout, count = match.groups()
+    devices = None if count in (None, "all") else int(count)
+    if devices is not None and devices < 1:
+        raise UserError(f"mesh {text!r} asks for {devices} devices; use at least 1")
+    return MeshPlan(devices=devices, fsdp=layout == "fsdp")
+
+
+def resolve_plan(mesh: MeshPlan | str | None) -> MeshPlan:
+    """Return the layout from the argument, else from $SCALING_MESH, else data parallelism on all devices."""
+    if isinstance(mesh, MeshPlan):
+        return mesh
+    if mesh:
+        return parse_mesh(mesh)
+    from_env = os.environ.get(MESH_ENV, "").strip()
+    return parse_mesh(from_env) if from_env else MeshPlan()
+
+
+def make_mesh(plan: MeshPlan, devices: list | None = None) -> Mesh:
+    """Return the one-axis mesh of `plan` over the first `plan.devices` of `devices` (default: all)."""
+    available = list(devices) if devices is not None else jax.devices()
+    count = plan.devices if plan.devices is not None else len(available)
+    if count > len(available):
+        raise UserError(f"mesh {plan} asks for {count} devices, but JAX sees {len(available)} "
+                        f"({available[0].platform}); use {DATA_AXIS}={len(available)} or fewer")
+    return Mesh(np.array(available[:count]), (DATA_AXIS,))
+
+
+def check_batch_divides(batch_size: int, mesh: Mesh) -> None:
+    """Raise UserError unless the batch splits evenly over the data axis."""
+    size = mesh.shape[DATA_AXIS]
+    if batch_size % size:
+        raise UserError(f"data.batch_size={batch_size} does not split over {size} devices; "
+                        f"use a batch size that is a multiple of {size}, or fewer devices")
+
+
+def fsdp_spec(shape: tuple[int, ...], size: int) -> PartitionSpec:
+    """Return the PartitionSpec that splits an array of `shape` over `size` devices along its largest
+    dimension divisible by `size`. Arrays with no such dimension (scalars, odd widths) stay replicated."""
+    candidates = [axis for axis, extent in enumerate(shape) if extent % size == 0 and extent >= size]
+    if size == 1 or not candidates:
+        return PartitionSpec()
+    axis = max(candidates, key=lambda a: (shape[a], -a))  # largest first, the earlier axis on ties
+    return PartitionSpec(*([None] * axis), DATA_AXIS)
+
+
+def state_shardings(abstract_state: dict[str, Any], mesh: Mesh, fsdp: bool) -> Any:
+    """Return the sharding tree of the training state: parameters and optimizer state split per
+    `fsdp_spec` under FSDP, everything else (the step, the RNG key data) replicated.
+
+    Without FSDP this is one replicated NamedSharding, which jit reads as a prefix for the whole state.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+    if not fsdp:
+        return replicated
+    size = mesh.shape[DATA_AXIS]
+
+    def shard(leaf):
+        return NamedSharding(mesh, fsdp_spec(tuple(leaf.shape), size))
+
+    return {
+        key: jax.tree.map(shard, value) if key in ("params", "opt_state") else jax.tree.map(lambda _: replicated, value)
+        for key, value in abstract_state.items()
+    }
+
+
+def put_batch(batch: np.ndarray, sharding: NamedSharding) -> np.ndarray | jax.Array:
+    """Return `batch` ready for a jitted function whose input has `sharding`.
+
+    In one process the NumPy array itself goes in (jit copies it to the devices, the path every run took
+    before meshes). With several processes each one builds the same global batch and gives its own devices
+    their slices of it.
+    """
+    if jax.process_count() == 1:
+        return batch
+    return jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
+
+
+CLUSTER_VARIABLES = {
+    "explicit": ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"),
+    "slurm": ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"),
+    "openmpi": ("OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+}
+
+
+def cluster_from_env(env: dict[str, str] | None = None) -> str | None:
+    """Return which multi-process cluster the environment describes ("explicit", "slurm", "openmpi"), or None.
+
+    - explicit: JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID;
+    - slurm: a job step started by `srun` with SLURM_NTASKS > 1 (SLURM_JOB_ID, SLURM_STEP_NODELIST,
+      SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID);
+    - openmpi: `mpirun` with OMPI_COMM_WORLD_SIZE > 1 (OMPI_MCA_orte_hnp_uri, OMPI_COMM_WORLD_SIZE,
+      OMPI_COMM_WORLD_RANK).
+    A single-task SLURM job or MPI world is one process and needs no initialisation.
+    """
+    env = os.environ if env is None else env
+    size_variable = {"explicit": "JAX_NUM_PROCESSES", "slurm": "SLURM_NTASKS", "openmpi": "OMPI_COMM_WORLD_SIZE"}
+    for name, variables in CLUSTER_VARIABLES.items():
+        if all(env.get(variable) for variable in variables):
+            size = env[size_variable[name]]
+            if not size.isdigit():
+                raise UserError(f"{size_variable[name]}={size!r} is not a process count")
+            if int(size) > 1:
+                return name
+    return None
+
+
+def initialize_distributed(env: dict[str, str] | None = None) -> bool:
+    """Call `jax.distributed.initialize` once when the environment names a cluster of several processes.
+
+    Call it before anything starts a JAX backend. Returns True when this process is part of a
+    multi-process job (now or from an earlier call).
+    """
+    if jax.distributed.is_initialized():
+        return True
+    cluster = cluster_from_env(env)
+    if cluster is None:
+        return False
+    env = os.environ if env is None else env
+    if cluster == "explicit":
+        jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                                   num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))
+    else:
+        jax.distributed.initialize()  # JAX reads the SLURM or Open MPI variables itself
+    log.info("JAX distributed (%s): process %d of %d, %d devices in all", cluster, jax.process_index(),
+             jax.process_count(), jax.device_count())
+    return True
+
+
+def is_primary() -> bool:
+    """True in the process that writes the run's files: process 0, or the only process."""
+    return jax.process_index() == 0

@@ -1,0 +1,263 @@
+"""Sharded training: data parallelism and FSDP on a mesh of 4 CPU devices equal training on one device.
+
+XLA_FLAGS=--xla_force_host_platform_device_count=4 must be set before JAX starts, so the multi-device
+checks run in a child process (`CHILD`) that prints one JSON object, and the assertions run here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+from scaling.errors import UserError
+from scaling.sharding import MeshPlan, cluster_from_env, fsdp_spec, parse_mesh
+
+PROJECT = Path(__file__).resolve().parents[1]
+STEPS = 12
+
+CHILD = r"""
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from scaling.checkpoint import Checkpointer, abstract_like
+from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
+from scaling.data import batch_at
+from scaling.schedule import schedule_values
+from scaling.train import Trainer
+
+steps, folder = int(sys.argv[1]), sys.argv[2]
+config = TrainConfig(
+    model=ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=2, max_seq_len=32),
+    optimizer=OptimizerConfig(peak_lr=3e-3, warmup_steps=3),
+    data=DataConfig(path="unused", seq_len=32, batch_size=8, eval_tokens=2048),
+    tokens=steps * 32 * 8, wandb_mode="disabled",
+)
+tokens = np.random.default_rng(0).integers(0, 256, size=50_000).astype(np.uint16)
+schedule = {k: jnp.asarray(v, jnp.float32) for k, v in schedule_values(config.optimizer, steps).items()}
+windows = np.stack([tokens[i * 33:(i + 1) * 33] for i in range(12)]).astype(np.int32)  # 1.5 batches
+
+out = {"devices": jax.device_count()}
+for name, devices, mesh in [("one", jax.devices()[:1], None), ("data", None, "data=4"), ("fsdp", None, "fsdp=4")]:
+    trainer = Trainer(config, devices=devices, mesh=mesh)
+    state = trainer.init_state(0)
+    initial = float(jnp.sum(state["params"]["block_0"]["mlp"]["up"]["kernel"]))
+    losses = []
+    for step in range(steps):
+        batch = batch_at(tokens, step, batch_size=8, seq_len=32, seed=0)
+        state, metrics = trainer.step_fn(state, batch, schedule)
+        losses.append(float(metrics["train_loss"]))
+    leaves = {
+        "params/block_0/mlp/up/kernel": state["params"]["block_0"]["mlp"]["up"]["kernel"],
+        "params/embed/embedding": state["params"]["embed"]["embedding"],
+        "params/final_norm/scale": state["params"]["final_norm"]["scale"],
+        "opt_state/mu/block_0/attention/query/kernel": state["opt_state"][1].mu["block_0"]["attention"]["query"]["kernel"],
+        "opt_state/nu/embed/embedding": state["opt_state"][1].nu["embed"]["embedding"],
+        "step": state["step"],
+    }
+    result = {
+        "losses": losses,
+        "initial_sum": initial,
+        "eval_nats": trainer.evaluate(state["params"], windows),
+        "mesh_devices": trainer.mesh.size,
+        "leaves": {path: {"spec": [None if a is None else str(a) for a in leaf.sharding.spec],
+                          "shape": list(leaf.shape),
+                          "shard_shapes": [list(s.data.shape) for s in leaf.addressable_shards],
+                          "shard_devices": sorted(s.device.id for s in leaf.addressable_shards)}
+                   for path, leaf in leaves.items()},
+    }
+    if name == "fsdp":  # a sharded state saves and restores into the same layout
+        checkpointer = Checkpointer(f"{folder}/checkpoints")
+        checkpointer.save(steps, state)
+        checkpointer.wait()
+        restored_step, restored = checkpointer.restore_latest(abstract_like(state))
+        checkpointer.close()
+        kernel = restored["params"]["block_0"]["mlp"]["up"]["kernel"]
+        result["restored"] = {
+            "step": restored_step,
+            "spec": [None if a is None else str(a) for a in kernel.sharding.spec],
+            "equal": bool(jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), restored, state))),
+        }
+    out[name] = result
+try:
+    Trainer(config.replace(data=DataConfig(path="unused", seq_len=32, batch_size=6)), mesh="fsdp=4")
+except Exception as error:
+    out["indivisible"] = f"{type(error).__name__}: {error}"
+print("RESULT " + json.dumps(out))
+"""
+
+
+def run_child(tmp_path: Path, steps: int = STEPS) -> dict:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env.pop("SCALING_MESH", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", CHILD, str(steps), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=PROJECT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory) -> dict:
+    return run_child(tmp_path_factory.mktemp("sharding"))
+
+
+def test_same_losses_on_one_and_four_devices(four_devices):
+    assert four_devices["devices"] == 4
+    one = four_devices["one"]
+    assert one["mesh_devices"] == 1
+    assert len(one["losses"]) == STEPS
+    assert one["losses"][-1] < one["losses"][0]  # it trained
+    for layout in ("data", "fsdp"):
+        run = four_devices[layout]
+        assert run["mesh_devices"] == 4
+        assert run["initial_sum"] == pytest.approx(one["initial_sum"], abs=1e-6)  # the same initial parameters
+        np.testing.assert_allclose(run["losses"], one["losses"], rtol=0, atol=1e-5)
+        assert run["eval_nats"] == pytest.approx(one["eval_nats"], rel=1e-5)
+
+
+def test_data_parallel_replicates_the_state(four_devices):
+    for path, leaf in four_devices["data"]["leaves"].items():
+        assert all(axis is None for axis in leaf["spec"]), path
+        assert leaf["shard_devices"] == [0, 1, 2, 3]
+        assert all(shape == leaf["shape"] for shape in leaf["shard_shapes"]), path
+
+
+def test_fsdp_shards_parameters_and_moments(four_devices):
+    leaves = four_devices["fsdp"]["leaves"]
+    expected = {  # (spec, shape of each device's shard); the largest dimension divisible by 4 is split
+        "params/block_0/mlp/up/kernel": ([None, "data"], [32, 24]),  # [32, 96]
+        "params/embed/embedding": (["data"], [64, 32]),  # [256, 32]
+        "params/final_norm/scale": (["data"], [8]),  # [32]
+        "opt_state/mu/block_0/attention/query/kernel": (["data"], [8, 2, 16]),  # [32, 2, 16]
+        "opt_state/nu/embed/embedding": (["data"], [64, 32]),
+        "step": ([], []),  # scalars stay replicated
+    }
+    for path, (spec, shard_shape) in expected.items():
+        leaf = leaves[path]
+        assert leaf["spec"] == spec, path
+        assert leaf["shard_devices"] == [0, 1, 2, 3], path
+        assert leaf["shard_shapes"] == [shard_shape] * 4, path
+    restored = four_devices["fsdp"]["restored"]
+    assert restored == {"step": STEPS, "spec": [None, "data"], "equal": True}
+
+
+def test_parse_mesh():
+    assert parse_mesh("data=4") == MeshPlan(devices=4, fsdp=False)
+    assert parse_mesh("fsdp=2") == MeshPlan(devices=2, fsdp=True)
+    assert parse_mesh("fsdp") == MeshPlan(devices=None, fsdp=True)
+    assert parse_mesh(" data = all ") == MeshPlan(devices=None, fsdp=False)
+    for bad in ("model=4", "data=0", "data=-1", "fsdp=x", ""):
+        with pytest.raises(UserError, match="data=N or fsdp=N|at least 1"):
+            parse_mesh(bad)
+
+
+def test_fsdp_spec_picks_largest_divisible_dimension():
+    assert fsdp_spec((32, 96), 4) == PartitionSpec(None, "data")
+    assert fsdp_spec((96, 32), 4) == PartitionSpec("data")
+    assert fsdp_spec((6, 8), 4) == PartitionSpec(None, "data")
+    assert fsdp_spec((6, 3), 4) == PartitionSpec()  # nothing divisible: replicated
+    assert fsdp_spec((), 4) == PartitionSpec()
+    assert fsdp_spec((2,), 4) == PartitionSpec()
+    assert fsdp_spec((64, 64), 1) == PartitionSpec()
+
+
+def test_batch_must_split_over_devices(four_devices):
+    assert four_devices["indivisible"].startswith("UserError: data.batch_size=6 does not split over 4 devices")
+
+
+def test_mesh_larger_than_the_machine_is_refused():
+    import jax
+
+    from scaling.config import DataConfig, ModelConfig, TrainConfig
+    from scaling.train import Trainer
+
+    config = TrainConfig(model=ModelConfig(d_model=32, n_layers=1, n_heads=2, max_seq_len=16),
+                         data=DataConfig(seq_len=16, batch_size=3), tokens=480, wandb_mode="disabled")
+    with pytest.raises(UserError, match="mesh data=2 asks for 2 devices, but JAX sees 1"):
+        Trainer(config, devices=jax.devices()[:1], mesh="data=2")
+
+
+def test_cluster_detection_from_environment():
+    assert cluster_from_env({}) is None
+    explicit = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}
+    assert cluster_from_env(explicit) == "explicit"
+    assert cluster_from_env({**explicit, "JAX_NUM_PROCESSES": "1"}) is None
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
+             "SLURM_LOCALID": "0"}
+    assert cluster_from_env(slurm) == "slurm"
+    assert cluster_from_env({**slurm, "SLURM_NTASKS": "1"}) is None  # one task: a plain single process
+    assert cluster_from_env({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}) is None  # sbatch script, not an srun step
+    ompi = {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://127.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}
+    assert cluster_from_env(ompi) == "openmpi"
+    with pytest.raises(UserError, match="is not a process count"):
+        cluster_from_env({**explicit, "JAX_NUM_PROCESSES": "two"})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+TRAIN_CHILD = (
+    "import json, sys\n"
+    "from scaling.config import TrainConfig\n"
+    "from scaling.train import train\n"
+    "summary = train(TrainConfig.from_dict(json.load(open(sys.argv[1]))), sys.argv[2], progress=False)\n"
+    "print('STATUS', summary['status'])\n"
+)
+
+
+def test_two_processes_train_like_one(small_corpus, tmp_path):
+    """Two processes of 2 CPU devices each, joined by jax.distributed on 127.0.0.1, train one FSDP run over
+    4 devices. Process 0 alone writes the run folder, and its losses equal a one-device run's."""
+    from scaling.run_store import RunDir
+    from scaling.train import train
+    from tests.test_train import tiny_config
+
+    config = tiny_config(small_corpus, tokens=20 * 32 * 8, eval_interval=10, checkpoint_interval=10, sweep="mp")
+    alone = train(config.replace(run_id="alone"), tmp_path / "alone", progress=False)
+    shared = config.replace(run_id="shared")
+    config_path = tmp_path / "shared.json"
+    config_path.write_text(json.dumps(shared.to_dict()))
+
+    address = f"127.0.0.1:{free_port()}"
+    children = []
+    for process_id in range(2):
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+               "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(process_id),
+               "SCALING_MESH": "fsdp=4"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
+        env.pop("WANDB_SERVICE", None)
+        children.append(subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, str(config_path), str(tmp_path / "mp")],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                         cwd=PROJECT))
+    outputs = []
+    for child in children:
+        try:
+            out, err = child.communicate(timeout=240)
+        finally:
+            if child.poll() is None:
+                child.kill()
+        outputs.append((child.returncode, out, err))
+    for returncode, out, err in outputs:
+        assert returncode == 0, err[-3000:]
+        assert "STATUS completed" in out
+
+    run = RunDir.at(tmp_path / "mp", "mp", "shared")
+    reference = RunDir.at(tmp_path / "alone", "mp", "alone")
+    rows, reference_rows = run.metrics(), reference.metrics()
+    assert [row["step"] for row in rows] == [row["step"] for row in reference_rows]  # written once, by process 0
+    np.testing.assert_allclose([row["train_loss"] for row in rows], [row["train_loss"] for row in reference_rows],
+                               rtol=0, atol=1e-5)
+    summary = run.summary()
+    assert summary["status"] == "completed"
+    assert summary["final_val_loss"] == pytest.approx(alone["final_val_loss"], abs=1e-5)
