@@ -155,14 +155,15 @@ def _print_fit(record: dict[str, Any], out: Path) -> None:
     console.print(f"status: {approach3['status']}")
     approach1 = record.get("approach1") or {}
     if approach1.get("a") is not None:
-        console.print(f"approach 1: N_opt ∝ C^{approach1['a']:.4f}, D_opt ∝ C^{approach1['b']:.4f} "
-                      "(envelope of learning curves)")
+        console.print(f"approach 1: {_allocation_text(approach1)} (envelope of learning curves)")
     approach2 = record.get("approach2")
     if approach2 and approach2.get("a") is not None:
-        console.print(f"approach 2: N_opt ∝ C^{approach2['a']:.4f}, D_opt ∝ C^{approach2['b']:.4f} "
-                      f"over {len(approach2['budgets_used'])} budgets")
+        console.print(f"approach 2: {_allocation_text(approach2)} over {len(approach2['budgets_used'])} budgets")
     elif record.get("approach2_note"):
         console.print(record["approach2_note"])
+    kaplan = record.get("kaplan")
+    if kaplan and any(kaplan["fits"].values()):
+        console.print(_kaplan_table(kaplan))
     extrapolation = record.get("extrapolation") or {}
     if "mean_abs_relative_error" in extrapolation:
         console.print(f"extrapolation: refit without the {len(extrapolation['held_out'])} largest-compute run(s) "
@@ -170,6 +171,49 @@ def _print_fit(record: dict[str, Any], out: Path) -> None:
     if record.get("excluded_runs"):
         console.print(f"excluded: {', '.join(record['excluded_runs'])}")
     console.print(f"wrote {out / 'fit.json'}")
+
+
+def _allocation_text(fit: dict[str, Any]) -> str:
+    """Return "N_opt = k C^a, D_opt = k' C^b" with each value's bootstrap interval where one was computed."""
+    intervals = (fit.get("bootstrap") or {}).get("intervals", {})
+
+    def value(name: str, spec: str) -> str:
+        bounds = intervals.get(name)
+        text = format(fit[name], spec)
+        return text if bounds is None else f"{text} [{bounds[0]:{spec}} .. {bounds[1]:{spec}}]"
+
+    level = (fit.get("bootstrap") or {}).get("level", 0.95)
+    note = f" ({100 * level:.0f}% bootstrap intervals in brackets)" if intervals else ""
+    return (f"N_opt = {value('params_coefficient', '.3g')} C^{value('a', '.4f')}, "
+            f"D_opt = {value('tokens_coefficient', '.3g')} C^{value('b', '.4f')}{note}")
+
+
+def _kaplan_table(kaplan: dict[str, Any]):
+    from rich.table import Table
+
+    summary = kaplan.get("bootstrap") or {}
+    level = f"{100 * summary.get('level', 0.95):.0f}%"
+    table = Table(title="Kaplan-style fits L = E + (x_c / x)^exponent, loss in nats/token"
+                  + (f", {level} intervals from {summary['replicates']} bootstraps" if summary else ""))
+    for column in ("law", "exponent", f"{level} interval", "x_c", f"{level} interval", "E", "points"):
+        table.add_column(column)
+    for name, fit in kaplan["fits"].items():
+        if fit is None:
+            table.add_row(name, "not enough points", "", "", "", "", "")
+            continue
+        intervals = fit.get("intervals", {})
+        table.add_row(name, f"{fit['exponent']:.4f}", _bounds_text(intervals.get("exponent"), ".4f"),
+                      f"{fit['scale']:.4g} ({fit['variable']})", _bounds_text(intervals.get("scale"), ".3g"),
+                      _with_bounds(fit["irreducible"], intervals.get("irreducible")), str(fit["points"]))
+    return table
+
+
+def _with_bounds(value: float, bounds: list[float] | None) -> str:
+    return f"{value:.4g}" if bounds is None else f"{value:.4g} [{bounds[0]:.3g} .. {bounds[1]:.3g}]"
+
+
+def _bounds_text(bounds: list[float] | None, spec: str) -> str:
+    return "-" if bounds is None else f"{bounds[0]:{spec}} .. {bounds[1]:{spec}}"
 
 
 def print_answer(answer) -> None:

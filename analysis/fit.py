@@ -18,6 +18,7 @@ import numpy as np
 from scaling.errors import UserError
 
 from analysis.bootstrap import DEFAULT_BOOTSTRAPS, BootstrapResult, bootstrap_approach3
+from analysis.bootstrap_methods import Replicates, bootstrap_envelope, bootstrap_isoflop, bootstrap_kaplan
 from analysis.csv_points import DEFAULT_COLUMNS, load_csv
 from analysis.extrapolation import DEFAULT_HOLDOUT_FRACTION, extrapolation_check
 from analysis.fit_envelope import EnvelopeFit, fit_envelope
@@ -50,8 +51,9 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     `runs_path` is a run store folder, "wandb:ENTITY/PROJECT[/GROUP]" (see `analysis.wandb_runs`), or a CSV
     of points read with the `columns` mapping (and `filters`, see `analysis.csv_points`). Approach 3 always runs; `methods` picks the others ("approach1",
     "approach2", "kaplan", "extrapolation"), each skipped with a note where the data cannot support it.
-    `starts` is the minimum size of approach 3's start grid; `bootstraps` replicates (0 for none) give
-    95% intervals, drawn with `seed`. Raises UserError when there are fewer completed runs than approach
+    `starts` is the minimum size of approach 3's start grid. `bootstraps` replicates (0 for none), drawn
+    with `seed`, give 95% intervals for every fitted parameter of every method that ran (see
+    `analysis.bootstrap` and `analysis.bootstrap_methods`). Raises UserError when there are fewer completed runs than approach
     3's 5 parameters, or a single model size or token count.
     """
     if convention not in CONVENTIONS:
@@ -83,23 +85,41 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     approach2, approach2_note = None, "approach 2 not requested"
     if "approach2" in methods:
         approach2, approach2_note = _try_approach2(table, params, losses, budget_groups)
+    curves = [row.learning_curve for row in table.rows]
     envelope = None
     if "approach1" in methods or "kaplan" in methods:
-        envelope = fit_envelope([row.params(convention) for row in table.rows],
-                                [row.learning_curve for row in table.rows])
+        envelope = fit_envelope(params, curves)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = _record(table, convention, approach3, approach2, approach2_note, params, tokens, losses)
     record["bootstrap"] = None if bootstrap is None else bootstrap.to_dict()
+    started = time.perf_counter()
+    if approach2 is not None:
+        record["approach2"]["bootstrap"] = None
+        if bootstraps and approach2.params_law is not None:
+            record["approach2"]["bootstrap"] = bootstrap_isoflop(
+                params, losses, _budget_labels(budget_groups, len(params)), n_bootstraps=bootstraps,
+                seed=seed).to_dict()
     record["approach1"] = None
     if "approach1" in methods:
         record["approach1"] = envelope.to_dict() if envelope is not None else {
             "skipped": "approach 1 needs learning curves (val_loss rows in metrics.jsonl) from at least 2 runs"}
+        if envelope is not None:
+            record["approach1"]["bootstrap"] = None
+            if bootstraps and envelope.params_law is not None:
+                record["approach1"]["bootstrap"] = bootstrap_envelope(params, curves, n_bootstraps=bootstraps,
+                                                                      seed=seed).to_dict()
     if "kaplan" in methods:
-        record["kaplan"] = fit_kaplan(params, tokens, losses,
-                                      None if envelope is None else envelope.flops,
-                                      None if envelope is None else envelope.loss)
+        frontier = (None, None) if envelope is None else envelope.interior_frontier()
+        record["kaplan"] = fit_kaplan(params, tokens, losses, *frontier)
+        record["kaplan"]["bootstrap"] = None
+        if bootstraps:
+            _add_kaplan_intervals(record["kaplan"], bootstrap_kaplan(
+                params, tokens, losses, None if envelope is None else curves, n_bootstraps=bootstraps, seed=seed))
+    if bootstraps and (approach2 is not None or {"approach1", "kaplan"} & set(methods)):
+        logger.info("bootstrap of approaches 1 and 2 and the Kaplan-style fits: %d replicates each (%.1f s)",
+                    bootstraps, time.perf_counter() - started)
     if "extrapolation" in methods:
         started = time.perf_counter()
         record["extrapolation"] = extrapolation_check(params, tokens, losses, [row.run_id for row in table.rows],
@@ -182,12 +202,30 @@ def _try_approach2(table: RunTable, params: np.ndarray, losses: np.ndarray,
     sized = [budget for budget, indices in groups if np.unique(params[indices]).size >= 3]
     if len(sized) < 2:
         return None, f"approach 2 skipped: {len(sized)} budget(s) with >= 3 sizes, it needs 2"
-    labels = np.empty(len(params))
-    for budget, indices in groups:
-        labels[indices] = budget
+    labels = _budget_labels(groups, len(params))
     # Budgets without a minimum are skipped with a warning naming them: approach 3 stays valid either way.
     fit = fit_isoflop(params, labels, losses, labels, skip_invalid_budgets=True)
     return fit, "; ".join(fit.warnings)
+
+
+def _budget_labels(groups: list[tuple[float, np.ndarray]], n_points: int) -> np.ndarray:
+    """Return each point's IsoFLOP budget (FLOPs) from the groups of `_budget_groups`."""
+    labels = np.empty(n_points)
+    for budget, indices in groups:
+        labels[indices] = budget
+    return labels
+
+
+def _add_kaplan_intervals(kaplan: dict[str, Any], replicates: dict[str, Replicates]) -> None:
+    """Put each Kaplan-style fit's intervals beside its values, and the resampling method once."""
+    for name, fit in kaplan["fits"].items():
+        if fit is not None and name in replicates:
+            summary = replicates[name].to_dict()
+            fit["intervals"] = summary["intervals"]
+            fit["valid_replicates"] = summary["valid_replicates"]
+    if replicates:
+        summary = next(iter(replicates.values())).to_dict()
+        kaplan["bootstrap"] = {key: summary[key] for key in ("method", "replicates", "level", "seed")}
 
 
 def _record(table: RunTable, convention: str, approach3: ParametricFit, approach2: IsoFlopFit | None,

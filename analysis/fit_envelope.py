@@ -31,6 +31,7 @@ class EnvelopeFit:
     params_opt: tuple[float, ...]  # N of the lowest-loss run at each budget
     tokens_opt: tuple[float, ...]  # tokens that run had seen at that budget
     loss: tuple[float, ...]  # envelope loss, nats/token
+    interior: tuple[bool, ...]  # the budget is won by neither the smallest nor the largest size
     params_law: PowerLaw | None  # None when fewer than 2 interior sizes win
     tokens_law: PowerLaw | None
     distinct_sizes: int  # sizes that win somewhere inside the size range
@@ -54,8 +55,17 @@ class EnvelopeFit:
             "distinct_sizes_on_envelope": self.distinct_sizes,
             "budgets_fitted": self.budgets_fitted,
             "envelope": {"flops": list(self.flops), "params_opt": list(self.params_opt),
-                         "tokens_opt": list(self.tokens_opt), "loss": list(self.loss)},
+                         "tokens_opt": list(self.tokens_opt), "loss": list(self.loss),
+                         "interior": list(self.interior)},
         }
+
+    def interior_frontier(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return (budgets in FLOPs, envelope loss) where neither the smallest nor the largest size wins.
+
+        Elsewhere the optimum may lie beyond the sampled sizes, so the envelope there is not the compute frontier.
+        """
+        keep = np.array(self.interior, dtype=bool)
+        return np.array(self.flops)[keep], np.array(self.loss)[keep]
 
 
 def fit_envelope(params: Sequence[float], curves: Sequence[Sequence[tuple[float, float]]],
@@ -102,4 +112,4 @@ def fit_envelope(params: Sequence[float], curves: Sequence[Sequence[tuple[float,
         tokens_law = fit_power_law(np.exp(grid[interior]), best_tokens[interior])
     return EnvelopeFit(tuple(flops.tolist()), tuple(best_params[covered].tolist()),
                        tuple(best_tokens[covered].tolist()), tuple(best_loss[covered].tolist()),
-                       params_law, tokens_law, sizes, int(interior.sum()))
+                       tuple(interior[covered].tolist()), params_law, tokens_law, sizes, int(interior.sum()))

@@ -111,13 +111,16 @@ def fit_profile(flops: float, params: ArrayLike, losses: ArrayLike) -> IsoFlopPr
             "so it has no minimum; widen the range of sizes around the expected optimum"
         )
     vertex = -c1 / (2 * c2)
-    lowest_at_end = int(np.argmin(losses)) in (0, len(losses) - 1)
+    # Compared by size, not position: a bootstrap draw can repeat the smallest or largest size.
+    lowest_at_end = params[int(np.argmin(losses))] in (params[0], params[-1])
     at_edge = bool(vertex <= x[0] or vertex >= x[-1] or lowest_at_end)
-    params_opt = math.exp(vertex)
+    with np.errstate(over="ignore"):
+        # A nearly flat parabola can put its vertex far outside the sizes, where it is flagged at_edge.
+        params_opt = float(np.exp(vertex))
     return IsoFlopProfile(
         flops=float(flops), params=tuple(params.tolist()), losses=tuple(losses.tolist()),
         coefficients=(float(c2), float(c1), float(c0)), params_opt=params_opt,
-        tokens_opt=flops / (6.0 * params_opt), loss_opt=float(c0 - c1**2 / (4 * c2)), at_edge=at_edge,
+        tokens_opt=flops / (6.0 * params_opt) if params_opt > 0 else math.inf, loss_opt=float(c0 - c1**2 / (4 * c2)), at_edge=at_edge,
     )
 
 
@@ -157,13 +160,15 @@ def group_by_budget(flops: ArrayLike, budgets: ArrayLike | None = None,
 
 
 def fit_isoflop(params: ArrayLike, flops: ArrayLike, losses: ArrayLike, budgets: ArrayLike | None = None, *,
-                include_edge_budgets: bool = False, skip_invalid_budgets: bool = False) -> IsoFlopFit:
+                include_edge_budgets: bool = False, skip_invalid_budgets: bool = False,
+                log_warnings: bool = True) -> IsoFlopFit:
     """Fit approach 2: one parabola per budget, then power laws through the vertices.
 
     `flops` are each point's compute (6ND, FLOPs), used to group points when `budgets` is not given.
     A budget with fewer than 3 sizes, or whose parabola has non-positive curvature, raises UserError naming
     it, or is skipped with a warning naming it when `skip_invalid_budgets`. A budget flagged "optimum at edge" is kept in the profiles but left out of the
-    power laws unless `include_edge_budgets`.
+    power laws unless `include_edge_budgets`. `log_warnings` False keeps the warnings in the result only
+    (bootstrap replicates refit hundreds of times).
     """
     params = np.asarray(params, dtype=float)
     losses = np.asarray(losses, dtype=float)
@@ -199,7 +204,7 @@ def fit_isoflop(params: ArrayLike, flops: ArrayLike, losses: ArrayLike, budgets:
         tokens_law = fit_power_law(budget_flops, [p.tokens_opt for p in used])
     else:
         warnings.append(f"approach 2 power laws need 2 usable budgets, found {len(used)}")
-    for message in warnings:
+    for message in warnings if log_warnings else ():
         logger.warning("approach 2: %s", message)
     return IsoFlopFit(tuple(profiles), params_law, tokens_law, tuple(p.flops for p in used), tuple(warnings))
 

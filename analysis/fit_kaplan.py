@@ -4,7 +4,7 @@
   to the lowest final loss of each model size (the size's best-trained run);
 - L(D) = (D_c / D)^alpha_D (equation 1.2), fitted to the lowest final loss at each token count;
 - L(C) = (C_c / C)^alpha_C (equation 1.3's form), fitted to the compute frontier of the learning curves
-  (the approach 1 envelope).
+  (the approach 1 envelope, at the budgets won by neither the smallest nor the largest size).
 
 Pure power laws are least squares of ln L on ln x. The form with E minimises squared residuals of ln L
 with scipy's least_squares from the pure fit. Kaplan et al. count non-embedding parameters, so fits meant
@@ -40,29 +40,34 @@ class PowerLawFit:
         return asdict(self)
 
 
-def fit_single_power_law(values: ArrayLike, losses: ArrayLike, variable: str,
-                         irreducible: bool = False) -> PowerLawFit | None:
-    """Fit L = [E +] (x_c / x)^alpha to points; return None with fewer than 2 distinct x (3 with E)."""
+def fit_single_power_law(values: ArrayLike, losses: ArrayLike, variable: str, irreducible: bool = False,
+                         weights: ArrayLike | None = None) -> PowerLawFit | None:
+    """Fit L = [E +] (x_c / x)^alpha to points; return None with fewer than 2 distinct x (3 with E).
+
+    `weights` multiply each point's squared log residual (bootstrap multiplicities); None gives each weight 1.
+    """
     x = np.asarray(values, dtype=float)
     y = np.asarray(losses, dtype=float)
     if np.unique(x).size < (3 if irreducible else 2):
         return None
-    slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
+    root_weights = np.ones_like(x) if weights is None else np.sqrt(np.asarray(weights, dtype=float))
+    slope, intercept = np.polyfit(np.log(x), np.log(y), 1, w=root_weights)
     exponent = -slope
-    scale = math.exp(intercept / exponent) if exponent != 0 else math.inf
+    scale = _exp_or_inf(intercept / exponent if exponent != 0 else math.inf)
     fit = PowerLawFit(variable, float(exponent), float(scale), 0.0, int(x.size), _rms(x, y, exponent, scale, 0.0))
     if not irreducible or not (exponent > 0 and math.isfinite(scale)):
         return fit
 
     def residuals(theta: np.ndarray) -> np.ndarray:
         log_e, alpha, log_scale = theta
-        return np.log(np.exp(log_e) + np.exp(alpha * (log_scale - np.log(x)))) - np.log(y)
+        return root_weights * (np.log(np.exp(log_e) + np.exp(alpha * (log_scale - np.log(x)))) - np.log(y))
 
     start = np.array([math.log(0.5 * y.min()), exponent, math.log(scale)])
     result = least_squares(residuals, start, method="lm", xtol=1e-14, ftol=1e-14, gtol=1e-14, max_nfev=20000)
     log_e, alpha, log_scale = result.x
-    return PowerLawFit(variable, float(alpha), float(math.exp(log_scale)), float(math.exp(log_e)), int(x.size),
-                       _rms(x, y, alpha, math.exp(log_scale), math.exp(log_e)))
+    scale, irreducible_loss = _exp_or_inf(log_scale), _exp_or_inf(log_e)
+    return PowerLawFit(variable, float(alpha), scale, irreducible_loss, int(x.size),
+                       _rms(x, y, alpha, scale, irreducible_loss))
 
 
 def lowest_per_value(values: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -92,12 +97,19 @@ def fit_kaplan(params: ArrayLike, tokens: ArrayLike, losses: ArrayLike,
             "L(N)": "lowest final loss per model size; least squares of ln L on ln N",
             "L(N) with E": "the same points; least squares of ln L with an irreducible term (scipy least_squares)",
             "L(D)": "lowest final loss per token count; least squares of ln L on ln D",
-            "L(C)": "compute frontier of the learning curves (approach 1 envelope); least squares of ln L on ln C",
+            "L(C)": "compute frontier of the learning curves (approach 1 envelope at budgets won by neither the "
+                    "smallest nor the largest size); least squares of ln L on ln C",
         },
         "fits": {name: None if fit is None else fit.to_dict() for name, fit in fits.items()},
     }
 
 
 def _rms(x: np.ndarray, y: np.ndarray, exponent: float, scale: float, irreducible: float) -> float:
-    predicted = irreducible + (scale / x) ** exponent
-    return float(np.sqrt(np.mean((np.log(predicted) - np.log(y)) ** 2)))
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        predicted = irreducible + (scale / x) ** exponent
+        return float(np.sqrt(np.mean((np.log(predicted) - np.log(y)) ** 2)))
+
+
+def _exp_or_inf(log_value: float) -> float:
+    # A nearly flat trend puts x_c beyond the largest float: it is reported as infinite rather than failing.
+    return math.exp(log_value) if log_value < math.log(np.finfo(float).max) else math.inf

@@ -102,6 +102,7 @@ def _approach2_section(fit: dict[str, Any]) -> list[str]:
         lines.append(f"N_opt = {approach2['params_coefficient']:.4g} C^{approach2['a']:.4f}, "
                      f"D_opt = {approach2['tokens_coefficient']:.4g} C^{approach2['b']:.4f} "
                      f"(C in FLOPs, N {fit.get('convention')} parameters, D tokens).")
+        lines += [""] + _allocation_table(approach2)
     lines += ["", "| budget C (FLOPs) | sizes | N_opt | D_opt | at edge |", "| --- | --- | --- | --- | --- |"]
     for profile in approach2["profiles"]:
         lines.append(f"| {profile['flops']:.3g} | {len(profile['params'])} | {profile['params_opt']:.4g} | "
@@ -124,21 +125,56 @@ def _approach1_section(fit: dict[str, Any]) -> list[str]:
         f"N_opt = {approach1['params_coefficient']:.4g} C^{approach1['a']:.4f}, "
         f"D_opt = {approach1['tokens_coefficient']:.4g} C^{approach1['b']:.4f} over "
         f"{approach1['budgets_fitted']} envelope budgets ({fit.get('convention')} parameters).",
-        "", f"Caveat: {approach1['method']['caveat']}.", ""]
+        ""] + _allocation_table(approach1) + ["", f"Caveat: {approach1['method']['caveat']}.", ""]
+
+
+_ALLOCATION_ROWS = (("a", "a: exponent of N_opt(C)", ".4f"), ("params_coefficient", "coefficient of N_opt(C)", ".4g"),
+                    ("b", "b: exponent of D_opt(C)", ".4f"), ("tokens_coefficient", "coefficient of D_opt(C)", ".4g"))
+
+
+def _allocation_table(method: dict[str, Any]) -> list[str]:
+    """Return a Markdown table of a, b and the coefficients of approach 1 or 2 with their bootstrap intervals."""
+    bootstrap = method.get("bootstrap")
+    level = f"{100 * bootstrap['level']:.0f}%" if bootstrap else "95%"
+    intervals = bootstrap["intervals"] if bootstrap else {}
+    lines = [f"| quantity | value | {level} bootstrap interval |", "| --- | --- | --- |"]
+    for key, label, spec in _ALLOCATION_ROWS:
+        lines.append(f"| {label} | {method[key]:{spec}} | {_bounds(intervals.get(key), spec)} |")
+    if bootstrap:
+        lines += ["", f"Intervals: {bootstrap['method']}; {bootstrap['valid_replicates']} of "
+                  f"{bootstrap['replicates']} replicates could be fitted (seed {bootstrap['seed']})."]
+    else:
+        lines += ["", "No bootstrap was run, so these values come without intervals."]
+    return lines
+
+
+def _bounds(bounds: list[float] | None, spec: str) -> str:
+    return "-" if bounds is None else f"{bounds[0]:{spec}} .. {bounds[1]:{spec}}"
 
 
 def _kaplan_section(fit: dict[str, Any]) -> list[str]:
     kaplan = fit.get("kaplan")
     if not kaplan:
         return []
+    bootstrap = kaplan.get("bootstrap")
+    level = f"{100 * bootstrap['level']:.0f}%" if bootstrap else "95%"
     lines = ["## Kaplan-style single-variable fits", "",
-             "| law | exponent | scale | E | points | rms of ln residuals |", "| --- | --- | --- | --- | --- | --- |"]
+             f"| law | exponent | {level} interval | scale | {level} interval | E | {level} interval | points | "
+             "rms of ln residuals |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, law in kaplan["fits"].items():
         if law is None:
-            lines.append(f"| {name} | not enough points | | | | |")
+            lines.append(f"| {name} | not enough points | | | | | | | |")
             continue
-        lines.append(f"| {name} | {law['exponent']:.4f} | {law['scale']:.4g} ({law['variable']}) | "
-                     f"{law['irreducible']:.4g} | {law['points']} | {law['rms_log_residual']:.3g} |")
+        intervals = law.get("intervals", {})
+        lines.append(f"| {name} | {law['exponent']:.4f} | {_bounds(intervals.get('exponent'), '.4f')} | "
+                     f"{law['scale']:.4g} ({law['variable']}) | {_bounds(intervals.get('scale'), '.3g')} | "
+                     f"{law['irreducible']:.4g} | {_bounds(intervals.get('irreducible'), '.3g')} | {law['points']} | "
+                     f"{law['rms_log_residual']:.3g} |")
+    if bootstrap:
+        lines += ["", f"Intervals: {bootstrap['method']}; {bootstrap['replicates']} replicates (seed "
+                  f"{bootstrap['seed']}); each fit's count of usable replicates is in fit.json."]
+    else:
+        lines += ["", "No bootstrap was run, so these values come without intervals."]
     return lines + ["", f"N is counted as {fit.get('convention')} parameters; Kaplan et al. counted non-embedding "
                     "parameters.", ""]
 

@@ -129,3 +129,47 @@ def test_data_range_recorded(fitted):
     record, _ = fitted
     params = [point["params"] for point in record["points"]]
     assert record["data_range"]["params"] == [min(params), max(params)]
+
+
+def test_fit_reports_every_interval(tmp_path, capsys, monkeypatch):
+    _write_isoflop_sweep(tmp_path / "runs", noise=0.01)
+    record = fit_runs(tmp_path / "runs", tmp_path / "out", starts=32, bootstraps=40, seed=5, plot=False)
+    for method in ("approach1", "approach2"):
+        bootstrap = record[method]["bootstrap"]
+        assert (bootstrap["replicates"], bootstrap["seed"], bootstrap["level"]) == (40, 5, 0.95)
+        assert set(bootstrap["intervals"]) == {"a", "b", "params_coefficient", "tokens_coefficient"}
+        low, high = bootstrap["intervals"]["a"]
+        assert low <= record[method]["a"] <= high, method
+    fits = record["kaplan"]["fits"]
+    assert set(fits["L(N)"]["intervals"]) == {"exponent", "scale"}
+    assert set(fits["L(N) with E"]["intervals"]) == {"exponent", "scale", "irreducible"}
+    assert set(fits["L(C)"]["intervals"]) == {"exponent"}
+    low, high = fits["L(D)"]["intervals"]["exponent"]
+    assert low <= fits["L(D)"]["exponent"] <= high
+    assert record["kaplan"]["bootstrap"]["replicates"] == 40
+    assert json.loads((tmp_path / "out" / "fit.json").read_text())["approach2"]["bootstrap"] == record["approach2"]["bootstrap"]
+
+    text = write_report(tmp_path / "out", record).read_text()
+    a_low, a_high = record["approach2"]["bootstrap"]["intervals"]["a"]
+    assert f"| a: exponent of N_opt(C) | {record['approach2']['a']:.4f} | {a_low:.4f} .. {a_high:.4f} |" in text
+    exponent_low, exponent_high = fits["L(N)"]["intervals"]["exponent"]
+    assert f"| {exponent_low:.4f} .. {exponent_high:.4f} |" in text
+
+    from analysis.cli import _print_fit
+
+    monkeypatch.setenv("COLUMNS", "250")
+    _print_fit(record, tmp_path / "out")
+    output = capsys.readouterr().out
+    assert f"C^{record['approach2']['a']:.4f} [{a_low:.4f} .. {a_high:.4f}]" in output
+    assert f"{exponent_low:.4f} .. {exponent_high:.4f}" in output
+
+
+def test_no_bootstrap_means_no_intervals(tmp_path):
+    _write_isoflop_sweep(tmp_path / "runs", noise=0.01)
+    record = fit_runs(tmp_path / "runs", tmp_path / "out", starts=32, bootstraps=0, plot=False)
+    assert record["bootstrap"] is None
+    assert record["approach1"]["bootstrap"] is None
+    assert record["approach2"]["bootstrap"] is None
+    assert record["kaplan"]["bootstrap"] is None
+    assert "intervals" not in record["kaplan"]["fits"]["L(N)"]
+    assert "No bootstrap was run, so these values come without intervals." in write_report(tmp_path / "out", record).read_text()

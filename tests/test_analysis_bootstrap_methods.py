@@ -1,0 +1,201 @@
+"""Bootstrap intervals of approaches 1 and 2 and the Kaplan-style fits, on points from known laws with 1% noise."""
+
+import numpy as np
+import pytest
+
+from analysis import allocation
+from analysis.bootstrap_methods import bootstrap_envelope, bootstrap_isoflop, bootstrap_kaplan
+from analysis.fit_envelope import fit_envelope
+from analysis.fit_isoflop import fit_isoflop
+from analysis.laws import ParametricLaw
+from analysis.synthetic import isoflop_grid, law_losses
+
+LAW = ParametricLaw("truth", "truth", "test", e_coef=1.5, a_coef=60.0, b_coef=300.0, alpha=0.3, beta=0.35)
+# Without E the compute frontier of L = A/N^alpha + B/D^beta is an exact power law in C, the form of Kaplan's L(C).
+LAW_WITHOUT_E = ParametricLaw("truth", "truth", "test", e_coef=0.0, a_coef=60.0, b_coef=300.0, alpha=0.3,
+                              beta=0.35)
+BUDGETS = [1e17, 1e18, 1e19, 1e20, 1e21]
+NOISE = 0.01
+SEED = 3
+REPEATS = 50
+
+
+def allocation_truth(law: ParametricLaw) -> dict[str, float]:
+    """N_opt = G (C/6)^a and D_opt = (C/6)^b / G (Hoffmann et al. equation 4), as coefficient * C^exponent."""
+    a, b = allocation.allocation_exponents(law.alpha, law.beta)
+    g = allocation.allocation_constant(law.a_coef, law.b_coef, law.alpha, law.beta)
+    return {"a": a, "b": b, "params_coefficient": g * 6**-a, "tokens_coefficient": 6**-b / g}
+
+
+def frontier_truth(law: ParametricLaw) -> float:
+    """Return alpha_C of the frontier L(C) proportional to C^-alpha_C of a law without E."""
+    return law.alpha * law.beta / (law.alpha + law.beta)
+
+
+def curves_of(law: ParametricLaw, sizes: np.ndarray, seed: int) -> list[list[tuple[float, float]]]:
+    """Learning curves that follow the law, each run's curve scaled by one draw of 1% noise (its seed's luck)."""
+    rng = np.random.default_rng(seed)
+    seen = np.geomspace(1e6, 1e12, 60)
+    return [list(zip(seen, law.loss(n, seen) * np.exp(NOISE * rng.standard_normal()))) for n in sizes]
+
+
+def power_law_points(scale: float, exponent: float, values: np.ndarray, seed: int, irreducible: float = 0.0):
+    return (irreducible + (scale / values) ** exponent) * np.exp(
+        NOISE * np.random.default_rng(seed).standard_normal(values.size))
+
+
+def assert_covers(intervals: dict, truth: dict) -> None:
+    for name, value in truth.items():
+        low, high = intervals[name]
+        assert low <= value <= high, (name, low, value, high)
+
+
+def test_approach2_intervals_cover_truth():
+    params, tokens, budgets = isoflop_grid(LAW, BUDGETS, 9, 8)
+    losses = law_losses(LAW, params, tokens, noise=NOISE, seed=SEED)
+    result = bootstrap_isoflop(params, losses, budgets, seed=0)
+    assert result.values.shape == (200, 4)
+    assert result.valid.sum() >= 190
+    assert_covers(result.intervals(), allocation_truth(LAW))
+    fit = fit_isoflop(params, budgets, losses, budgets, skip_invalid_budgets=True, log_warnings=False)
+    low, high = result.intervals()["a"]
+    assert low < fit.params_law.exponent < high
+
+
+def test_unfittable_replicates_left_out():
+    # Each budget has exactly 3 sizes, so a draw that repeats one leaves that budget with too few sizes.
+    # Replicates left with fewer than 2 usable budgets are counted and kept out of the intervals.
+    params, tokens, budgets = isoflop_grid(LAW, BUDGETS, 3, 4)
+    losses = law_losses(LAW, params, tokens, noise=NOISE, seed=SEED)
+    result = bootstrap_isoflop(params, losses, budgets, n_bootstraps=50, seed=0)
+    valid = int(result.valid.sum())
+    assert 2 <= valid < 50
+    assert np.isnan(result.values[~result.valid]).any(axis=1).all()
+    record = result.to_dict()
+    assert (record["replicates"], record["valid_replicates"]) == (50, valid)
+    for low, high in record["intervals"].values():
+        assert np.isfinite(low)
+        assert np.isfinite(high)
+        assert low <= high
+
+
+def test_approach1_intervals_cover_truth():
+    sizes = np.geomspace(1e5, 1e9, 13)
+    curves = curves_of(LAW, sizes, SEED)
+    result = bootstrap_envelope(sizes, curves, seed=0)
+    assert result.valid.all()
+    assert_covers(result.intervals(), allocation_truth(LAW))
+    low, high = result.intervals()["a"]
+    assert low < fit_envelope(sizes, curves).params_law.exponent < high
+
+
+def test_kaplan_n_intervals_cover_truth():
+    # Kaplan et al. 2020 equation 1.1's constants as the truth, one run per size.
+    sizes = np.geomspace(1e6, 1e10, 12)
+    losses = power_law_points(8.8e13, 0.076, sizes, SEED)
+    fits = bootstrap_kaplan(sizes, np.geomspace(1e9, 1e11, 12), losses, seed=0)
+    assert_covers(fits["L(N)"].intervals(), {"exponent": 0.076, "scale": 8.8e13})
+
+
+def test_kaplan_n_with_e_intervals_cover_truth():
+    sizes = np.geomspace(1e5, 1e10, 16)
+    losses = power_law_points(1e7, 0.3, sizes, SEED, irreducible=1.7)
+    fits = bootstrap_kaplan(sizes, np.geomspace(1e9, 1e11, 16), losses, seed=0)
+    assert_covers(fits["L(N) with E"].intervals(), {"exponent": 0.3, "scale": 1e7, "irreducible": 1.7})
+
+
+def test_kaplan_d_intervals_cover_truth():
+    # Kaplan et al. 2020 equation 1.2's constants as the truth, one run per token count.
+    tokens = np.geomspace(1e8, 1e11, 12)
+    losses = power_law_points(5.4e13, 0.095, tokens, SEED)
+    fits = bootstrap_kaplan(np.geomspace(1e9, 1e10, 12), tokens, losses, seed=0)
+    assert_covers(fits["L(D)"].intervals(), {"exponent": 0.095, "scale": 5.4e13})
+
+
+def test_kaplan_c_exponent_covers_truth():
+    sizes = np.geomspace(1e5, 1e9, 13)
+    curves = curves_of(LAW_WITHOUT_E, sizes, SEED)
+    final = np.array([curve[-1][1] for curve in curves])
+    fits = bootstrap_kaplan(sizes, np.full(sizes.size, 1e12), final, curves, seed=0)
+    intervals = fits["L(C)"].intervals()
+    assert set(intervals) == {"exponent"}
+    assert_covers(intervals, {"exponent": frontier_truth(LAW_WITHOUT_E)})
+
+
+def test_kaplan_without_curves_skips_c():
+    sizes = np.geomspace(1e6, 1e10, 6)
+    fits = bootstrap_kaplan(sizes, np.geomspace(1e9, 1e11, 6), power_law_points(8.8e13, 0.076, sizes, SEED),
+                            n_bootstraps=10, seed=0)
+    assert set(fits) == {"L(N)", "L(N) with E", "L(D)"}
+
+
+def test_replicates_reproducible_with_seed():
+    params, tokens, budgets = isoflop_grid(LAW, BUDGETS, 9, 8)
+    losses = law_losses(LAW, params, tokens, noise=NOISE, seed=SEED)
+    first = bootstrap_isoflop(params, losses, budgets, n_bootstraps=20, seed=7)
+    second = bootstrap_isoflop(params, losses, budgets, n_bootstraps=20, seed=7)
+    other = bootstrap_isoflop(params, losses, budgets, n_bootstraps=20, seed=8)
+    np.testing.assert_array_equal(first.values, second.values)
+    assert not np.array_equal(first.values, other.values)
+
+
+def test_one_replicate_rejected():
+    with pytest.raises(ValueError, match="n_bootstraps=1"):
+        bootstrap_isoflop([1.0, 2.0, 3.0], [3.0, 2.9, 3.1], [6.0, 6.0, 6.0], n_bootstraps=1)
+
+
+def _coverage(draw_intervals, truth: dict) -> dict[str, int]:
+    covered = {name: 0 for name in truth}
+    for repeat in range(REPEATS):
+        intervals = draw_intervals(repeat)
+        for name, value in truth.items():
+            low, high = intervals[name]
+            covered[name] += low <= value <= high
+    return covered
+
+
+def _assert_calibrated(covered: dict[str, int]) -> None:
+    for name, count in covered.items():
+        # 95% intervals should cover the truth in 85% to 99% of the repeats.
+        assert 0.85 * REPEATS <= count <= 0.99 * REPEATS, (name, count)
+
+
+@pytest.mark.slow
+def test_approach2_coverage_over_repeats():
+    # 15 sizes per budget. With 9, a draw keeps about 6 distinct sizes, so the intervals grow conservative:
+    # the bootstrap spread was about 1.6 times the spread of the estimates, and every repeat covered.
+    params, tokens, budgets = isoflop_grid(LAW, BUDGETS, 15, 16)
+
+    def intervals(repeat: int) -> dict:
+        losses = law_losses(LAW, params, tokens, noise=NOISE, seed=1000 + repeat)
+        return bootstrap_isoflop(params, losses, budgets, seed=repeat).intervals()
+
+    _assert_calibrated(_coverage(intervals, allocation_truth(LAW)))
+
+
+@pytest.mark.slow
+def test_kaplan_single_variable_coverage_over_repeats():
+    sizes = np.geomspace(1e6, 1e10, 12)
+    tokens = np.geomspace(1e8, 1e11, 12)
+
+    def intervals(repeat: int) -> dict:
+        by_size = bootstrap_kaplan(sizes, tokens, power_law_points(8.8e13, 0.076, sizes, 1000 + repeat),
+                                   seed=repeat)["L(N)"].intervals()
+        by_tokens = bootstrap_kaplan(sizes, tokens, power_law_points(5.4e13, 0.095, tokens, 2000 + repeat),
+                                     seed=repeat)["L(D)"].intervals()
+        return {"L(N) exponent": by_size["exponent"], "L(D) exponent": by_tokens["exponent"]}
+
+    _assert_calibrated(_coverage(intervals, {"L(N) exponent": 0.076, "L(D) exponent": 0.095}))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="approach 1 on noisy curves is biased toward a flatter exponent: near the "
+                   "ends of the size range the envelope's winner is pulled inward, and the bootstrap cannot see "
+                   "a bias (42 of 50 repeats covered when measured)")
+def test_approach1_coverage_over_repeats():
+    sizes = np.geomspace(1e5, 1e9, 13)
+
+    def intervals(repeat: int) -> dict:
+        return bootstrap_envelope(sizes, curves_of(LAW, sizes, 1000 + repeat), seed=repeat).intervals()
+
+    _assert_calibrated(_coverage(intervals, {"a": allocation_truth(LAW)["a"]}))
