@@ -14,6 +14,9 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+from numpy.typing import ArrayLike
+
 from scaling.errors import UserError
 
 from analysis import allocation
@@ -21,6 +24,8 @@ from analysis import allocation
 HOFFMANN_2022 = "Hoffmann et al. 2022, Training Compute-Optimal Large Language Models, arXiv:2203.15556"
 BESIROGLU_2024 = "Besiroglu et al. 2024, Chinchilla Scaling: A replication attempt, arXiv:2404.10102"
 KAPLAN_2020 = "Kaplan et al. 2020, Scaling Laws for Neural Language Models, arXiv:2001.08361"
+
+PF_DAY_FLOPS = 8.64e19  # one petaflop/s-day, 1e15 * 24 * 3600 FLOPs, Kaplan et al.'s unit of compute (section 1.3)
 
 
 class Law(Protocol):
@@ -136,6 +141,45 @@ class PowerLawAllocation:
 
 
 @dataclass(frozen=True)
+class KaplanJointLaw:
+    """Kaplan et al.'s joint loss L(N, D) and their compute-efficient allocation.
+
+    The loss is their equation 1.5, L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D, with N
+    non-embedding parameters, D tokens of WebText2 and L in nats/token at early stopping. The allocation is
+    their table 6, N_opt = N_e C_min^p_N with C_min in PF-days. Training at the critical batch size spends
+    C = 2 C_min (their equation 6.7), and this registry's C = 6ND is that C.
+    """
+
+    key: str
+    name: str
+    citation: str
+    alpha_n: float  # exponent of N in L(N) = (N_c / N)^alpha_N
+    alpha_d: float  # exponent of D in L(D) = (D_c / D)^alpha_D
+    n_c: float  # N_c, non-embedding parameters
+    d_c: float  # D_c, tokens
+    n_e: float  # compute-efficient N at C_min = 1 PF-day, non-embedding parameters
+    p_n: float  # exponent of C_min in N_opt
+    convention: str = "non_embedding"
+
+    def loss(self, params: ArrayLike, tokens: ArrayLike) -> float | np.ndarray:
+        """Return L(N, D) in nats/token for `params` non-embedding parameters and `tokens` tokens."""
+        params = np.asarray(params, dtype=float)
+        tokens = np.asarray(tokens, dtype=float)
+        value = ((self.n_c / params) ** (self.alpha_n / self.alpha_d) + self.d_c / tokens) ** self.alpha_d
+        return float(value) if value.ndim == 0 else value
+
+    def compute_optimal(self, flops: float) -> tuple[float, float]:
+        params = self.n_e * (flops / (2 * PF_DAY_FLOPS)) ** self.p_n
+        return params, flops / (allocation.FLOPS_PER_PARAM_TOKEN * params)
+
+    def flops_for_params(self, params: float) -> float:
+        return 2 * PF_DAY_FLOPS * (params / self.n_e) ** (1.0 / self.p_n)
+
+    def tokens_for_params(self, params: float) -> float:
+        return self.flops_for_params(params) / (allocation.FLOPS_PER_PARAM_TOKEN * params)
+
+
+@dataclass(frozen=True)
 class SingleVariableLaw:
     """Kaplan et al.'s one-variable form L(x) = (x_c / x)^exponent, in nats/token on their WebText2 tokens."""
 
@@ -231,19 +275,23 @@ HOFFMANN_A2 = PowerLawAllocation(
     coefficient=0.145574,
 )
 
-# Kaplan et al.'s compute-efficient exponent, N_opt proportional to C^0.73, as Hoffmann et al. list it in
-# their table 2, anchored where Hoffmann et al.'s appendix D.4 applies it: 4.68B parameters at 1e21 FLOPs.
-# NOTE: Kaplan et al. count non-embedding parameters; appendix D.4 does not say which count it used.
-KAPLAN_2020_ALLOCATION = PowerLawAllocation(
+# Table 2 of Kaplan et al. refits all four constants of equation 1.5 jointly, so alpha_D and both scales
+# differ from equations 1.1 and 1.2 below (alpha_D 0.103 against 0.095). Table 6's allocation with C = 2 C_min
+# gives 4.68B parameters at 1e21 FLOPs, the value Hoffmann et al. use for Kaplan in their appendix D.4.
+KAPLAN_2020_JOINT = KaplanJointLaw(
     key="kaplan-2020",
-    name="Kaplan 2020 compute-efficient allocation (N_opt proportional to C^0.73)",
+    name="Kaplan 2020 L(N, D), compute-efficient N_opt proportional to C^0.73",
     citation=(
-        f"{KAPLAN_2020}, exponent 0.73 as listed in {HOFFMANN_2022} table 2, anchored at 4.68B parameters "
-        "for 1e21 FLOPs (Hoffmann et al. appendix D.4)"
+        f"{KAPLAN_2020}: loss from equation 1.5 with the joint fit of table 2 (alpha_N 0.076, alpha_D 0.103, "
+        "N_c 6.4e13 non-embedding parameters, D_c 1.8e13 tokens); allocation from table 6, N_opt = "
+        "1.3e9 C_min^0.73 with C_min in PF-days and C = 6ND = 2 C_min (equation 6.7)"
     ),
-    exponent=0.73,
-    coefficient=4.68e9 / 1e21**0.73,
-    convention="non_embedding",
+    alpha_n=0.076,
+    alpha_d=0.103,
+    n_c=6.4e13,
+    d_c=1.8e13,
+    n_e=1.3e9,
+    p_n=0.73,
 )
 
 # Kaplan et al. 2020, equations 1.1 and 1.2: L(N) for models trained to convergence (N non-embedding
@@ -272,7 +320,7 @@ SINGLE_VARIABLE_LAWS: dict[str, SingleVariableLaw] = {
 
 _REGISTRY: tuple[Law, ...] = (
     TOKENS_20, HOFFMANN_A1, HOFFMANN_A2, HOFFMANN_A3_PRINTED, HOFFMANN_A3_UNROUNDED, EPOCH_2024,
-    KAPLAN_2020_ALLOCATION,
+    KAPLAN_2020_JOINT,
 )
 LAWS: dict[str, Law] = {law.key: law for law in _REGISTRY}
 

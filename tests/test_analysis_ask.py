@@ -134,6 +134,15 @@ def test_fit_without_allocation_gives_empty_row():
 
 def test_loss_question_lists_only_laws_with_loss():
     answer = ask("loss at 7B params and 1.4T tokens")
-    assert len(answer.rows) == 3
+    names = [row["law"] for row in answer.rows]
+    assert len(names) == 4
+    assert not any(name.startswith(("20 tokens", "Hoffmann 2022 approach 1", "Hoffmann 2022 approach 2"))
+                   for name in names)
     for row in answer.rows:
         assert row["loss"] is not None
+
+
+def test_kaplan_loss_at_7b_and_14t():
+    row = ask("loss at 7B params and 1.4T tokens", law_keys=["kaplan-2020"]).rows[0]
+    assert row["loss"] == pytest.approx(((6.4e13 / 7e9) ** (0.076 / 0.103) + 1.8e13 / 1.4e12) ** 0.103, rel=1e-12)
+    assert "table 2" in row["source"]
