@@ -4,6 +4,9 @@ One row per law, always with the same keys: law, params (N), tokens (D), tokens_
 flops (C = 6ND), loss (nats/token, None when the law predicts none), source, and interval. Compute is 6ND
 throughout. `interval` is None unless the law comes with bootstrap replicates (a fit.json written with
 bootstraps); then it maps each numeric key to its [low, high] percentile interval, with its "level".
+
+A KV-cache question uses no law: its rows, one per attention variant (MHA, GQA, MQA), have the keys of
+KV_ROW_KEYS, with bytes = 2 x layers x KV heads x head dim x context x batch x bytes per value.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from scaling.errors import UserError
+
 from analysis.allocation import FLOPS_PER_PARAM_TOKEN
 from analysis.fit import read_fit
 from analysis.laws import Law, ParametricLaw, all_laws, get_law
 from analysis.query import Query, parse_query
 
 ROW_KEYS = ("law", "params", "tokens", "tokens_per_param", "flops", "loss", "source", "interval")
+KV_ROW_KEYS = ("attention", "kv_heads", "bytes", "gib", "n_layers", "n_heads", "head_dim", "context", "batch_size",
+               "bytes_per_value", "source")
 INTERVAL_KEYS = ("params", "tokens", "tokens_per_param", "flops", "loss")
 DISAGREEMENT_FACTOR = 2.0  # laws whose answers differ by more than this are called out
 
@@ -30,6 +37,7 @@ _ASKED = {
     "params_for_flops": "params",
     "tokens_per_param": "tokens_per_param",
     "loss_at": "loss",
+    "kv_cache": "bytes",
 }
 _ALLOCATING = ("tokens_for_params", "compute_for_params", "params_for_flops", "tokens_per_param")
 
@@ -50,6 +58,10 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
     `fit` is a fit.json path or record written by `scaling fit`; its approach 3 law answers first.
     """
     query = question if isinstance(question, Query) else parse_query(question)
+    if query.kind == "kv_cache":
+        if fit is not None or law_keys:
+            raise UserError("a kv cache question uses no scaling law or fit; drop --law and --fit")
+        return Answer(query, tuple(kv_cache_rows(query)))
     laws: list[Law] = [get_law(key) for key in law_keys] if law_keys else all_laws()
     rows = [answer_row(law, query) for law in laws]
     if query.kind == "loss_at" and not law_keys:
@@ -63,6 +75,19 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
         rows.insert(0, row)
     rows = tuple(rows)
     return Answer(query, rows, tuple(disagreement_notes(query, rows)))
+
+
+def kv_cache_rows(query: Query) -> list[dict[str, Any]]:
+    """Return the KV-cache size of multi-head, grouped-query and multi-query attention for a kv_cache question."""
+    from models.kv_cache import kv_cache_comparison  # imports JAX, so it loads only for this question
+
+    shape = query.kv_cache
+    rows = kv_cache_comparison(shape.n_layers, shape.n_heads, shape.head_dim, shape.context, shape.batch_size,
+                               shape.bytes_per_value, gqa_kv_heads=shape.gqa_kv_heads)
+    common = {"n_layers": shape.n_layers, "n_heads": shape.n_heads, "head_dim": shape.head_dim,
+              "context": shape.context, "batch_size": shape.batch_size, "bytes_per_value": shape.bytes_per_value,
+              "source": shape.source}
+    return [{key: {**row, **common}[key] for key in KV_ROW_KEYS} for row in rows]
 
 
 def fitted_law(record: dict[str, Any], source: str = "your fit.json") -> ParametricLaw:
@@ -110,7 +135,7 @@ def answer_row(law: Law, query: Query) -> dict[str, Any]:
 
 
 def asked_quantity(kind: str) -> str:
-    """Return the row key a kind of question asks for: tokens, flops, params, tokens_per_param or loss."""
+    """Return the row key a kind of question asks for: tokens, flops, params, tokens_per_param, loss or bytes."""
     return _ASKED[kind]
 
 

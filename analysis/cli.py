@@ -30,7 +30,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
     ask = subparsers.add_parser("ask", help='answer a question such as "tokens for 7B" with every law')
     ask.add_argument("question", help='e.g. "tokens for 7B", "params for 1e23 FLOPs", '
-                     '"loss at 7B params and 1.4T tokens"')
+                     '"loss at 7B params and 1.4T tokens", "kv cache for 7B at 4096 tokens"')
     ask.add_argument("--fit", metavar="FIT_JSON", help="fit.json from `scaling fit`: answer with your fit too")
     ask.add_argument("--law", action="append", metavar="KEY", help="answer with this registered law only "
                      "(repeatable; default: all)")
@@ -221,6 +221,9 @@ def print_answer(answer) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    if answer.query.kind == "kv_cache":
+        _print_kv_cache(answer)
+        return
     table = Table(title=f"{answer.query.text}  (C = 6ND; loss in nats/token on each law's own data)")
     for column in ("law", "N (params)", "D (tokens)", "D/N", "C (FLOPs)", "loss", "95% interval", "source"):
         table.add_column(column, overflow="fold")
@@ -238,6 +241,26 @@ def print_answer(answer) -> None:
         console.print(f"[{number}] {source}", markup=False, highlight=False)
     for note in answer.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
+
+
+def _print_kv_cache(answer) -> None:
+    """Print the KV-cache sizes of MHA, GQA and MQA side by side, with the shape and where it comes from."""
+    from rich.console import Console
+    from rich.table import Table
+
+    shape = answer.query.kv_cache
+    table = Table(title=f"{answer.query.text}  (bytes = 2 x layers x KV heads x head dim x context x batch x "
+                  "bytes per value)")
+    for column in ("attention", "KV heads", "bytes", "GiB"):
+        table.add_column(column, justify="left" if column == "attention" else "right")
+    for row in answer.rows:
+        table.add_row(row["attention"], str(row["kv_heads"]), f"{row['bytes']:,}", f"{row['gib']:.4g}")
+    console = Console()
+    console.print(table)
+    console.print(f"shape: {shape.n_layers} layers, {shape.n_heads} query heads, head dim {shape.head_dim}, "
+                  f"{shape.context} tokens, batch {shape.batch_size}, {shape.bytes_per_value} byte(s) per value",
+                  markup=False, highlight=False)
+    console.print(f"source: {shape.source}", markup=False, highlight=False)
 
 
 def _interval_text(interval: dict[str, Any] | None, kind: str) -> str:

@@ -8,6 +8,13 @@ notation such as 7e9):
 - "params for 1e23 FLOPs"                  compute-optimal N (and D) for C = 1e23
 - "tokens per param at 1e22 FLOPs"         compute-optimal D / N for C = 1e22
 - "loss at 7B params and 1.4T tokens"      predicted L(N, D)
+- "kv cache for 7B at 4096 tokens"         KV-cache bytes of MHA, GQA and MQA for a reference 7B shape
+- "kv cache for 32 layers 32 heads 128 head dim at 4096 tokens batch 8"
+                                           the same for a shape given in full
+
+A KV-cache question may end with "batch B", "gqa G" (or "G kv heads") for the grouped-query row, and a
+value type: float32 or fp32 (4 bytes), bfloat16, bf16, float16 or fp16 (2 bytes, the default), int8 or
+fp8 (1 byte). Its counts are whole numbers without suffixes, so "4096 tokens" is never read as 4.096e3.
 """
 
 from __future__ import annotations
@@ -25,6 +32,31 @@ FORMS = (
     '"params for 1e23 FLOPs"',
     '"tokens per param at 1e22 FLOPs"',
     '"loss at 7B params and 1.4T tokens"',
+    '"kv cache for 7B at 4096 tokens"',
+    '"kv cache for 32 layers 32 heads 128 head dim at 4096 tokens batch 8"',
+)
+
+LLAMA_2023 = "Touvron et al. 2023, LLaMA: Open and Efficient Foundation Language Models, arXiv:2302.13971"
+# Reference shapes for named sizes: (layers, heads, head dim). LLaMA's table 2 lists dimension, heads and
+# layers for its 6.7B, 13.0B, 32.5B and 65.2B models, released as 7B, 13B, 33B and 65B; head dim is
+# dimension / heads, 128 in every row.
+REFERENCE_SHAPES = {
+    7e9: (32, 32, 128, f"LLaMA 7B (6.7B): dimension 4096, 32 heads, 32 layers; {LLAMA_2023}, table 2"),
+    13e9: (40, 40, 128, f"LLaMA 13B: dimension 5120, 40 heads, 40 layers; {LLAMA_2023}, table 2"),
+    33e9: (60, 52, 128, f"LLaMA 33B (32.5B): dimension 6656, 52 heads, 60 layers; {LLAMA_2023}, table 2"),
+    65e9: (80, 64, 128, f"LLaMA 65B (65.2B): dimension 8192, 64 heads, 80 layers; {LLAMA_2023}, table 2"),
+}
+_REFERENCE_ALIASES = {6.7e9: 7e9, 32.5e9: 33e9, 65.2e9: 65e9}  # the sizes as table 2 prints them
+GIVEN_SHAPE = "shape as given in the question"
+BYTES_PER_VALUE = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "int8": 1, "fp8": 1}
+
+_KV_CACHE = re.compile(r"^kv[ -]?cache\s+(?:for|of)\s+(?P<model>.+?)\s+at\s+(?P<context>\d+)\s*tokens?(?P<options>.*)$")
+_KV_SHAPE = re.compile(r"^(?P<layers>\d+)\s*layers?,?\s*(?P<heads>\d+)\s*heads?,?\s*(?P<head_dim>\d+)\s*"
+                       r"(?:head[ _-]?dim(?:ension)?|dim)$")
+_KV_OPTIONS = (
+    ("batch_size", re.compile(r"\bbatch(?:\s+size)?\s+(\d+)\b")),
+    ("gqa_kv_heads", re.compile(r"\b(?:gqa\s+(\d+)|(\d+)\s+kv\s+heads?)\b")),
+    ("dtype", re.compile(rf"\b(?:in\s+)?({'|'.join(BYTES_PER_VALUE)})\b")),
 )
 
 _PATTERNS = (
@@ -38,14 +70,29 @@ _PATTERNS = (
 
 
 @dataclass(frozen=True)
+class KVCacheShape:
+    """The model shape and cache size of a KV-cache question."""
+
+    n_layers: int
+    n_heads: int  # query heads; multi-head attention keeps keys and values for all of them
+    head_dim: int
+    context: int  # tokens held per sequence
+    batch_size: int = 1  # sequences
+    bytes_per_value: int = 2
+    gqa_kv_heads: int | None = None  # key/value heads of the grouped-query row; None for the default
+    source: str = GIVEN_SHAPE  # where the layers, heads and head dim come from
+
+
+@dataclass(frozen=True)
 class Query:
     """A parsed question. Unused quantities are None."""
 
-    kind: str  # tokens_for_params, compute_for_params, params_for_flops, tokens_per_param, loss_at
+    kind: str  # tokens_for_params, compute_for_params, params_for_flops, tokens_per_param, loss_at, kv_cache
     text: str  # the question as asked
     params: float | None = None  # N, parameters
     tokens: float | None = None  # D, tokens
     flops: float | None = None  # C, FLOPs
+    kv_cache: KVCacheShape | None = None  # the shape of a kv_cache question
 
 
 def parse_number(text: str, suffix: str | None = None) -> float:
@@ -59,6 +106,9 @@ def parse_number(text: str, suffix: str | None = None) -> float:
 def parse_query(text: str) -> Query:
     """Parse `text` into a Query; raise UserError listing the understood forms when it matches none."""
     normalised = " ".join(text.strip().lower().replace("?", "").split())
+    kv_match = _KV_CACHE.match(normalised)
+    if kv_match is not None:
+        return Query("kv_cache", text, kv_cache=_kv_cache_shape(kv_match))
     for kind, pattern in _PATTERNS:
         match = pattern.match(normalised)
         if match is None:
@@ -70,3 +120,43 @@ def parse_query(text: str) -> Query:
             return Query(kind, text, flops=first)
         return Query(kind, text, params=first, tokens=parse_number(match.group(3), match.group(4)))
     raise UserError(f"question {text!r} is not understood; ask one of: {', '.join(FORMS)}")
+
+
+def _kv_cache_shape(match: re.Match) -> KVCacheShape:
+    """Return the shape of a matched KV-cache question; raise UserError on an unknown size or option."""
+    model = match.group("model")
+    shape = _KV_SHAPE.match(model)
+    if shape is not None:
+        layers, heads, head_dim = (int(shape.group(name)) for name in ("layers", "heads", "head_dim"))
+        source = GIVEN_SHAPE
+    else:
+        layers, heads, head_dim, source = _reference_shape(model)
+    options: dict[str, int] = {}
+    rest = match.group("options")
+    for name, pattern in _KV_OPTIONS:
+        found = pattern.search(rest)
+        if found is None:
+            continue
+        value = next(group for group in found.groups() if group is not None)
+        options[name] = BYTES_PER_VALUE[value] if name == "dtype" else int(value)
+        rest = rest[:found.start()] + rest[found.end():]
+    leftover = rest.replace(",", " ").replace(" and ", " ").replace(" with ", " ").strip()
+    if leftover:
+        raise UserError(f"kv cache question: {leftover!r} is not understood; after the tokens it takes "
+                        f"\"batch B\", \"gqa G\" and a value type ({', '.join(BYTES_PER_VALUE)})")
+    return KVCacheShape(layers, heads, head_dim, int(match.group("context")), options.get("batch_size", 1),
+                        options.get("dtype", 2), options.get("gqa_kv_heads"), source)
+
+
+def _reference_shape(model: str) -> tuple[int, int, int, str]:
+    number = re.fullmatch(_NUMBER, model.removeprefix("llama").strip())
+    if number is not None:
+        size = parse_number(number.group(1), number.group(2))
+        size = next((alias for printed, alias in _REFERENCE_ALIASES.items() if abs(size - printed) <= 1e-9 * printed),
+                    size)
+        for reference, (layers, heads, head_dim, source) in REFERENCE_SHAPES.items():
+            if abs(size - reference) <= 1e-9 * reference:
+                return layers, heads, head_dim, source
+    named = ", ".join(f"{size / 1e9:g}B" for size in REFERENCE_SHAPES)
+    raise UserError(f"no reference shape for {model!r}: named sizes are {named} ({LLAMA_2023}, table 2); "
+                    "otherwise give the shape, e.g. \"kv cache for 32 layers 32 heads 128 head dim at 4096 tokens\"")

@@ -201,6 +201,8 @@ def _plots_section(fit: dict[str, Any]) -> list[str]:
 
 
 def _answer_section(answer: Answer) -> list[str]:
+    if answer.query.kind == "kv_cache":
+        return _kv_cache_section(answer)
     lines = [f"## Question: {answer.query.text}", "",
              "| law | N (params) | D (tokens) | D/N | C = 6ND (FLOPs) | loss (nats/token) | 95% interval | source |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -212,6 +214,17 @@ def _answer_section(answer: Answer) -> list[str]:
                      f"{_cell(row['tokens_per_param'], '.2f')} | {_cell(row['flops'], '.4g')} | "
                      f"{_cell(row['loss'], '.4f')} | {bounds} | {row['source']} |")
     lines += [f"\n> {note}" for note in answer.notes]
+    return lines + [""]
+
+
+def _kv_cache_section(answer: Answer) -> list[str]:
+    shape = answer.query.kv_cache
+    lines = [f"## Question: {answer.query.text}", "",
+             f"{shape.n_layers} layers, {shape.n_heads} query heads, head dim {shape.head_dim}, {shape.context} "
+             f"tokens, batch {shape.batch_size}, {shape.bytes_per_value} byte(s) per value ({shape.source}). "
+             "Bytes = 2 x layers x KV heads x head dim x context x batch x bytes per value.", "",
+             "| attention | KV heads | bytes | GiB |", "| --- | --- | --- | --- |"]
+    lines += [f"| {row['attention']} | {row['kv_heads']} | {row['bytes']} | {row['gib']:.4g} |" for row in answer.rows]
     return lines + [""]
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from analysis import cli
-from analysis.ask import ROW_KEYS, ask
+from analysis.ask import KV_ROW_KEYS, ROW_KEYS, ask
 from analysis.query import parse_query
 from scaling.errors import UserError
 
@@ -146,3 +146,75 @@ def test_kaplan_loss_at_7b_and_14t():
     row = ask("loss at 7B params and 1.4T tokens", law_keys=["kaplan-2020"]).rows[0]
     assert row["loss"] == pytest.approx(((6.4e13 / 7e9) ** (0.076 / 0.103) + 1.8e13 / 1.4e12) ** 0.103, rel=1e-12)
     assert "table 2" in row["source"]
+
+
+@pytest.mark.parametrize("text, shape", [
+    ("kv cache for 7B at 4096 tokens", (32, 32, 128, 4096, 1, 2, None)),
+    ("KV cache for LLaMA 13B at 2048 tokens batch 8 in fp32", (40, 40, 128, 2048, 8, 4, None)),
+    ("kv-cache for 65.2B at 1024 tokens, gqa 8, int8", (80, 64, 128, 1024, 1, 1, 8)),
+    ("kv cache for 24 layers 16 heads 64 head dim at 512 tokens batch 3 with 4 kv heads",
+     (24, 16, 64, 512, 3, 2, 4)),
+])
+def test_parse_kv_cache_forms(text, shape):
+    query = parse_query(text)
+    assert query.kind == "kv_cache"
+    kv = query.kv_cache
+    assert (kv.n_layers, kv.n_heads, kv.head_dim, kv.context, kv.batch_size, kv.bytes_per_value,
+            kv.gqa_kv_heads) == shape
+
+
+def test_kv_cache_named_size_cites_llama():
+    assert "arXiv:2302.13971, table 2" in parse_query("kv cache for 7B at 4096 tokens").kv_cache.source
+    assert parse_query("kv cache for 8 layers 4 heads 32 dim at 64 tokens").kv_cache.source == (
+        "shape as given in the question")
+
+
+def test_kv_cache_7b_sizes():
+    # 2 (K and V) x 32 layers x KV heads x 128 x 4096 tokens x 1 sequence x 2 bytes.
+    rows = ask("kv cache for 7B at 4096 tokens").rows
+    assert [(row["attention"], row["kv_heads"]) for row in rows] == [("MHA", 32), ("GQA", 8), ("MQA", 1)]
+    assert [row["bytes"] for row in rows] == [2 * 32 * heads * 128 * 4096 * 2 for heads in (32, 8, 1)]
+    assert [row["gib"] for row in rows] == [2.0, 0.5, 0.0625]
+
+
+def test_kv_cache_given_shape_with_options():
+    rows = ask("kv cache for 24 layers 16 heads 64 head dim at 512 tokens batch 3 gqa 4 float32").rows
+    assert [row["bytes"] for row in rows] == [2 * 24 * heads * 64 * 512 * 3 * 4 for heads in (16, 4, 1)]
+
+
+def test_kv_cache_errors_name_the_fix():
+    with pytest.raises(UserError, match="named sizes are 7B, 13B, 33B, 65B"):
+        parse_query("kv cache for 70B at 4096 tokens")
+    with pytest.raises(UserError, match="'please' is not understood"):
+        parse_query("kv cache for 7B at 4096 tokens please")
+    with pytest.raises(UserError, match="does not divide"):
+        ask("kv cache for 7B at 4096 tokens gqa 5")
+    with pytest.raises(UserError, match="drop --law and --fit"):
+        ask("kv cache for 7B at 4096 tokens", law_keys=["tokens-20"])
+
+
+def test_unknown_question_lists_kv_cache_form():
+    with pytest.raises(UserError, match='"kv cache for 7B at 4096 tokens"'):
+        parse_query("memory for 7B")
+
+
+def test_cli_ask_kv_cache_json(capsys):
+    args = _parser().parse_args(["ask", "kv cache for 13B at 2048 tokens batch 2", "--json"])
+    assert args.handler(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["attention"] for row in rows] == ["MHA", "GQA", "MQA"]
+    for row in rows:
+        assert tuple(row) == KV_ROW_KEYS
+        assert row["bytes"] == 2 * 40 * row["kv_heads"] * 128 * 2048 * 2 * 2
+
+
+def test_cli_ask_kv_cache_table(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    args = _parser().parse_args(["ask", "kv cache for 7B at 4096 tokens"])
+    assert args.handler(args) == 0
+    output = capsys.readouterr().out
+    assert "2,147,483,648" in output
+    assert "536,870,912" in output
+    assert "67,108,864" in output
+    assert "32 layers, 32 query heads, head dim 128, 4096 tokens, batch 1" in output
+    assert "Touvron et al. 2023" in output

@@ -173,3 +173,11 @@ def test_no_bootstrap_means_no_intervals(tmp_path):
     assert record["kaplan"]["bootstrap"] is None
     assert "intervals" not in record["kaplan"]["fits"]["L(N)"]
     assert "No bootstrap was run, so these values come without intervals." in write_report(tmp_path / "out", record).read_text()
+
+
+def test_report_answers_kv_cache_question(fitted):
+    record, out = fitted
+    text = write_report(out, record, [ask("kv cache for 7B at 4096 tokens")]).read_text()
+    assert "## Question: kv cache for 7B at 4096 tokens" in text
+    assert "| MHA | 32 | 2147483648 | 2 |" in text
+    assert "| MQA | 1 | 67108864 | 0.0625 |" in text
