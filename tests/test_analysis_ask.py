@@ -193,7 +193,7 @@ def test_kv_cache_errors_name_the_fix():
         ask("kv cache for 7B at 4096 tokens", law_keys=["tokens-20"])
 
 
-def test_unknown_question_lists_kv_cache_form():
+def test_unknown_question_lists_kv_form():
     with pytest.raises(UserError, match='"kv cache for 7B at 4096 tokens"'):
         parse_query("memory for 7B")
 
