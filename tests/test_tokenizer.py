@@ -19,13 +19,14 @@ from scaling.tokenizer import (
     load_tokenizer,
     token_dtype,
 )
+from tests.conftest import SHARED
 
 MIXED_TEXT = (
     "def naïve(x):  # Grüße, Ελληνικά, 日本語, עברית\n"
     "    return x * 2  🎉🐍 👩‍💻 e\u0301\n"
     "\ttabs\r\nand CRLF, \u2028 line separator, emoji flag 🇺🇳\n"
 )
-TINY_SHAKESPEARE = Path("/work/shared/data/tinyshakespeare/input.txt")
+TINY_SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
 
 
 @pytest.fixture(scope="module")
