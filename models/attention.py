@@ -81,6 +81,8 @@ def attention(
 
     if implementation == "cudnn" and plain_self_attention and causal:
         return attention_cudnn(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)
+    if implementation == "xla" and plain_self_attention and causal:
+        return causal_attention_xla(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)
     if implementation == "blockwise":
         return attention_blockwise(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, query_index_L, key_valid_BxS, causal, key_block)
     if implementation in ("xla", "cudnn"):
@@ -121,6 +123,70 @@ def attention_xla(
         preferred_element_type=jnp.float32,
     )
     return out_BxLxKxGxE.reshape(batch, length, heads, head_dim).astype(q_BxLxHxE.dtype)
+
+
+def causal_attention_xla(q_BxLxHxE: jax.Array, k_BxLxKxE: jax.Array, v_BxLxKxE: jax.Array) -> jax.Array:
+    """Return causal self-attention (query i sees keys 0..i) with a hand-written backward pass.
+
+    The training path of "xla": the same result as `attention_xla` without a cache or padding, but the
+    mask is one [L, L] comparison instead of a [B, L, S] one, and the backward pass is the four matrix
+    products and one elementwise pass of the softmax's gradient (see `_causal_attention_bwd`), where
+    automatic differentiation of the softmax would add passes over the [B, K, G, L, S] scores.
+    """
+    batch, length, heads, head_dim = q_BxLxHxE.shape
+    q_BxLxKxGxE = _group_queries(q_BxLxHxE, k_BxLxKxE.shape[2])
+    out_BxLxKxGxE = _causal_attention(q_BxLxKxGxE, k_BxLxKxE, v_BxLxKxE)
+    return out_BxLxKxGxE.reshape(batch, length, heads, head_dim)
+
+
+def _causal_weights(q_BxLxKxGxE: jax.Array, k_BxSxKxE: jax.Array) -> jax.Array:
+    """Return the float32 softmax weights [B, K, G, L, S] of causal self-attention."""
+    length, head_dim = q_BxLxKxGxE.shape[1], q_BxLxKxGxE.shape[-1]
+    scores_BxKxGxLxS = jnp.einsum(
+        "blkge,bske->bkgls", q_BxLxKxGxE, k_BxSxKxE, preferred_element_type=jnp.float32
+    ) / math.sqrt(head_dim)
+    causal_LxS = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
+    scores_BxKxGxLxS = jnp.where(causal_LxS, scores_BxKxGxLxS, MASKED_SCORE)
+    return jax.nn.softmax(scores_BxKxGxLxS, axis=-1)
+
+
+@jax.custom_vjp
+def _causal_attention(q_BxLxKxGxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array) -> jax.Array:
+    weights_BxKxGxLxS = _causal_weights(q_BxLxKxGxE, k_BxSxKxE)
+    out_BxLxKxGxE = jnp.einsum("bkgls,bske->blkge", weights_BxKxGxLxS.astype(v_BxSxKxE.dtype), v_BxSxKxE,
+                               preferred_element_type=jnp.float32)
+    return out_BxLxKxGxE.astype(q_BxLxKxGxE.dtype)
+
+
+def _causal_attention_fwd(q_BxLxKxGxE, k_BxSxKxE, v_BxSxKxE):
+    weights_BxKxGxLxS = _causal_weights(q_BxLxKxGxE, k_BxSxKxE)
+    out_BxLxKxGxE = jnp.einsum("bkgls,bske->blkge", weights_BxKxGxLxS.astype(v_BxSxKxE.dtype), v_BxSxKxE,
+                               preferred_element_type=jnp.float32)
+    out_BxLxKxGxE = out_BxLxKxGxE.astype(q_BxLxKxGxE.dtype)
+    return out_BxLxKxGxE, (q_BxLxKxGxE, k_BxSxKxE, v_BxSxKxE, weights_BxKxGxLxS, out_BxLxKxGxE)
+
+
+def _causal_attention_bwd(residuals, dout_BxLxKxGxE):
+    """Return the gradients of q, k and v from the saved softmax weights P.
+
+    With O = P V and P = softmax(S): dV = P^T dO, dP = dO V^T, and dS = P (dP - D) with D_l = sum_e dO_le O_le,
+    the softmax gradient written with the output instead of a sum over keys (Dao et al. 2022,
+    arXiv:2205.14135, appendix B.2). Masked keys have P = 0, so their dS is 0 too.
+    """
+    q_BxLxKxGxE, k_BxSxKxE, v_BxSxKxE, weights_BxKxGxLxS, out_BxLxKxGxE = residuals
+    scale = 1.0 / math.sqrt(q_BxLxKxGxE.shape[-1])
+    dout_f32 = dout_BxLxKxGxE.astype(jnp.float32)
+    dv_BxSxKxE = jnp.einsum("bkgls,blkge->bske", weights_BxKxGxLxS, dout_f32)
+    dweights_BxKxGxLxS = jnp.einsum("blkge,bske->bkgls", dout_f32, v_BxSxKxE, preferred_element_type=jnp.float32)
+    delta_BxKxGxL = jnp.einsum("blkge,blkge->bkgl", dout_f32, out_BxLxKxGxE.astype(jnp.float32))
+    dscores_BxKxGxLxS = weights_BxKxGxLxS * (dweights_BxKxGxLxS - delta_BxKxGxL[..., None]) * scale
+    dq_BxLxKxGxE = jnp.einsum("bkgls,bske->blkge", dscores_BxKxGxLxS, k_BxSxKxE, preferred_element_type=jnp.float32)
+    dk_BxSxKxE = jnp.einsum("bkgls,blkge->bske", dscores_BxKxGxLxS, q_BxLxKxGxE, preferred_element_type=jnp.float32)
+    return (dq_BxLxKxGxE.astype(q_BxLxKxGxE.dtype), dk_BxSxKxE.astype(k_BxSxKxE.dtype),
+            dv_BxSxKxE.astype(v_BxSxKxE.dtype))
+
+
+_causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
 
 
 def attention_blockwise(

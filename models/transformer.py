@@ -4,7 +4,7 @@ RoPE or learned positions, SwiGLU or GELU MLP, multi-head, grouped-query or mult
 References: Vaswani et al. 2017 (the Transformer); Radford et al. 2019 (pre-norm decoder, GPT-2);
 Su et al. 2021 (RoPE, eq. 34); Shazeer 2020 (SwiGLU); Ainslie et al. 2023 (grouped-query attention).
 
-Shape suffixes on tensor names: B batch, L query positions, S key positions, D d_model, H query heads,
+Shape suffixes on tensor names: B batch, L query positions, N = B L tokens, S key positions, D d_model, H query heads,
 K key/value heads, E head_dim, F MLP hidden width, V vocabulary. `x_BxLxD` is a [B, L, D] array.
 Parameters are float32; activations use `ModelConfig.compute_dtype` ("auto" is bfloat16 on accelerators).
 
@@ -91,9 +91,14 @@ class CausalSelfAttention(nn.Module):
             kernel_init=nn.initializers.normal(std),
             name=name,
         )
-        q_BxLxHxE = dense((config.n_heads, head_dim), "query", EMBED_INIT_STD)(x_BxLxD)
-        k_BxLxKxE = dense((config.kv_heads, head_dim), "key", EMBED_INIT_STD)(x_BxLxD)
-        v_BxLxKxE = dense((config.kv_heads, head_dim), "value", EMBED_INIT_STD)(x_BxLxD)
+        batch, length = x_BxLxD.shape[:2]
+        x_NxD = flatten_tokens(x_BxLxD)
+        q_BxLxHxE = dense((config.n_heads, head_dim), "query", EMBED_INIT_STD)(x_NxD).reshape(
+            batch, length, config.n_heads, head_dim)
+        k_BxLxKxE = dense((config.kv_heads, head_dim), "key", EMBED_INIT_STD)(x_NxD).reshape(
+            batch, length, config.kv_heads, head_dim)
+        v_BxLxKxE = dense((config.kv_heads, head_dim), "value", EMBED_INIT_STD)(x_NxD).reshape(
+            batch, length, config.kv_heads, head_dim)
 
         if config.positions == "rope":
             q_BxLxHxE = apply_rope(q_BxLxHxE, positions_BxL, config.rope_base)
@@ -120,15 +125,26 @@ class CausalSelfAttention(nn.Module):
         # Residual-branch outputs are scaled down by sqrt(2 n_layers) so the residual stream's variance
         # does not grow with depth (GPT-2, section 2.3).
         out_std = EMBED_INIT_STD / math.sqrt(2 * config.n_layers)
-        out_BxLxD = nn.DenseGeneral(
+        out_NxD = nn.DenseGeneral(
             config.d_model,
             axis=(-2, -1),
             use_bias=False,
             dtype=dtype,
             kernel_init=nn.initializers.normal(out_std),
             name="out",
-        )(out_BxLxHxE)
-        return out_BxLxD, new_cache
+        )(flatten_tokens(out_BxLxHxE))
+        return out_NxD.reshape(batch, length, config.d_model), new_cache
+
+
+def flatten_tokens(x_BxLx: jax.Array) -> jax.Array:
+    """Return `x_BxLx` with batch and position merged into one token axis N = B L.
+
+    The projections run on [N, ...] arrays because the gradient of their weights then contracts one axis.
+    With [B, L, ...] inputs it contracts two, and XLA:CPU lays that out with transposed copies of the
+    activations' gradients, which cost as much as the matrix multiplies at these sizes
+    (docs/benchmarks.md, "Training throughput").
+    """
+    return x_BxLx.reshape(-1, *x_BxLx.shape[2:])
 
 
 def write_slots(buffer_BxSx: jax.Array, new_BxLx: jax.Array, start: jax.Array, fits: jax.Array) -> jax.Array:
@@ -170,14 +186,15 @@ class Mlp(nn.Module):
             kernel_init=nn.initializers.normal(std),
             name=name,
         )
-        up_BxLxF = dense(config.hidden_size, "up", EMBED_INIT_STD)(x_BxLxD)
+        x_NxD = flatten_tokens(x_BxLxD)
+        up_NxF = dense(config.hidden_size, "up", EMBED_INIT_STD)(x_NxD)
         if config.mlp == "swiglu":
-            gate_BxLxF = dense(config.hidden_size, "gate", EMBED_INIT_STD)(x_BxLxD)
-            hidden_BxLxF = nn.silu(gate_BxLxF) * up_BxLxF
+            gate_NxF = dense(config.hidden_size, "gate", EMBED_INIT_STD)(x_NxD)
+            hidden_NxF = nn.silu(gate_NxF) * up_NxF
         else:
-            hidden_BxLxF = nn.gelu(up_BxLxF)
+            hidden_NxF = nn.gelu(up_NxF)
         out_std = EMBED_INIT_STD / math.sqrt(2 * config.n_layers)
-        return dense(config.d_model, "down", out_std)(hidden_BxLxF)
+        return dense(config.d_model, "down", out_std)(hidden_NxF).reshape(x_BxLxD.shape)
 
 
 class Block(nn.Module):
@@ -288,17 +305,18 @@ class Transformer(nn.Module):
             new_layer_caches.append(layer_cache)
         x_BxLxD = make_norm(config, "final_norm")(x_BxLxD)
 
+        x_NxD = flatten_tokens(x_BxLxD)
         if config.tie_embeddings:
-            logits_BxLxV = embed.attend(x_BxLxD)
+            logits_NxV = embed.attend(x_NxD)
         else:
-            logits_BxLxV = nn.Dense(
+            logits_NxV = nn.Dense(
                 config.vocab_size,
                 use_bias=False,
                 dtype=dtype,
                 kernel_init=nn.initializers.normal(EMBED_INIT_STD),
                 name="head",
-            )(x_BxLxD)
-        logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+            )(x_NxD)
+        logits_BxLxV = logits_NxV.reshape(batch, length, config.vocab_size).astype(jnp.float32)
         if cache is None:
             return logits_BxLxV
 
