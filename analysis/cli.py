@@ -18,7 +18,8 @@ from analysis.runs import CONVENTIONS
 OPTIONAL_METHODS = ("approach1", "approach2", "kaplan", "extrapolation")  # as analysis.fit, without importing it
 DEFAULT_FIT_STARTS = 1000
 DEFAULT_BOOTSTRAPS = 200  # the same default as analysis.bootstrap, kept here so parsing imports no numpy
-DEFAULT_OUT = "fit"
+REPORTS_FOLDER = "_reports"  # fits of CSV and W&B sources go to RUNS/_reports/<name>
+WIDE_OUTPUT = 200  # columns for tables written to a pipe or file, where rich would otherwise assume 80
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -62,8 +63,11 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with a wandb: source, log the plots and fitted parameters back to that W&B project")
     parser.add_argument("--holdout", type=float, default=0.1, metavar="FRACTION",
                         help="share of the largest-compute runs held out by the extrapolation check (default 0.1)")
-    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                        help=f"folder for fit.json and plots (default: ./{DEFAULT_OUT})")
+    parser.add_argument("--runs", dest="runs_root", metavar="DIR",
+                        help="run store root, used when RUNS is not given (default: $SCALING_RUNS or ./runs)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="folder for fit.json and plots (default: <runs folder>/_report, or "
+                             f"RUNS/{REPORTS_FOLDER}/<name> for a CSV file or a W&B project)")
     parser.add_argument("--starts", type=int, default=DEFAULT_FIT_STARTS, metavar="N",
                         help=f"minimum size of approach 3's start grid (default: {DEFAULT_FIT_STARTS})")
     parser.add_argument("--bootstraps", type=int, default=DEFAULT_BOOTSTRAPS, metavar="N",
@@ -80,7 +84,8 @@ def _fit(args: argparse.Namespace) -> dict[str, Any]:
 
     from scaling.errors import UserError
 
-    source = _runs_path(args.runs)
+    source = _runs_path(args.runs or args.runs_root)
+    args.out = args.out or str(_default_out(source, args.runs_root))
     if args.log_plots and not str(source).startswith("wandb:"):
         raise UserError("--log-plots needs a wandb:ENTITY/PROJECT[/GROUP] source; drop it for local runs")
     record = fit_runs(source, args.out, convention=args.convention, starts=args.starts,
@@ -127,6 +132,26 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_out(source: Path | str, runs_root_option: str | None) -> Path:
+    """Return where a fit goes by default: beside the runs it fits, or under RUNS/_reports for other sources."""
+    from scaling.paths import runs_root
+
+    if isinstance(source, Path) and source.is_dir():
+        return source / "_report"
+    name = str(source).removeprefix("wandb:").replace("/", "_")
+    if isinstance(source, Path):
+        name = source.stem
+    return runs_root(runs_root_option) / REPORTS_FOLDER / name
+
+
+def _console():
+    """Return a rich Console, wide when the output is a pipe or a file so tables are not folded at 80 columns."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=WIDE_OUTPUT)
+
+
 def _runs_path(runs: str | None) -> Path | str:
     from scaling.paths import runs_root
 
@@ -136,7 +161,6 @@ def _runs_path(runs: str | None) -> Path | str:
 
 
 def _print_fit(record: dict[str, Any], out: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     approach3 = record["approach3"]
@@ -150,7 +174,7 @@ def _print_fit(record: dict[str, Any], out: Path) -> None:
         bounds = intervals.get(name)
         table.add_row(name, f"{value:.6g}", "" if bounds is None else f"{bounds[0]:.4g} .. {bounds[1]:.4g}")
     table.add_row("objective (sum of Huber losses)", f"{approach3['objective']:.6g}", "")
-    console = Console()
+    console = _console()
     console.print(table)
     console.print(f"status: {approach3['status']}")
     approach1 = record.get("approach1") or {}
@@ -218,7 +242,6 @@ def _bounds_text(bounds: list[float] | None, spec: str) -> str:
 
 def print_answer(answer) -> None:
     """Print an Answer as a rich table, its sources as numbered notes below it, then its notes."""
-    from rich.console import Console
     from rich.table import Table
 
     if answer.query.kind == "kv_cache":
@@ -235,7 +258,7 @@ def print_answer(answer) -> None:
                       _number(row["tokens_per_param"], ".2f"), _number(row["flops"]), _number(row["loss"], ".4f"),
                       _interval_text(row.get("interval"), answer.query.kind),
                       f"[{sources.index(row['source']) + 1}]")
-    console = Console()
+    console = _console()
     console.print(table)
     for number, source in enumerate(sources, start=1):
         console.print(f"[{number}] {source}", markup=False, highlight=False)
@@ -245,7 +268,6 @@ def print_answer(answer) -> None:
 
 def _print_kv_cache(answer) -> None:
     """Print the KV-cache sizes of MHA, GQA and MQA side by side, with the shape and where it comes from."""
-    from rich.console import Console
     from rich.table import Table
 
     shape = answer.query.kv_cache
@@ -255,7 +277,7 @@ def _print_kv_cache(answer) -> None:
         table.add_column(column, justify="left" if column == "attention" else "right")
     for row in answer.rows:
         table.add_row(row["attention"], str(row["kv_heads"]), f"{row['bytes']:,}", f"{row['gib']:.4g}")
-    console = Console()
+    console = _console()
     console.print(table)
     console.print(f"shape: {shape.n_layers} layers, {shape.n_heads} query heads, head dim {shape.head_dim}, "
                   f"{shape.context} tokens, batch {shape.batch_size}, {shape.bytes_per_value} byte(s) per value",

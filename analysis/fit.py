@@ -94,6 +94,9 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     out.mkdir(parents=True, exist_ok=True)
     record = _record(table, convention, approach3, approach2, approach2_note, params, tokens, losses)
     record["bootstrap"] = None if bootstrap is None else bootstrap.to_dict()
+    record["warnings"] = _approach3_warnings(approach3)
+    for warning in record["warnings"]:
+        logger.warning("approach 3: %s", warning)
     started = time.perf_counter()
     if approach2 is not None:
         record["approach2"]["bootstrap"] = None
@@ -133,6 +136,20 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     (out / FIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
     logger.info("wrote %s", out / FIT_FILE)
     return record
+
+
+E_AT_ZERO = 1e-3  # nats/token: an irreducible loss below this means the fit pushed E to its bound
+
+
+def _approach3_warnings(approach3) -> list[str]:
+    """Return caveats about an approach 3 fit that its convergence status does not show."""
+    warnings = []
+    if approach3.parameters()["E"] < E_AT_ZERO:
+        warnings.append(
+            f"E = {approach3.parameters()['E']:.3g} is at zero: these runs do not identify the irreducible loss, so "
+            "predicted losses far beyond them are too low; add larger budgets to pin E down"
+        )
+    return warnings
 
 
 def read_fit(path: str | Path) -> dict[str, Any]:

@@ -75,6 +75,8 @@ def _approach3_section(fit: dict[str, Any]) -> list[str]:
     lines = ["## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta", "",
              f"Status: **{approach3['status']}**. Objective (sum of Huber losses): {approach3['objective']:.6g} "
              f"over {approach3['n_points']} runs.", "",
+             *[f"> Warning: {warning}" for warning in fit.get("warnings", [])],
+             *([""] if fit.get("warnings") else []),
              "| parameter | value | 95% bootstrap interval |", "| --- | --- | --- |"]
     intervals = (fit.get("bootstrap") or {}).get("intervals", {})
     for name, value in values.items():

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from analysis.fit import fit_runs, read_fit

@@ -84,16 +84,18 @@ def test_second_launch_skips_completed_runs(study):
 
 
 def test_fit_and_ask_from_the_fit(study):
-    fitted = run_cli("fit", "runs/e2e", "--out", "fit", "--json", "--starts", "64", cwd=study)
+    fitted = run_cli("fit", "runs/e2e", "--json", "--starts", "64", "--bootstraps", "20", cwd=study)
     assert fitted.returncode == 0, fitted.stderr[-2000:]
     record = json.loads(fitted.stdout)
     assert record["n_runs"] == 6
     assert record["convention"] == "total"
     assert set(record["approach3"]["parameters"]) >= {"E", "A", "B", "alpha", "beta"}
-    assert (study / "fit" / "fit.json").exists()
-    assert list((study / "fit").glob("*.png"))
+    report = study / "runs" / "e2e" / "_report"  # the default output sits beside the runs it fits
+    assert (report / "fit.json").exists()
+    assert list(report.glob("*.png"))
+    assert not (study / "fit").exists()
 
-    asked = run_cli("ask", "tokens for 7B", "--fit", "fit/fit.json", "--json", cwd=study)
+    asked = run_cli("ask", "tokens for 7B", "--fit", str(report / "fit.json"), "--json", cwd=study)
     assert asked.returncode == 0, asked.stderr[-2000:]
     rows = json.loads(asked.stdout)
     assert all(ASK_KEYS <= set(row) for row in rows)

@@ -82,7 +82,7 @@ def test_vocabulary_mismatch_rejected(small_corpus, tmp_path):
 
 
 def test_locked_run_is_not_trained_twice(small_corpus, tmp_path):
-    from scaling.run_lock import RunLock, RunLocked
+    from scaling.run_lock import RunLock
 
     config = tiny_config(small_corpus)
     with RunLock(RunDir.at(tmp_path, "test", "tiny").path):
