@@ -44,7 +44,7 @@ LADDER_KEYS = ("convention", "aspect_ratio", "head_dim")
 # ModelConfig fields that the size ladder or the corpus sets for each run, so a spec may not fix them.
 SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
 TRAIN_KEYS = ("seq_len", "batch_size", "eval_tokens", "eval_interval", "log_interval", "checkpoint_interval",
-              "keep_checkpoints", "seed", "wandb_mode", "wandb_project")
+              "keep_checkpoints", "seed", "wandb_mode", "wandb_project", "max_epochs")
 GRID_KEYS = ("params", "tokens")
 ISOFLOP_KEYS = ("budgets", "params")
 
@@ -89,6 +89,7 @@ class TrainSpec:
     seed: int = 0  # initialisation and data-order seed, the same for every run of the sweep
     wandb_mode: str = "auto"  # "online", "offline", "disabled" or "auto"
     wandb_project: str = "scaling"
+    max_epochs: float | None = None  # refuse runs whose D exceeds this many passes over the corpus; None allows any
 
     @property
     def tokens_per_step(self) -> int:
@@ -283,6 +284,8 @@ def _parse_train(raw: Any) -> TrainSpec:
     if "seed" in values and (not isinstance(values["seed"], int) or isinstance(values["seed"], bool)
                              or values["seed"] < 0):
         raise UserError(f"train.seed={values['seed']!r} must be an integer >= 0")
+    if "max_epochs" in values and values["max_epochs"] is not None:
+        values["max_epochs"] = _number(values["max_epochs"], "train.max_epochs", integer=False)
     for key in ("wandb_mode", "wandb_project"):
         if key in values and not isinstance(values[key], str):
             raise UserError(f"train.{key}={values[key]!r} must be a string; quote it in the YAML")
@@ -466,7 +469,15 @@ def expand(spec: SweepSpec, runs_root: str | Path | None = None, *, progress: bo
         runs = _expand(spec, data)
     except UserError as error:
         raise UserError(f"sweep {spec.name}: {error}") from None
+    train_tokens = int(data.meta["tokens"]["train"])
+    max_epochs = spec.train.max_epochs
     for run in runs:
+        epochs = run.tokens / train_tokens
+        if max_epochs is not None and epochs > max_epochs:
+            raise UserError(
+                f"run {run.run_id} plans {run.tokens} tokens, {epochs:.2f} epochs over the corpus's {train_tokens} "
+                f"training tokens, above train.max_epochs={max_epochs}; lower its budget or raise max_epochs"
+            )
         if run.steps < MIN_STEPS_WARNING:
             log.warning("run %s has only %d optimizer steps; its warmup and decay are coarse", run.run_id, run.steps)
     return runs
@@ -524,6 +535,7 @@ def _expand(spec: SweepSpec, data: PreparedData) -> list[PlannedRun]:
                 keep_checkpoints=train.keep_checkpoints,
                 wandb_mode=train.wandb_mode,
                 wandb_project=train.wandb_project,
+                max_epochs=train.max_epochs,
             )
         except UserError as error:
             raise UserError(f"run {run_id}: {error}") from None

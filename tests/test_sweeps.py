@@ -219,6 +219,22 @@ def test_exact_flops_convention_uses_the_accounting_count(corpus_dir, tmp_path):
         assert abs(run.tokens - 3e9 / exact) <= spec.train.tokens_per_step / 2
 
 
+def test_max_epochs_rejects_a_run_past_the_corpus(corpus_dir, tmp_path):
+    from scaling.data import PreparedCorpus
+
+    runs_root = tmp_path / "runs"
+    first = expand(parse_spec(tiny_raw(corpus_dir)), runs_root)
+    corpus_tokens = len(PreparedCorpus.load(first[0].config.data.path).train)
+    over = f"{3 * corpus_tokens}"
+    train = {"seq_len": 32, "batch_size": 4, "eval_tokens": 512, "wandb_mode": "disabled", "max_epochs": 2}
+    spec = parse_spec(tiny_raw(corpus_dir, train=train, grid={"params": ["4K"], "tokens": ["20K", over]}))
+    with pytest.raises(UserError, match=r"above train.max_epochs=2\.0"):
+        expand(spec, runs_root)
+    allowed = parse_spec(tiny_raw(corpus_dir, train={**train, "max_epochs": 4},
+                                  grid={"params": ["4K"], "tokens": ["20K", over]}))
+    assert all(run.config.max_epochs == 4 for run in expand(allowed, runs_root))
+
+
 def test_run_ids_are_unique_stable_and_readable(corpus_dir, tmp_path):
     raw = tiny_raw(corpus_dir, grid={"params": ["4K", "1.2e4"], "tokens": ["20K", "4e4"]})
     first = expand(parse_spec(raw), tmp_path / "runs")
