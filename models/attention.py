@@ -128,62 +128,73 @@ def attention_xla(
 def causal_attention_xla(q_BxLxHxE: jax.Array, k_BxLxKxE: jax.Array, v_BxLxKxE: jax.Array) -> jax.Array:
     """Return causal self-attention (query i sees keys 0..i) with a hand-written backward pass.
 
-    The training path of "xla": the same result as `attention_xla` without a cache or padding, but the
-    mask is one [L, L] comparison instead of a [B, L, S] one, and the backward pass is the four matrix
-    products and one elementwise pass of the softmax's gradient (see `_causal_attention_bwd`), where
-    automatic differentiation of the softmax would add passes over the [B, K, G, L, S] scores.
+    The training path of "xla": the same result as `attention_xla` without a cache or padding, computed in
+    head-major layout. Queries, keys and values (small: L x E per head) are transposed once, so that every
+    product with the large [L, S] score matrices is a plain batched matrix multiply that XLA runs without
+    copying those matrices into another layout. The G query heads sharing a key/value head are stacked
+    along the query axis ([B, K, G L, E]), so grouped-query attention needs no repeated keys. The mask is
+    one [G L, S] comparison, and the backward pass is four products and one elementwise pass (see
+    `_causal_attention_bwd`).
     """
     batch, length, heads, head_dim = q_BxLxHxE.shape
-    q_BxLxKxGxE = _group_queries(q_BxLxHxE, k_BxLxKxE.shape[2])
-    out_BxLxKxGxE = _causal_attention(q_BxLxKxGxE, k_BxLxKxE, v_BxLxKxE)
-    return out_BxLxKxGxE.reshape(batch, length, heads, head_dim)
+    kv_heads = k_BxLxKxE.shape[2]
+    groups = heads // kv_heads
+    q_BxLxKxGxE = _group_queries(q_BxLxHxE, kv_heads)
+    q_BxKxQxE = q_BxLxKxGxE.transpose(0, 2, 3, 1, 4).reshape(batch, kv_heads, groups * length, head_dim)  # Q = G L
+    k_BxKxSxE = k_BxLxKxE.transpose(0, 2, 1, 3)
+    v_BxKxSxE = v_BxLxKxE.transpose(0, 2, 1, 3)
+    out_BxKxQxE = _causal_attention(q_BxKxQxE, k_BxKxSxE, v_BxKxSxE)
+    out_BxKxGxLxE = out_BxKxQxE.reshape(batch, kv_heads, groups, length, head_dim)
+    return out_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim)
 
 
-def _causal_weights(q_BxLxKxGxE: jax.Array, k_BxSxKxE: jax.Array) -> jax.Array:
-    """Return the float32 softmax weights [B, K, G, L, S] of causal self-attention."""
-    length, head_dim = q_BxLxKxGxE.shape[1], q_BxLxKxGxE.shape[-1]
-    scores_BxKxGxLxS = jnp.einsum(
-        "blkge,bske->bkgls", q_BxLxKxGxE, k_BxSxKxE, preferred_element_type=jnp.float32
-    ) / math.sqrt(head_dim)
-    causal_LxS = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
-    scores_BxKxGxLxS = jnp.where(causal_LxS, scores_BxKxGxLxS, MASKED_SCORE)
-    return jax.nn.softmax(scores_BxKxGxLxS, axis=-1)
+def _causal_weights(q_BxKxQxE: jax.Array, k_BxKxSxE: jax.Array) -> jax.Array:
+    """Return the float32 softmax weights [B, K, Q, S]; query row r sits at position r mod S."""
+    queries, keys, head_dim = q_BxKxQxE.shape[2], k_BxKxSxE.shape[2], q_BxKxQxE.shape[-1]
+    scores_BxKxQxS = jnp.matmul(q_BxKxQxE, jnp.swapaxes(k_BxKxSxE, -1, -2),
+                                preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+    causal_QxS = (jnp.arange(queries) % keys)[:, None] >= jnp.arange(keys)[None, :]
+    scores_BxKxQxS = jnp.where(causal_QxS, scores_BxKxQxS, MASKED_SCORE)
+    return jax.nn.softmax(scores_BxKxQxS, axis=-1)
+
+
+def _weighted_values(weights_BxKxQxS: jax.Array, v_BxKxSxE: jax.Array, dtype) -> jax.Array:
+    out_BxKxQxE = jnp.matmul(weights_BxKxQxS.astype(v_BxKxSxE.dtype), v_BxKxSxE, preferred_element_type=jnp.float32)
+    return out_BxKxQxE.astype(dtype)
 
 
 @jax.custom_vjp
-def _causal_attention(q_BxLxKxGxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array) -> jax.Array:
-    weights_BxKxGxLxS = _causal_weights(q_BxLxKxGxE, k_BxSxKxE)
-    out_BxLxKxGxE = jnp.einsum("bkgls,bske->blkge", weights_BxKxGxLxS.astype(v_BxSxKxE.dtype), v_BxSxKxE,
-                               preferred_element_type=jnp.float32)
-    return out_BxLxKxGxE.astype(q_BxLxKxGxE.dtype)
+def _causal_attention(q_BxKxQxE: jax.Array, k_BxKxSxE: jax.Array, v_BxKxSxE: jax.Array) -> jax.Array:
+    return _weighted_values(_causal_weights(q_BxKxQxE, k_BxKxSxE), v_BxKxSxE, q_BxKxQxE.dtype)
 
 
-def _causal_attention_fwd(q_BxLxKxGxE, k_BxSxKxE, v_BxSxKxE):
-    weights_BxKxGxLxS = _causal_weights(q_BxLxKxGxE, k_BxSxKxE)
-    out_BxLxKxGxE = jnp.einsum("bkgls,bske->blkge", weights_BxKxGxLxS.astype(v_BxSxKxE.dtype), v_BxSxKxE,
-                               preferred_element_type=jnp.float32)
-    out_BxLxKxGxE = out_BxLxKxGxE.astype(q_BxLxKxGxE.dtype)
-    return out_BxLxKxGxE, (q_BxLxKxGxE, k_BxSxKxE, v_BxSxKxE, weights_BxKxGxLxS, out_BxLxKxGxE)
+def _causal_attention_fwd(q_BxKxQxE, k_BxKxSxE, v_BxKxSxE):
+    weights_BxKxQxS = _causal_weights(q_BxKxQxE, k_BxKxSxE)
+    out_BxKxQxE = _weighted_values(weights_BxKxQxS, v_BxKxSxE, q_BxKxQxE.dtype)
+    return out_BxKxQxE, (q_BxKxQxE, k_BxKxSxE, v_BxKxSxE, weights_BxKxQxS, out_BxKxQxE)
 
 
-def _causal_attention_bwd(residuals, dout_BxLxKxGxE):
+def _causal_attention_bwd(residuals, dout_BxKxQxE):
     """Return the gradients of q, k and v from the saved softmax weights P.
 
-    With O = P V and P = softmax(S): dV = P^T dO, dP = dO V^T, and dS = P (dP - D) with D_l = sum_e dO_le O_le,
+    With O = P V and P = softmax(S): dV = P^T dO, dP = dO V^T, and dS = P (dP - D) with D_q = sum_e dO_qe O_qe,
     the softmax gradient written with the output instead of a sum over keys (Dao et al. 2022,
-    arXiv:2205.14135, appendix B.2). Masked keys have P = 0, so their dS is 0 too.
+    arXiv:2205.14135, appendix B.2). Masked keys have P = 0, so their dS is 0 too. dV and dK are computed
+    transposed (dV^T = dO^T P, dK^T = Q^T dS), which reads P and dS in their own layout.
     """
-    q_BxLxKxGxE, k_BxSxKxE, v_BxSxKxE, weights_BxKxGxLxS, out_BxLxKxGxE = residuals
-    scale = 1.0 / math.sqrt(q_BxLxKxGxE.shape[-1])
-    dout_f32 = dout_BxLxKxGxE.astype(jnp.float32)
-    dv_BxSxKxE = jnp.einsum("bkgls,blkge->bske", weights_BxKxGxLxS, dout_f32)
-    dweights_BxKxGxLxS = jnp.einsum("blkge,bske->bkgls", dout_f32, v_BxSxKxE, preferred_element_type=jnp.float32)
-    delta_BxKxGxL = jnp.einsum("blkge,blkge->bkgl", dout_f32, out_BxLxKxGxE.astype(jnp.float32))
-    dscores_BxKxGxLxS = weights_BxKxGxLxS * (dweights_BxKxGxLxS - delta_BxKxGxL[..., None]) * scale
-    dq_BxLxKxGxE = jnp.einsum("bkgls,bske->blkge", dscores_BxKxGxLxS, k_BxSxKxE, preferred_element_type=jnp.float32)
-    dk_BxSxKxE = jnp.einsum("bkgls,blkge->bske", dscores_BxKxGxLxS, q_BxLxKxGxE, preferred_element_type=jnp.float32)
-    return (dq_BxLxKxGxE.astype(q_BxLxKxGxE.dtype), dk_BxSxKxE.astype(k_BxSxKxE.dtype),
-            dv_BxSxKxE.astype(v_BxSxKxE.dtype))
+    q_BxKxQxE, k_BxKxSxE, v_BxKxSxE, weights_BxKxQxS, out_BxKxQxE = residuals
+    scale = 1.0 / math.sqrt(q_BxKxQxE.shape[-1])
+    f32 = jnp.float32
+    dout_BxKxQxE = dout_BxKxQxE.astype(f32)
+    dout_BxKxExQ = jnp.swapaxes(dout_BxKxQxE, -1, -2)
+    dv_BxKxExS = jnp.matmul(dout_BxKxExQ, weights_BxKxQxS, preferred_element_type=f32)
+    dweights_BxKxQxS = jnp.matmul(dout_BxKxQxE, jnp.swapaxes(v_BxKxSxE, -1, -2).astype(f32), preferred_element_type=f32)
+    delta_BxKxQx1 = jnp.sum(dout_BxKxQxE * out_BxKxQxE.astype(f32), axis=-1, keepdims=True)
+    dscores_BxKxQxS = weights_BxKxQxS * (dweights_BxKxQxS - delta_BxKxQx1) * scale
+    dq_BxKxQxE = jnp.matmul(dscores_BxKxQxS, k_BxKxSxE.astype(f32), preferred_element_type=f32)
+    dk_BxKxExS = jnp.matmul(jnp.swapaxes(q_BxKxQxE, -1, -2).astype(f32), dscores_BxKxQxS, preferred_element_type=f32)
+    return (dq_BxKxQxE.astype(q_BxKxQxE.dtype), jnp.swapaxes(dk_BxKxExS, -1, -2).astype(k_BxKxSxE.dtype),
+            jnp.swapaxes(dv_BxKxExS, -1, -2).astype(v_BxKxSxE.dtype))
 
 
 _causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
