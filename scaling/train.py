@@ -79,7 +79,7 @@ def enable_compilation_cache(runs_root: Path) -> None:
     """Keep compiled programs under RUNS/_jax_cache so a rerun or a same-shaped run skips compilation."""
     cache_dir = os.environ.get("SCALING_JAX_CACHE", str(Path(runs_root) / "_jax_cache"))
     jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def run_record(config: TrainConfig, corpus_meta: dict[str, Any]) -> dict[str, Any]:
@@ -297,6 +297,7 @@ class _SecondaryRunDir(RunDir):
 
 
 def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bool) -> dict[str, Any]:
+    entered = time.time()
     previous = run_dir.summary() if run_dir.summary_path.exists() else None
     if previous and previous.get("status") in ("completed", "diverged"):
         # A diverged run is final too: resuming it would repeat the same steps and diverge again.
@@ -357,7 +358,7 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     run_dir.write_summary(summary)
     try:
         summary = _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpointer, tracker,
-                        progress, wall_before, started)
+                        progress, wall_before, started, setup_s=started - entered)
     except BaseException as error:
         if not isinstance(error, KeyboardInterrupt):
             summary = {**summary, "status": "failed", "error": f"{type(error).__name__}: {error}",
@@ -373,7 +374,7 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
 
 
 def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpointer, tracker, progress,
-          wall_before, started) -> dict[str, Any]:
+          wall_before, started, setup_s: float = 0.0) -> dict[str, Any]:
     total_steps = config.total_steps
     tokens_per_step = config.data.tokens_per_step
     schedule = {key: jnp.asarray(value, jnp.float32)
@@ -383,10 +384,14 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
     val_tokens = windows.shape[0] * (windows.shape[1] - 1)
 
     fault = fault_from_env()
+    # Seconds of this process's wall time outside training steps, logged at the end (docs/benchmarks.md).
+    overhead = {"setup": setup_s, "first_step": 0.0, "evaluation": 0.0, "checkpoint": 0.0}
 
     def evaluate(params, step: int) -> dict[str, float]:
         interrupt = (lambda: _kill_self(checkpointer)) if fault == ("eval", step) else None
+        begun = time.time()
         nats = trainer.evaluate(params, windows, after_first_chunk=interrupt)
+        overhead["evaluation"] += time.time() - begun
         return {"val_loss": nats / val_tokens, "val_bpb": nats / (math.log(2) * val_bytes)}
 
     summary = _base_summary(record, status="running")
@@ -401,7 +406,13 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
             state = {**state, "params": jax.tree.map(lambda p: p * jnp.nan, state["params"])}
         batch = batch_at(corpus.train, step, batch_size=config.data.batch_size, seq_len=config.data.seq_len,
                          seed=config.seed)
-        state, metrics = trainer.step_fn(state, trainer.put_batch(batch), schedule)
+        if step == start_step:  # the first call compiles the step, or loads it from the compilation cache
+            begun = time.time()
+            state, metrics = trainer.step_fn(state, trainer.put_batch(batch), schedule)
+            jax.block_until_ready(metrics)
+            overhead["first_step"] = time.time() - begun
+        else:
+            state, metrics = trainer.step_fn(state, trainer.put_batch(batch), schedule)
         pending.append(metrics)
         if fault == ("step", done):
             _kill_self(checkpointer)
@@ -444,13 +455,19 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
             bar.update(done, row)
 
         if is_checkpoint:
+            begun = time.time()
             checkpointer.save(done, state)
+            overhead["checkpoint"] += time.time() - begun
             if fault == ("checkpoint", done):
                 _kill_self()
 
     bar.close()
+    begun = time.time()
     checkpointer.wait()
+    overhead["checkpoint"] += time.time() - begun
     wall = wall_before + time.time() - started
+    log.info("run %s spent %.1f s in train(), of which %s", config.run_id, time.time() - started + setup_s,
+             ", ".join(f"{name} {seconds:.2f} s" for name, seconds in overhead.items()))
     tokens_seen = total_steps * tokens_per_step
     summary.update(
         status="completed",

@@ -1,4 +1,4 @@
-"""`scaling sweep plan|launch`: see a sweep's runs and cost, then run it on this machine.
+"""`scaling sweep plan|launch`: see a sweep's runs and cost, then run it here, on Ray, or on SLURM.
 
 scaling/cli.py calls `add_parsers(subparsers)` and dispatches `args.handler(args)`; each handler returns
 the exit status. A UserError raised here becomes a one-line message and exit status 2 in scaling/cli.py.
@@ -32,6 +32,12 @@ def add_parsers(subparsers) -> None:
     launch.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     _add_common(launch)
     launch.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    launch.add_argument("--backend", choices=("local", "ray", "slurm"), default="local",
+                        help="where runs execute: local worker processes (default), Ray tasks, or SLURM jobs "
+                             "through submitit (options in the spec's slurm: mapping)")
+    launch.add_argument("--address", metavar="HOST:PORT",
+                        help="with --backend ray: the Ray cluster to join ('auto' for the one `ray start` began "
+                             "on this machine); default: a private Ray instance on 127.0.0.1")
     launch.set_defaults(handler=launch_command)
 
 
@@ -56,12 +62,13 @@ def plan_command(args: argparse.Namespace) -> int:
 
 
 def launch_command(args: argparse.Namespace) -> int:
-    from sweeps.launcher import run_sweep
+    from sweeps.backends import run_with_backend
     from sweeps.spec import load_spec
 
     _check_workers(args.workers)
-    outcomes = run_sweep(load_spec(args.spec), args.runs, workers=args.workers, progress=not args.no_progress,
-                         show_table=True)
+    outcomes = run_with_backend(getattr(args, "backend", "local"), load_spec(args.spec), args.runs,
+                                workers=args.workers, address=getattr(args, "address", None),
+                                progress=not args.no_progress, show_table=True)
     unfinished = [outcome.run.run_id for outcome in outcomes if not outcome.ok]
     if unfinished:
         log.error("%d of %d runs did not complete: %s", len(unfinished), len(outcomes), ", ".join(unfinished))

@@ -38,7 +38,8 @@ SPECS_DIR = Path(__file__).resolve().parent / "specs"
 FLOPS_CONVENTIONS = ("6N_total", "6N_non_embedding", "exact")  # the keys of scaling.accounting's FLOPs per token
 PARAM_CONVENTIONS = ("total", "non_embedding")
 
-TOP_KEYS = ("name", "description", "data", "model", "optimizer", "train", "flops_per_token", "grid", "isoflop")
+TOP_KEYS = ("name", "description", "data", "model", "optimizer", "train", "flops_per_token", "grid", "isoflop",
+            "resources", "slurm")
 DATA_KEYS = ("source", "tokenizer", "vocab_size", "text_field", "val_fraction")
 LADDER_KEYS = ("convention", "aspect_ratio", "head_dim")
 # ModelConfig fields that the size ladder or the corpus sets for each run, so a spec may not fix them.
@@ -129,6 +130,8 @@ class SweepSpec:
     isoflop: IsoflopSpec | None = None
     description: str = ""
     origin: str = "<spec>"  # the file it came from, for messages
+    resources: dict[str, Any] = field(default_factory=dict)  # per-run cpus and gpus for Ray and SLURM (sweeps.backends)
+    slurm: dict[str, Any] = field(default_factory=dict)  # submitit options of --backend slurm (sweeps.backend_slurm)
 
     @property
     def kind(self) -> str:
@@ -222,9 +225,25 @@ def _parse(raw: Any, origin: str) -> SweepSpec:
         isoflop=_parse_isoflop(top["isoflop"]) if "isoflop" in top else None,
         description=description.strip(),
         origin=origin,
+        resources=_backend_mapping(top, "resources"),
+        slurm=_backend_mapping(top, "slurm"),
     )
     _check_unique_ids(spec)
     return spec
+
+
+def _backend_mapping(top: dict[str, Any], key: str) -> dict[str, Any]:
+    """Return the spec's `resources:` or `slurm:` mapping, validated by the backend module that reads it."""
+    from sweeps.backend_slurm import SlurmOptions
+    from sweeps.backends import RESOURCE_KEYS, RunResources
+
+    if key == "resources":
+        raw = _mapping(top.get(key, {}), key, RESOURCE_KEYS)
+        RunResources.from_mapping(raw)
+    else:
+        raw = _mapping(top.get(key, {}), key, {f.name for f in dataclasses.fields(SlurmOptions)})
+        SlurmOptions.from_mapping(raw)
+    return raw
 
 
 def _mapping(raw: Any, where: str, known: tuple[str, ...] | set[str]) -> dict[str, Any]:

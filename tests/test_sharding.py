@@ -216,6 +216,7 @@ TRAIN_CHILD = (
 )
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(small_corpus, tmp_path):
     """Two processes of 2 CPU devices each, joined by jax.distributed on 127.0.0.1, train one FSDP run over
     4 devices. Process 0 alone writes the run folder, and its losses equal a one-device run's."""

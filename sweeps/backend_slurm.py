@@ -1,0 +1,139 @@
+"""The SLURM backend: run a sweep's runs as SLURM jobs through submitit.
+
+`run_sweep_slurm(spec, runs_root)` expands the spec, skips completed runs, and submits the rest as one
+job array (one task per run) with the options of the spec's `slurm:` mapping (`SlurmOptions`). Each job
+starts `python -m sweeps.worker` as a child, so it trains exactly as a local worker does and writes the
+same run store. The store must be on a file system the compute nodes share with the submitting machine.
+submitit's own files (the pickled job, its stdout and stderr) go to RUNS/<sweep>/_slurm/. The call waits
+for every job to end and returns one outcome per run; a job that SLURM cancels or times out is marked
+failed, and the next launch resumes it from its newest checkpoint.
+
+`executor: local` in the spec runs the same jobs as local processes through submitit's LocalExecutor,
+which is how the tests exercise this backend without a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from scaling.errors import UserError
+from scaling.paths import runs_root as resolve_runs_root
+from sweeps.backends import RunResources, failed_outcome, outcome_from_exit, run_worker_process, split_completed
+from sweeps.launcher import RunOutcome, check_existing_configs
+from sweeps.spec import SweepSpec, expand
+
+log = logging.getLogger(__name__)
+
+SUBMITIT_FOLDER = "_slurm"  # RUNS/<sweep>/_slurm/: submitit's pickles and job logs
+EXECUTORS = ("slurm", "local")
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """The `slurm:` mapping of a sweep spec: where and how long each run's job may run."""
+
+    partition: str | None = None  # SLURM partition (sbatch --partition); None uses the cluster's default
+    time_min: int = 60  # wall-clock limit of one run's job in minutes (sbatch --time)
+    gpus_per_node: int | None = None  # GPUs per job; None takes resources.gpus of the spec
+    cpus_per_task: int | None = None  # CPU cores per job; None takes resources.cpus of the spec, rounded up
+    mem_gb: float | None = None  # memory per job in GB (sbatch --mem); None uses the partition's default
+    account: str | None = None  # sbatch --account
+    qos: str | None = None  # sbatch --qos
+    constraint: str | None = None  # sbatch --constraint, e.g. a GPU model
+    array_parallelism: int = 64  # most runs of the sweep running at once
+    setup: tuple[str, ...] = ()  # shell lines run before each job (module load ..., source venv/bin/activate)
+    executor: str = "slurm"  # "slurm", or "local" to run the jobs as local processes (tests, a laptop)
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise UserError(f"slurm.executor={self.executor!r} is not one of: {', '.join(EXECUTORS)}")
+        for name in ("time_min", "array_parallelism"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"slurm.{name}={value!r} must be a positive integer")
+        if not isinstance(self.setup, tuple) or not all(isinstance(line, str) for line in self.setup):
+            raise UserError(f"slurm.setup={self.setup!r} must be a list of shell lines")
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any] | None) -> SlurmOptions:
+        raw = dict(raw or {})
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise UserError(f"unknown slurm key {unknown[0]!r}; known keys are: {', '.join(known)}")
+        if "setup" in raw:
+            setup = raw["setup"]
+            raw["setup"] = tuple(setup) if isinstance(setup, list) else setup
+        return cls(**raw)
+
+    def submitit_parameters(self, resources: RunResources, name: str) -> dict[str, Any]:
+        """Return the parameters of submitit.AutoExecutor.update_parameters for one run's job."""
+        gpus = self.gpus_per_node if self.gpus_per_node is not None else math.ceil(resources.gpus)
+        cpus = self.cpus_per_task if self.cpus_per_task is not None else resources.threads
+        parameters: dict[str, Any] = {"name": name, "timeout_min": self.time_min, "nodes": 1, "tasks_per_node": 1,
+                                      "cpus_per_task": cpus, "slurm_array_parallelism": self.array_parallelism}
+        if gpus:
+            parameters["gpus_per_node"] = gpus
+        if self.mem_gb is not None:
+            parameters["mem_gb"] = self.mem_gb
+        for option in ("partition", "account", "qos", "constraint"):
+            value = getattr(self, option)
+            if value is not None:
+                parameters[f"slurm_{option}"] = value
+        if self.setup:
+            parameters["slurm_setup"] = list(self.setup)
+        return parameters
+
+
+def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
+                    options: SlurmOptions | None = None, resources: RunResources | None = None) -> list[RunOutcome]:
+    """Submit every run of the sweep that is not completed yet as a SLURM job; wait, and return outcomes."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--backend slurm needs submitit; install it with pip install submitit") from None
+
+    root = Path(resolve_runs_root(runs_root)).absolute()
+    options = options or SlurmOptions.from_mapping(getattr(spec, "slurm", None))
+    resources = resources or RunResources.from_spec(spec)
+    runs = expand(spec, root)
+    check_existing_configs(runs, root)
+    outcomes, todo = split_completed(runs, root)
+
+    folder = root / spec.name / SUBMITIT_FOLDER
+    executor = submitit.AutoExecutor(folder=folder, cluster="local" if options.executor == "local" else "slurm")
+    executor.update_parameters(**_for_executor(options.submitit_parameters(resources, f"sweep-{spec.name}"),
+                                               options.executor))
+    env = resources.threads_env()
+    jobs = []
+    if todo:
+        try:
+            jobs = executor.map_array(run_worker_process, [run.config.to_dict() for run in todo],
+                                      [str(root)] * len(todo), [env] * len(todo))
+        except Exception as error:  # sbatch missing, refused by the cluster, a bad partition
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise UserError(f"SLURM refused the sweep's jobs: {first_line}; check the slurm: options of the spec") \
+                from None
+        log.info("sweep %s: %d runs, %d submitted as SLURM jobs %s (%s per run)", spec.name, len(runs), len(todo),
+                 jobs[0].job_id.split("_")[0], resources.describe())
+    for run, job in zip(todo, jobs):
+        try:
+            returncode, cpu_s, wall_s, host = job.result()
+        except Exception as error:  # the job was cancelled, timed out, or its node failed
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            outcomes[run.run_id] = failed_outcome(run, root, f"SLURM job {job.job_id} failed: {first_line[:300]}")
+            continue
+        outcomes[run.run_id] = outcome_from_exit(run, root, returncode, cpu_s, wall_s, host)
+    return [outcomes[run.run_id] for run in runs]
+
+
+def _for_executor(parameters: dict[str, Any], executor: str) -> dict[str, Any]:
+    """Drop what submitit's local executor does not take: the slurm_ options and GPU counts."""
+    if executor == "slurm":
+        return parameters
+    return {key: value for key, value in parameters.items()
+            if not key.startswith("slurm_") and key not in ("gpus_per_node", "mem_gb")}

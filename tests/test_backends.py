@@ -1,0 +1,94 @@
+"""Sweep backends: Ray tasks on a local Ray instance (127.0.0.1) and SLURM jobs through submitit's local
+executor train the same runs as the local launcher, to the same final losses, and skip completed runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from scaling.errors import UserError
+from scaling.run_store import RunDir
+from sweeps.backend_slurm import SlurmOptions
+from sweeps.backends import RunResources, run_with_backend
+from sweeps.spec import parse_spec
+from tests.faults import shared_jax_cache  # noqa: F401  (autouse: one compilation cache for the session)
+from tests.test_sweeps import corpus_dir  # noqa: F401  (the tiny prepared corpus of the sweep tests)
+
+
+def tiny_sweep(source, name: str, **sections) -> dict:
+    """Two runs of a few dozen steps each on the tiny corpus."""
+    return {
+        "name": name,
+        "data": {"source": str(source), "tokenizer": "bytes", "val_fraction": 0.2},
+        "model": {"head_dim": 8, "aspect_ratio": 8},
+        "optimizer": {"peak_lr": 1e-2, "warmup_steps": 2},
+        "train": {"seq_len": 16, "batch_size": 4, "eval_tokens": 256, "wandb_mode": "disabled"},
+        "grid": {"params": ["3K", "1.2e4"], "tokens": ["2K"]},
+        **sections,
+    }
+
+
+@pytest.fixture(scope="module")
+def local_losses(corpus_dir, tmp_path_factory):  # noqa: F811
+    """Final validation losses of the tiny sweep trained by the local launcher."""
+    runs = tmp_path_factory.mktemp("local_runs")
+    outcomes = run_with_backend("local", parse_spec(tiny_sweep(corpus_dir, "tiny")), runs, workers=2,
+                                progress=False)
+    assert [outcome.status for outcome in outcomes] == ["completed", "completed"]
+    return {outcome.run.run_id: outcome.summary["final_val_loss"] for outcome in outcomes}
+
+
+def test_ray_backend_matches_local(corpus_dir, tmp_path, local_losses):  # noqa: F811
+    pytest.importorskip("ray")
+    spec = parse_spec(tiny_sweep(corpus_dir, "tiny", resources={"cpus": 1}))
+    outcomes = run_with_backend("ray", spec, tmp_path, progress=False)
+    assert [outcome.status for outcome in outcomes] == ["completed", "completed"]
+    assert {outcome.run.run_id: outcome.summary["final_val_loss"] for outcome in outcomes} == local_losses
+    for outcome in outcomes:  # the same run store layout: summary, metrics, the worker's log
+        run = RunDir.at(tmp_path, "tiny", outcome.run.run_id)
+        assert run.status() == "completed"
+        assert run.metrics()
+        assert outcome.log_path.is_file()
+
+    again = run_with_backend("ray", spec, tmp_path, progress=False)
+    assert [outcome.status for outcome in again] == ["skipped", "skipped"]
+
+
+def test_slurm_backend_with_local_executor_matches_local(corpus_dir, tmp_path, local_losses):  # noqa: F811
+    pytest.importorskip("submitit")
+    spec = parse_spec(tiny_sweep(corpus_dir, "tiny", slurm={"executor": "local", "time_min": 10,
+                                                            "partition": "debug"}))
+    outcomes = run_with_backend("slurm", spec, tmp_path, progress=False)
+    assert [outcome.status for outcome in outcomes] == ["completed", "completed"]
+    assert {outcome.run.run_id: outcome.summary["final_val_loss"] for outcome in outcomes} == local_losses
+    assert (tmp_path / "tiny" / "_slurm").is_dir()  # submitit's job files
+
+    again = run_with_backend("slurm", spec, tmp_path, progress=False)
+    assert [outcome.status for outcome in again] == ["skipped", "skipped"]
+
+
+def test_slurm_options_become_submitit_parameters():
+    options = SlurmOptions.from_mapping({"partition": "gpu", "time_min": 90, "account": "lab", "mem_gb": 32,
+                                         "setup": ["module load cuda"]})
+    parameters = options.submitit_parameters(RunResources(cpus=4, gpus=1), "sweep-demo")
+    assert parameters == {
+        "name": "sweep-demo", "timeout_min": 90, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 4,
+        "slurm_array_parallelism": 64, "gpus_per_node": 1, "mem_gb": 32, "slurm_partition": "gpu",
+        "slurm_account": "lab", "slurm_setup": ["module load cuda"],
+    }
+
+
+@pytest.mark.parametrize("section, match", [
+    ({"slurm": {"partitoin": "gpu"}}, "unknown key 'partitoin' in slurm"),
+    ({"slurm": {"time_min": 0}}, "slurm.time_min=0 must be a positive integer"),
+    ({"slurm": {"executor": "cloud"}}, "slurm.executor='cloud' is not one of"),
+    ({"resources": {"cpus": 0}}, "resources.cpus=0 must be a positive number"),
+    ({"resources": {"gpu": 1}}, "unknown key 'gpu' in resources"),
+])
+def test_bad_backend_options_raise_user_error(corpus_dir, section, match):  # noqa: F811
+    with pytest.raises(UserError, match=match):
+        parse_spec(tiny_sweep(corpus_dir, "tiny", **section))
+
+
+def test_address_needs_ray_backend(corpus_dir, tmp_path):  # noqa: F811
+    with pytest.raises(UserError, match="--address names a Ray cluster"):
+        run_with_backend("local", parse_spec(tiny_sweep(corpus_dir, "tiny")), tmp_path, address="127.0.0.1:6379")
