@@ -1,0 +1,364 @@
+"""Training throughput on the CPU: tokens per second and model FLOPs utilisation, beside PyTorch.
+
+    python benchmarks/train_throughput.py --json
+
+For each model width of the ladder (same depth, heads of `--head-dim`), the script times full optimizer
+steps of `scaling.train.Trainer` (forward, backward, gradient clipping, AdamW, donated state) on random
+byte tokens, and the same architecture trained by PyTorch in the same process: eager, and `torch.compile`
+unless `--no-compile`. The PyTorch model (`TorchDecoder`) has the same parameters, initialisation, RoPE
+pairing, RMSNorm, SwiGLU, tied embeddings and causal attention (`scaled_dot_product_attention`), and
+`torch.optim.AdamW` with the same betas, epsilon, decay mask and clipping.
+
+Model FLOPs utilisation (MFU) is the exact training FLOPs per second (scaling.accounting, Hoffmann et al.
+2022 appendix F: forward matrix multiplies, attention and logits, times 3) divided by
+`matmul_peak_flops`: the fastest float32 matrix multiply this script measured in the same run, over XLA
+and PyTorch and square sizes 1024 and 2048. Every engine gets `--threads` threads.
+
+The runs are interleaved (JAX, torch eager, torch compiled, then again) `--repeats` times, with a pause of
+SETTLE_S before each so that the previous engine's threads have stopped spinning, and each engine's fastest
+run is reported: other processes on a shared machine can only slow a run down, never speed it up. The
+spread (slowest over fastest) is printed beside it.
+Set XLA_FLAGS before starting to compare XLA settings: the script records the flags it ran with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="64,128,256,512", help="d_model ladder, comma-separated")
+    parser.add_argument("--layers", type=int, default=4, help="Transformer blocks at every width (default 4)")
+    parser.add_argument("--head-dim", type=int, default=32, help="width of one attention head (default 32)")
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
+    parser.add_argument("--batch", type=int, default=8, help="sequences per optimizer step (default 8)")
+    parser.add_argument("--vocab", type=int, default=256, help="vocabulary size (default 256, bytes)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="timed steps per measurement; 0 picks about 2 s worth for each size")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved measurements per engine (the fastest counts)")
+    parser.add_argument("--threads", type=int, default=2, help="threads of every engine (default 2)")
+    parser.add_argument("--no-torch", action="store_true", help="time the JAX trainer only")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser.parse_args(argv)
+
+
+ARGS = parse_args()
+os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from scaling.accounting import parameter_counts, training_flops_per_token  # noqa: E402
+from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig  # noqa: E402
+from scaling.schedule import schedule_values  # noqa: E402
+from scaling.train import Trainer  # noqa: E402
+
+
+def model_config(d_model: int, args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(vocab_size=args.vocab, d_model=d_model, n_layers=args.layers,
+                       n_heads=max(1, d_model // args.head_dim), max_seq_len=args.seq_len)
+
+
+def train_config(model: ModelConfig, args: argparse.Namespace, steps: int) -> TrainConfig:
+    return TrainConfig(model=model, optimizer=OptimizerConfig(warmup_steps=2),
+                       data=DataConfig(path="unused", seq_len=args.seq_len, batch_size=args.batch),
+                       tokens=steps * args.seq_len * args.batch, wandb_mode="disabled")
+
+
+def random_batches(count: int, args: argparse.Namespace, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, args.vocab, size=(count, args.batch, args.seq_len + 1)).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------- peak rate
+
+
+def matmul_peak(threads: int, use_torch: bool) -> dict[str, float]:
+    """Return the best float32 matmul FLOP/s of XLA and of PyTorch over square sizes 1024 and 2048."""
+    rates = {}
+    for n in (1024, 2048):
+        a = np.random.default_rng(1).standard_normal((n, n), np.float32)
+        b = np.random.default_rng(2).standard_normal((n, n), np.float32)
+        product = jax.jit(jnp.matmul)
+        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        product(ja, jb).block_until_ready()
+        rates[f"xla_{n}"] = 2 * n**3 / best_time(lambda: product(ja, jb).block_until_ready())
+        if use_torch:
+            import torch
+
+            torch.set_num_threads(threads)
+            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+            torch.matmul(ta, tb)
+            rates[f"torch_{n}"] = 2 * n**3 / best_time(lambda: torch.matmul(ta, tb))
+    return rates
+
+
+SETTLE_S = 0.5  # pause before each timed run, so the previous engine's worker threads stop spinning
+
+
+def best_time(work, repeats: int = 7) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------- JAX
+
+
+class JaxRunner:
+    """The project's own trainer: a compiled step with the state donated, fed host batches."""
+
+    def __init__(self, model: ModelConfig, args: argparse.Namespace, steps: int):
+        self.config = train_config(model, args, steps)
+        self.trainer = Trainer(self.config)
+        self.state = self.trainer.init_state(0)
+        self.schedule = {key: jnp.asarray(value, jnp.float32)
+                         for key, value in schedule_values(self.config.optimizer, steps).items()}
+        self.batches = random_batches(steps, args)
+        self.run(2)  # compile, and reach the steady state
+
+    def run(self, steps: int) -> float:
+        start = time.perf_counter()
+        metrics = None
+        for step in range(steps):
+            self.state, metrics = self.trainer.step_fn(self.state, self.batches[step % len(self.batches)],
+                                                       self.schedule)
+        jax.block_until_ready((self.state, metrics))
+        return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------- PyTorch
+
+
+def torch_runner(model: ModelConfig, args: argparse.Namespace, steps: int, compiled: bool):
+    """Return a PyTorch runner of the same architecture; raises whatever torch.compile raises."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    return TorchRunner(model, args, steps, compiled)
+
+
+class TorchRunner:
+    def __init__(self, model: ModelConfig, args: argparse.Namespace, steps: int, compiled: bool):
+        import torch
+
+        torch.manual_seed(0)
+        self.torch = torch
+        self.module = TorchDecoder(model)
+        decay = [p for p in self.module.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.module.parameters() if p.ndim < 2]
+        opt = OptimizerConfig()
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=opt.peak_lr, betas=(opt.beta1, opt.beta2), eps=opt.eps,
+        )
+        self.grad_clip = opt.grad_clip
+        self.batches = torch.from_numpy(random_batches(steps, args).astype(np.int64))
+        self.step_fn = torch.compile(self._step) if compiled else self._step
+        self.run(2)
+
+    def _step(self, batch):
+        torch = self.torch
+        logits = self.module(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def run(self, steps: int) -> float:
+        start = time.perf_counter()
+        for step in range(steps):
+            loss = self.step_fn(self.batches[step % len(self.batches)])
+        float(loss)
+        return time.perf_counter() - start
+
+
+def TorchDecoder(model: ModelConfig):  # noqa: N802 - builds a torch.nn.Module class lazily, so torch stays optional
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    std = 0.02
+    out_std = std / math.sqrt(2 * model.n_layers)
+    heads, head_dim, hidden = model.n_heads, model.dim_per_head, model.hidden_size
+
+    class RMSNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(model.d_model))
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.scale
+
+    def linear(inputs, outputs, init_std):
+        layer = nn.Linear(inputs, outputs, bias=False)
+        nn.init.normal_(layer.weight, std=init_std)
+        return layer
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            d = model.d_model
+            self.attention_norm, self.mlp_norm = RMSNorm(), RMSNorm()
+            self.query, self.key, self.value = (linear(d, heads * head_dim, std) for _ in range(3))
+            self.out = linear(heads * head_dim, d, out_std)
+            self.gate, self.up = linear(d, hidden, std), linear(d, hidden, std)
+            self.down = linear(hidden, d, out_std)
+
+        def forward(self, x, cos, sin):
+            batch, length, _ = x.shape
+            h = self.attention_norm(x)
+            q = rope(self.query(h).view(batch, length, heads, head_dim), cos, sin).transpose(1, 2)
+            k = rope(self.key(h).view(batch, length, heads, head_dim), cos, sin).transpose(1, 2)
+            v = self.value(h).view(batch, length, heads, head_dim).transpose(1, 2)
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.out(attended.transpose(1, 2).reshape(batch, length, heads * head_dim))
+            h = self.mlp_norm(x)
+            return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+    def rope(x, cos, sin):  # pairs (2i, 2i+1) rotated by position * theta_i, as models.transformer.apply_rope
+        even, odd = x[..., 0::2], x[..., 1::2]
+        return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(model.vocab_size, model.d_model)
+            nn.init.normal_(self.embed.weight, std=std)
+            self.blocks = nn.ModuleList(Block() for _ in range(model.n_layers))
+            self.final_norm = RMSNorm()
+            theta = model.rope_base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+            angles = torch.arange(model.max_seq_len, dtype=torch.float32)[:, None] * theta
+            self.register_buffer("cos", angles.cos()[:, None, :], persistent=False)
+            self.register_buffer("sin", angles.sin()[:, None, :], persistent=False)
+
+        def forward(self, tokens):
+            length = tokens.shape[1]
+            x = self.embed(tokens)
+            cos, sin = self.cos[:length], self.sin[:length]
+            for block in self.blocks:
+                x = block(x, cos, sin)
+            return self.final_norm(x) @ self.embed.weight.T
+
+    return Decoder()
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def measure(args: argparse.Namespace) -> dict:
+    use_torch = not args.no_torch
+    peaks = matmul_peak(args.threads, use_torch)
+    peak = max(peaks.values())
+    sizes = [int(size) for size in args.sizes.split(",")]
+    results = []
+    for d_model in sizes:
+        model = model_config(d_model, args)
+        tokens_per_step = args.batch * args.seq_len
+        flops_per_token = training_flops_per_token(model, args.seq_len)["exact"]
+        steps = args.steps or max(2, round(2.0 * peak * 0.4 / (flops_per_token * tokens_per_step)))
+        engines = {"jax": JaxRunner(model, args, steps)}
+        errors = {}
+        if use_torch:
+            engines["torch_eager"] = torch_runner(model, args, steps, compiled=False)
+            if not args.no_compile:
+                try:
+                    engines["torch_compile"] = torch_runner(model, args, steps, compiled=True)
+                except Exception as error:  # torch.compile needs a C++ compiler and may fail on some setups
+                    errors["torch_compile"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        times = {name: [] for name in engines}
+        for _ in range(args.repeats):
+            for name, engine in engines.items():
+                time.sleep(SETTLE_S)
+                times[name].append(engine.run(steps))
+        rates = {name: steps * tokens_per_step / min(values) for name, values in times.items()}
+        spread = {name: round(max(values) / min(values), 2) for name, values in times.items()}
+        row = {
+            "d_model": d_model,
+            "n_layers": model.n_layers,
+            "n_heads": model.n_heads,
+            "params": parameter_counts(model)["total"],
+            "exact_flops_per_token": flops_per_token,
+            "steps_timed": steps,
+            "tokens_per_s": round(rates["jax"], 1),
+            "mfu": round(rates["jax"] * flops_per_token / peak, 4),
+        }
+        if use_torch:
+            row["torch_eager_tokens_per_s"] = round(rates["torch_eager"], 1)
+            row["ratio_vs_torch_eager"] = round(rates["jax"] / rates["torch_eager"], 3)
+            row["torch_eager_mfu"] = round(rates["torch_eager"] * flops_per_token / peak, 4)
+            if "torch_compile" in rates:
+                row["torch_compile_tokens_per_s"] = round(rates["torch_compile"], 1)
+                row["ratio_vs_torch_compile"] = round(rates["jax"] / rates["torch_compile"], 3)
+            if errors:
+                row["torch_compile_error"] = errors["torch_compile"]
+        row["slowest_over_fastest"] = spread
+        results.append(row)
+        if not args.json:
+            print(json.dumps(row), flush=True)
+    later = matmul_peak(args.threads, use_torch)  # a second look: the peak is the best seen in the whole run
+    peaks = {name: max(rate, later[name]) for name, rate in peaks.items()}
+    if max(peaks.values()) > peak:
+        peak = max(peaks.values())
+        for row in results:
+            for key in ("mfu", "torch_eager_mfu"):
+                if key in row:
+                    rate = row["tokens_per_s" if key == "mfu" else "torch_eager_tokens_per_s"]
+                    row[key] = round(rate * row["exact_flops_per_token"] / peak, 4)
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": cpu_model(),
+        "threads": args.threads,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax": jax.__version__,
+        "torch": _torch_version() if use_torch else None,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "matmul_peak_flops": peak,
+        "matmul_rates": {name: round(rate) for name, rate in peaks.items()},
+        "load_average": os.getloadavg()[0],
+        "sizes": results,
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def main() -> None:
+    result = measure(ARGS)
+    print(json.dumps(result, indent=None if ARGS.json else 2))
+
+
+if __name__ == "__main__":
+    main()
