@@ -458,6 +458,10 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
             begun = time.time()
             checkpointer.save(done, state)
             overhead["checkpoint"] += time.time() - begun
+            # Record progress so that a run killed after this point resumes with its wall time so far.
+            summary.update(steps_done=done, tokens_seen=done * tokens_per_step,
+                           wall_time_s=wall_before + time.time() - started)
+            run_dir.write_summary(summary)
             if fault == ("checkpoint", done):
                 _kill_self()
 

@@ -310,3 +310,17 @@ def test_torn_metrics_line_is_skipped_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="scaling.run_store"):
         assert [row["step"] for row in run.metrics()] == [5, 10]
     assert f"torn line 3 of {run.metrics_path}" in caplog.text
+
+
+def test_killed_run_keeps_its_wall_time(small_corpus, tmp_path):
+    config = tiny_config(small_corpus, tokens=60 * 32 * 8)
+    train_until_fault(config, tmp_path, "step:47")
+    run = RunDir.at(tmp_path, config.sweep, config.run_id)
+    killed = run.summary()
+    assert killed["status"] == "running"
+    assert killed["steps_done"] == 40  # the last checkpoint before the kill
+    assert killed["wall_time_s"] > 0
+
+    resumed = train(config, tmp_path, progress=False)
+    assert resumed["status"] == "completed"
+    assert resumed["wall_time_s"] > killed["wall_time_s"]
