@@ -1,7 +1,7 @@
 """The `scaling` command: prepare data, train, sweep, fit, ask, report, generate, demo.
 
-Each package registers its own subcommands (`sweeps.cli`, `analysis.cli`); this module wires them up,
-sets up logging, and turns a `UserError` into a one-line message with exit status 2.
+Each package registers its own subcommands (`sweeps.cli`, `analysis.cli`, `models.cli`). This module wires
+them up, sets up logging, and turns a `UserError` into a one-line message with exit status 2.
 """
 
 from __future__ import annotations

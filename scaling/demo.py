@@ -26,7 +26,7 @@ These runs are tiny: models of {n_min} to {n_max} parameters trained for {d_min}
 byte-level Python source, {n_runs} runs in all. The fitted exponents describe this corpus, tokenizer and
 range of scales; they carry real information about how loss trades parameters against data here, and the
 method is the one used at scale. They cannot tell how many tokens a 7B model needs: that answer
-extrapolates about five orders of magnitude in N beyond the largest run, the irreducible loss E is that of
+extrapolates more than four orders of magnitude in N beyond the largest run, the irreducible loss E is that of
 bytes of Python rather than of natural-language tokens, and the learning-rate and shape choices were not
 tuned per size. Read the "tokens for 7B" row from your fit as a demonstration of the pipeline and the
 published rows as the reference. Larger sweeps (`sweeps/specs/`) narrow the gap."""
