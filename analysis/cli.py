@@ -32,7 +32,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     ask = subparsers.add_parser("ask", help='answer a question such as "tokens for 7B" with every law')
     ask.add_argument("question", help='e.g. "tokens for 7B", "params for 1e23 FLOPs", '
                      '"loss at 7B params and 1.4T tokens", "kv cache for 7B at 4096 tokens"')
-    ask.add_argument("--fit", metavar="FIT_JSON", help="fit.json from `scaling fit`: answer with your fit too")
+    ask.add_argument("--fit", metavar="FIT_JSON", help="fit.json from `scaling fit`: add your own fit to the table")
     ask.add_argument("--law", action="append", metavar="KEY", help="answer with this registered law only "
                      "(repeatable; default: all)")
     ask.add_argument("--json", action="store_true", help="print a JSON list of answer rows")

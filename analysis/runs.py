@@ -3,7 +3,7 @@
 `load_runs(path)` accepts the RUNS root, one sweep folder or one run folder (the layout of
 docs/run_format.md, read through `scaling.run_store`). Only completed runs with a finite final validation
 loss become rows; the others are listed in `RunTable.excluded` with the reason and named in a warning.
-Runs from different corpus or tokenizer fingerprints are never mixed unless the caller asks.
+Runs from different corpus or tokenizer fingerprints are never mixed unless the caller passes allow_mixed=True (--allow-mixed).
 
 This module imports no JAX.
 """

@@ -7,7 +7,7 @@ a kill is never listed as a finished step. A finished step can still be damaged 
 copy cut short, a file deleted by hand). `restore_latest` then falls back to the newest readable step. It
 moves the damaged ones aside, so the steps after it can be saved again.
 
-Two failures are told apart before any array is read. A checkpoint whose stored tree differs from the
+Two failures are distinguished before any array is read. A checkpoint whose stored tree differs from the
 model's (other layers or widths: the config changed under the run) raises a UserError naming the first
 differing path; nothing is moved or deleted. A checkpoint whose files cannot be read is damaged.
 """

@@ -547,7 +547,7 @@ def _check_same_config(run_dir: RunDir, config: TrainConfig) -> None:
     """Reject starting a run whose folder already records a different config."""
     if run_dir.config_path.exists() and run_dir.config().get("config") != config.to_dict():
         raise UserError(
-            f"run folder {run_dir.path} holds a run with a different config; "
+            f"run folder {run_dir.path} contains a run with a different config; "
             "choose another run_id or sweep, or delete that folder"
         )
 

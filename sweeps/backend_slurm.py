@@ -116,7 +116,7 @@ def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
                                       [str(root)] * len(todo), [env] * len(todo))
         except Exception as error:  # sbatch missing, refused by the cluster, a bad partition
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise UserError(f"SLURM refused the sweep's jobs: {first_line}; check the slurm: options of the spec") \
+            raise UserError(f"SLURM rejected the sweep's jobs: {first_line}; check the slurm: options of the spec") \
                 from None
         log.info("sweep %s: %d runs, %d submitted as SLURM jobs %s (%s per run)", spec.name, len(runs), len(todo),
                  jobs[0].job_id.split("_")[0], resources.describe())
