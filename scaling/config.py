@@ -7,7 +7,9 @@ the run directory, so a run can be re-created from its own record.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,11 @@ ATTENTION_IMPLS = ("xla", "cudnn", "blockwise")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "linear")
 WANDB_MODES = ("online", "offline", "disabled", "auto")
+MESH_LAYOUTS = ("data", "fsdp")
+_MESH_TEXT = re.compile(rf"^({'|'.join(MESH_LAYOUTS)})(?:=(\d+|all))?$")
+# TrainConfig fields that lay a run out on devices without changing what it computes. They are left out
+# when a run's recorded config is compared with a new one, so a run may resume under another layout.
+LAYOUT_FIELDS = ("mesh",)
 
 
 def swiglu_hidden_size(d_model: int, multiple_of: int = 32) -> int:
@@ -28,6 +35,47 @@ def swiglu_hidden_size(d_model: int, multiple_of: int = 32) -> int:
     Three matrices of 8/3 d each hold the same parameters as a 4x GELU MLP's two (Shazeer 2020, GLU variants).
     """
     return multiple_of * math.ceil(8 * d_model / 3 / multiple_of)
+
+
+@dataclass(frozen=True)
+class MeshPlan:
+    """A training layout: how many devices the data axis spans and whether parameters are sharded."""
+
+    devices: int | None = None  # devices on the data axis; None means every device in jax.devices()
+    fsdp: bool = False  # True shards parameters and optimizer moments over the data axis
+
+    def __str__(self) -> str:
+        return f"{'fsdp' if self.fsdp else 'data'}={self.devices if self.devices is not None else 'all'}"
+
+
+def parse_mesh(text: str) -> MeshPlan:
+    """Parse `data=4`, `fsdp=4`, `data`, `fsdp` or `fsdp=all` into a MeshPlan; raise UserError otherwise."""
+    match = _MESH_TEXT.match(text.strip().replace(" ", ""))
+    if not match:
+        raise UserError(f"mesh {text!r} is not data=N or fsdp=N (N a device count or 'all'); try data=4 or fsdp=4")
+    layout, count = match.groups()
+    devices = None if count in (None, "all") else int(count)
+    if devices is not None and devices < 1:
+        raise UserError(f"mesh {text!r} asks for {devices} devices; use at least 1")
+    return MeshPlan(devices=devices, fsdp=layout == "fsdp")
+
+
+def check_mesh(mesh: Any, batch_size: int) -> None:
+    """Raise UserError unless `mesh` is "" or a valid layout whose device count divides `batch_size`.
+
+    A layout over all devices ("fsdp", "data=all") is checked against the batch only when the devices are
+    known, by scaling.sharding.check_batch_divides.
+    """
+    if not isinstance(mesh, str):
+        raise UserError(f"mesh={mesh!r} must be a string such as 'data=4' or 'fsdp=4', or '' for the default")
+    if not mesh.strip():
+        return
+    plan = parse_mesh(mesh)
+    if plan.devices is not None and batch_size % plan.devices:
+        raise UserError(
+            f"mesh {mesh!r} splits each batch over {plan.devices} devices, but data.batch_size={batch_size} "
+            f"is not a multiple of {plan.devices}; use a device count that divides {batch_size}, or change batch_size"
+        )
 
 
 @dataclass(frozen=True)
@@ -150,9 +198,14 @@ class TrainConfig:
     keep_checkpoints: int = 2  # checkpoints kept on disk, newest first
     wandb_mode: str = "auto"  # "online", "offline", "disabled", or "auto" (online with an API key, else offline)
     wandb_project: str = "scaling"
+    # Device layout: "data=N" (data parallelism), "fsdp=N" (FSDP), "fsdp" or "data=all" for every device, or
+    # "" to fall back to $SCALING_MESH, else data parallelism over all devices (scaling.sharding.resolve_plan).
+    # The mesh does not change the losses, so a run may resume under another one (LAYOUT_FIELDS).
+    mesh: str = ""
 
     def __post_init__(self) -> None:
         _require_choice(self, "wandb_mode", WANDB_MODES)
+        check_mesh(self.mesh, self.data.batch_size)
         if self.max_epochs is not None and not self.max_epochs > 0:
             raise UserError(f"max_epochs={self.max_epochs} must be positive, or null to allow any number of epochs")
         _require_positive(self, "tokens", "eval_interval", "log_interval", "checkpoint_interval", "keep_checkpoints")
@@ -198,6 +251,25 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def run_identity(raw: dict[str, Any]) -> dict[str, Any]:
+    """Return a config dict (`TrainConfig.to_dict()` or one read from config.json) without its layout fields.
+
+    Two configs with equal identities train the same model on the same data to the same losses, so they
+    are one run however it is spread over devices.
+    """
+    return {key: value for key, value in raw.items() if key not in LAYOUT_FIELDS}
+
+
+def same_run(recorded: Any, config: TrainConfig) -> bool:
+    """Return True when `recorded` (the "config" of a run's config.json) describes the run `config` describes.
+
+    Layout fields are ignored on both sides, which also accepts records written before a field existed.
+    """
+    if not isinstance(recorded, dict):
+        return False
+    return run_identity(recorded) == run_identity(json.loads(json.dumps(config.to_dict())))
 
 
 def _build(cls: type, raw: dict[str, Any], where: str):

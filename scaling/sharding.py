@@ -9,10 +9,11 @@ device runs batch_size / n sequences, and the gradients are summed across device
   gradients back to the parameters' layout (XLA turns the sum plus slice into a reduce-scatter where it can).
 One device is a mesh of one, the same program as before meshes existed.
 
-The layout is chosen, in order, by the `mesh` argument of `scaling.train.Trainer`, by the environment
-variable SCALING_MESH (`data=4`, `fsdp=4`, `fsdp` for all devices), or else data parallelism over all
-devices. The layout changes only how the work is spread: the same config trains the same model, with
-losses equal up to float32 summation order.
+`resolve_plan` chooses the layout: the config's `mesh` field (`scaling train --mesh`, `train.mesh` in a
+sweep spec), else the environment variable SCALING_MESH, else data parallelism over all devices. The
+layout changes only how the work is spread: the same config trains the same model, with losses equal up
+to float32 summation order. So `mesh` is not part of a run's identity (scaling.config.LAYOUT_FIELDS), and
+a run may resume from its checkpoint under another layout or device count.
 
 Several hosts: `initialize_distributed()` calls `jax.distributed.initialize` when the environment names a
 cluster of more than one process (see its docstring for the variables). Each process then sees every
@@ -24,55 +25,43 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from scaling.config import MeshPlan, parse_mesh
 from scaling.errors import UserError
 
 log = logging.getLogger(__name__)
 
 MESH_ENV = "SCALING_MESH"
 DATA_AXIS = "data"
-LAYOUTS = ("data", "fsdp")
-_MESH_TEXT = re.compile(r"^(data|fsdp)(?:=(\d+|all))?$")
 
 
-@dataclass(frozen=True)
-class MeshPlan:
-    """A training layout: how many devices the data axis spans and whether parameters are sharded."""
-
-    devices: int | None = None  # devices on the data axis; None means every device in jax.devices()
-    fsdp: bool = False  # True shards parameters and optimizer moments over the data axis
-
-    def __str__(self) -> str:
-        return f"{'fsdp' if self.fsdp else 'data'}={self.devices if self.devices is not None else 'all'}"
-
-
-def parse_mesh(text: str) -> MeshPlan:
-    """Parse `data=4`, `fsdp=4`, `data`, `fsdp` or `fsdp=all` into a MeshPlan; raise UserError otherwise."""
-    match = _MESH_TEXT.match(text.strip().replace(" ", ""))
-    if not match:
-        raise UserError(f"mesh {text!r} is not data=N or fsdp=N (N a device count or 'all'); try data=4 or fsdp=4")
-    layout, count = match.groups()
-    devices = None if count in (None, "all") else int(count)
-    if devices is not None and devices < 1:
-        raise UserError(f"mesh {text!r} asks for {devices} devices; use at least 1")
-    return MeshPlan(devices=devices, fsdp=layout == "fsdp")
-
-
-def resolve_plan(mesh: MeshPlan | str | None) -> MeshPlan:
-    """Return the layout from the argument, else from $SCALING_MESH, else data parallelism on all devices."""
+def resolve_plan(mesh: MeshPlan | str | None = None, configured: str = "") -> MeshPlan:
+    """Return a run's layout from the first of these sources that is set:
+    1. the `mesh` argument, a MeshPlan or a string that tests and benchmarks pass to scaling.train.Trainer;
+    2. the config's `mesh` field (`configured`);
+    3. the environment variable SCALING_MESH;
+    4. else data parallelism over all devices.
+    So the config wins over the environment variable, which fills in for configs that leave `mesh` empty.
+    """
     if isinstance(mesh, MeshPlan):
         return mesh
-    if mesh:
-        return parse_mesh(mesh)
-    from_env = os.environ.get(MESH_ENV, "").strip()
-    return parse_mesh(from_env) if from_env else MeshPlan()
+    for text, source in ((mesh, "argument"), (configured, "config"), (os.environ.get(MESH_ENV), MESH_ENV)):
+        if not (text and text.strip()):
+            continue
+        try:
+            plan = parse_mesh(text)
+        except UserError as error:
+            if source != MESH_ENV:
+                raise
+            raise UserError(f"environment variable {MESH_ENV}: {error}, or unset it") from None
+        log.debug("device layout %s from the %s", plan, source)
+        return plan
+    return MeshPlan()
 
 
 def make_mesh(plan: MeshPlan, devices: list | None = None) -> Mesh:
@@ -81,7 +70,7 @@ def make_mesh(plan: MeshPlan, devices: list | None = None) -> Mesh:
     count = plan.devices if plan.devices is not None else len(available)
     if count > len(available):
         raise UserError(f"mesh {plan} asks for {count} devices, but JAX sees {len(available)} "
-                        f"({available[0].platform}); use {DATA_AXIS}={len(available)} or fewer")
+                        f"({available[0].platform}); use {'fsdp' if plan.fsdp else 'data'}={len(available)} or fewer")
     return Mesh(np.array(available[:count]), (DATA_AXIS,))
 
 

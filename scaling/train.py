@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from models.transformer import Transformer, next_token_loss
 from scaling.accounting import parameter_counts, training_flops_per_token
 from scaling.checkpoint import Checkpointer, abstract_like
-from scaling.config import TrainConfig
+from scaling.config import TrainConfig, same_run
 from scaling.data import PreparedCorpus, batch_at, epochs_for, predicted_bytes, validation_windows
 from scaling.errors import UserError
 from scaling.paths import runs_root as resolve_runs_root
@@ -155,15 +155,15 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 class Trainer:
     """The compiled pieces of one run: model, optimizer, mesh, and the step and eval functions.
 
-    `mesh` chooses the layout over devices (scaling.sharding): a MeshPlan, a string such as "data=4" or
-    "fsdp=4", or None for $SCALING_MESH, else data parallelism over all of `devices` (default: every device).
+    `mesh` chooses the layout over devices: a MeshPlan, a string such as "data=4" or "fsdp=4", or None for
+    `config.mesh`, then $SCALING_MESH, then data parallelism over all of `devices` (default: every device).
     """
 
     def __init__(self, config: TrainConfig, devices: list | None = None, mesh: MeshPlan | str | None = None):
         self.config = config
         self.model = Transformer(config.model)
         self.optimizer = make_optimizer(config)
-        self.plan = resolve_plan(mesh)
+        self.plan = resolve_plan(mesh, config.mesh)
         self.mesh = make_mesh(self.plan, devices)
         check_batch_divides(config.data.batch_size, self.mesh)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -544,8 +544,8 @@ def _check_same_corpus(run_dir: RunDir, corpus: PreparedCorpus) -> None:
 
 
 def _check_same_config(run_dir: RunDir, config: TrainConfig) -> None:
-    """Reject starting a run whose folder already records a different config."""
-    if run_dir.config_path.exists() and run_dir.config().get("config") != config.to_dict():
+    """Reject starting a run whose folder already records a different config (the mesh may differ)."""
+    if run_dir.config_path.exists() and not same_run(run_dir.config().get("config"), config):
         raise UserError(
             f"run folder {run_dir.path} contains a run with a different config; "
             "choose another run_id or sweep, or delete that folder"

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from scaling.config import same_run
 from scaling.errors import UserError
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_store import RunDir, read_json
@@ -96,14 +97,14 @@ def check_existing_configs(runs: list[PlannedRun], runs_root: Path) -> None:
     """Raise UserError when a run folder already contains a run with another config (the spec changed).
 
     scaling.train would refuse such a run too, but only inside its worker; checking here stops the sweep
-    before anything runs and names the folder.
+    before anything runs and names the folder. A change of `train.mesh` alone is allowed, because it lays
+    the run out differently but trains the same model.
     """
     for run in runs:
         run_dir = RunDir.at(runs_root, run.config.sweep, run.run_id)
         if not run_dir.config_path.is_file():
             continue
-        recorded = read_json(run_dir.config_path).get("config")
-        if recorded != json.loads(json.dumps(run.config.to_dict())):
+        if not same_run(read_json(run_dir.config_path).get("config"), run.config):
             raise UserError(
                 f"run folder {run_dir.path} contains run {run.run_id} with a different config than the spec "
                 "now gives; rename the sweep (name:) or delete that folder"
