@@ -48,33 +48,38 @@ class MeshPlan:
         return f"{'fsdp' if self.fsdp else 'data'}={self.devices if self.devices is not None else 'all'}"
 
 
-def parse_mesh(text: str) -> MeshPlan:
-    """Parse `data=4`, `fsdp=4`, `data`, `fsdp` or `fsdp=all` into a MeshPlan; raise UserError otherwise."""
+def parse_mesh(text: str, name: str = "mesh") -> MeshPlan:
+    """Parse `data=4`, `fsdp=4`, `data`, `fsdp` or `fsdp=all` into a MeshPlan; raise UserError otherwise.
+
+    `name` is the setting the text came from, as error messages call it.
+    """
     match = _MESH_TEXT.match(text.strip().replace(" ", ""))
     if not match:
-        raise UserError(f"mesh {text!r} is not data=N or fsdp=N (N a device count or 'all'); try data=4 or fsdp=4")
+        raise UserError(f"{name} {text!r} is not data=N or fsdp=N (N a device count or 'all'); try data=4 or fsdp=4")
     layout, count = match.groups()
     devices = None if count in (None, "all") else int(count)
     if devices is not None and devices < 1:
-        raise UserError(f"mesh {text!r} asks for {devices} devices; use at least 1")
+        raise UserError(f"{name} {text!r} asks for {devices} devices; use at least 1")
     return MeshPlan(devices=devices, fsdp=layout == "fsdp")
 
 
-def check_mesh(mesh: Any, batch_size: int) -> None:
+def check_mesh(mesh: Any, batch_size: int, name: str = "mesh", batch_name: str = "data.batch_size") -> None:
     """Raise UserError unless `mesh` is "" or a valid layout whose device count divides `batch_size`.
 
     A layout over all devices ("fsdp", "data=all") is checked against the batch only when the devices are
-    known, by scaling.sharding.check_batch_divides.
+    known, by scaling.sharding.check_batch_divides. `name` and `batch_name` are the settings as error
+    messages call them.
     """
     if not isinstance(mesh, str):
-        raise UserError(f"mesh={mesh!r} must be a string such as 'data=4' or 'fsdp=4', or '' for the default")
+        raise UserError(f"{name}={mesh!r} must be a string such as 'data=4' or 'fsdp=4', or '' for the default")
     if not mesh.strip():
         return
-    plan = parse_mesh(mesh)
+    plan = parse_mesh(mesh, name)
     if plan.devices is not None and batch_size % plan.devices:
         raise UserError(
-            f"mesh {mesh!r} splits each batch over {plan.devices} devices, but data.batch_size={batch_size} "
-            f"is not a multiple of {plan.devices}; use a device count that divides {batch_size}, or change batch_size"
+            f"{name} {mesh!r} splits each batch over {plan.devices} devices, but {batch_name}={batch_size} "
+            f"is not a multiple of {plan.devices}; use a device count that divides {batch_size}, or change "
+            f"{batch_name}"
         )
 
 

@@ -50,17 +50,11 @@ def resolve_plan(mesh: MeshPlan | str | None = None, configured: str = "") -> Me
     """
     if isinstance(mesh, MeshPlan):
         return mesh
-    for text, source in ((mesh, "argument"), (configured, "config"), (os.environ.get(MESH_ENV), MESH_ENV)):
-        if not (text and text.strip()):
-            continue
-        try:
-            plan = parse_mesh(text)
-        except UserError as error:
-            if source != MESH_ENV:
-                raise
-            raise UserError(f"environment variable {MESH_ENV}: {error}, or unset it") from None
-        log.debug("device layout %s from the %s", plan, source)
-        return plan
+    for text, name in ((mesh, "mesh"), (configured, "mesh"), (os.environ.get(MESH_ENV), MESH_ENV)):
+        if text and text.strip():
+            plan = parse_mesh(text, name)
+            log.debug("device layout %s from %s=%r", plan, name, text)
+            return plan
     return MeshPlan()
 
 

@@ -1,8 +1,10 @@
 """Configs reject invalid shapes and unknown keys with one-line errors that name the value."""
 
+import re
+
 import pytest
 
-from scaling.config import ModelConfig, TrainConfig
+from scaling.config import LAYOUT_FIELDS, ModelConfig, TrainConfig, run_identity, same_run
 from scaling.errors import UserError
 
 
@@ -40,3 +42,41 @@ def test_error_messages_are_one_line():
 def test_eval_interval_must_be_multiple_of_log_interval():
     with pytest.raises(UserError, match="eval_interval=25 is not a multiple of log_interval=10"):
         TrainConfig(eval_interval=25, log_interval=10)
+
+
+@pytest.mark.parametrize("mesh, fragment", [
+    ("foo=2", "mesh 'foo=2' is not data=N or fsdp=N"),
+    ("data=0", "mesh 'data=0' asks for 0 devices; use at least 1"),
+    ("fsdp=-1", "mesh 'fsdp=-1' is not data=N or fsdp=N"),
+    ("data=3", "mesh 'data=3' splits each batch over 3 devices, but data.batch_size=16 is not a multiple of 3"),
+    (4, "mesh=4 must be a string such as 'data=4'"),
+], ids=["unknown_axis", "zero", "negative", "indivisible", "not_a_string"])
+def test_invalid_mesh(mesh, fragment):
+    with pytest.raises(UserError, match=re.escape(fragment)) as info:
+        TrainConfig(mesh=mesh)
+    assert "\n" not in str(info.value)
+
+
+def test_valid_meshes_round_trip():
+    for mesh in ("", "data=4", "fsdp=16", "fsdp", "data=all", "fsdp=1"):
+        config = TrainConfig(mesh=mesh)
+        assert TrainConfig.from_dict(config.to_dict()) == config
+    assert TrainConfig.from_dict({}).mesh == ""  # a config.json written before the field existed
+
+
+def test_same_run_ignores_the_mesh():
+    config = TrainConfig(tokens=123456)
+    recorded = config.to_dict()
+    assert same_run(recorded, config.replace(mesh="fsdp=4"))
+    assert same_run(config.replace(mesh="data=2").to_dict(), config)
+    assert same_run({key: value for key, value in recorded.items() if key != "mesh"}, config)
+    assert not same_run(recorded, config.replace(tokens=123456 * 2))
+    assert not same_run(recorded, config.replace(mesh="fsdp=4", seed=1))
+    assert not same_run(None, config)
+
+
+def test_run_identity_drops_only_layout_fields():
+    raw = TrainConfig(mesh="fsdp=2").to_dict()
+    identity = run_identity(raw)
+    assert "mesh" not in identity
+    assert set(raw) - set(identity) == set(LAYOUT_FIELDS)

@@ -1,7 +1,8 @@
 """Sharded training: data parallelism and FSDP on a mesh of 4 CPU devices equal training on one device.
 
 XLA_FLAGS=--xla_force_host_platform_device_count=4 must be set before JAX starts, so the multi-device
-checks run in a child process (`CHILD`) that prints one JSON object, and the assertions run here.
+checks run in child processes (`CHILD`, `train_in_child`), and the assertions run here. The layout comes
+from the config's `mesh` field, except in the tests of the SCALING_MESH environment variable.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from jax.sharding import PartitionSpec
 
 from scaling.errors import UserError
 from scaling.sharding import MeshPlan, cluster_from_env, fsdp_spec, parse_mesh
+from tests.faults import finished_steps, shared_jax_cache, train_until_fault  # noqa: F401  (autouse fixture)
 
 PROJECT = Path(__file__).resolve().parents[1]
 STEPS = 12
 
 CHILD = r"""
-import json, sys
+import json, os, sys
 import jax, jax.numpy as jnp, numpy as np
 from scaling.checkpoint import Checkpointer, abstract_like
 from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
@@ -44,8 +46,8 @@ schedule = {k: jnp.asarray(v, jnp.float32) for k, v in schedule_values(config.op
 windows = np.stack([tokens[i * 33:(i + 1) * 33] for i in range(12)]).astype(np.int32)  # 1.5 batches
 
 out = {"devices": jax.device_count()}
-for name, devices, mesh in [("one", jax.devices()[:1], None), ("data", None, "data=4"), ("fsdp", None, "fsdp=4")]:
-    trainer = Trainer(config, devices=devices, mesh=mesh)
+for name, devices, mesh in [("one", jax.devices()[:1], ""), ("data", None, "data=4"), ("fsdp", None, "fsdp=4")]:
+    trainer = Trainer(config.replace(mesh=mesh), devices=devices)
     state = trainer.init_state(0)
     initial = float(jnp.sum(state["params"]["block_0"]["mlp"]["up"]["kernel"]))
     losses = []
@@ -85,10 +87,16 @@ for name, devices, mesh in [("one", jax.devices()[:1], None), ("data", None, "da
             "equal": bool(jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), restored, state))),
         }
     out[name] = result
-try:
-    Trainer(config.replace(data=DataConfig(path="unused", seq_len=32, batch_size=6)), mesh="fsdp=4")
+try:  # "fsdp" spans every device, so only the Trainer, given the 4 devices, can check the batch
+    Trainer(config.replace(data=DataConfig(path="unused", seq_len=32, batch_size=6), mesh="fsdp"))
 except Exception as error:
     out["indivisible"] = f"{type(error).__name__}: {error}"
+
+# SCALING_MESH fills in for a config without a mesh, and a config's mesh wins over it.
+os.environ["SCALING_MESH"] = "fsdp=2"
+layouts = {"unset": Trainer(config), "config": Trainer(config.replace(mesh="data=4"))}
+out["environment"] = {name: {"layout": str(trainer.plan), "mesh_devices": trainer.mesh.size, "fsdp": trainer.fsdp}
+                      for name, trainer in layouts.items()}
 print("RESULT " + json.dumps(out))
 """
 
@@ -149,6 +157,11 @@ def test_fsdp_shards_parameters_and_moments(four_devices):
     assert restored == {"step": STEPS, "spec": [None, "data"], "equal": True}
 
 
+def test_mesh_environment_variable(four_devices):
+    assert four_devices["environment"]["unset"] == {"layout": "fsdp=2", "mesh_devices": 2, "fsdp": True}
+    assert four_devices["environment"]["config"] == {"layout": "data=4", "mesh_devices": 4, "fsdp": False}
+
+
 def test_parse_mesh():
     assert parse_mesh("data=4") == MeshPlan(devices=4, fsdp=False)
     assert parse_mesh("fsdp=2") == MeshPlan(devices=2, fsdp=True)
@@ -180,9 +193,35 @@ def test_mesh_larger_than_the_machine_is_refused():
     from scaling.train import Trainer
 
     config = TrainConfig(model=ModelConfig(d_model=32, n_layers=1, n_heads=2, max_seq_len=16),
-                         data=DataConfig(seq_len=16, batch_size=3), tokens=480, wandb_mode="disabled")
+                         data=DataConfig(seq_len=16, batch_size=4), tokens=480, wandb_mode="disabled", mesh="data=2")
     with pytest.raises(UserError, match="mesh data=2 asks for 2 devices, but JAX sees 1"):
-        Trainer(config, devices=jax.devices()[:1], mesh="data=2")
+        Trainer(config, devices=jax.devices()[:1])
+    with pytest.raises(UserError, match="use fsdp=1 or fewer"):
+        Trainer(config.replace(mesh="fsdp=2"), devices=jax.devices()[:1])
+
+
+def test_sweep_spec_mesh_reaches_every_run(tmp_path):
+    """`train.mesh` in a spec sets every run's mesh, leaves the run ids alone, and may change between launches."""
+    from scaling.run_store import RunDir
+    from sweeps.launcher import check_existing_configs
+    from sweeps.spec import PreparedData, expand, parse_spec
+
+    raw = {"name": "meshed", "model": {"aspect_ratio": 20, "head_dim": 16},
+           "train": {"seq_len": 32, "batch_size": 8, "eval_tokens": 256, "mesh": "fsdp=4"},
+           "isoflop": {"budgets": [1e10], "params": [1e4, 2e4]}}
+    data = PreparedData(path=tmp_path / "corpus", meta={"vocab_size": 256, "tokens": {"train": 10**8}})
+    runs = expand(parse_spec(raw), tmp_path / "runs", data=data)
+    assert [run.config.mesh for run in runs] == ["fsdp=4", "fsdp=4"]
+    default = expand(parse_spec({**raw, "train": {**raw["train"], "mesh": ""}}), tmp_path / "runs", data=data)
+    assert [run.run_id for run in default] == [run.run_id for run in runs]
+    assert [run.config.mesh for run in default] == ["", ""]
+
+    for run in default:  # the sweep first launched with the default mesh
+        RunDir.at(tmp_path / "runs", "meshed", run.run_id).write_config({"config": run.config.to_dict()})
+    check_existing_configs(runs, tmp_path / "runs")  # relaunched with train.mesh: accepted
+    reseeded = expand(parse_spec({**raw, "train": {**raw["train"], "seed": 1}}), tmp_path / "runs", data=data)
+    with pytest.raises(UserError, match="with a different config than the spec now gives"):
+        check_existing_configs(reseeded, tmp_path / "runs")
 
 
 def test_cluster_detection_from_environment():
@@ -208,12 +247,56 @@ def free_port() -> int:
 
 
 TRAIN_CHILD = (
-    "import json, sys\n"
+    "import json, logging, sys\n"
     "from scaling.config import TrainConfig\n"
     "from scaling.train import train\n"
+    "logging.basicConfig(level=logging.WARNING)\n"
+    "logging.getLogger('scaling').setLevel(logging.DEBUG)  # the layout and the resume step go to stderr\n"
     "summary = train(TrainConfig.from_dict(json.load(open(sys.argv[1]))), sys.argv[2], progress=False)\n"
     "print('STATUS', summary['status'])\n"
 )
+
+
+def test_resume_on_another_mesh(small_corpus, tmp_path, monkeypatch):
+    """A run killed on one device resumes from its checkpoint as FSDP over 4 devices, with a config that
+    differs only in `mesh`, and ends with the losses of an uninterrupted one-device run."""
+    from scaling.run_store import RunDir
+    from scaling.train import train
+    from tests.test_train import tiny_config
+
+    monkeypatch.delenv("SCALING_MESH", raising=False)
+    config = tiny_config(small_corpus, run_id="moved", sweep="mesh")
+    alone = train(config.replace(run_id="alone"), tmp_path / "alone", progress=False)
+    reference_rows = RunDir.at(tmp_path / "alone", "mesh", "alone").metrics()
+
+    runs = tmp_path / "runs"
+    train_until_fault(config, runs, "step:30")  # checkpoints at step 20; killed before step 30 is logged
+    run = RunDir.at(runs, "mesh", "moved")
+    assert finished_steps(run.checkpoint_dir) == [20]
+    rows_before = [row for row in run.metrics() if row["step"] <= 20]
+
+    moved = config.replace(mesh="fsdp=4")
+    config_path = tmp_path / "moved.json"
+    config_path.write_text(json.dumps(moved.to_dict()))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
+    env.pop("WANDB_SERVICE", None)
+    done = subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(config_path), str(runs)], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=PROJECT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "STATUS completed" in done.stdout
+    assert "device layout fsdp=4 from mesh='fsdp=4'" in done.stderr
+    assert "run moved resumes from step 20" in done.stderr
+
+    rows = run.metrics()
+    assert rows[:len(rows_before)] == rows_before  # the rows up to the checkpoint are the first process's
+    assert [row["step"] for row in rows] == [row["step"] for row in reference_rows]
+    np.testing.assert_allclose([row["train_loss"] for row in rows], [row["train_loss"] for row in reference_rows],
+                               rtol=0, atol=1e-5)
+    summary = run.summary()
+    assert summary["status"] == "completed"
+    assert summary["final_val_loss"] == pytest.approx(alone["final_val_loss"], abs=1e-5)
+    assert run.config()["config"]["mesh"] == ""  # config.json keeps the record of the run's first start
 
 
 @pytest.mark.slow
