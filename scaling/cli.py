@@ -95,6 +95,9 @@ def _add_train_parser(commands) -> None:
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--max-epochs", type=float, metavar="E",
                        help="refuse the run if its token budget exceeds E passes over the training split")
+    train.add_argument("--mesh", metavar="LAYOUT",
+                       help="device layout, overriding the config's mesh: data=N (data parallelism over N devices), "
+                            "fsdp=N (parameters and optimizer state also sharded), or fsdp for all devices")
     train.set_defaults(handler=_train)
 
 
@@ -110,6 +113,8 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(raw.get("config", raw))  # accepts a run's own config.json too
     if args.max_epochs is not None:
         config = config.replace(max_epochs=args.max_epochs)
+    if args.mesh is not None:
+        config = config.replace(mesh=args.mesh)
     try:
         summary = train(config, args.runs, progress=not args.no_progress)
     except RunLocked as locked:

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from scaling.config import TrainConfig
+from scaling.errors import UserError
 from sweeps.resources import WorkerSlot, pin_to_assigned_cores
 
 WARMUP_STEPS = 2
 MIN_TIMED_STEPS = 3
 MIN_TIMED_SECONDS = 1.0
 PROBE_TIMEOUT_S = 600
+EXIT_USER_ERROR = 2  # child exit status when a config cannot run here, with the message as the last line of stdout
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ def measure(configs: list[TrainConfig], slot: WorkerSlot, runs_root: str | Path)
         [sys.executable, "-m", "sweeps.probe"], input=json.dumps(request), capture_output=True, text=True,
         env=slot.environment(), timeout=PROBE_TIMEOUT_S, check=False,
     )
+    if completed.returncode == EXIT_USER_ERROR:  # e.g. a train.mesh of more devices than this machine has
+        message = completed.stdout.strip().splitlines()[-1]
+        raise UserError(f"throughput probe: {message}; plan on a machine with the runs' devices, or pass --no-probe")
     if completed.returncode != 0:
         tail = "\n".join(completed.stderr.strip().splitlines()[-15:])
         raise RuntimeError(f"throughput probe exited with status {completed.returncode}:\n{tail}")
@@ -109,7 +114,11 @@ def main() -> int:
 
     jax.devices()
     enable_compilation_cache(Path(request["runs_root"]))
-    results = [_time_config(TrainConfig.from_dict(raw)) for raw in request["configs"]]
+    try:
+        results = [_time_config(TrainConfig.from_dict(raw)) for raw in request["configs"]]
+    except UserError as error:
+        print(error)
+        return EXIT_USER_ERROR
     print(json.dumps({"results": results}))
     return 0
 

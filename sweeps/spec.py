@@ -27,7 +27,7 @@ import yaml
 
 from models.size_ladder import DEFAULT_ASPECT_RATIO, DEFAULT_HEAD_DIM, describe, model_for_params
 from scaling.accounting import parameter_counts, training_flops_per_token
-from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
+from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig, check_mesh
 from scaling.errors import UserError
 from scaling.paths import runs_root as resolve_runs_root
 from sweeps.numbers import format_count, parse_count
@@ -45,7 +45,7 @@ LADDER_KEYS = ("convention", "aspect_ratio", "head_dim")
 # ModelConfig fields that the size ladder or the corpus sets for each run, so a spec may not fix them.
 SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
 TRAIN_KEYS = ("seq_len", "batch_size", "eval_tokens", "eval_interval", "log_interval", "checkpoint_interval",
-              "keep_checkpoints", "seed", "wandb_mode", "wandb_project", "max_epochs")
+              "keep_checkpoints", "seed", "wandb_mode", "wandb_project", "max_epochs", "mesh")
 GRID_KEYS = ("params", "tokens")
 ISOFLOP_KEYS = ("budgets", "params")
 
@@ -91,6 +91,7 @@ class TrainSpec:
     wandb_mode: str = "auto"  # "online", "offline", "disabled" or "auto"
     wandb_project: str = "scaling"
     max_epochs: float | None = None  # refuse runs whose D exceeds this many passes over the corpus; None allows any
+    mesh: str = ""  # device layout of every run (TrainConfig.mesh): "data=N", "fsdp=N", "fsdp", or "" for the default
 
     @property
     def tokens_per_step(self) -> int:
@@ -308,6 +309,11 @@ def _parse_train(raw: Any) -> TrainSpec:
     for key in ("wandb_mode", "wandb_project"):
         if key in values and not isinstance(values[key], str):
             raise UserError(f"train.{key}={values[key]!r} must be a string; quote it in the YAML")
+    if "mesh" in values:
+        if values["mesh"] is None:  # `mesh:` with no value in the YAML
+            values["mesh"] = ""
+        check_mesh(values["mesh"], values.get("batch_size", TrainSpec.batch_size), name="train.mesh",
+                   batch_name="train.batch_size")
     return TrainSpec(**values)
 
 
@@ -555,6 +561,7 @@ def _expand(spec: SweepSpec, data: PreparedData) -> list[PlannedRun]:
                 wandb_mode=train.wandb_mode,
                 wandb_project=train.wandb_project,
                 max_epochs=train.max_epochs,
+                mesh=train.mesh,
             )
         except UserError as error:
             raise UserError(f"run {run_id}: {error}") from None

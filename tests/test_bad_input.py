@@ -179,6 +179,42 @@ def test_resume_on_another_corpus_is_refused(capsys, tmp_path):
     assert snapshot(run.path) == before
 
 
+# Device meshes
+
+
+@pytest.mark.parametrize("mesh_args, config_mesh, fragments", [
+    (["--mesh", "data=3"], None, ["mesh 'data=3' splits each batch over 3 devices", "data.batch_size=8"]),
+    (["--mesh", "foo=2"], None, ["mesh 'foo=2' is not data=N or fsdp=N", "try data=4 or fsdp=4"]),
+    (["--mesh", "data=0"], None, ["mesh 'data=0' asks for 0 devices", "use at least 1"]),
+    ([], "fsdp=3", ["mesh 'fsdp=3' splits each batch over 3 devices", "use a device count that divides 8"]),
+], ids=["indivisible", "unknown_axis", "zero_devices", "indivisible_in_config"])
+def test_bad_mesh(mesh_args, config_mesh, fragments, capsys, tmp_path, text_corpus):
+    changes = {} if config_mesh is None else {"mesh": config_mesh}
+    config = write_config(tmp_path / "c.json", **train_config(text_corpus, "mesh", **changes))
+    status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress", *mesh_args)
+    assert_user_error(status, stderr, *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_mesh_larger_than_the_machine(capsys, tmp_path, text_corpus):
+    import jax
+
+    if jax.device_count() >= 8:
+        pytest.skip("this process sees 8 or more devices")
+    config = write_config(tmp_path / "c.json", **train_config(text_corpus, "mesh"))
+    status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress", "--mesh", "fsdp=8")
+    assert_user_error(status, stderr, "mesh fsdp=8 asks for 8 devices, but JAX sees", "or fewer")
+    assert not RunDir.at(tmp_path / "runs", "bad", "mesh").config_path.exists()
+
+
+def test_bad_mesh_environment_variable(capsys, tmp_path, text_corpus, monkeypatch):
+    monkeypatch.setenv("SCALING_MESH", "data=two")
+    config = write_config(tmp_path / "c.json", **train_config(text_corpus, "mesh"))
+    status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress")
+    assert_user_error(status, stderr, "SCALING_MESH 'data=two' is not data=N or fsdp=N")
+    assert not RunDir.at(tmp_path / "runs", "bad", "mesh").config_path.exists()
+
+
 # Model shapes
 
 
@@ -240,6 +276,38 @@ def test_bad_sweep_spec(body, fragments, capsys, tmp_path):
     status, stderr = cli(capsys, "sweep", "plan", spec, "--runs", tmp_path / "runs", "--no-probe")
     assert_user_error(status, stderr, "sweep spec", *fragments)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("mesh, fragments", [
+    ("data=3", ["train.mesh 'data=3' splits each batch over 3 devices", "train.batch_size=8"]),
+    ("foo=2", ["train.mesh 'foo=2' is not data=N or fsdp=N"]),
+    ("4", ["train.mesh=4 must be a string"]),
+], ids=["indivisible", "unknown_axis", "number"])
+def test_bad_mesh_in_sweep_spec(mesh, fragments, capsys, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_HEAD.replace("eval_tokens: 256}", f"eval_tokens: 256, mesh: {mesh}}}")
+                    + "isoflop: {budgets: [1e10], params: [1e4, 2e4]}\n")
+    status, stderr = cli(capsys, "sweep", "plan", spec, "--runs", tmp_path / "runs", "--no-probe")
+    assert_user_error(status, stderr, "sweep spec", *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_mesh_larger_than_the_machine(capsys, tmp_path):
+    """The plan's throughput probe cannot time a mesh of more devices than it sees; `--no-probe` plans anyway."""
+    import jax
+
+    if jax.device_count() >= 8:
+        pytest.skip("this process sees 8 or more devices")
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "heapq.py").write_bytes((Path(sysconfig.get_paths()["stdlib"]) / "heapq.py").read_bytes())
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_HEAD.replace("python-stdlib", str(source))
+                    .replace("eval_tokens: 256}", "eval_tokens: 256, mesh: fsdp=8}")
+                    + "isoflop: {budgets: [1e10], params: [1e4, 2e4]}\n")
+    status, stderr = cli(capsys, "sweep", "plan", spec, "--runs", tmp_path / "runs")
+    assert_user_error(status, stderr, "throughput probe: mesh fsdp=8 asks for 8 devices", "pass --no-probe")
+    assert cli(capsys, "sweep", "plan", spec, "--runs", tmp_path / "runs", "--no-probe")[0] == 0
 
 
 # Fits and questions
