@@ -1,12 +1,18 @@
 """The local launcher: run a sweep's runs in worker processes on this machine.
 
 `launch(spec, runs_root, workers=K)` expands the spec (sweeps.spec), skips runs whose summary status is
-completed, and runs the rest K at a time, each in a fresh `python -m sweeps.worker` process pinned to its
-own share of the cores (sweeps.resources). Processes are started, never forked, so no JAX state is copied.
-A run that stopped part-way resumes from its newest checkpoint (scaling.train does that). A run that fails
-is logged with its run id and the sweep goes on. The final table marks it, and `scaling sweep launch` then
-exits with status 1. Longest runs start first, which shortens the sweep's wall time on a fixed number of workers.
-Each worker's output goes to RUNS/<sweep>/_logs/<run_id>.log.
+completed, and runs the rest K at a time. Each of the K worker slots has its own share of the cores
+(sweeps.resources) and one long-lived `python -m sweeps.worker --serve` process pinned to them, which trains
+the slot's runs one after another, so interpreter start-up, imports, the JAX backend and the W&B service
+are paid once per slot rather than once per run. Processes are started, never forked, so no JAX state is
+copied. Each run's output goes to RUNS/<sweep>/_logs/<run_id>.log, with one header line per attempt.
+
+A worker that crashes or is killed loses only the run in flight: that run is marked failed and the slot's
+next run starts in a fresh worker. A run that stopped part-way resumes from its newest checkpoint at the
+next launch (scaling.train does that). A run that fails is logged with its run id and the sweep goes on.
+The final table marks it, and `scaling sweep launch` then exits with status 1. Longest runs start first,
+which shortens the sweep's wall time on a fixed number of workers. Ctrl-C interrupts the runs in flight
+(each closes its checkpoints; a worker still running after STOP_GRACE_S is killed) and ends the launch.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from rich import get_console
 from rich.console import Console
@@ -35,12 +42,12 @@ from sweeps.numbers import human_count
 from sweeps.plan import WIDE_OUTPUT, assumed_cost_model
 from sweeps.resources import WorkerSlot, split_cores
 from sweeps.spec import PlannedRun, SweepSpec, expand
-from sweeps.worker import EXIT_LOCKED
+from sweeps.worker import EXIT_AFTER, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_USER_ERROR
 
 log = logging.getLogger(__name__)
 
-LOGS_FOLDER = "_logs"  # RUNS/<sweep>/_logs/<run_id>.log: each worker's stdout and stderr
-POLL_S = 0.5  # seconds between looks at the workers and their metrics
+LOGS_FOLDER = "_logs"  # RUNS/<sweep>/_logs/<run_id>.log: the run's output, from every attempt
+POLL_S = 0.5  # maximum seconds between looks at the workers and their metrics (a reply wakes the loop at once)
 STOP_GRACE_S = 20.0  # seconds a worker gets to checkpoint-close after an interrupt before it is killed
 
 
@@ -52,8 +59,8 @@ class RunOutcome:
     status: str  # "completed", "skipped" (completed before this launch), "diverged" or "failed"
     summary: dict[str, Any]  # the run's summary.json, or a stand-in when the worker could not write one
     wall_s: float  # seconds of this launch spent on the run (0 when skipped)
-    log_path: Path | None  # the worker's log, None when skipped
-    cpu_s: float = 0.0  # CPU seconds (user + system) of the worker process; below wall_s * threads when CPUs are shared
+    log_path: Path | None  # the run's log, None when skipped
+    cpu_s: float = 0.0  # CPU seconds (user + system) the worker spent on the run; below wall_s * threads when CPUs are shared
 
     @property
     def ok(self) -> bool:
@@ -62,35 +69,143 @@ class RunOutcome:
 
 @dataclass
 class _Active:
-    """A run in progress: its worker process and where its progress shows."""
+    """A run in progress: the worker training it and where its progress shows."""
 
     run: PlannedRun
-    slot: WorkerSlot
-    process: subprocess.Popen
-    log_file: IO[str]
+    worker: WorkerProcess
     log_path: Path
-    started: float
+    started: float  # when the launcher handed the run over (or started the worker, for a worker's first run)
     task: TaskID | None = None
 
 
-def start_worker(run: PlannedRun, slot: WorkerSlot, runs_root: Path) -> tuple[subprocess.Popen, IO[str], Path]:
-    """Start `python -m sweeps.worker` for `run` on `slot`; return the process, its open log file and its path."""
-    log_path = Path(runs_root) / run.config.sweep / LOGS_FOLDER / f"{run.run_id}.log"
+@dataclass
+class WorkerProcess:
+    """One slot's `python -m sweeps.worker --serve` process, and the run it is training.
+
+    Requests go to the process's stdin, one JSON line per run. Replies come back on its stdout, one JSON
+    line per finished run (sweeps.worker). Its stderr is the log of the first run it was started for, and
+    the worker points it at each run's log in turn.
+    """
+
+    slot: WorkerSlot
+    process: subprocess.Popen
+    active: _Active | None = None
+    cpu_replied: float = 0.0  # CPU seconds the replies accounted for, so a crash can be charged the rest
+    retiring: bool = False  # its input is closed, or its last reply had a status after which it exits
+    reply_buffer: bytes = b""
+    replies_closed: bool = False  # its stdout reached end of file: the process is exiting or gone
+    cpu_total: float | None = None  # CPU seconds of the whole process, set once it is reaped
+    returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.returncode is None
+
+    def send(self, run: PlannedRun, runs_root: Path, log_path: Path) -> None:
+        """Ask the worker to train `run` next, with its output appended to `log_path`.
+
+        Raises BrokenPipeError when the process has already exited.
+        """
+        assert self.process.stdin is not None
+        request = {"config": run.config.to_dict(), "runs_root": str(runs_root), "log_path": str(log_path)}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+
+    def read_replies(self) -> list[dict[str, Any]]:
+        """Return the complete reply lines the worker has written so far, without waiting for more."""
+        assert self.process.stdout is not None
+        descriptor = self.process.stdout.fileno()
+        while not self.replies_closed:
+            try:
+                chunk = os.read(descriptor, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.replies_closed = True
+                break
+            self.reply_buffer += chunk
+        *lines, self.reply_buffer = self.reply_buffer.split(b"\n")
+        replies = []
+        for line in lines:
+            try:
+                replies.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("worker %d on cores %s wrote a reply that is not JSON: %r", self.pid,
+                            list(self.slot.cores), line[:200])
+        return replies
+
+    def reap(self) -> bool:
+        """Collect the exit status and CPU time of the process if it has exited, and return whether it has."""
+        if self.returncode is not None:
+            return True
+        ended = _reap(self.process)
+        if ended is None:
+            return False
+        self.returncode, self.cpu_total = ended
+        return True
+
+    def close_input(self) -> None:
+        """Close the worker's stdin, so it exits once its run in flight (if any) ends."""
+        self.retiring = True
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+
+
+def log_path_of(run: PlannedRun, runs_root: Path) -> Path:
+    return Path(runs_root) / run.config.sweep / LOGS_FOLDER / f"{run.run_id}.log"
+
+
+def _append_header(log_path: Path, event: str, where: str) -> None:
+    """Append one header line per attempt, e.g. `--- worker start 2026-12-04 22:44:46 on cores [0]`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_file = open(log_path, "a")  # appended: a resumed run keeps the log of its earlier attempts
-    log_file.write(f"--- worker start {time.strftime('%Y-%m-%d %H:%M:%S')} on cores {list(slot.cores)}\n")
-    log_file.flush()
+    with open(log_path, "a") as log_file:  # appended: a resumed run keeps the log of its earlier attempts
+        log_file.write(f"--- {event} {time.strftime('%Y-%m-%d %H:%M:%S')} {where}\n")
+
+
+def start_worker(slot: WorkerSlot, log_path: Path) -> WorkerProcess:
+    """Start `python -m sweeps.worker --serve` on `slot`; its start-up output goes to `log_path` (appended)."""
+    _append_header(log_path, "worker start", f"on cores {list(slot.cores)}")
     env = slot.environment()
     project_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_root, env.get("PYTHONPATH")]))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sweeps.worker"], stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT,
-        env=env, text=True,
-    )
-    assert process.stdin is not None
-    process.stdin.write(json.dumps({"config": run.config.to_dict(), "runs_root": str(runs_root)}))
-    process.stdin.close()
-    return process, log_file, log_path
+    with open(log_path, "a") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sweeps.worker", "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=log_file, env=env, text=True, bufsize=1,
+        )
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    return WorkerProcess(slot, process)
+
+
+def start_run(run: PlannedRun, slot: WorkerSlot, runs_root: Path, worker: WorkerProcess | None) -> _Active:
+    """Hand `run` to the slot's idle `worker`, or to a fresh worker when there is none or it has exited."""
+    log_path = log_path_of(run, runs_root)
+    if worker is not None and worker.alive and not worker.retiring:
+        started = time.time()
+        _append_header(log_path, "run start", f"in worker {worker.pid} on cores {list(slot.cores)}")
+        try:
+            worker.send(run, runs_root, log_path)
+            worker.active = _Active(run, worker, log_path, started)
+            return worker.active
+        except BrokenPipeError:  # it exited between runs: the run has not started, so give it a fresh worker
+            log.warning("worker %d on cores %s exited between runs; starting another", worker.pid, list(slot.cores))
+    started = time.time()
+    worker = start_worker(slot, log_path)
+    worker.active = _Active(run, worker, log_path, started)
+    try:
+        worker.send(run, runs_root, log_path)
+    except BrokenPipeError:  # it died while starting: the launcher's loop reaps it and fails the run
+        log.error("worker %d on cores %s exited before it read its first run; see %s", worker.pid,
+                  list(slot.cores), log_path)
+    return worker.active
 
 
 def check_existing_configs(runs: list[PlannedRun], runs_root: Path) -> None:
@@ -143,32 +258,46 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
 
     bar = _SweepProgress(console, enabled=progress, total_weight=sum(weights[run.run_id] for run in todo),
                          runs_total=len(todo))
-    active: dict[int, _Active] = {}
+    pool: dict[int, WorkerProcess] = {}  # slot index -> the slot's current worker process
+    exiting: list[WorkerProcess] = []  # workers replaced in their slot that have not been reaped yet
+    selector = selectors.DefaultSelector()  # wakes the loop when a worker replies or exits
+
     try:
         with bar:
-            while todo or active:
+            while todo or any(worker.active is not None for worker in pool.values()):
                 for slot in slots:
-                    if slot.index not in active and todo:
-                        run = todo.pop(0)
-                        process, log_file, log_path = start_worker(run, slot, root)
-                        entry = _Active(run, slot, process, log_file, log_path, started=time.time())
-                        entry.task = bar.add_run(run)
-                        active[slot.index] = entry
-                        log.info("run %s started on cores %s (log %s)", run.run_id, list(slot.cores), log_path)
-                time.sleep(POLL_S)
-                for index, entry in list(active.items()):
-                    ended = _reap(entry.process)
-                    if ended is None:
-                        bar.update_run(entry, weights[entry.run.run_id], root)
-                        continue
-                    del active[index]
-                    entry.log_file.close()
-                    outcome = _finish(entry, *ended, root)
-                    outcomes[entry.run.run_id] = outcome
-                    bar.finish_run(entry, weights[entry.run.run_id], outcome)
+                    worker = pool.get(slot.index)
+                    if todo and (worker is None or worker.active is None):
+                        entry = start_run(todo.pop(0), slot, root, worker)
+                        if entry.worker is not worker:
+                            if worker is not None:
+                                _unwatch(worker, selector)
+                                exiting.append(worker)
+                            pool[slot.index] = entry.worker
+                            selector.register(entry.worker.process.stdout, selectors.EVENT_READ)
+                        entry.task = bar.add_run(entry.run)
+                        log.info("run %s started in worker %d on cores %s (log %s)", entry.run.run_id,
+                                 entry.worker.pid, list(slot.cores), entry.log_path)
+                    elif not todo and worker is not None and worker.active is None and not worker.retiring:
+                        worker.close_input()  # nothing left for this slot: let the process exit now
+                selector.select(timeout=POLL_S)
+                for index, worker in list(pool.items()):
+                    for entry, outcome in _collect(worker, root):
+                        outcomes[entry.run.run_id] = outcome
+                        bar.finish_run(entry, weights[entry.run.run_id], outcome)
+                    if worker.active is not None:
+                        bar.update_run(worker.active, weights[worker.active.run.run_id], root)
+                    if worker.replies_closed:
+                        _unwatch(worker, selector)  # at end of file the pipe is always readable
+                        if worker.active is None and worker.reap():
+                            del pool[index]
+                exiting = [worker for worker in exiting if not worker.reap()]
     except KeyboardInterrupt:
-        _stop_workers(list(active.values()))
+        _stop_workers([*pool.values(), *exiting])
         raise
+    finally:
+        selector.close()
+    _shut_down([*pool.values(), *exiting])
 
     ordered = [outcomes[run.run_id] for run in runs]
     if progress if show_table is None else show_table:
@@ -183,12 +312,50 @@ def launch(spec: SweepSpec, runs_root: str | Path | None = None, workers: int = 
     return [outcome.summary for outcome in run_sweep(spec, runs_root, workers=workers, progress=progress)]
 
 
+def _collect(worker: WorkerProcess, runs_root: Path) -> list[tuple[_Active, RunOutcome]]:
+    """Return the runs of `worker` that ended since the last look, each with its outcome.
+
+    A reply ends the run in flight. A process that exited with a run still in flight (killed, crashed)
+    ends that run as failed, charged the CPU time the earlier replies did not account for.
+    """
+    ended = []
+    for reply in worker.read_replies():
+        entry = worker.active
+        if entry is None or reply.get("run_id") != entry.run.run_id:
+            log.warning("worker %d replied for run %s, which it was not training; ignoring the reply",
+                        worker.pid, reply.get("run_id"))
+            continue
+        worker.active = None
+        status = int(reply["exit_status"])
+        cpu_s = float(reply.get("cpu_s", 0.0))
+        worker.cpu_replied += cpu_s
+        if status in EXIT_AFTER:
+            worker.retiring = True  # the worker exits after this reply
+        ended.append((entry, _finish(entry, status, cpu_s, runs_root, replied=True)))
+    if worker.active is not None and worker.replies_closed and worker.reap():
+        entry, worker.active = worker.active, None
+        cpu_s = max(0.0, (worker.cpu_total or 0.0) - worker.cpu_replied)
+        ended.append((entry, _finish(entry, worker.returncode, cpu_s, runs_root, replied=False)))
+    return ended
+
+
+def _unwatch(worker: WorkerProcess, selector: selectors.BaseSelector) -> None:
+    """Stop waking the loop for `worker`: it exited, or another worker replaced it in its slot."""
+    worker.close_input()
+    try:
+        selector.unregister(worker.process.stdout)
+    except (KeyError, ValueError):  # not registered, or unregistered before
+        pass
+
+
 def _reap(process: subprocess.Popen) -> tuple[int, float] | None:
     """Return (exit status, CPU seconds) of a worker that has ended, or None while it runs.
 
     os.wait4 reports the child's resource usage, which Popen.poll does not. A negative status is the
     signal that ended the process, as in Popen.returncode.
     """
+    if process.returncode is not None:  # reaped already, by Popen.wait
+        return process.returncode, 0.0
     pid, status, usage = os.wait4(process.pid, os.WNOHANG)
     if pid == 0:
         return None
@@ -197,8 +364,12 @@ def _reap(process: subprocess.Popen) -> tuple[int, float] | None:
     return process.returncode, usage.ru_utime + usage.ru_stime
 
 
-def _finish(entry: _Active, returncode: int, cpu_s: float, runs_root: Path) -> RunOutcome:
-    """Read the run's summary after its worker exited; record a failure the worker could not record itself."""
+def _finish(entry: _Active, returncode: int, cpu_s: float, runs_root: Path, replied: bool = False) -> RunOutcome:
+    """Read the run's summary after it ended; record a failure the worker could not record itself.
+
+    `returncode` is the run's exit status from the worker's reply (`replied`), or the exit status of a
+    worker process that ended without replying.
+    """
     run = entry.run
     wall = time.time() - entry.started
     run_dir = RunDir.at(runs_root, run.config.sweep, run.run_id)
@@ -215,14 +386,14 @@ def _finish(entry: _Active, returncode: int, cpu_s: float, runs_root: Path) -> R
         log.error("run %s diverged at step %s; see %s", run.run_id, summary.get("diverged_step"), entry.log_path)
         return RunOutcome(run, "diverged", summary, wall, entry.log_path, cpu_s)
 
-    reason = _exit_reason(returncode)
+    reason = _run_status_reason(returncode) if replied else f"worker {_exit_reason(returncode)}"
     if returncode == EXIT_LOCKED:
         # Another live process owns the run and its summary: report it here, leave the store alone.
         error = f"run is being trained by another process; see {entry.log_path}"
         log.error("run %s not run: %s", run.run_id, error)
         return RunOutcome(run, "failed", {**(summary or _stand_in_summary(run)), "status": "failed", "error": error},
                           wall, entry.log_path, cpu_s)
-    error = (summary or {}).get("error") or f"worker {reason}; see {entry.log_path}"
+    error = (summary or {}).get("error") or f"{reason}; see {entry.log_path}"
     failed = {**(summary or _stand_in_summary(run)), "status": "failed", "error": error}
     if status in (None, "running"):
         # A killed worker leaves "running" behind. Record the failure, so the store does not show a live run.
@@ -230,7 +401,7 @@ def _finish(entry: _Active, returncode: int, cpu_s: float, runs_root: Path) -> R
             run_dir.write_summary(failed)
         except OSError as write_error:
             log.warning("run %s: could not record the failure in %s: %s", run.run_id, run_dir.path, write_error)
-    log.error("run %s failed (worker %s): %s; log: %s", run.run_id, reason, error, entry.log_path)
+    log.error("run %s failed (%s): %s; log: %s", run.run_id, reason, error, entry.log_path)
     return RunOutcome(run, "failed", failed, wall, entry.log_path, cpu_s)
 
 
@@ -243,27 +414,63 @@ def _exit_reason(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
+RUN_STATUS_WORDS = {EXIT_USER_ERROR: "user error", EXIT_DIVERGED: "diverged", EXIT_LOCKED: "locked",
+                    EXIT_INTERRUPTED: "interrupted"}
+
+
+def _run_status_reason(status: int) -> str:
+    """Describe the exit status a worker replied for one run (sweeps.worker lists them)."""
+    return f"run ended with status {status} ({RUN_STATUS_WORDS.get(status, 'failed')})"
+
+
 def _stand_in_summary(run: PlannedRun) -> dict[str, Any]:
     return {"status": "failed", "run_id": run.run_id, "sweep": run.config.sweep, "final_val_loss": None,
             "final_val_bpb": None, "tokens_seen": 0, "steps_done": 0, "flops_spent": 0, "wall_time_s": 0.0,
             "diverged_step": None, "error": None}
 
 
-def _stop_workers(active: list[_Active]) -> None:
-    """Interrupt the workers (they keep their checkpoints), wait briefly, then kill the ones still running."""
-    for entry in active:
-        if entry.process.poll() is None:
-            entry.process.send_signal(signal.SIGINT)
+def _shut_down(workers: list[WorkerProcess]) -> None:
+    """Close the input of idle workers and wait for them to exit; kill any still running after STOP_GRACE_S."""
+    for worker in workers:
+        worker.close_input()
     deadline = time.time() + STOP_GRACE_S
-    for entry in active:
+    for worker in workers:
         try:
-            entry.process.wait(timeout=max(0.1, deadline - time.time()))
+            worker.process.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            log.warning("run %s: worker did not stop within %.0f s; killing it", entry.run.run_id, STOP_GRACE_S)
-            entry.process.kill()
-            entry.process.wait()
-        entry.log_file.close()
+            log.warning("worker %d did not exit within %.0f s of the sweep's end; killing it", worker.pid,
+                        STOP_GRACE_S)
+            worker.process.kill()
+            worker.process.wait()
+        _close_pipes(worker)
+
+
+def _stop_workers(workers: list[WorkerProcess]) -> None:
+    """Interrupt the workers (they keep their checkpoints), wait briefly, then kill the ones still running."""
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGINT)
+    deadline = time.time() + STOP_GRACE_S
+    for worker in workers:
+        try:
+            worker.process.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            running = worker.active.run.run_id if worker.active is not None else "none"
+            log.warning("worker %d (run %s) did not stop within %.0f s; killing it", worker.pid, running,
+                        STOP_GRACE_S)
+            worker.process.kill()
+            worker.process.wait()
+        _close_pipes(worker)
     log.warning("sweep interrupted; rerun the same command to resume the unfinished runs")
+
+
+def _close_pipes(worker: WorkerProcess) -> None:
+    for pipe in (worker.process.stdin, worker.process.stdout):
+        if pipe is not None and not pipe.closed:
+            try:
+                pipe.close()
+            except BrokenPipeError:
+                pass
 
 
 def last_step(run_dir: RunDir) -> tuple[int, float | None]:

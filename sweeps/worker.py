@@ -1,18 +1,39 @@
-"""One worker process of a local sweep: `python -m sweeps.worker` trains the run whose config arrives on stdin.
+"""A worker process of a sweep: `python -m sweeps.worker` trains runs whose configs arrive on stdin.
 
-The launcher starts one fresh process per run. JAX is first imported here, after the process has pinned
-itself to its cores (sweeps.resources) and with XLA_FLAGS already in its environment. A crash or a kill
-takes down one run only. Input is one JSON object: {"config": TrainConfig as a dict, "runs_root": path}.
-The run's outcome is in its run directory (summary.json), and the exit status repeats it: 0 completed,
+JAX is first imported here, after the process has pinned itself to its cores (sweeps.resources) and with
+XLA_FLAGS already in its environment. Two modes:
+
+- `python -m sweeps.worker` (the Ray and SLURM backends) reads one JSON object from stdin,
+  {"config": TrainConfig as a dict, "runs_root": path}, trains that run and exits with its exit status.
+  Output goes to the process's own stdout and stderr.
+- `python -m sweeps.worker --serve` (the local launcher, one long-lived process per worker slot) reads
+  one request per line, {"config": ..., "runs_root": ..., "log_path": path}, and trains the runs one after
+  another. For each run it points file descriptors 1 and 2 at `log_path` (appending), so the run's
+  logging, warnings and native output (XLA, tracebacks) go to that run's log. When the run ends it writes
+  one JSON line to the stdout it started with: {"run_id", "exit_status", "cpu_s", "wall_s"}, where
+  `cpu_s` is the user plus system CPU time of this process and its reaped children during the run
+  (resource.getrusage deltas). It exits at the end of stdin (status 0), after an interrupted run (130),
+  and after a run that failed with an unexpected exception (1), so that the next run gets a clean process.
+
+Each run's outcome is in its run directory (summary.json), and the exit status repeats it: 0 completed,
 3 diverged, 2 a user error (bad config or corpus), 4 the run is being trained by another live process (its
 lock is held), 130 interrupted (SIGINT), 1 any other failure.
+
+A crash or a kill of the process takes down the run in flight only. JAX keeps no state between runs that
+changes their results: tests/test_worker_serve.py checks that runs trained one after another in one
+worker give the same metrics, bit for bit, as each run trained in a fresh process.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
+import resource
 import sys
+import time
+from typing import IO, Any
 
 from sweeps.resources import pin_to_assigned_cores
 
@@ -23,24 +44,39 @@ EXIT_DIVERGED = 3
 EXIT_LOCKED = 4
 EXIT_INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
 
+# Statuses after which a serving worker exits instead of taking the next run.
+EXIT_AFTER = (EXIT_FAILED, EXIT_INTERRUPTED)
+
 log = logging.getLogger("sweeps.worker")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweeps.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", action="store_true",
+                        help="train runs one after another, one JSON request per stdin line (the local launcher)")
+    args = parser.parse_args(argv)
+
     cores = pin_to_assigned_cores()  # before JAX is imported: XLA sizes its thread pools from the affinity
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax", "orbax", "wandb", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
+    if args.serve:
+        return serve(cores)
     request = json.loads(sys.stdin.read())
+    return train_request(request, cores)
+
+
+def train_request(request: dict[str, Any], cores: tuple[int, ...] | None) -> int:
+    """Train the run of one request; return its exit status (see the module docstring)."""
     from scaling.config import TrainConfig
     from scaling.errors import UserError
     from scaling.run_lock import RunLocked
     from scaling.train import train
 
     config = TrainConfig.from_dict(request["config"])
-    log.info("worker for run %s on cores %s", config.run_id, cores if cores is not None else "all")
+    log.info("worker %d for run %s on cores %s", os.getpid(), config.run_id,
+             cores if cores is not None else "all")
     try:
         summary = train(config, request["runs_root"], progress=False)
     except UserError as error:
@@ -60,6 +96,59 @@ def main() -> int:
     if status == "completed":
         return EXIT_COMPLETED
     return EXIT_DIVERGED if status == "diverged" else EXIT_FAILED
+
+
+def serve(cores: tuple[int, ...] | None) -> int:
+    """Train the requests on stdin one after another and write one JSON reply line per run."""
+    # Replies go to a private copy of the stdout pipe. Descriptor 1 itself joins descriptor 2, so a stray
+    # print can never corrupt the replies.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            request = json.loads(line)
+            status = _serve_one(request, cores, replies)
+            if status in EXIT_AFTER:
+                return status
+    except KeyboardInterrupt:  # SIGINT while waiting for the next request
+        return EXIT_INTERRUPTED
+    return EXIT_COMPLETED
+
+
+def _serve_one(request: dict[str, Any], cores: tuple[int, ...] | None, replies: IO[str]) -> int:
+    """Train one request with descriptors 1 and 2 on its log; write its reply; return its exit status."""
+    _redirect_output(request["log_path"])
+    started = time.time()
+    cpu_before = _cpu_seconds()
+    status = train_request(request, cores)
+    reply = {"run_id": request["config"]["run_id"], "exit_status": status,
+             "cpu_s": round(_cpu_seconds() - cpu_before, 3), "wall_s": round(time.time() - started, 3)}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    replies.write(json.dumps(reply) + "\n")
+    return status
+
+
+def _redirect_output(log_path: str) -> None:
+    """Point descriptors 1 and 2 (and so sys.stdout, sys.stderr and native code) at `log_path`, appended."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(descriptor, sys.stdout.fileno())
+        os.dup2(descriptor, sys.stderr.fileno())
+    finally:
+        os.close(descriptor)
+
+
+def _cpu_seconds() -> float:
+    """Return the user plus system CPU seconds of this process and of its children that were reaped."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 if __name__ == "__main__":

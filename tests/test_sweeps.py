@@ -22,7 +22,7 @@ from scaling.config import TrainConfig
 from scaling.errors import UserError
 from scaling.run_store import RunDir
 from sweeps import cli
-from sweeps.launcher import LOGS_FOLDER, run_sweep, start_worker
+from sweeps.launcher import LOGS_FOLDER, run_sweep, start_run
 from sweeps.numbers import format_count, human_count, parse_count
 from sweeps.plan import evaluation_count, make_plan
 from sweeps.resources import CORES_ENV, SINGLE_THREAD_XLA_FLAGS, split_cores
@@ -381,7 +381,8 @@ def test_launch_resumes_killed_run_from_checkpoint(corpus_dir, tmp_path):
     runs = tmp_path / "runs"
     (run,) = expand(spec, runs)
     run_dir = RunDir.at(runs, "resume", run.run_id)
-    process, log_file, log_path = start_worker(run, split_cores(1)[0], runs)
+    entry = start_run(run, split_cores(1)[0], runs, worker=None)
+    process = entry.worker.process
     deadline = time.time() + 120
     try:
         while not any(p.name.isdigit() for p in run_dir.checkpoint_dir.glob("*")) and process.poll() is None:
@@ -390,8 +391,10 @@ def test_launch_resumes_killed_run_from_checkpoint(corpus_dir, tmp_path):
         process.send_signal(signal.SIGKILL)
         process.wait()
     finally:
-        log_file.close()
+        process.stdin.close()
+        process.stdout.close()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed; lengthen it"
+    log_path = entry.log_path
     assert run_dir.summary()["status"] == "running"
     rows_before = {row["step"]: row for row in run_dir.metrics()}
 

@@ -1,0 +1,253 @@
+"""Long-lived sweep workers: several runs through one `python -m sweeps.worker --serve` process.
+
+The runs are tiny real trainings on the tiny corpus of tests/test_sweeps.py. A worker trains run after
+run, each run's output in its own log. Runs trained one after another in one process equal, bit for bit,
+the same runs trained each in a fresh process. A worker killed mid-run costs that run only, and user
+errors and locked runs do not end a worker. W&B makes one offline run per training run. An interrupt
+stops the workers, and a relaunch resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scaling.run_lock import RunLock
+from scaling.run_store import RunDir
+from sweeps.launcher import LOGS_FOLDER, log_path_of, run_sweep
+from sweeps.resources import split_cores
+from sweeps.spec import expand, parse_spec
+from sweeps.worker import EXIT_COMPLETED, EXIT_LOCKED, EXIT_USER_ERROR
+from tests.faults import shared_jax_cache, wandb_history, wandb_offline_runs  # noqa: F401
+from tests.test_sweeps import corpus_dir, tiny_raw  # noqa: F401
+from tests.test_train import COMPARED_KEYS
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER_PID = re.compile(r"worker (\d+) for run (\S+)")
+
+
+def sweep_raw(corpus: Path, name: str, tokens: list[str], **train) -> dict:
+    """Two model shapes x the given token budgets: the same shape comes back with another shape between."""
+    return tiny_raw(corpus, name=name, grid={"params": ["4K", "1.2e4"], "tokens": tokens},
+                    train={"seq_len": 32, "batch_size": 4, "eval_tokens": 512, "wandb_mode": "disabled", **train})
+
+
+def worker_pids(log_text: str) -> dict[str, int]:
+    """Return {run id: pid of the worker that trained it} from the lines sweeps.worker logs per run."""
+    return {run_id: int(pid) for pid, run_id in WORKER_PID.findall(log_text)}
+
+
+def compared(rows: list[dict]) -> list[dict]:
+    return [{key: row.get(key) for key in COMPARED_KEYS} for row in rows]
+
+
+def start_server(slot_cores: tuple[int, ...] | None = None) -> subprocess.Popen:
+    """Start `python -m sweeps.worker --serve` by hand, as the launcher does, with its stderr kept."""
+    slot = split_cores(1, cores=slot_cores)[0]
+    env = slot.environment()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.Popen([sys.executable, "-m", "sweeps.worker", "--serve"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, bufsize=1)
+
+
+def request(server: subprocess.Popen, run, runs: Path) -> dict:
+    """Send one run to the server and return its reply."""
+    log_path = log_path_of(run, runs)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    server.stdin.write(json.dumps({"config": run.config.to_dict(), "runs_root": str(runs),
+                                   "log_path": str(log_path)}) + "\n")
+    server.stdin.flush()
+    line = server.stdout.readline()
+    assert line, f"the worker exited without replying:\n{server.stderr.read()[-3000:]}"
+    return json.loads(line)
+
+
+# ---------------------------------------------------------------- the protocol, by hand
+
+
+def test_server_replies_once_per_run_and_keeps_serving(corpus_dir, tmp_path):  # noqa: F811
+    runs = tmp_path / "runs"
+    good, other = expand(parse_spec(sweep_raw(corpus_dir, "serve", ["1e4"])), runs)
+    missing_corpus = replace(good.config.data, path=str(tmp_path / "no-such-corpus"))
+    bad = replace(good, run_id="bad", config=good.config.replace(run_id="bad", data=missing_corpus))
+    server = start_server()
+    try:
+        first = request(server, good, runs)
+        assert first["run_id"] == good.run_id
+        assert first["exit_status"] == EXIT_COMPLETED
+        assert 0 < first["cpu_s"]
+        assert 0 < first["wall_s"]
+
+        # A user error (missing corpus) and a locked run are replied to, and the worker goes on serving.
+        assert request(server, bad, runs)["exit_status"] == EXIT_USER_ERROR
+        with RunLock(RunDir.at(runs, "serve", other.run_id).path):
+            assert request(server, other, runs)["exit_status"] == EXIT_LOCKED
+        assert request(server, other, runs)["exit_status"] == EXIT_COMPLETED
+
+        server.stdin.close()  # end of input: the worker exits with status 0
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert RunDir.at(runs, "serve", good.run_id).status() == "completed"
+    assert RunDir.at(runs, "serve", other.run_id).status() == "completed"
+
+    logs = runs / "serve" / LOGS_FOLDER
+    good_log = (logs / f"{good.run_id}.log").read_text()
+    assert f"run {good.run_id} completed" in good_log
+    assert other.run_id not in good_log  # each run's output goes to its own log only
+    other_log = (logs / f"{other.run_id}.log").read_text()
+    assert "is being trained by" in other_log
+    assert f"run {other.run_id} completed" in other_log
+    assert "no-such-corpus" in (logs / "bad.log").read_text()
+    assert server.stderr.read() == ""  # nothing leaked to the stderr the worker started with
+
+
+# ---------------------------------------------------------------- through the launcher
+
+
+def test_one_worker_trains_all_runs_in_one_process(corpus_dir, tmp_path):  # noqa: F811
+    spec = parse_spec(sweep_raw(corpus_dir, "one", ["1e4", "2e4"]))
+    runs = tmp_path / "runs"
+    outcomes = run_sweep(spec, runs, workers=1, progress=False)
+    assert [outcome.status for outcome in outcomes] == ["completed"] * 4
+
+    logs = {outcome.run.run_id: outcome.log_path.read_text() for outcome in outcomes}
+    pids = {}
+    for run_id, text in logs.items():
+        pids.update(worker_pids(text))
+        assert set(worker_pids(text)) == {run_id}, f"{run_id}.log holds another run's output"
+    assert len(set(pids.values())) == 1, pids
+    headers = [line for text in logs.values() for line in text.splitlines() if line.startswith("---")]
+    assert sum("worker start" in line for line in headers) == 1, headers
+    assert sum(f"in worker {pids[outcomes[0].run.run_id]} on cores" in line for line in headers) == 3, headers
+    for outcome in outcomes:
+        assert outcome.cpu_s > 0
+        assert outcome.wall_s > 0
+
+
+def test_runs_in_one_worker_equal_fresh_processes(corpus_dir, tmp_path):  # noqa: F811
+    """Four runs (two shapes, two budgets) through one worker equal each run in its own process, bit for bit."""
+    spec = parse_spec(sweep_raw(corpus_dir, "same", ["1e4", "2e4"]))
+    served_root, fresh_root = tmp_path / "served", tmp_path / "fresh"
+    served = run_sweep(spec, served_root, workers=1, progress=False)
+    assert [outcome.status for outcome in served] == ["completed"] * 4
+    shapes = [outcome.run.config.model for outcome in served]
+    assert len(set(shapes)) == 2  # the worker switched shape and came back to one it had trained
+
+    for run in expand(spec, fresh_root):
+        child = subprocess.run([sys.executable, "-m", "sweeps.worker"], cwd=REPO, capture_output=True, text=True,
+                               input=json.dumps({"config": run.config.to_dict(), "runs_root": str(fresh_root)}),
+                               timeout=300)
+        assert child.returncode == 0, child.stderr[-3000:]
+
+    for outcome in served:
+        served_run = RunDir.at(served_root, "same", outcome.run.run_id)
+        fresh_run = RunDir.at(fresh_root, "same", outcome.run.run_id)
+        assert served_run.metrics(), outcome.run.run_id
+        assert compared(served_run.metrics()) == compared(fresh_run.metrics()), outcome.run.run_id
+        assert served_run.summary()["final_val_loss"] == fresh_run.summary()["final_val_loss"]
+        assert served_run.summary()["final_val_bpb"] == fresh_run.summary()["final_val_bpb"]
+
+
+def test_killed_worker_loses_only_its_run(corpus_dir, tmp_path, monkeypatch):  # noqa: F811
+    """SIGKILL in the long run (the first, longest-first): it fails, the short run completes in a fresh
+    worker, and the next launch resumes the long run from its checkpoint."""
+    spec = parse_spec(sweep_raw(corpus_dir, "killed", ["1e4"], checkpoint_interval=20)
+                      | {"grid": {"params": ["4K"], "tokens": ["5e3", "2e4"]}})
+    runs = tmp_path / "runs"
+    long_run, short_run = sorted(expand(spec, runs), key=lambda run: -run.steps)
+    assert short_run.steps < 100 < long_run.steps
+    monkeypatch.setenv("SCALING_FAULT", "step:100")  # reached by the long run only
+
+    first = {outcome.run.run_id: outcome for outcome in run_sweep(spec, runs, workers=1, progress=False)}
+    assert first[long_run.run_id].status == "failed"
+    assert "killed by SIGKILL" in first[long_run.run_id].summary["error"]
+    assert RunDir.at(runs, "killed", long_run.run_id).status() == "failed"
+    assert first[short_run.run_id].status == "completed"
+    long_pid = worker_pids(first[long_run.run_id].log_path.read_text())[long_run.run_id]
+    short_log = first[short_run.run_id].log_path.read_text()
+    assert "--- worker start" in short_log  # a fresh worker, not the killed one
+    assert worker_pids(short_log)[short_run.run_id] != long_pid
+
+    monkeypatch.delenv("SCALING_FAULT")
+    second = {outcome.run.run_id: outcome for outcome in run_sweep(spec, runs, workers=1, progress=False)}
+    assert second[short_run.run_id].status == "skipped"
+    assert second[long_run.run_id].status == "completed"
+    assert "resumes from step 80" in second[long_run.run_id].log_path.read_text()
+
+
+def test_wandb_offline_run_per_training_run(corpus_dir, tmp_path):  # noqa: F811
+    """Several wandb.init and finish calls in one worker: each run has its own offline W&B run, named by its
+    id, holding exactly its metric rows."""
+    spec = parse_spec(sweep_raw(corpus_dir, "wb", ["1e4"], wandb_mode="offline"))
+    runs = tmp_path / "runs"
+    outcomes = run_sweep(spec, runs, workers=1, progress=False)
+    assert [outcome.status for outcome in outcomes] == ["completed", "completed"]
+    pids = [worker_pids(outcome.log_path.read_text())[outcome.run.run_id] for outcome in outcomes]
+    assert pids[0] == pids[1]
+    for outcome in outcomes:
+        run = RunDir.at(runs, "wb", outcome.run.run_id)
+        (offline,) = wandb_offline_runs(run.path)
+        assert offline.name == f"run-wb-{outcome.run.run_id}.wandb"
+        history = wandb_history(offline, wait_for_exit=30)
+        assert [row["_step"] for row in history] == [row["step"] for row in run.metrics()]
+        assert [row["train_loss"] for row in history] == [row["train_loss"] for row in run.metrics()]
+
+
+LAUNCH = "import sys; from scaling.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def test_interrupt_stops_workers_and_relaunch_resumes(corpus_dir, tmp_path):  # noqa: F811
+    """SIGINT to the launcher: the workers stop (runs stay resumable, not failed), the launcher exits 130,
+    and a relaunch completes every run."""
+    path = tmp_path / "int.yaml"
+    path.write_text(yaml.safe_dump(sweep_raw(corpus_dir, "int", ["4e4"], checkpoint_interval=20)))
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-c", LAUNCH, "sweep", "launch", str(path), "--runs", str(runs), "--no-progress",
+               "--workers", "2"]
+    launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    try:
+        while not list((runs / "int").glob("*/checkpoints/[0-9]*")):
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        launcher.send_signal(signal.SIGINT)  # the launcher only, as `kill -INT`; a terminal's Ctrl-C reaches all
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode == 130, stderr[-3000:]
+    assert "interrupted" in stderr
+
+    run_ids = [run.run_id for run in expand(parse_spec(yaml.safe_load(path.read_text())), runs)]
+    pids = {}
+    for run_id in run_ids:
+        log_path = runs / "int" / LOGS_FOLDER / f"{run_id}.log"
+        if log_path.exists():
+            log_text = log_path.read_text()
+            pids.update(worker_pids(log_text))
+            # Interrupted, never failed: "running" after its first summary write, no summary before it.
+            assert RunDir.at(runs, "int", run_id).status() in ("running", None), log_text
+            assert "interrupted" in log_text or "KeyboardInterrupt" in log_text, log_text
+    assert pids
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # no worker outlives the launcher
+
+    relaunch = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert all(RunDir.at(runs, "int", run_id).status() == "completed" for run_id in run_ids)
