@@ -1,21 +1,38 @@
-"""Bootstrap intervals for approaches 1 and 2 and the Kaplan-style fits: refit on runs drawn with replacement.
+"""Bootstrap intervals for approaches 1 and 2 and the Kaplan-style fits.
 
-Each replicate draws runs with replacement and refits the method the way the full-data fit did. Intervals
-are percentiles over the replicates (95% by default), as for approach 3 in `analysis.bootstrap`. A replicate
-whose draw cannot support the fit (too few distinct sizes, token counts or usable budgets) is counted and
-left out of the intervals.
+Intervals are percentiles over the replicates (95% by default), as for approach 3 in `analysis.bootstrap`.
+A replicate whose data cannot support the fit (too few distinct sizes, token counts or usable budgets) is
+counted and left out of the intervals.
 
-How each method resamples:
+Approaches 1 and 2 keep the sweep's sizes and budgets, since those are its design rather than a sample, and
+resample what varies between runs: each run's luck.
 
-- Approach 2 draws within each IsoFLOP budget, keeping each budget's number of runs, since the budgets are
-  the sweep's design rather than a sample. A drawn run enters its budget's parabola once per draw. A budget
-  left with fewer than 3 distinct sizes, or with its optimum at an edge, drops out of that replicate's power
-  laws, as in the full fit.
-- Approach 1 and L(C) draw from all runs and rebuild the envelope from the distinct runs drawn: a curve drawn
-  twice changes no minimum.
-- L(N), L(N) with E and L(D) draw from all runs; each distinct size (or token count) keeps the lowest loss
-  among its drawn runs and weighs in the least squares by how many draws fell on it, so that with one run
-  per size this is the usual bootstrap of regression pairs.
+- Approach 2 (`resample="residuals"`, the default) fits each budget's parabola, takes each run's relative
+  residual from it (scaled by 1/sqrt(1 - leverage), so that a 4-size parabola's small residuals are not taken
+  at face value), draws those residuals with replacement across all budgets onto the parabolas, and refits.
+  Where the parabola does not match the profile (sizes spanning a wide range around the optimum), its misfit
+  counts as noise and the intervals widen. When no budget has more than 3 sizes, there are no residuals, and
+  runs are drawn instead (the method record says so).
+- Approach 1 (`resample="luck"`, the default) fits L(N, D) = E + A/N^alpha + B/D^beta to the late half of
+  every learning curve only to separate each run's level from the size trend; a run's luck is the median of
+  its log-loss residuals. A replicate moves every curve to the surface and adds a luck drawn with
+  replacement, keeping each curve's own shape.
+
+Both report basic bootstrap intervals: a replicate's deviation from the answer without luck (approach 1) or
+from the estimate (approach 2) is subtracted from the estimate, so the stored replicates are reflected and
+their percentiles are the intervals. This corrects the bias the bootstrap sees instead of doubling it.
+
+`resample="runs"` instead draws runs with replacement (within each budget for approach 2; approach 1 keeps
+the distinct runs drawn, since a curve drawn twice changes no minimum) and takes plain percentiles. Drawing
+runs removes about a third of the sizes from each replicate, which coarsens the fit, so these intervals come
+out wide. On 50 draws of points from a known law with 1% noise (tests/test_analysis_bootstrap_methods.py),
+approach 1's intervals for a were 2.1 times the spread of the estimates and covered the truth 50 times;
+drawing luck, 47 times with widths of 0.98 times the spread.
+
+L(N), L(N) with E and L(D) draw from all runs; each distinct size (or token count) keeps the lowest loss among
+its drawn runs and weighs in the least squares by how many draws fell on it, so that with one run per size
+this is the usual bootstrap of regression pairs. L(C) draws from all runs and rebuilds the envelope from the
+distinct runs drawn.
 """
 
 from __future__ import annotations
@@ -30,6 +47,7 @@ from analysis.bootstrap import DEFAULT_BOOTSTRAPS
 from analysis.fit_envelope import fit_envelope
 from analysis.fit_isoflop import fit_isoflop
 from analysis.fit_kaplan import fit_single_power_law
+from analysis.fit_parametric import Approach3Options, fit_approach3
 
 ALLOCATION_NAMES = ("a", "params_coefficient", "b", "tokens_coefficient")
 # L(C) gets no interval on C_c. Between sampled sizes the envelope lies above the true frontier, a bias that
@@ -38,6 +56,9 @@ KAPLAN_NAMES = {"L(N)": ("exponent", "scale"), "L(N) with E": ("exponent", "scal
                 "L(D)": ("exponent", "scale"), "L(C)": ("exponent",)}
 # Each method draws from its own stream of the seed, so adding a method never changes another's intervals.
 _STREAMS = {"approach2": 2, "approach1": 1, "kaplan": 4}
+APPROACH1_RESAMPLING = ("luck", "runs")
+APPROACH2_RESAMPLING = ("residuals", "runs")
+SURFACE_STARTS = 256  # start grid of the L(N, D) fit that separates each run's luck from the size trend
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,7 @@ class Replicates:
                 for i, name in enumerate(self.names)}
 
     def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict; "samples" holds every replicate (null where it could not be fitted)."""
         return {
             "method": self.method,
             "replicates": int(self.values.shape[0]),
@@ -72,44 +94,95 @@ class Replicates:
             "level": self.level,
             "seed": self.seed,
             "intervals": {name: list(bounds) for name, bounds in self.intervals().items()},
+            "samples": {"names": list(self.names),
+                        "values": [[float(v) if np.isfinite(v) else None for v in row] for row in self.values]},
         }
 
 
 def bootstrap_isoflop(params: ArrayLike, losses: ArrayLike, budgets: ArrayLike, *,
-                      n_bootstraps: int = DEFAULT_BOOTSTRAPS, seed: int = 0, level: float = 0.95) -> Replicates:
-    """Bootstrap approach 2's a, b and coefficients, drawing runs within each budget (FLOPs, one per run)."""
+                      n_bootstraps: int = DEFAULT_BOOTSTRAPS, seed: int = 0, level: float = 0.95,
+                      resample: str = "residuals") -> Replicates:
+    """Bootstrap approach 2's a, b and coefficients (`budgets` in FLOPs, one per run; see the module docstring)."""
     params = np.asarray(params, dtype=float)
     losses = np.asarray(losses, dtype=float)
     budgets = np.asarray(budgets, dtype=float)
-    strata = [np.flatnonzero(budgets == budget) for budget in np.unique(budgets)]
+    _check_choice("approach 2", resample, APPROACH2_RESAMPLING)
     rng = _rng(seed, "approach2")
+    count = _check_count(n_bootstraps)
 
-    def refit(indices: np.ndarray) -> dict[str, float] | None:
-        fit = fit_isoflop(params[indices], budgets[indices], losses[indices], budgets[indices],
+    def refit(replicate_losses: np.ndarray, indices: np.ndarray | None = None) -> dict[str, float] | None:
+        keep = slice(None) if indices is None else indices
+        fit = fit_isoflop(params[keep], budgets[keep], replicate_losses[keep], budgets[keep],
                           skip_invalid_budgets=True, log_warnings=False)
         return _allocation_values(fit.params_law, fit.tokens_law)
 
-    draws = [np.concatenate([rng.choice(stratum, stratum.size) for stratum in strata])
-             for _ in range(_check_count(n_bootstraps))]
-    method = ("runs drawn with replacement within each IsoFLOP budget; parabolas and power laws refitted; "
-              "percentile intervals over replicates with at least 2 usable budgets")
-    return _replicates(refit, draws, ALLOCATION_NAMES, level, seed, method)
+    estimate = refit(losses)
+    fitted, residuals = _parabola_residuals(params, losses, budgets)
+    fallback = ""
+    if resample == "residuals" and residuals.size < 2:
+        # Parabolas through 3 sizes fit exactly and leave no residuals to draw.
+        resample, fallback = "runs", "no budget has more than 3 sizes, so runs were drawn instead: "
+    if resample == "runs":
+        strata = [np.flatnonzero(budgets == budget) for budget in np.unique(budgets)]
+        draws = [np.concatenate([rng.choice(stratum, stratum.size) for stratum in strata]) for _ in range(count)]
+        method = (f"{fallback}runs drawn with replacement within each IsoFLOP budget; parabolas and power laws "
+                  "refitted; percentile intervals over replicates with at least 2 usable budgets")
+        return _replicates(lambda indices: refit(losses, indices), draws, ALLOCATION_NAMES, level, seed, method)
+
+    method = ("relative residuals of each budget's parabola in ln N, scaled by 1/sqrt(1 - leverage), drawn "
+              "with replacement across budgets onto the parabolas; parabolas and power laws refitted; basic "
+              "intervals (replicates reflected around the estimate) over replicates with at least 2 usable budgets")
+    if estimate is None:
+        return Replicates(ALLOCATION_NAMES, np.full((count, len(ALLOCATION_NAMES)), np.nan), level, seed,
+                          f"{method}; no replicates: the fit has no power laws")
+    rows = np.full((count, len(ALLOCATION_NAMES)), np.nan)
+    for row in rows:
+        values = refit(fitted * (1.0 + rng.choice(residuals, fitted.size)))
+        if values is not None:
+            row[:] = _reflect(values, estimate, estimate)
+    return Replicates(ALLOCATION_NAMES, rows, level, seed, method)
 
 
 def bootstrap_envelope(params: Sequence[float], curves: Sequence[Sequence[tuple[float, float]]], *,
-                       n_bootstraps: int = DEFAULT_BOOTSTRAPS, seed: int = 0, level: float = 0.95) -> Replicates:
-    """Bootstrap approach 1's a, b and coefficients: envelopes of runs drawn with replacement."""
-    params = list(params)
+                       n_bootstraps: int = DEFAULT_BOOTSTRAPS, seed: int = 0, level: float = 0.95,
+                       resample: str = "luck") -> Replicates:
+    """Bootstrap approach 1's a, b and coefficients (learning curves [(tokens, loss), ...]; see the module docstring)."""
+    params = [float(n) for n in params]
+    _check_choice("approach 1", resample, APPROACH1_RESAMPLING)
     rng = _rng(seed, "approach1")
+    count = _check_count(n_bootstraps)
 
-    def refit(indices: np.ndarray) -> dict[str, float] | None:
-        fit = _envelope_of(params, curves, indices)
-        return None if fit is None else _allocation_values(fit.params_law, fit.tokens_law)
+    if resample == "runs":
+        def refit(indices: np.ndarray) -> dict[str, float] | None:
+            fit = _envelope_of(params, curves, indices)
+            return None if fit is None else _allocation_values(fit.params_law, fit.tokens_law)
 
-    draws = [rng.integers(0, len(params), len(params)) for _ in range(_check_count(n_bootstraps))]
-    method = ("runs drawn with replacement; envelope of the distinct runs drawn and its power laws refitted; "
-              "percentile intervals over replicates where at least 2 sizes win inside the size range")
-    return _replicates(refit, draws, ALLOCATION_NAMES, level, seed, method)
+        draws = [rng.integers(0, len(params), len(params)) for _ in range(count)]
+        method = ("runs drawn with replacement; envelope of the distinct runs drawn and its power laws refitted; "
+                  "percentile intervals over replicates where at least 2 sizes win inside the size range")
+        return _replicates(refit, draws, ALLOCATION_NAMES, level, seed, method)
+
+    arrays = [np.array(curve, dtype=float).reshape(-1, 2) for curve in curves]
+    method = ("each run's luck (median log-loss residual of the late half of its curve from an L(N, D) surface "
+              "fitted to all curves) drawn with replacement onto the curves moved to the surface; envelope and "
+              "power laws refitted; basic intervals (deviations from the answer without luck, subtracted from the "
+              "estimate) over replicates where at least 2 sizes win inside the size range")
+    estimate = _envelope_values(params, arrays, np.zeros(len(params)))
+    luck = _run_luck(params, arrays)
+    if estimate is None or luck is None:
+        reason = "the fit has no power laws" if estimate is None else "too few curve points to fit a surface"
+        return Replicates(ALLOCATION_NAMES, np.full((count, len(ALLOCATION_NAMES)), np.nan), level, seed,
+                          f"{method}; no replicates: {reason}")
+    without_luck = _envelope_values(params, arrays, -luck)
+    reference = without_luck if without_luck is not None else estimate
+    # Centred and scaled by sqrt(k / (k - 1)): the residuals of k runs spread less than their luck does.
+    centred = (luck - luck.mean()) * np.sqrt(luck.size / (luck.size - 1))
+    rows = np.full((count, len(ALLOCATION_NAMES)), np.nan)
+    for row in rows:
+        values = _envelope_values(params, arrays, rng.choice(centred, luck.size) - luck)
+        if values is not None:
+            row[:] = _reflect(values, estimate, reference)
+    return Replicates(ALLOCATION_NAMES, rows, level, seed, method)
 
 
 def bootstrap_kaplan(params: ArrayLike, tokens: ArrayLike, losses: ArrayLike,
@@ -160,6 +233,64 @@ def _replicates(refit: Callable[[np.ndarray], dict[str, float] | None], draws: l
         if values is not None:
             row[:] = [values[name] for name in names]
     return Replicates(names, rows, level, seed, method)
+
+
+def _parabola_residuals(params: np.ndarray, losses: np.ndarray,
+                        budgets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return each run's value on its budget's parabola in ln N, and the pooled, centred relative residuals.
+
+    A budget with 3 or fewer distinct sizes passes through its points exactly: its runs keep their losses and
+    give no residuals. Each residual is divided by sqrt(1 - leverage), which undoes the shrinkage of a
+    least-squares residual, so that replicates vary as much as the runs did.
+    """
+    fitted = losses.copy()
+    residuals = []
+    for budget in np.unique(budgets):
+        rows = np.flatnonzero(budgets == budget)
+        if np.unique(params[rows]).size <= 3:
+            continue
+        design = np.vander(np.log(params[rows]), 3)
+        coefficients, *_ = np.linalg.lstsq(design, losses[rows], rcond=None)
+        fitted[rows] = design @ coefficients
+        leverage = np.einsum("ij,ji->i", design, np.linalg.pinv(design))
+        residuals.extend((losses[rows] - fitted[rows]) / fitted[rows] / np.sqrt(1.0 - leverage))
+    residuals = np.array(residuals)
+    return fitted, residuals - residuals.mean() if residuals.size else residuals
+
+
+def _run_luck(params: list[float], curves: list[np.ndarray]) -> np.ndarray | None:
+    """Return each run's luck: the median log-loss residual of its curve's late half from a fitted L(N, D)."""
+    late = [curve[np.argsort(curve[:, 0])][curve.shape[0] // 2:] for curve in curves]
+    points = [(n, tokens, loss) for n, half in zip(params, late) for tokens, loss in half if tokens > 0]
+    if len(points) < 5 or min(half.shape[0] for half in late) < 1:
+        return None
+    sizes, tokens, losses = (np.array(column) for column in zip(*points))
+    surface = fit_approach3(sizes, tokens, losses, options=Approach3Options(n_starts=SURFACE_STARTS)).law()
+    return np.array([float(np.median(np.log(half[:, 1]) - np.log(surface.loss(n, half[:, 0]))))
+                     for n, half in zip(params, late)])
+
+
+def _envelope_values(params: list[float], curves: list[np.ndarray], shift: np.ndarray) -> dict[str, float] | None:
+    """Return approach 1's allocation with each run's curve multiplied by exp(shift)."""
+    moved = [np.column_stack([curve[:, 0], curve[:, 1] * np.exp(delta)]) for curve, delta in zip(curves, shift)]
+    fit = fit_envelope(params, moved)
+    return None if fit is None else _allocation_values(fit.params_law, fit.tokens_law)
+
+
+def _reflect(replicate: dict[str, float], estimate: dict[str, float], reference: dict[str, float]) -> list[float]:
+    """Return estimate - (replicate - reference) per value: exponents directly, coefficients in log space."""
+    row = []
+    for name in ALLOCATION_NAMES:
+        if name.endswith("coefficient"):
+            row.append(float(np.exp(np.log(estimate[name]) - np.log(replicate[name]) + np.log(reference[name]))))
+        else:
+            row.append(estimate[name] - replicate[name] + reference[name])
+    return row
+
+
+def _check_choice(what: str, resample: str, choices: tuple[str, ...]) -> None:
+    if resample not in choices:
+        raise ValueError(f"{what} resample={resample!r}; use one of: {', '.join(choices)}")
 
 
 def _allocation_values(params_law, tokens_law) -> dict[str, float] | None:

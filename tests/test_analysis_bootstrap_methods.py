@@ -62,12 +62,14 @@ def test_approach2_intervals_cover_truth():
     assert low < fit.params_law.exponent < high
 
 
-def test_unfittable_replicates_left_out():
-    # Each budget has exactly 3 sizes, so a draw that repeats one leaves that budget with too few sizes.
-    # Replicates left with fewer than 2 usable budgets are counted and kept out of the intervals.
+def test_three_sizes_per_budget_fall_back_to_drawing_runs():
+    # Parabolas through exactly 3 sizes leave no residuals, so runs are drawn. A draw that repeats a size
+    # leaves its budget with too few sizes; replicates left with fewer than 2 usable budgets are counted and
+    # kept out of the intervals.
     params, tokens, budgets = isoflop_grid(LAW, BUDGETS, 3, 4)
     losses = law_losses(LAW, params, tokens, noise=NOISE, seed=SEED)
     result = bootstrap_isoflop(params, losses, budgets, n_bootstraps=50, seed=0)
+    assert result.method.startswith("no budget has more than 3 sizes, so runs were drawn instead")
     valid = int(result.valid.sum())
     assert 2 <= valid < 50
     assert np.isnan(result.values[~result.valid]).any(axis=1).all()
@@ -87,6 +89,44 @@ def test_approach1_intervals_cover_truth():
     assert_covers(result.intervals(), allocation_truth(LAW))
     low, high = result.intervals()["a"]
     assert low < fit_envelope(sizes, curves).params_law.exponent < high
+
+
+@pytest.mark.parametrize("resample", ["runs", "residuals"])
+def test_approach2_both_resamplings_cover_truth(resample):
+    params, tokens, budgets = isoflop_grid(LAW, BUDGETS, 9, 8)
+    losses = law_losses(LAW, params, tokens, noise=NOISE, seed=SEED)
+    result = bootstrap_isoflop(params, losses, budgets, n_bootstraps=100, seed=0, resample=resample)
+    assert result.method.startswith("runs drawn" if resample == "runs" else "relative residuals")
+    assert_covers(result.intervals(), allocation_truth(LAW))
+
+
+def test_drawing_runs_widens_approach1_intervals():
+    # Drawing runs leaves about 8 of 13 sizes per replicate, a coarser envelope than the data's. Summed over
+    # three draws, since the width of one draw's luck intervals follows that draw's spread of luck.
+    sizes = np.geomspace(1e5, 1e9, 13)
+    widths = {"runs": 0.0, "luck": 0.0}
+    for draw in range(3):
+        curves = curves_of(LAW, sizes, SEED + draw)
+        for resample in widths:
+            low, high = bootstrap_envelope(sizes, curves, n_bootstraps=100, seed=0,
+                                           resample=resample).intervals()["a"]
+            widths[resample] += high - low
+    assert widths["runs"] > 1.5 * widths["luck"], widths
+
+
+def test_luck_of_a_noise_free_sweep_is_zero():
+    # Curves exactly on the law carry no luck: every replicate is the estimate itself.
+    sizes = np.geomspace(1e5, 1e9, 13)
+    seen = np.geomspace(1e6, 1e12, 60)
+    curves = [list(zip(seen, LAW.loss(n, seen))) for n in sizes]
+    result = bootstrap_envelope(sizes, curves, n_bootstraps=10, seed=0)
+    estimate = fit_envelope(sizes, curves).params_law.exponent
+    np.testing.assert_allclose(result.values[:, 0], estimate, rtol=1e-6)
+
+
+def test_unknown_resampling_rejected():
+    with pytest.raises(ValueError, match="resample='pairs'"):
+        bootstrap_envelope([1e6, 2e6], [[(1e6, 3.0), (2e6, 2.9)]] * 2, resample="pairs")
 
 
 def test_kaplan_n_intervals_cover_truth():
@@ -161,10 +201,12 @@ def _assert_calibrated(covered: dict[str, int]) -> None:
 
 
 @pytest.mark.slow
-def test_approach2_coverage_over_repeats():
-    # 15 sizes per budget. With 9, a draw keeps about 6 distinct sizes, so the intervals grow conservative:
-    # the bootstrap spread was about 1.6 times the spread of the estimates, and every repeat covered.
-    params, tokens, budgets = isoflop_grid(LAW, BUDGETS, 15, 16)
+@pytest.mark.parametrize("sizes_per_budget, span", [(9, 8), (5, 4)])
+def test_approach2_coverage_over_repeats(sizes_per_budget, span):
+    # Residuals drawn onto the parabolas covered the truth 48 times of 50 at both designs. Drawing runs
+    # covered 50 times of 50 at both: a draw keeps about 6 of 9 (or 3.4 of 5) distinct sizes. With 15 sizes
+    # over N_opt/16..16 N_opt the parabola's misfit counts as noise, and residuals covered 50 times too.
+    params, tokens, budgets = isoflop_grid(LAW, BUDGETS, sizes_per_budget, span)
 
     def intervals(repeat: int) -> dict:
         losses = law_losses(LAW, params, tokens, noise=NOISE, seed=1000 + repeat)
@@ -189,13 +231,12 @@ def test_kaplan_single_variable_coverage_over_repeats():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="approach 1 on noisy curves is biased toward a flatter exponent: near the "
-                   "ends of the size range the envelope's winner is pulled inward, and the bootstrap cannot see "
-                   "a bias (42 of 50 repeats covered when measured)")
 def test_approach1_coverage_over_repeats():
+    # Measured: 46 of 50 for each value. Before the edge margin of analysis.fit_envelope, the estimates were
+    # biased by 1.1 standard deviations and 42 of 50 covered; drawing runs instead of luck covered 50 of 50.
     sizes = np.geomspace(1e5, 1e9, 13)
 
     def intervals(repeat: int) -> dict:
         return bootstrap_envelope(sizes, curves_of(LAW, sizes, 1000 + repeat), seed=repeat).intervals()
 
-    _assert_calibrated(_coverage(intervals, {"a": allocation_truth(LAW)["a"]}))
+    _assert_calibrated(_coverage(intervals, allocation_truth(LAW)))
