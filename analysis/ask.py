@@ -5,6 +5,9 @@ flops (C = 6ND), loss (nats/token, None when the law predicts none), source, and
 throughout. `interval` is None unless the law comes with bootstrap replicates (a fit.json written with
 bootstraps); then it maps each numeric key to its [low, high] percentile interval, with its "level".
 
+With a fit.json, its approach 3 law answers first; for allocation questions its approach 2 and approach 1
+power laws follow when they were fitted, each with an interval from its own replicates.
+
 A KV-cache question uses no law: its rows, one per attention variant (MHA, GQA, MQA), have the keys of
 KV_ROW_KEYS, with bytes = 2 x layers x KV heads x head dim x context x batch x bytes per value.
 """
@@ -21,7 +24,7 @@ from scaling.errors import UserError
 
 from analysis.allocation import FLOPS_PER_PARAM_TOKEN
 from analysis.fit import read_fit
-from analysis.laws import Law, ParametricLaw, all_laws, get_law
+from analysis.laws import Law, ParametricLaw, PowerLawAllocation, all_laws, get_law
 from analysis.query import Query, parse_query
 
 ROW_KEYS = ("law", "params", "tokens", "tokens_per_param", "flops", "loss", "source", "interval")
@@ -55,7 +58,8 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
         law_keys: Sequence[str] | None = None) -> Answer:
     """Answer `question` with the registered laws (or those named in `law_keys`) and an optional fit.
 
-    `fit` is a fit.json path or record written by `scaling fit`; its approach 3 law answers first.
+    `fit` is a fit.json path or record written by `scaling fit`; its approach 3 law answers first, then, for
+    allocation questions, its approach 2 and approach 1 power laws.
     """
     query = question if isinstance(question, Query) else parse_query(question)
     if query.kind == "kv_cache":
@@ -72,7 +76,15 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
         law = fitted_law(record, source=_fit_source(fit))
         row = answer_row(law, query)
         row["interval"] = bootstrap_interval(record, query)
-        rows.insert(0, row)
+        own_rows = [row]
+        if query.kind in _ALLOCATING:
+            for approach in ("approach2", "approach1"):
+                allocation_law = fitted_allocation(record, approach, source=_fit_source(fit))
+                if allocation_law is not None:
+                    allocation_row = answer_row(allocation_law, query)
+                    allocation_row["interval"] = allocation_interval(record, approach, query)
+                    own_rows.append(allocation_row)
+        rows[:0] = own_rows
     rows = tuple(rows)
     return Answer(query, rows, tuple(disagreement_notes(query, rows)))
 
@@ -102,6 +114,34 @@ def fitted_law(record: dict[str, Any], source: str = "your fit.json") -> Paramet
         log_a=fitted["log_a"], log_b=fitted["log_b"], log_e=fitted["log_e"],
         alpha=fitted["alpha"], beta=fitted["beta"], convention=convention,
     )
+
+
+def fitted_allocation(record: dict[str, Any], approach: str,
+                      source: str = "your fit.json") -> PowerLawAllocation | None:
+    """Return N_opt(C) of a fit.json's approach 1 or 2 ("approach1", "approach2"), or None where it was not fitted."""
+    fitted = record.get(approach) or {}
+    if fitted.get("a") is None or fitted.get("params_coefficient") is None:
+        return None
+    number = approach[-1]
+    convention = record.get("convention", "total")
+    return PowerLawAllocation(f"fit-{approach}", f"your fit (approach {number}, {convention} parameters, "
+                              f"{record.get('n_runs', '?')} runs)", source, fitted["a"],
+                              fitted["params_coefficient"], convention)
+
+
+def allocation_interval(record: dict[str, Any], approach: str, query: Query) -> dict[str, Any] | None:
+    """Return percentile intervals of approach 1's or 2's answer over its bootstrap replicates, or None."""
+    samples = ((record.get(approach) or {}).get("bootstrap") or {}).get("samples")
+    if not samples:
+        return None
+    names = samples["names"]
+    laws = []
+    for values in samples["values"]:
+        named = dict(zip(names, values))
+        if named.get("a") is not None and named.get("params_coefficient") is not None:
+            laws.append(PowerLawAllocation("replicate", "replicate", "bootstrap", named["a"],
+                                           named["params_coefficient"]))
+    return _interval_over(laws, query, float(record[approach]["bootstrap"]["level"]))
 
 
 def answer_row(law: Law, query: Query) -> dict[str, Any]:
@@ -145,17 +185,21 @@ def bootstrap_interval(record: dict[str, Any], query: Query) -> dict[str, Any] |
     if not bootstrap:
         return None
     samples = bootstrap["samples"]
-    replicate_rows = []
+    laws = []
     for theta, converged in zip(samples["values"], samples["converged"]):
         if not converged:
             continue
         log_a, log_b, log_e, alpha, beta = theta
-        law = ParametricLaw.from_logs("replicate", "replicate", "bootstrap", log_a=log_a, log_b=log_b, log_e=log_e,
-                                      alpha=alpha, beta=beta)
-        replicate_rows.append(answer_row(law, query))
+        laws.append(ParametricLaw.from_logs("replicate", "replicate", "bootstrap", log_a=log_a, log_b=log_b,
+                                            log_e=log_e, alpha=alpha, beta=beta))
+    return _interval_over(laws, query, float(bootstrap["level"]))
+
+
+def _interval_over(laws: Sequence[Law], query: Query, level: float) -> dict[str, Any] | None:
+    """Return the central `level` percentile interval of each of INTERVAL_KEYS over the laws' answers."""
+    replicate_rows = [answer_row(law, query) for law in laws]
     if len(replicate_rows) < 2:
         return None
-    level = float(bootstrap["level"])
     tail = 100 * (1 - level) / 2
     interval: dict[str, Any] = {"level": level, "replicates": len(replicate_rows)}
     for key in INTERVAL_KEYS:

@@ -98,12 +98,13 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     for warning in record["warnings"]:
         logger.warning("approach 3: %s", warning)
     started = time.perf_counter()
+    approach2_replicates = approach1_replicates = None
     if approach2 is not None:
         record["approach2"]["bootstrap"] = None
         if bootstraps and approach2.params_law is not None:
-            record["approach2"]["bootstrap"] = bootstrap_isoflop(
-                params, losses, _budget_labels(budget_groups, len(params)), n_bootstraps=bootstraps,
-                seed=seed).to_dict()
+            approach2_replicates = bootstrap_isoflop(params, losses, _budget_labels(budget_groups, len(params)),
+                                                     n_bootstraps=bootstraps, seed=seed)
+            record["approach2"]["bootstrap"] = approach2_replicates.to_dict()
     record["approach1"] = None
     if "approach1" in methods:
         record["approach1"] = envelope.to_dict() if envelope is not None else {
@@ -111,8 +112,8 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
         if envelope is not None:
             record["approach1"]["bootstrap"] = None
             if bootstraps and envelope.params_law is not None:
-                record["approach1"]["bootstrap"] = bootstrap_envelope(params, curves, n_bootstraps=bootstraps,
-                                                                      seed=seed).to_dict()
+                approach1_replicates = bootstrap_envelope(params, curves, n_bootstraps=bootstraps, seed=seed)
+                record["approach1"]["bootstrap"] = approach1_replicates.to_dict()
     if "kaplan" in methods:
         frontier = (None, None) if envelope is None else envelope.interior_frontier()
         record["kaplan"] = fit_kaplan(params, tokens, losses, *frontier)
@@ -132,7 +133,7 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
                     f"mean |error| {record['extrapolation']['mean_abs_relative_error']:.2%} on the held-out runs")
     if plot:
         record["plots"] = _draw(out, approach3, approach2, params, tokens, losses, budget_groups, convention,
-                                bootstrap, envelope)
+                                bootstrap, envelope, approach2_replicates, approach1_replicates)
     (out / FIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
     logger.info("wrote %s", out / FIT_FILE)
     return record
@@ -276,7 +277,8 @@ def _record(table: RunTable, convention: str, approach3: ParametricFit, approach
 
 def _draw(out: Path, approach3: ParametricFit, approach2: IsoFlopFit | None, params: np.ndarray,
           tokens: np.ndarray, losses: np.ndarray, budget_groups: list[tuple[float, np.ndarray]],
-          convention: str, bootstrap: BootstrapResult | None, envelope: EnvelopeFit | None) -> list[str]:
+          convention: str, bootstrap: BootstrapResult | None, envelope: EnvelopeFit | None,
+          approach2_replicates: Replicates | None = None, approach1_replicates: Replicates | None = None) -> list[str]:
     from analysis import plots  # matplotlib loads only when drawing, so `scaling ask` stays quick
 
     law = approach3.law(convention=convention)
@@ -293,7 +295,8 @@ def _draw(out: Path, approach3: ParametricFit, approach2: IsoFlopFit | None, par
                                              out / "loss_vs_tokens.png", convention))
     written.append(plots.plot_loss_vs_flops(law, params, tokens, losses, out / "loss_vs_flops.png", convention))
     written.append(plots.plot_frontier(law, bootstrap, approach2, envelope, 6 * params * tokens,
-                                       out / "optimal_allocation.png", convention))
+                                       out / "optimal_allocation.png", convention, approach2_replicates,
+                                       approach1_replicates))
     written.append(plots.plot_residuals(law, params, tokens, losses, out / "residuals.png", convention))
     return [path.name for path in written]
 

@@ -131,6 +131,9 @@ class PowerLawAllocation:
         return params, flops / (allocation.FLOPS_PER_PARAM_TOKEN * params)
 
     def flops_for_params(self, params: float) -> float:
+        if not self.exponent > 0:
+            # A fitted exponent <= 0 means N_opt does not grow with compute: no budget makes N optimal.
+            raise ValueError(f"N_opt(C) exponent {self.exponent:.3g} is not positive")
         return (params / self.coefficient) ** (1.0 / self.exponent)
 
     def tokens_for_params(self, params: float) -> float:

@@ -142,8 +142,12 @@ def plot_loss_vs_flops(law: ParametricLaw, params: np.ndarray, tokens: np.ndarra
 
 
 def plot_frontier(law: ParametricLaw, bootstrap, approach2: IsoFlopFit | None, envelope, flops: np.ndarray,
-                  path: Path, convention: str) -> Path:
-    """Draw N_opt(C) and D_opt(C): the fit with its bootstrap band, approaches 1 and 2, and published laws."""
+                  path: Path, convention: str, approach2_replicates=None, approach1_replicates=None) -> Path:
+    """Draw N_opt(C) and D_opt(C): each approach with its bootstrap band, and the published laws.
+
+    `approach2_replicates` and `approach1_replicates` are `analysis.bootstrap_methods.Replicates` of the
+    power laws N_opt = k C^a, D_opt = k' C^b; without them those approaches are drawn without a band.
+    """
     from analysis.laws import all_laws
 
     figure = Figure(figsize=(11, 4.5))
@@ -163,9 +167,16 @@ def plot_frontier(law: ParametricLaw, bootstrap, approach2: IsoFlopFit | None, e
                             marker="*", s=60, label="approach 2 vertices", zorder=3)
         tokens_axes.scatter([p.flops for p in vertices], [p.tokens_opt for p in vertices], color="tab:red",
                             marker="*", s=60, label="approach 2 vertices", zorder=3)
-    if envelope is not None and envelope.params_law is not None:
-        params_axes.plot(dense, envelope.params_law(dense), color="tab:orange", lw=1.5, label="approach 1 (yours)")
-        tokens_axes.plot(dense, envelope.tokens_law(dense), color="tab:orange", lw=1.5, label="approach 1 (yours)")
+    for name, fit, replicates, colour in (("approach 2", approach2, approach2_replicates, "tab:red"),
+                                          ("approach 1", envelope, approach1_replicates, "tab:orange")):
+        if fit is None or fit.params_law is None:
+            continue
+        params_axes.plot(dense, fit.params_law(dense), color=colour, lw=1.5, label=f"{name} (yours)")
+        tokens_axes.plot(dense, fit.tokens_law(dense), color=colour, lw=1.5, label=f"{name} (yours)")
+        band = _allocation_band(replicates, dense)
+        if band is not None:
+            params_axes.fill_between(dense, band[0], band[1], color=colour, alpha=0.15, label=f"{name} band")
+            tokens_axes.fill_between(dense, band[2], band[3], color=colour, alpha=0.15, label=f"{name} band")
     for published in all_laws():
         optimal = np.array([published.compute_optimal(c) for c in dense])
         params_axes.plot(dense, optimal[:, 0], lw=0.8, ls="--", label=published.name)
@@ -174,6 +185,7 @@ def plot_frontier(law: ParametricLaw, bootstrap, approach2: IsoFlopFit | None, e
                            (tokens_axes, "D_opt (tokens)")):
         axes.set_xscale("log")
         axes.set_yscale("log")
+        _limit_to_lines(axes)
         axes.set_xlabel("C = 6ND (FLOPs)")
         axes.set_ylabel(quantity)
     params_axes.set_title("compute-optimal model size", fontsize=9)
@@ -215,5 +227,25 @@ def _bootstrap_band(bootstrap, flops: np.ndarray) -> tuple[np.ndarray, ...] | No
         return None
     params_rows, tokens_rows = np.array(params_rows), np.array(tokens_rows)
     tail = 100 * (1 - bootstrap.level) / 2
+    return (np.percentile(params_rows, tail, axis=0), np.percentile(params_rows, 100 - tail, axis=0),
+            np.percentile(tokens_rows, tail, axis=0), np.percentile(tokens_rows, 100 - tail, axis=0))
+
+
+def _limit_to_lines(axes, margin: float = 30.0) -> None:
+    """Set the y range to the drawn lines' range widened `margin` times, so a very wide band cannot squash them."""
+    values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in axes.get_lines()] or [np.ones(1)])
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size:
+        axes.set_ylim(values.min() / margin, values.max() * margin)
+
+
+def _allocation_band(replicates, flops: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """Return the percentile band of N_opt = k C^a and D_opt = k' C^b over valid replicates, or None."""
+    if replicates is None or replicates.valid.sum() < 2:
+        return None
+    columns = {name: replicates.values[replicates.valid, i] for i, name in enumerate(replicates.names)}
+    params_rows = columns["params_coefficient"][:, None] * flops[None, :] ** columns["a"][:, None]
+    tokens_rows = columns["tokens_coefficient"][:, None] * flops[None, :] ** columns["b"][:, None]
+    tail = 100 * (1 - replicates.level) / 2
     return (np.percentile(params_rows, tail, axis=0), np.percentile(params_rows, 100 - tail, axis=0),
             np.percentile(tokens_rows, tail, axis=0), np.percentile(tokens_rows, 100 - tail, axis=0))

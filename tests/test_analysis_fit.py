@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from analysis.fit import fit_runs, read_fit
@@ -180,3 +181,42 @@ def test_report_answers_kv_cache_question(fitted):
     assert "## Question: kv cache for 7B at 4096 tokens" in text
     assert "| MHA | 32 | 2147483648 | 2 |" in text
     assert "| MQA | 1 | 67108864 | 0.0625 |" in text
+
+
+def test_ask_answers_with_each_approach_and_its_interval(tmp_path):
+    _write_isoflop_sweep(tmp_path / "runs", noise=0.01)
+    fit_runs(tmp_path / "runs", tmp_path / "out", starts=32, bootstraps=40, seed=5, plot=False)
+    answer = ask("tokens for 7B", fit=tmp_path / "out" / "fit.json")
+    names = [row["law"] for row in answer.rows[:3]]
+    assert [name.split(",")[0] for name in names] == [
+        "your fit (approach 3", "your fit (approach 2", "your fit (approach 1"]
+    record = read_fit(tmp_path / "out" / "fit.json")
+    for row, approach in zip(answer.rows[1:3], ("approach2", "approach1")):
+        # N_opt = k C^a inverted at N = 7e9, and D = C / (6 N).
+        flops = (7e9 / record[approach]["params_coefficient"]) ** (1 / record[approach]["a"])
+        assert row["tokens"] == pytest.approx(flops / (6 * 7e9), rel=1e-9)
+        interval = row["interval"]
+        assert interval["replicates"] == record[approach]["bootstrap"]["valid_replicates"]
+        low, high = interval["tokens"]
+        assert low < row["tokens"] < high, approach
+    # Approaches 1 and 2 predict no loss, so a loss question gets only the approach 3 row from the fit.
+    loss_rows = ask("loss at 7B params and 1.4T tokens", fit=record).rows
+    assert sum(row["law"].startswith("your fit") for row in loss_rows) == 1
+
+
+def test_allocation_bands_bracket_each_approach(tmp_path):
+    from analysis.bootstrap_methods import bootstrap_isoflop
+    from analysis.fit_isoflop import fit_isoflop
+    from analysis.plots import _allocation_band
+
+    params, tokens, budgets = isoflop_grid(LAW, [1e15, 1e16, 1e17], 7, 6)
+    losses = law_losses(LAW, params, tokens, noise=0.01, seed=2)
+    fit = fit_isoflop(params, budgets, losses, budgets)
+    replicates = bootstrap_isoflop(params, losses, budgets, n_bootstraps=60, seed=0)
+    flops = np.geomspace(1e15, 1e17, 5)
+    params_low, params_high, tokens_low, tokens_high = _allocation_band(replicates, flops)
+    assert np.all((params_low < fit.params_law(flops)) & (fit.params_law(flops) < params_high))
+    assert np.all((tokens_low < fit.tokens_law(flops)) & (fit.tokens_law(flops) < tokens_high))
+    # Extrapolated far beyond the budgets, the band widens.
+    far_low, far_high, _, _ = _allocation_band(replicates, np.array([1e17, 1e23]))
+    assert far_high[1] / far_low[1] > far_high[0] / far_low[0]
