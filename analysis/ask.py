@@ -226,7 +226,7 @@ def disagreement_notes(query: Query, rows: Sequence[dict[str, Any]]) -> list[str
     ratio = high[key] / low[key]
     if ratio <= DISAGREEMENT_FACTOR:
         return []
-    return [f"the laws disagree by {ratio:.2f}x on {key}: {low['law']} gives {low[key]:.4g}, "
+    return [f"the laws disagree by {ratio:.3g}x on {key}: {low['law']} gives {low[key]:.4g}, "
             f"{high['law']} gives {high[key]:.4g}"]
 
 

@@ -18,13 +18,16 @@ from analysis.runs import CONVENTIONS
 OPTIONAL_METHODS = ("approach1", "approach2", "kaplan", "extrapolation")  # as analysis.fit, without importing it
 DEFAULT_FIT_STARTS = 1000
 DEFAULT_BOOTSTRAPS = 200  # the same default as analysis.bootstrap, kept here so parsing imports no numpy
+# The keys of analysis.laws.LAWS, kept here so parsing imports no numpy (a test keeps them equal).
+LAW_KEYS = ("tokens-20", "hoffmann-a1", "hoffmann-a2", "hoffmann-a3-printed", "hoffmann-a3-unrounded", "epoch-2024",
+            "kaplan-2020")
 REPORTS_FOLDER = "_reports"  # fits of CSV and W&B sources go to RUNS/_reports/<name>
 WIDE_OUTPUT = 200  # columns for tables written to a pipe or file, where rich would otherwise assume 80
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register fit, ask and report on `subparsers` (from ArgumentParser.add_subparsers)."""
-    fit = subparsers.add_parser("fit", help="fit scaling laws (approaches 3 and 2) to completed runs")
+    fit = subparsers.add_parser("fit", help="fit scaling laws (Chinchilla approaches 1, 2 and 3, Kaplan-style) to completed runs")
     _add_fit_arguments(fit)
     fit.add_argument("--json", action="store_true", help="print fit.json to stdout instead of a table")
     fit.set_defaults(handler=run_fit)
@@ -34,7 +37,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                      '"loss at 7B params and 1.4T tokens", "kv cache for 7B at 4096 tokens"')
     ask.add_argument("--fit", metavar="FIT_JSON", help="fit.json from `scaling fit`: add your own fit to the table")
     ask.add_argument("--law", action="append", metavar="KEY", help="answer with this registered law only "
-                     "(repeatable; default: all)")
+                     f"(repeatable; default: all): {', '.join(LAW_KEYS)}")
     ask.add_argument("--json", action="store_true", help="print a JSON list of answer rows")
     ask.set_defaults(handler=run_ask)
 
@@ -206,8 +209,11 @@ def _allocation_text(fit: dict[str, Any]) -> str:
         text = format(fit[name], spec)
         return text if bounds is None else f"{text} [{bounds[0]:{spec}} .. {bounds[1]:{spec}}]"
 
-    level = (fit.get("bootstrap") or {}).get("level", 0.95)
-    note = f" ({100 * level:.0f}% bootstrap intervals in brackets)" if intervals else ""
+    bootstrap = fit.get("bootstrap") or {}
+    level = bootstrap.get("level", 0.95)
+    usable = (f", {bootstrap['valid_replicates']} of {bootstrap['replicates']} replicates usable"
+              if "valid_replicates" in bootstrap else "")
+    note = f" ({100 * level:.0f}% bootstrap intervals in brackets{usable})" if intervals else ""
     return (f"N_opt = {value('params_coefficient', '.3g')} C^{value('a', '.4f')}, "
             f"D_opt = {value('tokens_coefficient', '.3g')} C^{value('b', '.4f')}{note}")
 

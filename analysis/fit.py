@@ -58,6 +58,11 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     """
     if convention not in CONVENTIONS:
         raise UserError(f"unknown parameter convention {convention!r}; use one of: {', '.join(CONVENTIONS)}")
+    if starts < 1:
+        raise UserError(f"starts={starts}: approach 3 needs at least 1 start (1000 or more for publication use)")
+    if not 0 < holdout_fraction < 1:
+        raise UserError(f"holdout fraction {holdout_fraction} must lie between 0 and 1, e.g. 0.1 for the "
+                        "largest-compute tenth of the runs")
     if bootstraps == 1 or bootstraps < 0:
         raise UserError(f"bootstraps={bootstraps}: use 0 for no intervals, or at least 2 (200 is the default)")
     unknown = sorted(set(methods) - set(OPTIONAL_METHODS))
@@ -121,6 +126,11 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
         if bootstraps:
             _add_kaplan_intervals(record["kaplan"], bootstrap_kaplan(
                 params, tokens, losses, None if envelope is None else curves, n_bootstraps=bootstraps, seed=seed))
+    for name, replicates in (("approach 2", approach2_replicates), ("approach 1", approach1_replicates)):
+        if replicates is not None and replicates.valid.sum() < replicates.values.shape[0] / 2:
+            logger.warning("%s: only %d of %d bootstrap replicates could be fitted, so its intervals rest on "
+                           "those few; add sizes per budget or budgets for steadier intervals", name,
+                           int(replicates.valid.sum()), replicates.values.shape[0])
     if bootstraps and (approach2 is not None or {"approach1", "kaplan"} & set(methods)):
         logger.info("bootstrap of approaches 1 and 2 and the Kaplan-style fits: %d replicates each (%.1f s)",
                     bootstraps, time.perf_counter() - started)

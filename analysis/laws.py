@@ -127,14 +127,22 @@ class PowerLawAllocation:
     convention: str = "total"
 
     def compute_optimal(self, flops: float) -> tuple[float, float]:
-        params = self.coefficient * flops**self.exponent
+        try:
+            params = self.coefficient * flops**self.exponent
+        except OverflowError:
+            raise ValueError(f"N_opt(C) = {self.coefficient:.3g} C^{self.exponent:.3g} overflows at C = {flops:.3g}") from None
         return params, flops / (allocation.FLOPS_PER_PARAM_TOKEN * params)
 
     def flops_for_params(self, params: float) -> float:
         if not self.exponent > 0:
             # A fitted exponent <= 0 means N_opt does not grow with compute: no budget makes N optimal.
             raise ValueError(f"N_opt(C) exponent {self.exponent:.3g} is not positive")
-        return (params / self.coefficient) ** (1.0 / self.exponent)
+        try:
+            return (params / self.coefficient) ** (1.0 / self.exponent)
+        except OverflowError:
+            # A small fitted exponent puts the budget for a large N beyond floating point.
+            raise ValueError(f"the budget for N = {params:.3g} overflows with N_opt(C) exponent "
+                             f"{self.exponent:.3g}") from None
 
     def tokens_for_params(self, params: float) -> float:
         return self.flops_for_params(params) / (allocation.FLOPS_PER_PARAM_TOKEN * params)

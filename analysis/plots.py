@@ -6,6 +6,7 @@ display is needed. Every figure names its parameter convention and units in its 
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +24,9 @@ CONVENTION_LABELS = {
 }
 LOSS_LABEL = "final validation loss (nats/token)"
 MAX_LEGEND_ENTRIES = 12  # beyond this a legend hides the data, so colours alone tell groups apart
+# Colours of the published laws: none of the black, red and orange that draw the user's own fits.
+PUBLISHED_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
+                     "tab:gray")
 
 
 def params_label(convention: str) -> str:
@@ -42,13 +46,20 @@ def plot_isoflop(fit: IsoFlopFit, path: Path, convention: str) -> Path:
         edge = " (optimum at edge)" if profile.at_edge else ""
         axes.scatter(params, profile.losses, color=colour, s=18, label=f"C = {profile.flops:.2e} FLOPs{edge}")
         axes.plot(dense, c2 * x**2 + c1 * x + c0, color=colour, lw=1)
-        axes.scatter([profile.params_opt], [profile.loss_opt], color=colour, marker="*", s=90, edgecolor="black")
+        # A vertex at the edge is drawn hollow: it stays out of the power laws.
+        axes.scatter([profile.params_opt], [profile.loss_opt], marker="*", s=90, edgecolor="black",
+                     color="none" if profile.at_edge else colour)
     axes.set_xscale("log")
     axes.set_xlabel(params_label(convention))
     axes.set_ylabel(LOSS_LABEL)
-    axes.set_title("IsoFLOP profiles: parabola in ln N per budget, star = N_opt(C); C = 6ND")
+    axes.set_title("IsoFLOP profiles: parabola in ln N per budget, star = N_opt(C) (hollow: at the edge, "
+                   "not fitted); C = 6ND", fontsize=8)
     if len(fit.profiles) <= MAX_LEGEND_ENTRIES:
         axes.legend(fontsize=7)
+    else:
+        edges = sum(profile.at_edge for profile in fit.profiles)
+        axes.text(0.99, 0.99, f"{len(fit.profiles)} budgets, {edges} with the optimum at the edge",
+                  transform=axes.transAxes, ha="right", va="top", fontsize=7)
     return _save(figure, path)
 
 
@@ -111,15 +122,17 @@ def _colours(count: int) -> list:
     return [cmap(i / max(count - 1, 1)) for i in range(count)]
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def _save(figure: Figure, path: Path, tight_layout: bool = True) -> Path:
+    """Write `figure` to `path` as PNG; `tight_layout` False keeps a layout set by hand (a legend beside the axes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    with warnings.catch_warnings():
-        # A long legend can leave tight_layout without room; the figure is still complete, so it is saved.
-        warnings.simplefilter("ignore", UserWarning)
-        figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    if tight_layout:
+        with warnings.catch_warnings():
+            # A long legend can leave tight_layout without room; the figure is still complete, so it is saved.
+            warnings.simplefilter("ignore", UserWarning)
+            figure.tight_layout()
+    figure.savefig(path, dpi=120, bbox_inches=None if tight_layout else "tight")
     return path
 
 
@@ -150,7 +163,7 @@ def plot_frontier(law: ParametricLaw, bootstrap, approach2: IsoFlopFit | None, e
     """
     from analysis.laws import all_laws
 
-    figure = Figure(figsize=(11, 4.5))
+    figure = Figure(figsize=(14, 4.8))
     params_axes, tokens_axes = figure.subplots(1, 2)
     dense = np.geomspace(flops.min() / 10, 1e25, 200)
     if law.alpha > 0 and law.beta > 0:
@@ -159,8 +172,8 @@ def plot_frontier(law: ParametricLaw, bootstrap, approach2: IsoFlopFit | None, e
         tokens_axes.plot(dense, fitted[:, 1], color="black", lw=2, label="your fit (approach 3)")
     band = _bootstrap_band(bootstrap, dense)
     if band is not None:
-        params_axes.fill_between(dense, band[0], band[1], color="grey", alpha=0.3, label="95% bootstrap band")
-        tokens_axes.fill_between(dense, band[2], band[3], color="grey", alpha=0.3, label="95% bootstrap band")
+        params_axes.fill_between(dense, band[0], band[1], color="grey", alpha=0.3, label="approach 3 band (95%)")
+        tokens_axes.fill_between(dense, band[2], band[3], color="grey", alpha=0.3, label="approach 3 band (95%)")
     if approach2 is not None:
         vertices = [p for p in approach2.profiles if not p.at_edge]
         params_axes.scatter([p.flops for p in vertices], [p.params_opt for p in vertices], color="tab:red",
@@ -177,10 +190,11 @@ def plot_frontier(law: ParametricLaw, bootstrap, approach2: IsoFlopFit | None, e
         if band is not None:
             params_axes.fill_between(dense, band[0], band[1], color=colour, alpha=0.15, label=f"{name} band")
             tokens_axes.fill_between(dense, band[2], band[3], color=colour, alpha=0.15, label=f"{name} band")
-    for published in all_laws():
+    # Published laws in colours apart from the fits' black, red and orange, so no colour means two things.
+    for published, shade in zip(all_laws(), itertools.cycle(PUBLISHED_COLOURS)):
         optimal = np.array([published.compute_optimal(c) for c in dense])
-        params_axes.plot(dense, optimal[:, 0], lw=0.8, ls="--", label=published.name)
-        tokens_axes.plot(dense, optimal[:, 1], lw=0.8, ls="--", label=published.name)
+        params_axes.plot(dense, optimal[:, 0], lw=0.9, ls="--", color=shade, label=published.name)
+        tokens_axes.plot(dense, optimal[:, 1], lw=0.9, ls="--", color=shade, label=published.name)
     for axes, quantity in ((params_axes, f"N_opt ({CONVENTION_LABELS.get(convention, convention)})"),
                            (tokens_axes, "D_opt (tokens)")):
         axes.set_xscale("log")
@@ -190,8 +204,11 @@ def plot_frontier(law: ParametricLaw, bootstrap, approach2: IsoFlopFit | None, e
         axes.set_ylabel(quantity)
     params_axes.set_title("compute-optimal model size", fontsize=9)
     tokens_axes.set_title("compute-optimal tokens; published laws dashed", fontsize=9)
-    tokens_axes.legend(fontsize=6, loc="upper left")
-    return _save(figure, path)
+    # Beside the panels, not over them: the bands fill the upper left where a legend would sit.
+    handles, labels = tokens_axes.get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=6.5, loc="center left", bbox_to_anchor=(0.79, 0.5), frameon=False)
+    figure.subplots_adjust(left=0.07, right=0.78, wspace=0.28, bottom=0.12)
+    return _save(figure, path, tight_layout=False)
 
 
 def plot_residuals(law: ParametricLaw, params: np.ndarray, tokens: np.ndarray, losses: np.ndarray, path: Path,

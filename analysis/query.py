@@ -19,6 +19,7 @@ fp8 (1 byte). Its counts are whole numbers without suffixes, so "4096 tokens" is
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -98,6 +99,9 @@ class Query:
 def parse_number(text: str, suffix: str | None = None) -> float:
     """Return `text` times the multiplier of `suffix` (K, M, B, T; case-insensitive)."""
     value = float(text) * (SUFFIXES[suffix.lower()] if suffix else 1.0)
+    if not math.isfinite(value):
+        raise UserError(f"the number {text}{suffix or ''} in the question is beyond floating point; "
+                        "write a finite number such as 7B, 1e23 or 1.4T")
     if not value > 0:
         raise UserError(f"the number {text}{suffix or ''} in the question must be positive; write e.g. 7B, 1e23 or 1.4T")
     return value

@@ -49,7 +49,7 @@ def test_tokens_for_7b_rows_and_disagreement_note():
     assert by_law["20 tokens per parameter"]["tokens"] == pytest.approx(1.4e11)
     tokens = [row["tokens"] for row in answer.rows]
     assert len(answer.notes) == 1
-    assert f"disagree by {max(tokens) / min(tokens):.2f}x on tokens" in answer.notes[0]
+    assert f"disagree by {max(tokens) / min(tokens):.3g}x on tokens" in answer.notes[0]
 
 
 def test_printed_and_20_rule_disagree():
@@ -218,3 +218,27 @@ def test_cli_ask_kv_cache_table(capsys, monkeypatch):
     assert "67,108,864" in output
     assert "32 layers, 32 query heads, head dim 128, 4096 tokens, batch 1" in output
     assert "Touvron et al. 2023" in output
+
+
+def test_law_keys_in_help_match_registry():
+    from analysis.laws import LAWS
+
+    assert cli.LAW_KEYS == tuple(LAWS)
+
+
+def test_small_fitted_exponent_gives_empty_row_not_overflow():
+    # N_opt = 1e6 C^0.01 puts the budget for 70B at (7e4)^100, about 10^484, beyond floating point.
+    record = {"approach3": {"log_a": 6.0, "log_b": 7.0, "log_e": 0.5, "alpha": 0.3, "beta": 0.35,
+                            "converged": True}, "convention": "total", "n_runs": 12,
+              "approach1": {"a": 0.01, "params_coefficient": 1e6, "bootstrap": {
+                  "level": 0.95, "samples": {"names": ["a", "params_coefficient", "b", "tokens_coefficient"],
+                                             "values": [[0.01, 1e6, 0.99, 1e-7], [0.5, 1.0, 0.5, 0.1],
+                                                        [0.4, 10.0, 0.6, 0.01]]}}}}
+    answer = ask("compute for 70B", fit=record)
+    row = next(row for row in answer.rows if row["law"].startswith("your fit (approach 1"))
+    assert row["tokens"] is None
+    assert "overflows" in row["source"]
+    # The replicate that overflows gives no value; the other two bound the interval.
+    budgets = [(7e10 / 1.0) ** (1 / 0.5), (7e10 / 10.0) ** (1 / 0.4)]
+    low, high = row["interval"]["flops"]
+    assert min(budgets) * 0.999 < low < high < max(budgets) * 1.001

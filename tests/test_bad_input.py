@@ -338,6 +338,26 @@ def test_bad_fit_keeps_the_previous_fit(points, fingerprints, fragments, capsys,
     assert (out / "fit.json").read_text() == '{"from": "an earlier fit"}\n'
 
 
+@pytest.mark.parametrize("options, fragments", [
+    (["--starts", "0"], ["starts=0", "at least 1 start"]),
+    (["--holdout", "1.5"], ["holdout fraction 1.5 must lie between 0 and 1"]),
+    (["--holdout", "0"], ["holdout fraction 0.0 must lie between 0 and 1"]),
+], ids=["no_starts", "holdout_above_1", "holdout_0"])
+def test_bad_fit_option_keeps_the_previous_fit(options, fragments, capsys, tmp_path):
+    write_runs(tmp_path / "runs", [(1e5, 1e7), (2e5, 1e7), (4e5, 2e7), (1e5, 4e7), (2e5, 2e7), (8e5, 1e7)])
+    out = tmp_path / "fit"
+    out.mkdir()
+    (out / "fit.json").write_text('{"from": "an earlier fit"}\n')
+    status, stderr = cli(capsys, "fit", tmp_path / "runs", "--out", out, *options)
+    assert_user_error(status, stderr, *fragments)
+    assert (out / "fit.json").read_text() == '{"from": "an earlier fit"}\n'
+
+
+def test_number_beyond_floating_point(capsys):
+    status, stderr = cli(capsys, "ask", "tokens for 1e400")
+    assert_user_error(status, stderr, "number 1e400 in the question is beyond floating point")
+
+
 @pytest.mark.parametrize("question", ["tokens for seven", "", "loss at 7B params", "tokens for -7B"])
 def test_question_that_does_not_parse(question, capsys):
     status, stderr = cli(capsys, "ask", question)
