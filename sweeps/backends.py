@@ -1,6 +1,8 @@
 """Where a sweep's runs execute: `local` worker processes (sweeps.launcher), Ray tasks (sweeps.backend_ray),
-or SLURM jobs through submitit (sweeps.backend_slurm). Every backend skips completed runs, trains each run in
-a fresh Python process, and writes to the same run store, so a sweep can move between them and resume.
+or SLURM jobs through submitit (sweeps.backend_slurm). Every backend skips completed runs and writes to the
+same run store, so a sweep can move between them and resume. Ray and SLURM train each run in a fresh
+Python process. The local launcher keeps one long-lived worker process per slot, which trains the slot's
+runs one after another.
 
 A spec's optional `resources:` mapping states what one run needs from a Ray cluster or a SLURM node:
 `cpus` (default 1) and `gpus` (default 0). The local backend splits this machine's cores instead
