@@ -188,7 +188,8 @@ def start_worker(slot: WorkerSlot, log_path: Path) -> WorkerProcess:
 def start_run(run: PlannedRun, slot: WorkerSlot, runs_root: Path, worker: WorkerProcess | None) -> _Active:
     """Hand `run` to the slot's idle `worker`, or to a fresh worker when there is none or it has exited."""
     log_path = log_path_of(run, runs_root)
-    if worker is not None and worker.alive and not worker.retiring:
+    # A worker whose replies reached end of file is exiting even when it has not been reaped yet.
+    if worker is not None and worker.alive and not worker.retiring and not worker.replies_closed:
         started = time.time()
         _append_header(log_path, "run start", f"in worker {worker.pid} on cores {list(slot.cores)}")
         try:
