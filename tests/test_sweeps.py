@@ -309,6 +309,19 @@ def test_plan_without_probe_prints_every_run_and_totals(corpus_dir, tmp_path, ca
     assert plan["totals"]["wall_seconds"] <= plan["totals"]["seconds_one_worker"]
 
 
+def test_plan_charges_worker_start_once_per_worker(corpus_dir, tmp_path):
+    from dataclasses import replace
+
+    spec = parse_spec(tiny_raw(corpus_dir, isoflop={"budgets": ["1e9", "3e9"], "params": ["4K", "1.2e4"]}))
+    plan = make_plan(spec, tmp_path / "runs", probe=False, workers=2)
+    # A long worker start shows where it is charged: once on each of the 2 workers, once on a single worker.
+    slow_start = replace(plan, cost=replace(plan.cost, startup_s=100.0, tracking_service_s=0.0))
+    runs = [row.seconds for row in plan.rows]
+    assert slow_start.one_worker_seconds() == pytest.approx(sum(runs) + 100.0)
+    assert 100.0 + max(runs) <= slow_start.wall_seconds() <= 100.0 + sum(runs)
+    assert all(row.seconds < 100.0 for row in plan.rows)
+
+
 # ---------------------------------------------------------------- resources
 
 
