@@ -17,6 +17,7 @@ which shortens the sweep's wall time on a fixed number of workers. Ctrl-C interr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,7 +266,7 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
     selector = selectors.DefaultSelector()  # wakes the loop when a worker replies or exits
 
     try:
-        with bar:
+        with bar, _sigterm_interrupts():
             while todo or any(worker.active is not None for worker in pool.values()):
                 for slot in slots:
                     worker = pool.get(slot.index)
@@ -444,6 +446,28 @@ def _shut_down(workers: list[WorkerProcess]) -> None:
             worker.process.kill()
             worker.process.wait()
         _close_pipes(worker)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Treat SIGTERM like Ctrl-C while the sweep runs, so that the workers stop and keep their checkpoints.
+
+    Schedulers and `kill` send SIGTERM, and a shell starts background jobs with SIGINT ignored, so SIGTERM
+    may be the only signal that reaches the launcher. Python's default would end it at once and leave the
+    workers to finish their runs unattended.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop_workers(workers: list[WorkerProcess]) -> None:

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import resource
+import signal
 import sys
 import time
 from typing import IO, Any
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="train runs one after another, one JSON request per stdin line (the local launcher)")
     args = parser.parse_args(argv)
 
+    # The launcher stops workers with SIGINT. A launcher started as a shell's background job has SIGINT
+    # ignored, and its children would inherit that, so the worker restores Python's handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cores = pin_to_assigned_cores()  # before JAX is imported: XLA sizes its thread pools from the affinity
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -206,12 +206,16 @@ def test_wandb_offline_run_per_training_run(corpus_dir, tmp_path):  # noqa: F811
         assert [row["train_loss"] for row in history] == [row["train_loss"] for row in run.metrics()]
 
 
-LAUNCH = "import sys; from scaling.cli import main; sys.exit(main(sys.argv[1:]))"
+# Python's SIGINT handler is restored as a terminal would have it: when the test suite itself runs as a
+# shell's background job, SIGINT arrives ignored and the child would inherit that.
+LAUNCH = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "from scaling.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
-def test_interrupt_stops_workers_and_relaunch_resumes(corpus_dir, tmp_path):  # noqa: F811
-    """SIGINT to the launcher: the workers stop (runs stay resumable, not failed), the launcher exits 130,
-    and a relaunch completes every run."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_stops_workers_and_relaunch_resumes(stop_signal, corpus_dir, tmp_path):  # noqa: F811
+    """SIGINT or SIGTERM to the launcher: the workers stop (runs stay resumable, not failed), the launcher
+    exits 130, and a relaunch completes every run."""
     path = tmp_path / "int.yaml"
     # Runs of about 15 s, so that the interrupt lands mid-run even when this process is slow to see the
     # first checkpoint on a loaded machine (with 4 s runs both had finished before it did).
@@ -226,7 +230,7 @@ def test_interrupt_stops_workers_and_relaunch_resumes(corpus_dir, tmp_path):  # 
             assert launcher.poll() is None, launcher.communicate()[1][-3000:]
             assert time.time() < deadline, "no checkpoint appeared"
             time.sleep(0.05)
-        launcher.send_signal(signal.SIGINT)  # the launcher only, as `kill -INT`; a terminal's Ctrl-C reaches all
+        launcher.send_signal(stop_signal)  # the launcher only, as `kill`; a terminal's Ctrl-C reaches all
         _, stderr = launcher.communicate(timeout=120)
     finally:
         if launcher.poll() is None:
