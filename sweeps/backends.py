@@ -66,7 +66,8 @@ class RunResources:
         """Return environment variables that keep a run's native thread pools within its cores."""
         env = {name: str(self.threads) for name in THREAD_COUNT_VARIABLES}
         if self.threads == 1:
-            env["XLA_FLAGS"] = SINGLE_THREAD_XLA_FLAGS
+            # The user's own XLA flags come last, so they win where both name the same flag.
+            env["XLA_FLAGS"] = f"{SINGLE_THREAD_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
         return env
 
     def describe(self) -> str:

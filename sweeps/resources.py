@@ -21,7 +21,8 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 CORES_ENV = "SCALING_WORKER_CORES"  # comma-separated core ids a worker pins itself to
-SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+# Every token must be a --flag: XLA stops reading XLA_FLAGS at the first one that is not, silently.
+SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false"
 # Native libraries outside XLA (NumPy's BLAS, OpenMP) read these; one value for all keeps them in their lane.
 THREAD_COUNT_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 

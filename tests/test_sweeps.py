@@ -337,6 +337,16 @@ def test_cores_are_split_into_disjoint_equal_slots():
     assert single["OMP_NUM_THREADS"] == "1"
 
 
+def test_single_core_worker_keeps_the_users_xla_flags():
+    # The worker's flags come first; a token XLA cannot read there would hide the user's flags after it.
+    env = split_cores(1, cores=[0])[0].environment(
+        {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert all(token.startswith("--") for token in env["XLA_FLAGS"].split())
+    result = subprocess.run([sys.executable, "-c", "import jax; print(jax.device_count())"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "2", result.stderr
+
+
 def test_worker_process_pins_itself_to_its_cores():
     core = sorted(os.sched_getaffinity(0))[-1]
     env = split_cores(1, cores=[core])[0].environment()
