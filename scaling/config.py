@@ -278,11 +278,23 @@ def same_run(recorded: Any, config: TrainConfig) -> bool:
 
 
 def _build(cls: type, raw: dict[str, Any], where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise UserError(f"unknown {where} key {unknown[0]!r}; known keys are: {', '.join(sorted(known))}")
-    return cls(**raw)
+        raise UserError(f"unknown {where} key {unknown[0]!r}; known keys are: {', '.join(sorted(fields))}")
+    values = dict(raw)
+    for name, value in raw.items():
+        if isinstance(value, str) and str(fields[name].type).split(" |")[0] == "float":
+            values[name] = _float_from_text(value, f"{where}.{name}")
+    return cls(**values)
+
+
+def _float_from_text(text: str, where: str) -> float:
+    """Return the float a config file wrote as text: YAML 1.1 reads 3e-3 (no decimal point) as a string."""
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{where}={text!r} is not a number; write it as e.g. 3e-3 or 0.003") from None
 
 
 def _require_positive(config: Any, *names: str) -> None:

@@ -80,3 +80,20 @@ def test_run_identity_drops_only_layout_fields():
     identity = run_identity(raw)
     assert "mesh" not in identity
     assert set(raw) - set(identity) == set(LAYOUT_FIELDS)
+
+
+def test_yaml_exponent_without_point_reads_as_float():
+    # YAML 1.1 reads 3e-3 as the string "3e-3"; the packaged specs write learning rates that way.
+    import yaml
+
+    raw = yaml.safe_load("optimizer: {peak_lr: 3e-3, eps: 1e-8}\nmax_epochs: 2e0\n")
+    assert raw["optimizer"]["peak_lr"] == "3e-3"
+    config = TrainConfig.from_dict(raw)
+    assert config.optimizer.peak_lr == 0.003
+    assert config.optimizer.eps == 1e-8
+    assert config.max_epochs == 2.0
+
+
+def test_float_field_that_is_not_a_number_names_the_key():
+    with pytest.raises(UserError, match=r"optimizer.peak_lr='fast' is not a number"):
+        TrainConfig.from_dict({"optimizer": {"peak_lr": "fast"}})
