@@ -353,8 +353,11 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     if start_step > 0:
         tracker.log_rows(run_dir.metrics())
     started = time.time()
-    wall_before = (previous or {}).get("wall_time_s", 0.0) or 0.0
+    # A resumed run goes on from the wall time recorded with its newest checkpoint. The summary starts from
+    # that point, so an attempt stopped before its own first checkpoint keeps the time and steps done.
+    wall_before = ((previous or {}).get("wall_time_s", 0.0) or 0.0) if start_step > 0 else 0.0
     summary = _base_summary(record, status="running")
+    summary.update(_progress(record, start_step, config.data.tokens_per_step, wall_before))
     run_dir.write_summary(summary)
     try:
         summary = _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpointer, tracker,
@@ -459,8 +462,7 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
             checkpointer.save(done, state)
             overhead["checkpoint"] += time.time() - begun
             # Record progress so that a run killed after this point resumes with its wall time so far.
-            summary.update(steps_done=done, tokens_seen=done * tokens_per_step,
-                           wall_time_s=wall_before + time.time() - started)
+            summary.update(_progress(record, done, tokens_per_step, wall_before + time.time() - started))
             run_dir.write_summary(summary)
             if fault == ("checkpoint", done):
                 _kill_self()
@@ -486,6 +488,13 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
     log.info("run %s completed: val loss %.4f nats/token, %.4f bits/byte, %.1f s", config.run_id,
              summary["final_val_loss"], summary["final_val_bpb"], wall)
     return summary
+
+
+def _progress(record: dict[str, Any], steps: int, tokens_per_step: int, wall_s: float) -> dict[str, Any]:
+    """Return the summary keys of a run's progress after `steps` optimizer steps and `wall_s` seconds."""
+    tokens_seen = steps * tokens_per_step
+    return {"steps_done": steps, "tokens_seen": tokens_seen,
+            "flops_spent": 6 * record["params"]["total"] * tokens_seen, "wall_time_s": wall_s}
 
 
 def _base_summary(record: dict[str, Any], status: str) -> dict[str, Any]:

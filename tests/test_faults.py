@@ -321,6 +321,15 @@ def test_killed_run_keeps_its_wall_time(small_corpus, tmp_path):
     assert killed["steps_done"] == 40  # the last checkpoint before the kill
     assert killed["wall_time_s"] > 0
 
+    assert killed["flops_spent"] == 6 * run.config()["params"]["total"] * killed["tokens_seen"]
+
+    # A second attempt killed before its own first checkpoint keeps what the first one recorded.
+    train_until_fault(config, tmp_path, "step:43")
+    again = run.summary()
+    assert (again["steps_done"], again["tokens_seen"], again["flops_spent"]) == (
+        40, killed["tokens_seen"], killed["flops_spent"])
+    assert again["wall_time_s"] == killed["wall_time_s"]
+
     resumed = train(config, tmp_path, progress=False)
     assert resumed["status"] == "completed"
     assert resumed["wall_time_s"] > killed["wall_time_s"]
