@@ -334,7 +334,7 @@ def _collect(worker: WorkerProcess, runs_root: Path) -> list[tuple[_Active, RunO
         worker.cpu_replied += cpu_s
         if status in EXIT_AFTER:
             worker.retiring = True  # the worker exits after this reply
-        ended.append((entry, _finish(entry, status, cpu_s, runs_root, replied=True)))
+        ended.append((entry, _finish(entry, status, cpu_s, runs_root, replied=True, message=reply.get("error"))))
     if worker.active is not None and worker.replies_closed and worker.reap():
         entry, worker.active = worker.active, None
         cpu_s = max(0.0, (worker.cpu_total or 0.0) - worker.cpu_replied)
@@ -367,11 +367,12 @@ def _reap(process: subprocess.Popen) -> tuple[int, float] | None:
     return process.returncode, usage.ru_utime + usage.ru_stime
 
 
-def _finish(entry: _Active, returncode: int, cpu_s: float, runs_root: Path, replied: bool = False) -> RunOutcome:
+def _finish(entry: _Active, returncode: int, cpu_s: float, runs_root: Path, replied: bool = False,
+            message: str | None = None) -> RunOutcome:
     """Read the run's summary after it ended; record a failure the worker could not record itself.
 
     `returncode` is the run's exit status from the worker's reply (`replied`), or the exit status of a
-    worker process that ended without replying.
+    worker process that ended without replying. `message` is the worker's one-line reason, when it gave one.
     """
     run = entry.run
     wall = time.time() - entry.started
@@ -396,7 +397,7 @@ def _finish(entry: _Active, returncode: int, cpu_s: float, runs_root: Path, repl
         log.error("run %s not run: %s", run.run_id, error)
         return RunOutcome(run, "failed", {**(summary or _stand_in_summary(run)), "status": "failed", "error": error},
                           wall, entry.log_path, cpu_s)
-    error = (summary or {}).get("error") or f"{reason}; see {entry.log_path}"
+    error = (summary or {}).get("error") or message or reason
     failed = {**(summary or _stand_in_summary(run)), "status": "failed", "error": error}
     if status in (None, "running"):
         # A killed worker leaves "running" behind. Record the failure, so the store does not show a live run.
@@ -404,7 +405,8 @@ def _finish(entry: _Active, returncode: int, cpu_s: float, runs_root: Path, repl
             run_dir.write_summary(failed)
         except OSError as write_error:
             log.warning("run %s: could not record the failure in %s: %s", run.run_id, run_dir.path, write_error)
-    log.error("run %s failed (%s): %s; log: %s", run.run_id, reason, error, entry.log_path)
+    detail = reason if error == reason else f"{reason}: {error}"
+    log.error("run %s failed (%s); log: %s", run.run_id, detail, entry.log_path)
     return RunOutcome(run, "failed", failed, wall, entry.log_path, cpu_s)
 
 

@@ -68,11 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         return serve(cores)
     request = json.loads(sys.stdin.read())
-    return train_request(request, cores)
+    status, _ = train_request(request, cores)
+    return status
 
 
-def train_request(request: dict[str, Any], cores: tuple[int, ...] | None) -> int:
-    """Train the run of one request; return its exit status (see the module docstring)."""
+def train_request(request: dict[str, Any], cores: tuple[int, ...] | None) -> tuple[int, str | None]:
+    """Train the run of one request; return its exit status (see the module docstring) and why it stopped.
+
+    The message is the one-line error of a run that did not complete, None for a completed or diverged run.
+    """
     from scaling.config import TrainConfig
     from scaling.errors import UserError
     from scaling.run_lock import RunLocked
@@ -85,21 +89,23 @@ def train_request(request: dict[str, Any], cores: tuple[int, ...] | None) -> int
         summary = train(config, request["runs_root"], progress=False)
     except UserError as error:
         log.error("run %s stopped: %s", config.run_id, error)
-        return EXIT_USER_ERROR
+        return EXIT_USER_ERROR, str(error)
     except RunLocked as error:
         log.error("run %s not started: %s", config.run_id, error)
-        return EXIT_LOCKED
+        return EXIT_LOCKED, str(error)
     except KeyboardInterrupt:
         log.warning("run %s interrupted; a later launch resumes it from its newest checkpoint", config.run_id)
-        return EXIT_INTERRUPTED
-    except Exception:
+        return EXIT_INTERRUPTED, "interrupted"
+    except Exception as error:
         log.exception("run %s failed", config.run_id)
-        return EXIT_FAILED
+        return EXIT_FAILED, f"{type(error).__name__}: {error}"
     status = summary.get("status")
     log.info("run %s finished with status %s", config.run_id, status)
     if status == "completed":
-        return EXIT_COMPLETED
-    return EXIT_DIVERGED if status == "diverged" else EXIT_FAILED
+        return EXIT_COMPLETED, None
+    if status == "diverged":
+        return EXIT_DIVERGED, None
+    return EXIT_FAILED, summary.get("error")
 
 
 def serve(cores: tuple[int, ...] | None) -> int:
@@ -127,8 +133,8 @@ def _serve_one(request: dict[str, Any], cores: tuple[int, ...] | None, replies: 
     _redirect_output(request["log_path"])
     started = time.time()
     cpu_before = _cpu_seconds()
-    status = train_request(request, cores)
-    reply = {"run_id": request["config"]["run_id"], "exit_status": status,
+    status, error = train_request(request, cores)
+    reply = {"run_id": request["config"]["run_id"], "exit_status": status, "error": error,
              "cpu_s": round(_cpu_seconds() - cpu_before, 3), "wall_s": round(time.time() - started, 3)}
     sys.stdout.flush()
     sys.stderr.flush()
