@@ -97,3 +97,26 @@ def test_yaml_exponent_without_point_reads_as_float():
 def test_float_field_that_is_not_a_number_names_the_key():
     with pytest.raises(UserError, match=r"optimizer.peak_lr='fast' is not a number"):
         TrainConfig.from_dict({"optimizer": {"peak_lr": "fast"}})
+
+
+def test_example_train_config_is_valid():
+    import yaml
+    from pathlib import Path
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "train_small.yaml").read_text())
+    config = TrainConfig.from_dict(raw)
+    assert config.tokens == 2_000_000
+    assert config.optimizer.peak_lr == 0.003
+    assert config.model.kv_heads == 2
+    assert config.eval_interval % config.log_interval == 0
+
+
+@pytest.mark.parametrize("text, value", [("2e6", 2_000_000), ("150K", 150_000), ("1.5M", 1_500_000)])
+def test_whole_numbers_written_as_text(text, value):
+    assert TrainConfig.from_dict({"tokens": text}).tokens == value
+
+
+@pytest.mark.parametrize("text, fragment", [("2.5", "must be a whole number"), ("lots", "is not a number")])
+def test_bad_whole_number_names_the_key(text, fragment):
+    with pytest.raises(UserError, match=f"run.tokens='{text}' {fragment}"):
+        TrainConfig.from_dict({"tokens": text})
