@@ -220,8 +220,8 @@ def test_interrupt_stops_workers_and_relaunch_resumes(stop_signal, corpus_dir, t
     """SIGINT or SIGTERM to the launcher: the workers stop (runs stay resumable, not failed), the launcher
     exits 130, and a relaunch completes every run."""
     path = tmp_path / "int.yaml"
-    # Runs of about 15 s, so that the interrupt lands mid-run even when this process is slow to see the
-    # first checkpoint on a loaded machine (with 4 s runs both had finished before it did).
+    # Runs of about 15 s, so that the signal lands mid-run even when this process is slow to see the first
+    # checkpoint on a loaded machine.
     path.write_text(yaml.safe_dump(sweep_raw(corpus_dir, "int", ["1.6e5"], checkpoint_interval=20)))
     runs = tmp_path / "runs"
     command = [sys.executable, "-c", LAUNCH, "sweep", "launch", str(path), "--runs", str(runs), "--no-progress",
