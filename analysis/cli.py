@@ -76,6 +76,9 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstraps", type=int, default=DEFAULT_BOOTSTRAPS, metavar="N",
                         help=f"bootstrap replicates for 95%% intervals, 0 for none (default: {DEFAULT_BOOTSTRAPS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    parser.add_argument("--resample", choices=("luck", "runs"), default="luck",
+                        help="what the bootstraps of approaches 1 and 2 redraw: each run's luck, keeping the "
+                             "sweep's sizes (default), or whole runs with replacement")
     parser.add_argument("--convention", choices=CONVENTIONS, default="total",
                         help="how N is counted: total (embeddings included) or non_embedding")
     parser.add_argument("--allow-mixed", action="store_true",
@@ -94,7 +97,7 @@ def _fit(args: argparse.Namespace) -> dict[str, Any]:
     record = fit_runs(source, args.out, convention=args.convention, starts=args.starts,
                       bootstraps=args.bootstraps, seed=args.seed, allow_mixed=args.allow_mixed,
                       methods=tuple(args.method or OPTIONAL_METHODS), columns=args.columns, filters=args.where,
-                      holdout_fraction=args.holdout)
+                      holdout_fraction=args.holdout, resample=args.resample)
     if args.log_plots:
         from analysis.wandb_runs import log_plots
 

@@ -34,6 +34,7 @@ FIT_FILE = "fit.json"
 FIT_SCHEMA = 1
 APPROACH3_PARAMETERS = 5
 OPTIONAL_METHODS = ("approach1", "approach2", "kaplan", "extrapolation")  # approach 3 always runs
+RESAMPLING = ("luck", "runs")  # what the bootstraps of approaches 1 and 2 redraw (analysis.bootstrap_methods)
 
 CONVENTION_DESCRIPTIONS = {
     "total": "N counts every parameter, embeddings and output head included (Hoffmann et al. 2022); C = 6 N D",
@@ -45,7 +46,7 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
              bootstraps: int = DEFAULT_BOOTSTRAPS, seed: int = 0, allow_mixed: bool = False, plot: bool = True,
              options: Approach3Options | None = None, methods: tuple[str, ...] = OPTIONAL_METHODS,
              columns: str | None = None, filters: list[str] | None = None,
-             holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION) -> dict[str, Any]:
+             holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION, resample: str = "luck") -> dict[str, Any]:
     """Fit the completed runs under `runs_path`; write fit.json and plots to `out_dir`; return the record.
 
     `runs_path` is a run store folder, "wandb:ENTITY/PROJECT[/GROUP]" (see `analysis.wandb_runs`), or a CSV
@@ -53,8 +54,10 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     "approach2", "kaplan", "extrapolation"), each skipped with a note where the data cannot support it.
     `starts` is the minimum size of approach 3's start grid. `bootstraps` replicates (0 for none), drawn
     with `seed`, give 95% intervals for every fitted parameter of every method that ran (see
-    `analysis.bootstrap` and `analysis.bootstrap_methods`). Raises UserError when there are fewer completed runs than approach
-    3's 5 parameters, or a single model size or token count.
+    `analysis.bootstrap` and `analysis.bootstrap_methods`). `resample` picks what approaches 1 and 2 redraw:
+    "luck" (each run's residual, keeping the sweep's sizes; the default) or "runs" (runs with replacement).
+    Raises UserError when there are fewer completed runs than approach 3's 5 parameters, or a single model
+    size or token count.
     """
     if convention not in CONVENTIONS:
         raise UserError(f"unknown parameter convention {convention!r}; use one of: {', '.join(CONVENTIONS)}")
@@ -63,6 +66,8 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     if not 0 < holdout_fraction < 1:
         raise UserError(f"holdout fraction {holdout_fraction} must lie between 0 and 1, e.g. 0.1 for the "
                         "largest-compute tenth of the runs")
+    if resample not in RESAMPLING:
+        raise UserError(f"unknown resampling {resample!r}; use one of: {', '.join(RESAMPLING)}")
     if bootstraps == 1 or bootstraps < 0:
         raise UserError(f"bootstraps={bootstraps}: use 0 for no intervals, or at least 2 (200 is the default)")
     unknown = sorted(set(methods) - set(OPTIONAL_METHODS))
@@ -108,7 +113,8 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
         record["approach2"]["bootstrap"] = None
         if bootstraps and approach2.params_law is not None:
             approach2_replicates = bootstrap_isoflop(params, losses, _budget_labels(budget_groups, len(params)),
-                                                     n_bootstraps=bootstraps, seed=seed)
+                                                     n_bootstraps=bootstraps, seed=seed,
+                                                     resample="residuals" if resample == "luck" else "runs")
             record["approach2"]["bootstrap"] = approach2_replicates.to_dict()
     record["approach1"] = None
     if "approach1" in methods:
@@ -117,7 +123,8 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
         if envelope is not None:
             record["approach1"]["bootstrap"] = None
             if bootstraps and envelope.params_law is not None:
-                approach1_replicates = bootstrap_envelope(params, curves, n_bootstraps=bootstraps, seed=seed)
+                approach1_replicates = bootstrap_envelope(params, curves, n_bootstraps=bootstraps, seed=seed,
+                                                          resample=resample)
                 record["approach1"]["bootstrap"] = approach1_replicates.to_dict()
     if "kaplan" in methods:
         frontier = (None, None) if envelope is None else envelope.interior_frontier()

@@ -220,3 +220,17 @@ def test_allocation_bands_bracket_each_approach(tmp_path):
     # Extrapolated far beyond the budgets, the band widens.
     far_low, far_high, _, _ = _allocation_band(replicates, np.array([1e17, 1e23]))
     assert far_high[1] / far_low[1] > far_high[0] / far_low[0]
+
+
+def test_fit_resamples_runs_when_asked(tmp_path):
+    _write_isoflop_sweep(tmp_path / "runs", noise=0.01)
+    record = fit_runs(tmp_path / "runs", tmp_path / "out", starts=32, bootstraps=20, seed=5, plot=False,
+                      methods=("approach1", "approach2"), resample="runs")
+    assert record["approach2"]["bootstrap"]["method"].startswith("runs drawn with replacement within each")
+    assert record["approach1"]["bootstrap"]["method"].startswith("runs drawn with replacement")
+    default = fit_runs(tmp_path / "runs", tmp_path / "out2", starts=32, bootstraps=20, seed=5, plot=False,
+                       methods=("approach1", "approach2"))
+    assert default["approach2"]["bootstrap"]["method"].startswith("relative residuals")
+    assert default["approach1"]["bootstrap"]["method"].startswith("each run's luck")
+    with pytest.raises(UserError, match="unknown resampling 'pairs'"):
+        fit_runs(tmp_path / "runs", tmp_path / "out3", starts=32, bootstraps=20, plot=False, resample="pairs")
