@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from scaling.config import same_run
+from scaling.config import parse_mesh, same_run
 from scaling.errors import UserError
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_store import RunDir, read_json
@@ -211,6 +211,31 @@ def start_run(run: PlannedRun, slot: WorkerSlot, runs_root: Path, worker: Worker
     return worker.active
 
 
+def check_meshes_fit(runs: list[PlannedRun], slot: WorkerSlot) -> None:
+    """Raise UserError naming the first run whose `mesh` asks for more devices than a worker on `slot` sees.
+
+    Each worker would refuse such a run by itself, so the check only saves starting a sweep that cannot run.
+    It costs one short JAX process, so it runs only when some run names a device count.
+    """
+    counted = [(run, parse_mesh(run.config.mesh, "train.mesh")) for run in runs if run.config.mesh.strip()]
+    counted = [(run, plan) for run, plan in counted if plan.devices is not None and plan.devices > 1]
+    if not counted:
+        return
+    env = slot.environment()
+    probe = subprocess.run([sys.executable, "-c", "import jax; d = jax.devices(); print(len(d), d[0].platform)"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    if probe.returncode != 0:
+        log.warning("could not count a worker's devices before the sweep; each run checks its mesh itself")
+        return
+    count, platform = probe.stdout.split()[-2:]
+    for run, plan in counted:
+        if plan.devices > int(count):
+            hint = (" (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N emulates N devices)"
+                    if platform == "cpu" else "")
+            raise UserError(f"run {run.run_id}: train.mesh {run.config.mesh!r} asks for {plan.devices} devices, but a "
+                            f"worker sees {count} ({platform}); lower train.mesh or launch where the devices are{hint}")
+
+
 def check_existing_configs(runs: list[PlannedRun], runs_root: Path) -> None:
     """Raise UserError when a run folder already contains a run with another config (the spec changed).
 
@@ -256,6 +281,7 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
     weights = {run.run_id: cost.run_seconds(run) for run in runs}
     todo.sort(key=lambda run: weights[run.run_id], reverse=True)
     slots = split_cores(workers)
+    check_meshes_fit(todo, slots[0])
     log.info("sweep %s: %d runs, %d to run on %d workers (cores %s)", spec.name, len(runs), len(todo), len(slots),
              " | ".join(",".join(map(str, slot.cores)) for slot in slots))
 

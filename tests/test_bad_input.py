@@ -309,6 +309,12 @@ def test_sweep_mesh_larger_than_the_machine(capsys, tmp_path):
     assert_user_error(status, stderr, "throughput probe: mesh fsdp=8 asks for 8 devices", "pass --no-probe")
     assert cli(capsys, "sweep", "plan", spec, "--runs", tmp_path / "runs", "--no-probe")[0] == 0
 
+    # Launching refuses it before any worker starts, and leaves no run folder behind.
+    status, stderr = cli(capsys, "sweep", "launch", spec, "--runs", tmp_path / "runs", "--no-progress")
+    assert_user_error(status, stderr, "train.mesh 'fsdp=8' asks for 8 devices, but a worker sees",
+                      "xla_force_host_platform_device_count")
+    assert not [path for path in (tmp_path / "runs").glob("*/*") if not path.parent.name.startswith("_")]
+
 
 # Fits and questions
 
