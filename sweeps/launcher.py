@@ -596,14 +596,19 @@ class _SweepProgress:
 
 
 def outcomes_table(spec: SweepSpec, outcomes: list[RunOutcome]) -> Table:
-    """Return the final table of a launch: run id, N, D, status, final validation loss, wall time."""
+    """Return the final table of a launch: run id, N, D, status, final validation loss, and times.
+
+    "train time" is the run's own wall time in training over all its attempts (summary.json), the same for
+    runs trained now and runs done earlier; "CPU time" is what this launch spent on the run.
+    """
     table = Table(title=f"sweep {spec.name}", title_justify="left")
-    for header in ("run", "N total", "D tokens", "status", "val loss (nats/token)", "wall time", "CPU time"):
+    for header in ("run", "N total", "D tokens", "status", "val loss (nats/token)", "train time",
+                   "CPU time (this launch)"):
         table.add_column(header, justify="left" if header in ("run", "status") else "right")
     for outcome in outcomes:
         summary = outcome.summary
         loss = summary.get("final_val_loss")
-        wall = summary.get("wall_time_s") if outcome.status == "skipped" else outcome.wall_s
+        wall = summary.get("wall_time_s") or (None if outcome.status == "skipped" else outcome.wall_s)
         status = "done earlier" if outcome.status == "skipped" else outcome.status
         if outcome.status in ("failed", "diverged"):
             status = f"[bold red]{status}[/]"

@@ -322,6 +322,24 @@ def test_plan_charges_worker_start_once_per_worker(corpus_dir, tmp_path):
     assert all(row.seconds < 100.0 for row in plan.rows)
 
 
+def test_outcome_table_shows_each_runs_own_train_time(corpus_dir, tmp_path):
+    from rich.console import Console
+
+    from sweeps.launcher import RunOutcome, outcomes_table
+
+    spec = parse_spec(tiny_raw(corpus_dir, isoflop={"budgets": ["1e9"], "params": ["4K", "1.2e4"]}))
+    first, second = expand(spec, tmp_path / "runs")
+    # A run done earlier and a run trained now both show summary.json's time; CPU time only for this launch.
+    outcomes = [RunOutcome(first, "skipped", {"final_val_loss": 2.5, "wall_time_s": 41.0}, 0.0, None),
+                RunOutcome(second, "completed", {"final_val_loss": 2.25, "wall_time_s": 17.0}, 19.5, None, 12.0)]
+    console = Console(width=200, record=True)
+    console.print(outcomes_table(spec, outcomes))
+    rows = {line.split()[1]: line for line in console.export_text().splitlines() if "C1e9" in line}
+    assert "41 s" in rows[first.run_id] and "done earlier" in rows[first.run_id]
+    assert "17 s" in rows[second.run_id] and "12 s" in rows[second.run_id]
+    assert "19 s" not in rows[second.run_id] and "20 s" not in rows[second.run_id]
+
+
 # ---------------------------------------------------------------- resources
 
 
