@@ -5,8 +5,8 @@ flops (C = 6ND), loss (nats/token, None when the law predicts none), source, and
 throughout. `interval` is None unless the law comes with bootstrap replicates (a fit.json written with
 bootstraps); then it maps each numeric key to its [low, high] percentile interval, with its "level".
 
-With a fit.json, its approach 3 law answers first; for allocation questions its approach 2 and approach 1
-power laws follow when they were fitted, each with an interval from its own replicates.
+With a fit.json, the row of its approach 3 law comes first. For allocation questions the rows of its approach 2
+and approach 1 power laws follow when they were fitted, each with an interval from its own replicates.
 
 A KV-cache question uses no law: its rows, one per attention variant (MHA, GQA, MQA), have the keys of
 KV_ROW_KEYS, with bytes = 2 x layers x KV heads x head dim x context x batch x bytes per value.
@@ -130,7 +130,7 @@ def fitted_allocation(record: dict[str, Any], approach: str,
 
 
 def allocation_interval(record: dict[str, Any], approach: str, query: Query) -> dict[str, Any] | None:
-    """Return percentile intervals of approach 1's or 2's answer over its bootstrap replicates, or None."""
+    """Return percentile intervals of approach 1's or 2's result over its bootstrap replicates, or None."""
     samples = ((record.get(approach) or {}).get("bootstrap") or {}).get("samples")
     if not samples:
         return None
@@ -196,7 +196,7 @@ def bootstrap_interval(record: dict[str, Any], query: Query) -> dict[str, Any] |
 
 
 def _interval_over(laws: Sequence[Law], query: Query, level: float) -> dict[str, Any] | None:
-    """Return the central `level` percentile interval of each of INTERVAL_KEYS over the laws' answers."""
+    """Return the central `level` percentile interval of each of INTERVAL_KEYS over the laws' rows."""
     replicate_rows = [answer_row(law, query) for law in laws]
     if len(replicate_rows) < 2:
         return None

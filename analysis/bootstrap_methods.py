@@ -7,9 +7,10 @@ counted and left out of the intervals.
 Approaches 1 and 2 keep the sweep's sizes and budgets, since those are its design rather than a sample, and
 resample what varies between runs: each run's luck.
 
-- Approach 2 (`resample="residuals"`, the default) fits each budget's parabola, takes each run's relative
-  residual from it (scaled by 1/sqrt(1 - leverage), so that a 4-size parabola's small residuals are not taken
-  at face value), draws those residuals with replacement across all budgets onto the parabolas, and refits.
+- Approach 2 (`resample="residuals"`, the default) fits each budget's parabola and takes each run's relative
+  residual from it. Residuals are scaled by 1/sqrt(1 - leverage), because a parabola through few sizes leaves
+  residuals smaller than the noise. They are drawn with replacement across all budgets onto the parabolas,
+  and the fit is repeated.
   Where the parabola does not match the profile (sizes spanning a wide range around the optimum), its misfit
   counts as noise and the intervals widen. When no budget has more than 3 sizes, there are no residuals, and
   runs are drawn instead (the method record says so).
@@ -86,7 +87,7 @@ class Replicates:
                 for i, name in enumerate(self.names)}
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict; "samples" holds every replicate (null where it could not be fitted)."""
+        """Return a JSON-ready dict; "samples" contains every replicate (null where it could not be fitted)."""
         return {
             "method": self.method,
             "replicates": int(self.values.shape[0]),
@@ -116,12 +117,12 @@ def bootstrap_isoflop(params: ArrayLike, losses: ArrayLike, budgets: ArrayLike, 
                           skip_invalid_budgets=True, log_warnings=False)
         return _allocation_values(fit.params_law, fit.tokens_law)
 
-    estimate = refit(losses)
-    fitted, residuals = _parabola_residuals(params, losses, budgets)
     fallback = ""
-    if resample == "residuals" and residuals.size < 2:
-        # Parabolas through 3 sizes fit exactly and leave no residuals to draw.
-        resample, fallback = "runs", "no budget has more than 3 sizes, so runs were drawn instead: "
+    if resample == "residuals":
+        fitted, residuals = _parabola_residuals(params, losses, budgets)
+        if residuals.size < 2:
+            # Parabolas through 3 sizes fit exactly and leave no residuals to draw.
+            resample, fallback = "runs", "no budget has more than 3 sizes, so runs were drawn instead: "
     if resample == "runs":
         strata = [np.flatnonzero(budgets == budget) for budget in np.unique(budgets)]
         draws = [np.concatenate([rng.choice(stratum, stratum.size) for stratum in strata]) for _ in range(count)]
@@ -132,6 +133,7 @@ def bootstrap_isoflop(params: ArrayLike, losses: ArrayLike, budgets: ArrayLike, 
     method = ("relative residuals of each budget's parabola in ln N, scaled by 1/sqrt(1 - leverage), drawn "
               "with replacement across budgets onto the parabolas; parabolas and power laws refitted; basic "
               "intervals (replicates reflected around the estimate) over replicates with at least 2 usable budgets")
+    estimate = refit(losses)
     if estimate is None:
         return Replicates(ALLOCATION_NAMES, np.full((count, len(ALLOCATION_NAMES)), np.nan), level, seed,
                           f"{method}; no replicates: the fit has no power laws")
@@ -146,7 +148,10 @@ def bootstrap_isoflop(params: ArrayLike, losses: ArrayLike, budgets: ArrayLike, 
 def bootstrap_envelope(params: Sequence[float], curves: Sequence[Sequence[tuple[float, float]]], *,
                        n_bootstraps: int = DEFAULT_BOOTSTRAPS, seed: int = 0, level: float = 0.95,
                        resample: str = "luck") -> Replicates:
-    """Bootstrap approach 1's a, b and coefficients (learning curves [(tokens, loss), ...]; see the module docstring)."""
+    """Bootstrap approach 1's a, b and coefficients from learning curves [(tokens, loss), ...].
+
+    See the module docstring for how luck and runs are drawn.
+    """
     params = [float(n) for n in params]
     _check_choice("approach 1", resample, APPROACH1_RESAMPLING)
     rng = _rng(seed, "approach1")
@@ -288,9 +293,9 @@ def _reflect(replicate: dict[str, float], estimate: dict[str, float], reference:
     return row
 
 
-def _check_choice(what: str, resample: str, choices: tuple[str, ...]) -> None:
+def _check_choice(method: str, resample: str, choices: tuple[str, ...]) -> None:
     if resample not in choices:
-        raise ValueError(f"{what} resample={resample!r}; use one of: {', '.join(choices)}")
+        raise ValueError(f"{method} resample={resample!r}; use one of: {', '.join(choices)}")
 
 
 def _allocation_values(params_law, tokens_law) -> dict[str, float] | None:

@@ -27,7 +27,8 @@ WIDE_OUTPUT = 200  # columns for tables written to a pipe or file, where rich wo
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register fit, ask and report on `subparsers` (from ArgumentParser.add_subparsers)."""
-    fit = subparsers.add_parser("fit", help="fit scaling laws (Chinchilla approaches 1, 2 and 3, Kaplan-style) to completed runs")
+    fit = subparsers.add_parser(
+        "fit", help="fit scaling laws (Chinchilla approaches 1, 2 and 3, Kaplan-style) to completed runs")
     _add_fit_arguments(fit)
     fit.add_argument("--json", action="store_true", help="print fit.json to stdout instead of a table")
     fit.set_defaults(handler=run_fit)

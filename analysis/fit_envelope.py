@@ -7,7 +7,7 @@ D_opt = k' C^b are then fitted in log space to the envelope.
 
 The power laws use only budgets whose fitted N_opt(C) lies at least `edge_margin` times inside the sampled
 sizes (iterated until the set of budgets stops changing). Noise in the runs' losses spreads the envelope's
-winner over several neighbouring sizes; near the smallest or largest size that spread is cut off on one
+winner over several neighbouring sizes. Near the smallest or largest size that spread is cut off on one
 side, so the winners there lean inward and the fitted exponent comes out too flat. On curves from a known
 law with 1% noise per run (13 sizes over 4 decades, 50 draws), the plain fit over every budget not won by an
 edge size gave a = 0.498 for a true 0.538, a bias of 1.1 standard deviations; with a margin of 2 the bias
@@ -153,10 +153,10 @@ def _trim_to_margin(log_flops: np.ndarray, best_params: np.ndarray, interior: np
     for _ in range(MAX_TRIM_PASSES):
         slope, intercept = np.polyfit(log_flops[fitted], np.log(best_params[fitted]), 1)
         predicted = intercept + slope * log_flops
-        kept = interior & (predicted >= low) & (predicted <= high)
-        if np.unique(best_params[kept]).size < 2:
+        inside = interior & (predicted >= low) & (predicted <= high)
+        if np.unique(best_params[inside]).size < 2:
             return interior, 1.0
-        if np.array_equal(kept, fitted):
+        if np.array_equal(inside, fitted):
             break
-        fitted = kept
+        fitted = inside
     return fitted, edge_margin

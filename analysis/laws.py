@@ -130,7 +130,8 @@ class PowerLawAllocation:
         try:
             params = self.coefficient * flops**self.exponent
         except OverflowError:
-            raise ValueError(f"N_opt(C) = {self.coefficient:.3g} C^{self.exponent:.3g} overflows at C = {flops:.3g}") from None
+            raise ValueError(f"N_opt(C) = {self.coefficient:.3g} C^{self.exponent:.3g} overflows at "
+                             f"C = {flops:.3g}") from None
         return params, flops / (allocation.FLOPS_PER_PARAM_TOKEN * params)
 
     def flops_for_params(self, params: float) -> float:

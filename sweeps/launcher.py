@@ -212,7 +212,7 @@ def start_run(run: PlannedRun, slot: WorkerSlot, runs_root: Path, worker: Worker
 
 
 def check_meshes_fit(runs: list[PlannedRun], slot: WorkerSlot) -> None:
-    """Raise UserError naming the first run whose `mesh` asks for more devices than a worker on `slot` sees.
+    """Raise UserError naming the first run whose `mesh` requests more devices than a worker on `slot` has.
 
     Each worker would refuse such a run by itself, so the check only saves starting a sweep that cannot run.
     It costs one short JAX process, so it runs only when some run names a device count.
@@ -598,8 +598,8 @@ class _SweepProgress:
 def outcomes_table(spec: SweepSpec, outcomes: list[RunOutcome]) -> Table:
     """Return the final table of a launch: run id, N, D, status, final validation loss, and times.
 
-    "train time" is the run's own wall time in training over all its attempts (summary.json), the same for
-    runs trained now and runs done earlier; "CPU time" is what this launch spent on the run.
+    "train time" is the run's own wall time in training over all its attempts (summary.json), so it means the
+    same for runs trained now and runs done earlier. "CPU time" is what this launch spent on the run.
     """
     table = Table(title=f"sweep {spec.name}", title_justify="left")
     for header in ("run", "N total", "D tokens", "status", "val loss (nats/token)", "train time",

@@ -226,7 +226,7 @@ def test_law_keys_in_help_match_registry():
     assert cli.LAW_KEYS == tuple(LAWS)
 
 
-def test_small_fitted_exponent_gives_empty_row_not_overflow():
+def test_small_exponent_gives_empty_row():
     # N_opt = 1e6 C^0.01 puts the budget for 70B at (7e4)^100, about 10^484, beyond floating point.
     record = {"approach3": {"log_a": 6.0, "log_b": 7.0, "log_e": 0.5, "alpha": 0.3, "beta": 0.35,
                             "converged": True}, "convention": "total", "n_runs": 12,

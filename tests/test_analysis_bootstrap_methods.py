@@ -62,9 +62,9 @@ def test_approach2_intervals_cover_truth():
     assert low < fit.params_law.exponent < high
 
 
-def test_three_sizes_per_budget_fall_back_to_drawing_runs():
+def test_three_sizes_fall_back_to_runs():
     # Parabolas through exactly 3 sizes leave no residuals, so runs are drawn. A draw that repeats a size
-    # leaves its budget with too few sizes; replicates left with fewer than 2 usable budgets are counted and
+    # leaves its budget with too few sizes. Replicates left with fewer than 2 usable budgets are counted and
     # kept out of the intervals.
     params, tokens, budgets = isoflop_grid(LAW, BUDGETS, 3, 4)
     losses = law_losses(LAW, params, tokens, noise=NOISE, seed=SEED)
@@ -92,7 +92,7 @@ def test_approach1_intervals_cover_truth():
 
 
 @pytest.mark.parametrize("resample", ["runs", "residuals"])
-def test_approach2_both_resamplings_cover_truth(resample):
+def test_approach2_resamplings_cover_truth(resample):
     params, tokens, budgets = isoflop_grid(LAW, BUDGETS, 9, 8)
     losses = law_losses(LAW, params, tokens, noise=NOISE, seed=SEED)
     result = bootstrap_isoflop(params, losses, budgets, n_bootstraps=100, seed=0, resample=resample)
@@ -100,7 +100,7 @@ def test_approach2_both_resamplings_cover_truth(resample):
     assert_covers(result.intervals(), allocation_truth(LAW))
 
 
-def test_drawing_runs_widens_approach1_intervals():
+def test_drawing_runs_widens_intervals():
     # Drawing runs leaves about 8 of 13 sizes per replicate, a coarser envelope than the data's. Summed over
     # three draws, since the width of one draw's luck intervals follows that draw's spread of luck.
     sizes = np.geomspace(1e5, 1e9, 13)
@@ -233,7 +233,7 @@ def test_kaplan_single_variable_coverage_over_repeats():
 @pytest.mark.slow
 def test_approach1_coverage_over_repeats():
     # Measured: 46 of 50 for each value. Before the edge margin of analysis.fit_envelope, the estimates were
-    # biased by 1.1 standard deviations and 42 of 50 covered; drawing runs instead of luck covered 50 of 50.
+    # biased by 1.1 standard deviations and 42 of 50 covered. Drawing runs instead of luck covered 50 of 50.
     sizes = np.geomspace(1e5, 1e9, 13)
 
     def intervals(repeat: int) -> dict:

@@ -44,7 +44,7 @@ def noisy_curves(sizes: np.ndarray, seed: int) -> list[list[tuple[float, float]]
     return [list(zip(seen, LAW.loss(n, seen) * np.exp(0.01 * rng.standard_normal()))) for n in sizes]
 
 
-def test_edge_margin_removes_the_pull_toward_the_middle():
+def test_edge_margin_removes_bias():
     # Noise spreads the envelope's winner over neighbouring sizes; near the smallest and largest size the
     # spread is cut off on one side. Over 50 draws, without the margin the mean estimate of a was 1.1
     # standard deviations below the truth, with it 0.13.
@@ -60,7 +60,7 @@ def test_edge_margin_removes_the_pull_toward_the_middle():
     assert abs(bias[2.0]) < 0.4, bias
 
 
-def test_edge_margin_recorded_and_dropped_when_it_leaves_too_little():
+def test_edge_margin_recorded_and_fallback():
     sizes = np.geomspace(1e5, 1e9, 13)
     fit = fit_envelope(sizes, noisy_curves(sizes, 0))
     record = fit.to_dict()

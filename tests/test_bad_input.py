@@ -293,7 +293,10 @@ def test_bad_mesh_in_sweep_spec(mesh, fragments, capsys, tmp_path):
 
 
 def test_sweep_mesh_larger_than_the_machine(capsys, tmp_path):
-    """The plan's throughput probe cannot time a mesh of more devices than it sees; `--no-probe` plans anyway."""
+    """The plan's throughput probe cannot time a mesh of more devices than the machine has.
+
+    `--no-probe` plans anyway, and launching rejects the spec before any worker starts.
+    """
     import jax
 
     if jax.device_count() >= 8:

@@ -82,7 +82,7 @@ def test_run_identity_drops_only_layout_fields():
     assert set(raw) - set(identity) == set(LAYOUT_FIELDS)
 
 
-def test_yaml_exponent_without_point_reads_as_float():
+def test_yaml_exponent_reads_as_float():
     # YAML 1.1 reads 3e-3 as the string "3e-3"; the packaged specs write learning rates that way.
     import yaml
 
@@ -94,7 +94,7 @@ def test_yaml_exponent_without_point_reads_as_float():
     assert config.max_epochs == 2.0
 
 
-def test_float_field_that_is_not_a_number_names_the_key():
+def test_float_field_not_a_number():
     with pytest.raises(UserError, match=r"optimizer.peak_lr='fast' is not a number"):
         TrainConfig.from_dict({"optimizer": {"peak_lr": "fast"}})
 

@@ -90,9 +90,9 @@ def test_server_replies_once_per_run_and_keeps_serving(corpus_dir, tmp_path):  #
         assert 0 < first["wall_s"]
 
         # A user error (missing corpus) and a locked run are replied to, and the worker goes on serving.
-        refused = request(server, bad, runs)
-        assert refused["exit_status"] == EXIT_USER_ERROR
-        assert "no-such-corpus" in refused["error"]  # the launcher shows this line, not only the run's log
+        rejected = request(server, bad, runs)
+        assert rejected["exit_status"] == EXIT_USER_ERROR
+        assert "no-such-corpus" in rejected["error"]  # the launcher shows this line, not only the run's log
         with RunLock(RunDir.at(runs, "serve", other.run_id).path):
             assert request(server, other, runs)["exit_status"] == EXIT_LOCKED
         assert request(server, other, runs)["exit_status"] == EXIT_COMPLETED
