@@ -34,6 +34,7 @@ from scaling.checkpoint import Checkpointer, abstract_like
 from scaling.config import TrainConfig, same_run
 from scaling.data import PreparedCorpus, batch_at, epochs_for, predicted_bytes, validation_windows
 from scaling.errors import UserError
+from scaling.host_memory import release_freed_memory
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_lock import RunLock
 from scaling.run_store import RunDir
@@ -413,6 +414,7 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
             begun = time.time()
             state, metrics = trainer.step_fn(state, trainer.put_batch(batch), schedule)
             jax.block_until_ready(metrics)
+            release_freed_memory()  # what compiling left in the heap (scaling/host_memory.py)
             overhead["first_step"] = time.time() - begun
         else:
             state, metrics = trainer.step_fn(state, trainer.put_batch(batch), schedule)
