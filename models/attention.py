@@ -6,7 +6,8 @@ h reads key/value head h // (H // K): consecutive query heads share one key/valu
 as `jax.nn.dot_product_attention`.
 
 Implementations, chosen by `ModelConfig.attention_impl`:
-- "xla": the score matrix [L, S] in full, then a float32 softmax. The CPU default.
+- "xla": the score matrix [L, S] in full, then a float32 softmax. The CPU default. For training (no cache, no
+  padding) it runs over blocks of queries, each reading only the keys up to its last query.
 - "blockwise": an online softmax over blocks of keys (Milakov & Gimelshein 2018, arXiv:1805.02867;
   Rabe & Staats 2021, arXiv:2112.05682). It keeps a running maximum, normaliser and weighted sum per query,
   so memory grows with L x block instead of L x S, and the backward pass recomputes each block.
@@ -24,6 +25,7 @@ G query heads per key/value head (H = K G), E head_dim.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,9 @@ import jax.numpy as jnp
 from scaling.errors import UserError
 
 DEFAULT_KEY_BLOCK = 128  # keys per block of the blockwise implementation
+# Query positions per block of the "xla" training path. 64 ran fastest of 32, 64 and 128 on 2 CPU cores at
+# d_model 64 and 512 (docs/benchmarks.md, "Training throughput").
+DEFAULT_QUERY_BLOCK = 64
 MASKED_SCORE = float(jnp.finfo(jnp.float32).min)  # score of a masked key, finite so that no inf - inf appears
 
 
@@ -125,76 +130,101 @@ def attention_xla(
     return out_BxLxKxGxE.reshape(batch, length, heads, head_dim).astype(q_BxLxHxE.dtype)
 
 
-def causal_attention_xla(q_BxLxHxE: jax.Array, k_BxLxKxE: jax.Array, v_BxLxKxE: jax.Array) -> jax.Array:
+def causal_attention_xla(
+    q_BxLxHxE: jax.Array, k_BxLxKxE: jax.Array, v_BxLxKxE: jax.Array, query_block: int = DEFAULT_QUERY_BLOCK
+) -> jax.Array:
     """Return causal self-attention (query i sees keys 0..i) with a hand-written backward pass.
 
     The training path of "xla": the same result as `attention_xla` without a cache or padding, computed in
     head-major layout. Queries, keys and values (small: L x E per head) are transposed once, so that every
-    product with the large [L, S] score matrices is a plain batched matrix multiply that XLA runs without
-    copying those matrices into another layout. The G query heads sharing a key/value head are stacked
-    along the query axis ([B, K, G L, E]), so grouped-query attention needs no repeated keys. The mask is
-    one [G L, S] comparison, and the backward pass is four products and one elementwise pass (see
-    `_causal_attention_bwd`).
+    product with the large score matrices is a plain batched matrix multiply that XLA runs without copying
+    those matrices into another layout. The G query heads sharing a key/value head stay together
+    ([B, K, G, L, E]), so grouped-query attention needs no repeated keys.
+
+    Queries are taken in blocks of `query_block` positions, and block i reads only the keys up to its last
+    query. That skips most of the masked upper triangle of the score matrix (with 4 blocks, 6 of 16 key
+    blocks), and each block's score matrix has only `query_block` rows.
     """
     batch, length, heads, head_dim = q_BxLxHxE.shape
     kv_heads = k_BxLxKxE.shape[2]
-    groups = heads // kv_heads
-    q_BxLxKxGxE = _group_queries(q_BxLxHxE, kv_heads)
-    q_BxKxQxE = q_BxLxKxGxE.transpose(0, 2, 3, 1, 4).reshape(batch, kv_heads, groups * length, head_dim)  # Q = G L
+    q_BxKxGxLxE = _group_queries(q_BxLxHxE, kv_heads).transpose(0, 2, 3, 1, 4)
     k_BxKxSxE = k_BxLxKxE.transpose(0, 2, 1, 3)
     v_BxKxSxE = v_BxLxKxE.transpose(0, 2, 1, 3)
-    out_BxKxQxE = _causal_attention(q_BxKxQxE, k_BxKxSxE, v_BxKxSxE)
-    out_BxKxGxLxE = out_BxKxQxE.reshape(batch, kv_heads, groups, length, head_dim)
+    out_BxKxGxLxE = _causal_attention(q_BxKxGxLxE, k_BxKxSxE, v_BxKxSxE, query_block)
     return out_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim)
 
 
-def _causal_weights(q_BxKxQxE: jax.Array, k_BxKxSxE: jax.Array) -> jax.Array:
-    """Return the float32 softmax weights [B, K, Q, S]; query row r sits at position r mod S."""
-    queries, keys, head_dim = q_BxKxQxE.shape[2], k_BxKxSxE.shape[2], q_BxKxQxE.shape[-1]
-    scores_BxKxQxS = jnp.matmul(q_BxKxQxE, jnp.swapaxes(k_BxKxSxE, -1, -2),
-                                preferred_element_type=jnp.float32) / math.sqrt(head_dim)
-    causal_QxS = (jnp.arange(queries) % keys)[:, None] >= jnp.arange(keys)[None, :]
-    scores_BxKxQxS = jnp.where(causal_QxS, scores_BxKxQxS, MASKED_SCORE)
-    return jax.nn.softmax(scores_BxKxQxS, axis=-1)
+def _query_blocks(length: int, query_block: int) -> list[tuple[int, int]]:
+    """Return the [start, end) positions of each block of queries; the last block may be shorter."""
+    if query_block < 1:
+        raise ValueError(f"query_block={query_block} must be a positive number of positions")
+    return [(start, min(start + query_block, length)) for start in range(0, length, query_block)]
 
 
-def _weighted_values(weights_BxKxQxS: jax.Array, v_BxKxSxE: jax.Array, dtype) -> jax.Array:
-    out_BxKxQxE = jnp.matmul(weights_BxKxQxS.astype(v_BxKxSxE.dtype), v_BxKxSxE, preferred_element_type=jnp.float32)
-    return out_BxKxQxE.astype(dtype)
+def _block_weights(q_BxKxGxCxE: jax.Array, k_BxKxSxE: jax.Array, start: int) -> jax.Array:
+    """Return the float32 softmax weights [B, K, G, C, S] of the queries at positions start..start+C-1
+    over keys 0..S-1, where S is one past the block's last query."""
+    block, keys, head_dim = q_BxKxGxCxE.shape[3], k_BxKxSxE.shape[2], q_BxKxGxCxE.shape[-1]
+    scores_BxKxGxCxS = jnp.einsum("bkgce,bkse->bkgcs", q_BxKxGxCxE, k_BxKxSxE,
+                                  preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+    causal_CxS = (start + jnp.arange(block))[:, None] >= jnp.arange(keys)[None, :]
+    scores_BxKxGxCxS = jnp.where(causal_CxS, scores_BxKxGxCxS, MASKED_SCORE)
+    return jax.nn.softmax(scores_BxKxGxCxS, axis=-1)
 
 
-@jax.custom_vjp
-def _causal_attention(q_BxKxQxE: jax.Array, k_BxKxSxE: jax.Array, v_BxKxSxE: jax.Array) -> jax.Array:
-    return _weighted_values(_causal_weights(q_BxKxQxE, k_BxKxSxE), v_BxKxSxE, q_BxKxQxE.dtype)
+def _weighted_values(weights_BxKxGxCxS: jax.Array, v_BxKxSxE: jax.Array, dtype) -> jax.Array:
+    out_BxKxGxCxE = jnp.einsum("bkgcs,bkse->bkgce", weights_BxKxGxCxS.astype(v_BxKxSxE.dtype), v_BxKxSxE,
+                               preferred_element_type=jnp.float32)
+    return out_BxKxGxCxE.astype(dtype)
 
 
-def _causal_attention_fwd(q_BxKxQxE, k_BxKxSxE, v_BxKxSxE):
-    weights_BxKxQxS = _causal_weights(q_BxKxQxE, k_BxKxSxE)
-    out_BxKxQxE = _weighted_values(weights_BxKxQxS, v_BxKxSxE, q_BxKxQxE.dtype)
-    return out_BxKxQxE, (q_BxKxQxE, k_BxKxSxE, v_BxKxSxE, weights_BxKxQxS, out_BxKxQxE)
+def _causal_attention_fwd(q_BxKxGxLxE, k_BxKxSxE, v_BxKxSxE, query_block):
+    outs, weights = [], []
+    for start, end in _query_blocks(q_BxKxGxLxE.shape[3], query_block):
+        weights_BxKxGxCxS = _block_weights(q_BxKxGxLxE[:, :, :, start:end], k_BxKxSxE[:, :, :end], start)
+        outs.append(_weighted_values(weights_BxKxGxCxS, v_BxKxSxE[:, :, :end], q_BxKxGxLxE.dtype))
+        weights.append(weights_BxKxGxCxS)
+    out_BxKxGxLxE = jnp.concatenate(outs, axis=3)
+    return out_BxKxGxLxE, (q_BxKxGxLxE, k_BxKxSxE, v_BxKxSxE, tuple(weights), out_BxKxGxLxE)
 
 
-def _causal_attention_bwd(residuals, dout_BxKxQxE):
-    """Return the gradients of q, k and v from the saved softmax weights P.
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _causal_attention(q_BxKxGxLxE, k_BxKxSxE, v_BxKxSxE, query_block: int):
+    return _causal_attention_fwd(q_BxKxGxLxE, k_BxKxSxE, v_BxKxSxE, query_block)[0]
+
+
+def _causal_attention_bwd(query_block, residuals, dout_BxKxGxLxE):
+    """Return the gradients of q, k and v from the saved softmax weights P of every query block.
 
     With O = P V and P = softmax(S): dV = P^T dO, dP = dO V^T, and dS = P (dP - D) with D_q = sum_e dO_qe O_qe,
     the softmax gradient written with the output instead of a sum over keys (Dao et al. 2022,
-    arXiv:2205.14135, appendix B.2). Masked keys have P = 0, so their dS is 0 too. dV and dK are computed
-    transposed (dV^T = dO^T P, dK^T = Q^T dS), which reads P and dS in their own layout.
+    arXiv:2205.14135, appendix B.2). Masked keys have P = 0, so their dS is 0 too. Block i contributes to
+    the key and value gradients of keys 0..end_i only, which are added into those slots.
     """
-    q_BxKxQxE, k_BxKxSxE, v_BxKxSxE, weights_BxKxQxS, out_BxKxQxE = residuals
-    scale = 1.0 / math.sqrt(q_BxKxQxE.shape[-1])
+    q_BxKxGxLxE, k_BxKxSxE, v_BxKxSxE, weights, out_BxKxGxLxE = residuals
+    scale = 1.0 / math.sqrt(q_BxKxGxLxE.shape[-1])
     f32 = jnp.float32
-    dout_BxKxQxE = dout_BxKxQxE.astype(f32)
-    dout_BxKxExQ = jnp.swapaxes(dout_BxKxQxE, -1, -2)
-    dv_BxKxExS = jnp.matmul(dout_BxKxExQ, weights_BxKxQxS, preferred_element_type=f32)
-    dweights_BxKxQxS = jnp.matmul(dout_BxKxQxE, jnp.swapaxes(v_BxKxSxE, -1, -2).astype(f32), preferred_element_type=f32)
-    delta_BxKxQx1 = jnp.sum(dout_BxKxQxE * out_BxKxQxE.astype(f32), axis=-1, keepdims=True)
-    dscores_BxKxQxS = weights_BxKxQxS * (dweights_BxKxQxS - delta_BxKxQx1) * scale
-    dq_BxKxQxE = jnp.matmul(dscores_BxKxQxS, k_BxKxSxE.astype(f32), preferred_element_type=f32)
-    dk_BxKxExS = jnp.matmul(jnp.swapaxes(q_BxKxQxE, -1, -2).astype(f32), dscores_BxKxQxS, preferred_element_type=f32)
-    return (dq_BxKxQxE.astype(q_BxKxQxE.dtype), jnp.swapaxes(dk_BxKxExS, -1, -2).astype(k_BxKxSxE.dtype),
-            jnp.swapaxes(dv_BxKxExS, -1, -2).astype(v_BxKxSxE.dtype))
+    dout_BxKxGxLxE = dout_BxKxGxLxE.astype(f32)
+    delta_BxKxGxLx1 = jnp.sum(dout_BxKxGxLxE * out_BxKxGxLxE.astype(f32), axis=-1, keepdims=True)
+    k32_BxKxSxE, v32_BxKxSxE = k_BxKxSxE.astype(f32), v_BxKxSxE.astype(f32)
+    dq_blocks = []
+    dk_BxKxSxE = jnp.zeros(k_BxKxSxE.shape, f32)
+    dv_BxKxSxE = jnp.zeros(v_BxKxSxE.shape, f32)
+    for (start, end), weights_BxKxGxCxS in zip(_query_blocks(q_BxKxGxLxE.shape[3], query_block), weights):
+        dout_BxKxGxCxE = dout_BxKxGxLxE[:, :, :, start:end]
+        q_BxKxGxCxE = q_BxKxGxLxE[:, :, :, start:end].astype(f32)
+        dv_BxKxSxE = dv_BxKxSxE.at[:, :, :end].add(
+            jnp.einsum("bkgcs,bkgce->bkse", weights_BxKxGxCxS, dout_BxKxGxCxE, preferred_element_type=f32))
+        dweights_BxKxGxCxS = jnp.einsum("bkgce,bkse->bkgcs", dout_BxKxGxCxE, v32_BxKxSxE[:, :, :end],
+                                        preferred_element_type=f32)
+        dscores_BxKxGxCxS = weights_BxKxGxCxS * (dweights_BxKxGxCxS - delta_BxKxGxLx1[:, :, :, start:end]) * scale
+        dq_blocks.append(jnp.einsum("bkgcs,bkse->bkgce", dscores_BxKxGxCxS, k32_BxKxSxE[:, :, :end],
+                                    preferred_element_type=f32))
+        dk_BxKxSxE = dk_BxKxSxE.at[:, :, :end].add(
+            jnp.einsum("bkgcs,bkgce->bkse", dscores_BxKxGxCxS, q_BxKxGxCxE, preferred_element_type=f32))
+    dq_BxKxGxLxE = jnp.concatenate(dq_blocks, axis=3)
+    return (dq_BxKxGxLxE.astype(q_BxKxGxLxE.dtype), dk_BxKxSxE.astype(k_BxKxSxE.dtype),
+            dv_BxKxSxE.astype(v_BxKxSxE.dtype))
 
 
 _causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)

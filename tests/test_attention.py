@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.attention import attention, attention_blockwise, attention_xla
+from models.attention import attention, attention_blockwise, attention_xla, causal_attention_xla
 from models.transformer import Transformer
 from scaling.config import ModelConfig
 from scaling.errors import UserError
@@ -114,6 +114,40 @@ def test_blockwise_values_and_gradients_match_xla(key_block):
     for block_grad, xla_grad in zip(block_grads, xla_grads):
         assert np.all(np.isfinite(np.asarray(block_grad)))
         np.testing.assert_allclose(np.asarray(block_grad), np.asarray(xla_grad), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+@pytest.mark.parametrize("query_block", [1, 3, 4, 64])
+def test_query_blocks_match_full_scores(kv_heads, query_block):
+    # 10 positions: blocks of 3 leave a last block of 1, and 64 is one block holding everything.
+    q, k, v = random_qkv(heads=4, kv_heads=kv_heads, length=10, keys=10, seed=8)
+    cotangent = jnp.asarray(np.random.default_rng(9).standard_normal(q.shape), jnp.float32)
+
+    def value_and_grads(fn):
+        out, pullback = jax.vjp(fn, q, k, v)
+        return out, pullback(cotangent)
+
+    full_out, full_grads = jax.jit(lambda: value_and_grads(
+        lambda q, k, v: attention_xla(q, k, v, jnp.arange(10), jnp.ones((2, 10), bool))))()
+    block_out, block_grads = jax.jit(lambda: value_and_grads(
+        lambda q, k, v: causal_attention_xla(q, k, v, query_block)))()
+    np.testing.assert_allclose(np.asarray(block_out), np.asarray(full_out), atol=1e-6, rtol=0)
+    for name, block_grad, full_grad in zip("qkv", block_grads, full_grads):
+        np.testing.assert_allclose(np.asarray(block_grad), np.asarray(full_grad), atol=1e-5, rtol=0,
+                                   err_msg=f"gradient of {name}")
+
+
+def test_query_blocks_keep_input_dtype():
+    q, k, v = (x.astype(jnp.bfloat16) for x in random_qkv(length=6, keys=6))
+    out, pullback = jax.vjp(lambda q, k, v: causal_attention_xla(q, k, v, 4), q, k, v)
+    assert out.dtype == jnp.bfloat16
+    assert [g.dtype for g in pullback(out)] == [jnp.bfloat16] * 3
+
+
+def test_query_block_must_be_positive():
+    q, k, v = random_qkv(length=4, keys=4)
+    with pytest.raises(ValueError, match="query_block=0"):
+        causal_attention_xla(q, k, v, 0)
 
 
 SMALL = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, max_seq_len=16)
