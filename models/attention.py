@@ -143,7 +143,7 @@ def causal_attention_xla(
 
     Queries are taken in blocks of `query_block` positions, and block i reads only the keys up to its last
     query. That skips most of the masked upper triangle of the score matrix (with 4 blocks, 6 of 16 key
-    blocks), and each block's score matrix has only `query_block` rows.
+    blocks), and each block's score matrix has only `query_block` rows per query head.
     """
     batch, length, heads, head_dim = q_BxLxHxE.shape
     kv_heads = k_BxLxKxE.shape[2]
@@ -161,29 +161,39 @@ def _query_blocks(length: int, query_block: int) -> list[tuple[int, int]]:
     return [(start, min(start + query_block, length)) for start in range(0, length, query_block)]
 
 
-def _block_weights(q_BxKxGxCxE: jax.Array, k_BxKxSxE: jax.Array, start: int) -> jax.Array:
-    """Return the float32 softmax weights [B, K, G, C, S] of the queries at positions start..start+C-1
-    over keys 0..S-1, where S is one past the block's last query."""
-    block, keys, head_dim = q_BxKxGxCxE.shape[3], k_BxKxSxE.shape[2], q_BxKxGxCxE.shape[-1]
-    scores_BxKxGxCxS = jnp.einsum("bkgce,bkse->bkgcs", q_BxKxGxCxE, k_BxKxSxE,
-                                  preferred_element_type=jnp.float32) / math.sqrt(head_dim)
-    causal_CxS = (start + jnp.arange(block))[:, None] >= jnp.arange(keys)[None, :]
-    scores_BxKxGxCxS = jnp.where(causal_CxS, scores_BxKxGxCxS, MASKED_SCORE)
-    return jax.nn.softmax(scores_BxKxGxCxS, axis=-1)
+def _block_rows(x_BxKxGxCxE: jax.Array) -> jax.Array:
+    """Return a block [B, K, G, C, E] as [B, K, G C, E]: the G query heads of a key/value head stacked."""
+    batch, kv_heads, groups, block, head_dim = x_BxKxGxCxE.shape
+    return x_BxKxGxCxE.reshape(batch, kv_heads, groups * block, head_dim)
 
 
-def _weighted_values(weights_BxKxGxCxS: jax.Array, v_BxKxSxE: jax.Array, dtype) -> jax.Array:
-    out_BxKxGxCxE = jnp.einsum("bkgcs,bkse->bkgce", weights_BxKxGxCxS.astype(v_BxKxSxE.dtype), v_BxKxSxE,
-                               preferred_element_type=jnp.float32)
-    return out_BxKxGxCxE.astype(dtype)
+def _block_weights(q_BxKxRxE: jax.Array, k_BxKxSxE: jax.Array, start: int, block: int) -> jax.Array:
+    """Return the float32 softmax weights [B, K, R, S] of one query block over keys 0..S-1.
+
+    Row r of `q_BxKxRxE` (R = G C) is the query at position start + r mod C, and S is one past the block's
+    last position.
+    """
+    rows, keys, head_dim = q_BxKxRxE.shape[2], k_BxKxSxE.shape[2], q_BxKxRxE.shape[-1]
+    scores_BxKxRxS = jnp.matmul(q_BxKxRxE, jnp.swapaxes(k_BxKxSxE, -1, -2),
+                                preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+    causal_RxS = (start + jnp.arange(rows) % block)[:, None] >= jnp.arange(keys)[None, :]
+    scores_BxKxRxS = jnp.where(causal_RxS, scores_BxKxRxS, MASKED_SCORE)
+    return jax.nn.softmax(scores_BxKxRxS, axis=-1)
+
+
+def _weighted_values(weights_BxKxRxS: jax.Array, v_BxKxSxE: jax.Array, dtype) -> jax.Array:
+    out_BxKxRxE = jnp.matmul(weights_BxKxRxS.astype(v_BxKxSxE.dtype), v_BxKxSxE, preferred_element_type=jnp.float32)
+    return out_BxKxRxE.astype(dtype)
 
 
 def _causal_attention_fwd(q_BxKxGxLxE, k_BxKxSxE, v_BxKxSxE, query_block):
     outs, weights = [], []
     for start, end in _query_blocks(q_BxKxGxLxE.shape[3], query_block):
-        weights_BxKxGxCxS = _block_weights(q_BxKxGxLxE[:, :, :, start:end], k_BxKxSxE[:, :, :end], start)
-        outs.append(_weighted_values(weights_BxKxGxCxS, v_BxKxSxE[:, :, :end], q_BxKxGxLxE.dtype))
-        weights.append(weights_BxKxGxCxS)
+        q_BxKxRxE = _block_rows(q_BxKxGxLxE[:, :, :, start:end])
+        weights_BxKxRxS = _block_weights(q_BxKxRxE, k_BxKxSxE[:, :, :end], start, end - start)
+        out_BxKxRxE = _weighted_values(weights_BxKxRxS, v_BxKxSxE[:, :, :end], q_BxKxGxLxE.dtype)
+        outs.append(out_BxKxRxE.reshape(*q_BxKxGxLxE.shape[:3], end - start, q_BxKxGxLxE.shape[-1]))
+        weights.append(weights_BxKxRxS)
     out_BxKxGxLxE = jnp.concatenate(outs, axis=3)
     return out_BxKxGxLxE, (q_BxKxGxLxE, k_BxKxSxE, v_BxKxSxE, tuple(weights), out_BxKxGxLxE)
 
@@ -198,8 +208,9 @@ def _causal_attention_bwd(query_block, residuals, dout_BxKxGxLxE):
 
     With O = P V and P = softmax(S): dV = P^T dO, dP = dO V^T, and dS = P (dP - D) with D_q = sum_e dO_qe O_qe,
     the softmax gradient written with the output instead of a sum over keys (Dao et al. 2022,
-    arXiv:2205.14135, appendix B.2). Masked keys have P = 0, so their dS is 0 too. Block i contributes to
-    the key and value gradients of keys 0..end_i only, which are added into those slots.
+    arXiv:2205.14135, appendix B.2). Masked keys have P = 0, so their dS is 0 too. dV and dK are computed
+    transposed (dV^T = dO^T P, dK^T = Q^T dS), which reads P and dS in their own layout. Block i contributes
+    to the gradients of keys 0..end_i only, padded with zeros to all keys before adding.
     """
     q_BxKxGxLxE, k_BxKxSxE, v_BxKxSxE, weights, out_BxKxGxLxE = residuals
     scale = 1.0 / math.sqrt(q_BxKxGxLxE.shape[-1])
@@ -207,24 +218,40 @@ def _causal_attention_bwd(query_block, residuals, dout_BxKxGxLxE):
     dout_BxKxGxLxE = dout_BxKxGxLxE.astype(f32)
     delta_BxKxGxLx1 = jnp.sum(dout_BxKxGxLxE * out_BxKxGxLxE.astype(f32), axis=-1, keepdims=True)
     k32_BxKxSxE, v32_BxKxSxE = k_BxKxSxE.astype(f32), v_BxKxSxE.astype(f32)
+    keys = k_BxKxSxE.shape[2]
     dq_blocks = []
-    dk_BxKxSxE = jnp.zeros(k_BxKxSxE.shape, f32)
-    dv_BxKxSxE = jnp.zeros(v_BxKxSxE.shape, f32)
-    for (start, end), weights_BxKxGxCxS in zip(_query_blocks(q_BxKxGxLxE.shape[3], query_block), weights):
-        dout_BxKxGxCxE = dout_BxKxGxLxE[:, :, :, start:end]
-        q_BxKxGxCxE = q_BxKxGxLxE[:, :, :, start:end].astype(f32)
-        dv_BxKxSxE = dv_BxKxSxE.at[:, :, :end].add(
-            jnp.einsum("bkgcs,bkgce->bkse", weights_BxKxGxCxS, dout_BxKxGxCxE, preferred_element_type=f32))
-        dweights_BxKxGxCxS = jnp.einsum("bkgce,bkse->bkgcs", dout_BxKxGxCxE, v32_BxKxSxE[:, :, :end],
-                                        preferred_element_type=f32)
-        dscores_BxKxGxCxS = weights_BxKxGxCxS * (dweights_BxKxGxCxS - delta_BxKxGxLx1[:, :, :, start:end]) * scale
-        dq_blocks.append(jnp.einsum("bkgcs,bkse->bkgce", dscores_BxKxGxCxS, k32_BxKxSxE[:, :, :end],
-                                    preferred_element_type=f32))
-        dk_BxKxSxE = dk_BxKxSxE.at[:, :, :end].add(
-            jnp.einsum("bkgcs,bkgce->bkse", dscores_BxKxGxCxS, q_BxKxGxCxE, preferred_element_type=f32))
+    dk_BxKxExS = jnp.zeros(jnp.swapaxes(k_BxKxSxE, -1, -2).shape, f32)
+    dv_BxKxExS = jnp.zeros(jnp.swapaxes(v_BxKxSxE, -1, -2).shape, f32)
+    for (start, end), weights_BxKxRxS in zip(_query_blocks(q_BxKxGxLxE.shape[3], query_block), weights):
+        dout_BxKxRxE = _block_rows(dout_BxKxGxLxE[:, :, :, start:end])
+        q_BxKxRxE = _block_rows(q_BxKxGxLxE[:, :, :, start:end]).astype(f32)
+        delta_BxKxRx1 = _block_rows(delta_BxKxGxLx1[:, :, :, start:end])
+
+        dv_BxKxExS = dv_BxKxExS + _pad_keys(
+            jnp.matmul(jnp.swapaxes(dout_BxKxRxE, -1, -2), weights_BxKxRxS, preferred_element_type=f32), keys)
+        dweights_BxKxRxS = jnp.matmul(dout_BxKxRxE, jnp.swapaxes(v32_BxKxSxE[:, :, :end], -1, -2),
+                                      preferred_element_type=f32)
+        dscores_BxKxRxS = weights_BxKxRxS * (dweights_BxKxRxS - delta_BxKxRx1) * scale
+        dq_BxKxRxE = jnp.matmul(dscores_BxKxRxS, k32_BxKxSxE[:, :, :end], preferred_element_type=f32)
+        dq_blocks.append(dq_BxKxRxE.reshape(*q_BxKxGxLxE.shape[:3], end - start, q_BxKxGxLxE.shape[-1]))
+        dk_BxKxExS = dk_BxKxExS + _pad_keys(
+            jnp.matmul(jnp.swapaxes(q_BxKxRxE, -1, -2), dscores_BxKxRxS, preferred_element_type=f32), keys)
+
     dq_BxKxGxLxE = jnp.concatenate(dq_blocks, axis=3)
-    return (dq_BxKxGxLxE.astype(q_BxKxGxLxE.dtype), dk_BxKxSxE.astype(k_BxKxSxE.dtype),
-            dv_BxKxSxE.astype(v_BxKxSxE.dtype))
+    return (dq_BxKxGxLxE.astype(q_BxKxGxLxE.dtype), jnp.swapaxes(dk_BxKxExS, -1, -2).astype(k_BxKxSxE.dtype),
+            jnp.swapaxes(dv_BxKxExS, -1, -2).astype(v_BxKxSxE.dtype))
+
+
+def _pad_keys(x_BxKxExS: jax.Array, keys: int) -> jax.Array:
+    """Return `x_BxKxExS` padded with zeros after its last key up to `keys` keys.
+
+    Adding padded blocks compiles to fused loops, where `.at[..., :end].add` compiled to a slower scatter
+    on the CPU.
+    """
+    missing = keys - x_BxKxExS.shape[-1]
+    if missing == 0:
+        return x_BxKxExS
+    return jnp.pad(x_BxKxExS, ((0, 0), (0, 0), (0, 0), (0, missing)))
 
 
 _causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
