@@ -19,6 +19,9 @@ SETTLE_S before each so that the previous engine's threads have stopped spinning
 run is reported: other processes on a shared machine can only slow a run down, never speed it up. The
 spread (slowest over fastest) is printed beside it.
 Set XLA_FLAGS before starting to compare XLA settings: the script records the flags it ran with.
+The script keeps freed host memory in the heap for the whole process, PyTorch included, when the largest
+size's step needs it, as `scaling.train.train` does (scaling/host_memory.py). SCALING_KEEP_FREED_MEMORY=0
+measures both engines with glibc's defaults instead, and `kept_freed_memory` in the output says which ran.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ import numpy as np  # noqa: E402
 
 from scaling.accounting import parameter_counts, training_flops_per_token  # noqa: E402
 from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig  # noqa: E402
+from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory  # noqa: E402
 from scaling.schedule import schedule_values  # noqa: E402
 from scaling.train import Trainer  # noqa: E402
 
@@ -266,9 +270,11 @@ def TorchDecoder(model: ModelConfig):  # noqa: N802 - builds a torch.nn.Module c
 
 def measure(args: argparse.Namespace) -> dict:
     use_torch = not args.no_torch
+    sizes = [int(size) for size in args.sizes.split(",")]
+    # Before the first JAX computation starts XLA's threads.
+    keep_freed_memory(max(estimated_step_temp_bytes(train_config(model_config(d, args), args, 1)) for d in sizes))
     peaks = matmul_peak(args.threads, use_torch)
     peak = max(peaks.values())
-    sizes = [int(size) for size in args.sizes.split(",")]
     results = []
     for d_model in sizes:
         model = model_config(d_model, args)
@@ -328,6 +334,7 @@ def measure(args: argparse.Namespace) -> dict:
         "machine": cpu_model(),
         "threads": args.threads,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "kept_freed_memory": keep_freed_memory(),
         "jax": jax.__version__,
         "torch": _torch_version() if use_torch else None,
         "batch": args.batch,

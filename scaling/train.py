@@ -34,7 +34,7 @@ from scaling.checkpoint import Checkpointer, abstract_like
 from scaling.config import TrainConfig, same_run
 from scaling.data import PreparedCorpus, batch_at, epochs_for, predicted_bytes, validation_windows
 from scaling.errors import UserError
-from scaling.host_memory import release_freed_memory
+from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory, release_freed_memory
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_lock import RunLock
 from scaling.run_store import RunDir
@@ -268,6 +268,7 @@ class Trainer:
 
 def train(config: TrainConfig, runs_root: str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
     """Train (or resume, or skip if completed) the run `config` describes; return its summary."""
+    keep_freed_memory(estimated_step_temp_bytes(config))  # before JAX starts its threads (scaling/host_memory.py)
     initialize_distributed()  # several processes (SLURM, Open MPI, JAX_* variables): before any JAX backend starts
     root = resolve_runs_root(runs_root)
     run_dir = RunDir.at(root, config.sweep, config.run_id)
