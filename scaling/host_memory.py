@@ -64,9 +64,7 @@ def keep_freed_memory(step_temp_bytes: int | None = None) -> bool:
     global _applied, _libc
     if _applied is not None:
         return _applied
-    switch = os.environ.get(SWITCH_ENV, "auto").strip().lower()
-    if switch not in ("0", "1", "auto"):
-        raise UserError(f"invalid {SWITCH_ENV}={switch!r}: use 1, 0 or auto, or unset it to decide by model size")
+    switch = switch_setting()
     apply = switch == "1" or (switch == "auto" and (step_temp_bytes or 0) >= LARGE_BLOCK_BYTES)
     _applied = False
     if not apply or not sys.platform.startswith("linux"):
@@ -81,6 +79,14 @@ def keep_freed_memory(step_temp_bytes: int | None = None) -> bool:
     _applied = all(mallopt(parameter, value) == 1 for parameter, value in SETTINGS.items())
     log.info("keeping freed host memory in the heap (step temporaries about %.0f MB)", (step_temp_bytes or 0) / 2**20)
     return _applied
+
+
+def switch_setting() -> str:
+    """Return SCALING_KEEP_FREED_MEMORY as "1", "0" or "auto" (unset); raise UserError for any other value."""
+    switch = os.environ.get(SWITCH_ENV, "auto").strip().lower()
+    if switch not in ("0", "1", "auto"):
+        raise UserError(f"invalid {SWITCH_ENV}={switch!r}: use 1, 0 or auto, or unset it to decide by model size")
+    return switch
 
 
 def estimated_step_temp_bytes(config: TrainConfig) -> int:

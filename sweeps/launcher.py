@@ -38,6 +38,7 @@ from rich.table import Table
 
 from scaling.config import parse_mesh, same_run
 from scaling.errors import UserError
+from scaling.host_memory import switch_setting
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_store import RunDir, read_json
 from sweeps.numbers import human_count
@@ -282,6 +283,7 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
     todo.sort(key=lambda run: weights[run.run_id], reverse=True)
     slots = split_cores(workers)
     check_meshes_fit(todo, slots[0])
+    switch_setting()  # a bad SCALING_KEEP_FREED_MEMORY would fail every run in its worker
     log.info("sweep %s: %d runs, %d to run on %d workers (cores %s)", spec.name, len(runs), len(todo), len(slots),
              " | ".join(",".join(map(str, slot.cores)) for slot in slots))
 

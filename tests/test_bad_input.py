@@ -319,6 +319,19 @@ def test_sweep_mesh_larger_than_the_machine(capsys, tmp_path):
     assert not [path for path in (tmp_path / "runs").glob("*/*") if not path.parent.name.startswith("_")]
 
 
+def test_sweep_bad_memory_switch(capsys, tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "heapq.py").write_bytes((Path(sysconfig.get_paths()["stdlib"]) / "heapq.py").read_bytes())
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_HEAD.replace("python-stdlib", str(source)) + "isoflop: {budgets: [1e10], params: [1e4]}\n")
+    monkeypatch.setenv("SCALING_KEEP_FREED_MEMORY", "yes")
+
+    status, stderr = cli(capsys, "sweep", "launch", spec, "--runs", tmp_path / "runs", "--no-progress")
+    assert_user_error(status, stderr, "invalid SCALING_KEEP_FREED_MEMORY='yes'", "use 1, 0 or auto")
+    assert not [path for path in (tmp_path / "runs").glob("*/*") if not path.parent.name.startswith("_")]
+
+
 # Fits and questions
 
 
