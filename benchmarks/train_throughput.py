@@ -21,7 +21,7 @@ spread (slowest over fastest) is printed beside it.
 Set XLA_FLAGS before starting to compare XLA settings: the script records the flags it ran with.
 The script keeps freed host memory in the heap for the whole process, PyTorch included, when the largest
 size's step needs it, as `scaling.train.train` does (scaling/host_memory.py). SCALING_KEEP_FREED_MEMORY=0
-measures both engines with glibc's defaults instead, and `kept_freed_memory` in the output says which ran.
+measures both engines with glibc's defaults instead, and `kept_freed_memory` in the output records which ran.
 """
 
 from __future__ import annotations

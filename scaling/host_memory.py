@@ -1,17 +1,19 @@
 """Keep the host memory that XLA:CPU frees, so that each training step does not page-fault its buffers in again.
 
-glibc's malloc serves large blocks with fresh `mmap` pages (and every thread other than the main one from a
-separate arena that does the same above 64 MB), and gives them back to the kernel on `free`. XLA:CPU allocates
-the large buffers of a compiled step for each call, so the kernel maps and zeroes them again at every step. At
-d_model 512 on 2 cores that was 165,000 page faults (645 MB) and 0.25 s of system CPU time per training step.
-A [128, 256, 256] batched score product alone ran 5x slower than with its memory kept (docs/benchmarks.md,
-"Training throughput"). The settings here make every thread allocate from the main heap and never shrink it,
-so freed blocks are reused without faults. The process keeps its peak heap until it exits, which suits a
-training or sweep worker process. `release_freed_memory` hands back what is free after a run's first step,
-when compiling (and, in a sweep worker, the previous run) has left the heap larger than the steps need.
+glibc's malloc serves large blocks with fresh `mmap` pages and gives them back to the kernel on `free`.
+XLA:CPU allocates the large buffers of a compiled step for each call, so the kernel maps and zeroes them
+again at every step. At d_model 512 on 2 cores that was 165,000 page faults (645 MB) and 0.25 s of system
+CPU time per training step. A [128, 256, 256] batched score product alone ran 5x slower than with its
+memory kept (docs/benchmarks.md, "Training throughput"). Turning off `mmap` blocks and trimming alone did
+not speed up that step, presumably because XLA's threads allocate from arenas of their own. The settings
+here make every thread allocate from the main heap and never shrink it, so freed blocks are reused without
+faults. The process keeps its peak heap until it exits, which suits a training or sweep worker process.
+`release_freed_memory` hands back what is free after a run's first step, when compiling (and, in a sweep
+worker, the previous run) has left the heap larger than the steps need.
 
 The settings only help a step whose temporary buffers exceed glibc's largest `mmap` threshold (32 MB on
-64-bit systems): below it glibc raises the threshold as blocks are freed, and they stop faulting anyway.
+64-bit systems, mallopt(3)). Below it glibc raises the threshold as blocks are freed, so they stop faulting
+anyway.
 There the single arena only costs: the demo sweep's models (temporaries of 8-22 MB, one core) ran 10-20%
 slower with it, probably because XLA's threads then share one lock. `train()` therefore applies the
 settings when `estimated_step_temp_bytes` reaches that threshold. SCALING_KEEP_FREED_MEMORY=1 applies them
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SWITCH_ENV = "SCALING_KEEP_FREED_MEMORY"  # "1": always, "0": never, unset or "auto": by step size
-LARGE_BLOCK_BYTES = 32 * 2**20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit systems
+LARGE_BLOCK_BYTES = 32 * 2**20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit systems (mallopt(3))
 
 # mallopt(3) parameters, from glibc's malloc.h.
 M_TRIM_THRESHOLD = -1
