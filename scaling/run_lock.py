@@ -36,9 +36,11 @@ class RunLock:
         self.run_path = Path(run_path)
         self.path = self.run_path / LOCK_NAME
         self.handle = None
+        self.created: list[Path] = []  # folders this lock made, deepest first
 
     def acquire(self) -> None:
         """Take the lock, or raise RunLocked naming the live holder."""
+        self.created = [folder for folder in (self.run_path, *self.run_path.parents) if not folder.exists()]
         self.run_path.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")
         try:
@@ -55,10 +57,19 @@ class RunLock:
         self.handle = handle
 
     def release(self) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
+        if self.handle is None:
+            return
+        if self.created and [path.name for path in self.run_path.iterdir()] == [LOCK_NAME]:
+            # Rejected before it wrote anything (a bad config, for example): leave no folder that looks like a run.
+            self.path.unlink(missing_ok=True)
+            for folder in self.created:
+                try:
+                    folder.rmdir()
+                except OSError:  # another process has put something there since
+                    break
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+        self.handle = None
 
     def __enter__(self) -> RunLock:
         self.acquire()

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 from scaling.paths import DATA_FOLDER
 
-STATUSES = ("running", "completed", "diverged", "failed")
+STATUSES = ("running", "interrupted", "completed", "diverged", "failed")
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

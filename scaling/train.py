@@ -364,11 +364,17 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     try:
         summary = _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpointer, tracker,
                         progress, wall_before, started, setup_s=started - entered)
+    except KeyboardInterrupt:
+        # Ctrl-C, or a launcher stopping its workers. The summary keeps the progress of the newest checkpoint,
+        # where the next attempt resumes, and marks the run as no longer live.
+        run_dir.write_summary({**(run_dir.summary() or summary), "status": "interrupted"})
+        tracker.finish(exit_code=130)
+        checkpointer.close()
+        raise
     except BaseException as error:
-        if not isinstance(error, KeyboardInterrupt):
-            summary = {**summary, "status": "failed", "error": f"{type(error).__name__}: {error}",
-                       "wall_time_s": wall_before + time.time() - started}
-            run_dir.write_summary(summary)
+        summary = {**summary, "status": "failed", "error": f"{type(error).__name__}: {error}",
+                   "wall_time_s": wall_before + time.time() - started}
+        run_dir.write_summary(summary)
         tracker.finish(exit_code=1)
         checkpointer.close()
         raise

@@ -169,6 +169,10 @@ def outcome_from_exit(run: Any, root: Path, returncode: int, cpu_s: float, wall_
     if status == "diverged":
         log.error("run %s diverged at step %s; see %s", run.run_id, summary.get("diverged_step"), log_path)
         return RunOutcome(run, "diverged", summary, wall_s, log_path, cpu_s)
+    if status == "interrupted":
+        log.warning("run %s interrupted on %s at step %s; rerun the launch to resume it", run.run_id, host,
+                    summary.get("steps_done"))
+        return RunOutcome(run, "interrupted", summary, wall_s, log_path, cpu_s)
     if returncode == EXIT_LOCKED:
         return failed_outcome(run, root, f"run is being trained by another process; see {log_path}", write=False)
     error = (summary or {}).get("error") or f"worker {_exit_reason(returncode)} on {host}; see {log_path}"

@@ -59,7 +59,7 @@ class RunOutcome:
     """The end state of one run of the sweep in this launch."""
 
     run: PlannedRun
-    status: str  # "completed", "skipped" (completed before this launch), "diverged" or "failed"
+    status: str  # "completed", "skipped" (completed before this launch), "diverged", "interrupted" or "failed"
     summary: dict[str, Any]  # the run's summary.json, or a stand-in when the worker could not write one
     wall_s: float  # seconds of this launch spent on the run (0 when skipped)
     log_path: Path | None  # the run's log, None when skipped
@@ -418,6 +418,11 @@ def _finish(entry: _Active, returncode: int, cpu_s: float, runs_root: Path, repl
         log.error("run %s diverged at step %s; see %s", run.run_id, summary.get("diverged_step"), entry.log_path)
         return RunOutcome(run, "diverged", summary, wall, entry.log_path, cpu_s)
 
+    if status == "interrupted":  # its worker was stopped by a signal; its checkpoints stay for a relaunch
+        log.warning("run %s interrupted at step %s; rerun the launch to resume it", run.run_id,
+                    summary.get("steps_done"))
+        return RunOutcome(run, "interrupted", summary, wall, entry.log_path, cpu_s)
+
     reason = _run_status_reason(returncode) if replied else f"worker {_exit_reason(returncode)}"
     if returncode == EXIT_LOCKED:
         # Another live process owns the run and its summary: report it here, leave the store alone.
@@ -614,6 +619,8 @@ def outcomes_table(spec: SweepSpec, outcomes: list[RunOutcome]) -> Table:
         status = "done earlier" if outcome.status == "skipped" else outcome.status
         if outcome.status in ("failed", "diverged"):
             status = f"[bold red]{status}[/]"
+        elif outcome.status == "interrupted":
+            status = f"[bold yellow]{status}[/]"
         table.add_row(outcome.run.run_id, human_count(outcome.run.params_total), human_count(outcome.run.tokens),
                       status, f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",
                       f"{wall:.0f} s" if isinstance(wall, (int, float)) else "-",

@@ -110,7 +110,7 @@ def test_corpus_smaller_than_a_batch(capsys, tmp_path):
     config = write_config(tmp_path / "c.json", **train_config(corpus, "small"))
     status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress")
     assert_user_error(status, stderr, "181 training tokens", "fewer than one batch", "= 257")  # 180 bytes + EOT
-    assert not RunDir.at(tmp_path / "runs", "bad", "small").config_path.exists()  # nothing of the run written
+    assert not (tmp_path / "runs").exists()  # nothing of the run written, not even its folder or lock
 
 
 def test_validation_split_smaller_than_a_sequence(capsys, tmp_path):
@@ -120,7 +120,7 @@ def test_validation_split_smaller_than_a_sequence(capsys, tmp_path):
     config = write_config(tmp_path / "c.json", **train_config(corpus, "one"))
     status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress")
     assert_user_error(status, stderr, "validation tokens", "--val-fraction")
-    assert not RunDir.at(tmp_path / "runs", "bad", "one").config_path.exists()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_non_utf8_bytes_are_decoded_with_replacement(capsys, tmp_path, caplog):
@@ -153,7 +153,7 @@ def test_token_budget_above_max_epochs_is_refused(capsys, tmp_path, text_corpus)
     config = write_config(tmp_path / "c.json", **train_config(text_corpus, "epochs", tokens=3 * meta["tokens"]["train"]))
     status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress", "--max-epochs", "1")
     assert_user_error(status, stderr, "above max_epochs=1.0", "epochs over the corpus")
-    assert not (tmp_path / "runs" / "bad" / "epochs" / "config.json").exists()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_resume_on_another_corpus_is_refused(capsys, tmp_path):
@@ -204,7 +204,7 @@ def test_mesh_larger_than_the_machine(capsys, tmp_path, text_corpus):
     config = write_config(tmp_path / "c.json", **train_config(text_corpus, "mesh"))
     status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress", "--mesh", "fsdp=8")
     assert_user_error(status, stderr, "mesh fsdp=8 asks for 8 devices, but JAX sees", "or fewer")
-    assert not RunDir.at(tmp_path / "runs", "bad", "mesh").config_path.exists()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_bad_mesh_environment_variable(capsys, tmp_path, text_corpus, monkeypatch):
@@ -212,7 +212,7 @@ def test_bad_mesh_environment_variable(capsys, tmp_path, text_corpus, monkeypatc
     config = write_config(tmp_path / "c.json", **train_config(text_corpus, "mesh"))
     status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress")
     assert_user_error(status, stderr, "SCALING_MESH 'data=two' is not data=N or fsdp=N")
-    assert not RunDir.at(tmp_path / "runs", "bad", "mesh").config_path.exists()
+    assert not (tmp_path / "runs").exists()
 
 
 # Model shapes

@@ -113,6 +113,38 @@ def test_killed_twice_and_torn_metrics_line(small_corpus, tmp_path, reference):
     assert_equals_reference(run, summary, reference)
 
 
+def test_ctrl_c_interrupted_then_resumed(small_corpus, tmp_path, reference, monkeypatch):
+    """Ctrl-C at step 33 (KeyboardInterrupt raised where the step's batch is read). summary.json records
+    "interrupted" with the progress of checkpoint 20, the lock is free, and the next attempt resumes from 20
+    and ends equal to the uninterrupted run."""
+    import scaling.train as train_module
+
+    config = fault_config(small_corpus, "ctrl-c", wandb_mode="disabled")
+    run = RunDir.at(tmp_path, "faults", "ctrl-c")
+    real_batch_at = train_module.batch_at
+
+    def batch_at(tokens, step, **kwargs):
+        if step == 33:
+            raise KeyboardInterrupt
+        return real_batch_at(tokens, step, **kwargs)
+
+    monkeypatch.setattr(train_module, "batch_at", batch_at)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, progress=False)
+    monkeypatch.undo()
+
+    interrupted = run.summary()
+    assert interrupted["status"] == "interrupted"
+    assert interrupted["steps_done"] == 20
+    assert interrupted["tokens_seen"] == 20 * 32 * 8
+    assert interrupted["error"] is None
+    assert interrupted["final_val_loss"] is None
+    assert finished_steps(run.checkpoint_dir) == [20]
+
+    summary = train(config, tmp_path, progress=False)  # would raise RunLocked if the lock were still held
+    assert_equals_reference(run, summary, reference)
+
+
 @pytest.mark.slow
 def test_random_kills_equal_uninterrupted(small_corpus, tmp_path, reference):
     """Five kills at random points and kinds, each attempt resuming the last; the end is bitwise equal."""

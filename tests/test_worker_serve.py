@@ -249,8 +249,8 @@ def test_interrupt_stops_workers_and_relaunch_resumes(stop_signal, corpus_dir, t
         if log_path.exists():
             log_text = log_path.read_text()
             pids.update(worker_pids(log_text))
-            # Interrupted, never failed: "running" after its first summary write, no summary before it.
-            assert RunDir.at(runs, "int", run_id).status() in ("running", None), log_text
+            # Interrupted, never failed: "interrupted" after its first summary write, no summary before it.
+            assert RunDir.at(runs, "int", run_id).status() in ("interrupted", None), log_text
             assert "interrupted" in log_text or "KeyboardInterrupt" in log_text, log_text
     assert pids
     for pid in pids.values():
@@ -260,3 +260,45 @@ def test_interrupt_stops_workers_and_relaunch_resumes(stop_signal, corpus_dir, t
     relaunch = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     assert all(RunDir.at(runs, "int", run_id).status() == "completed" for run_id in run_ids)
+
+
+def test_interrupted_worker_run_resumes(corpus_dir, tmp_path):  # noqa: F811
+    """SIGINT to a worker alone (not the launcher): its run ends "interrupted" with its checkpoints, the
+    launcher reports it as unfinished (exit 1), and a relaunch completes it."""
+    path = tmp_path / "one.yaml"
+    raw = tiny_raw(corpus_dir, name="one", grid={"params": ["4K"], "tokens": ["1.6e5"]},
+                   train={"seq_len": 32, "batch_size": 4, "eval_tokens": 512, "wandb_mode": "disabled",
+                          "checkpoint_interval": 20})
+    path.write_text(yaml.safe_dump(raw))
+    runs = tmp_path / "runs"
+    (run,) = expand(parse_spec(raw), runs)
+    log_path = runs / "one" / LOGS_FOLDER / f"{run.run_id}.log"
+    command = [sys.executable, "-c", LAUNCH, "sweep", "launch", str(path), "--runs", str(runs), "--no-progress",
+               "--workers", "1"]
+    launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    try:
+        while not (RunDir.at(runs, "one", run.run_id).summary() or {}).get("steps_done"):
+            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        os.kill(worker_pids(log_path.read_text())[run.run_id], signal.SIGINT)
+        stdout, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+    assert launcher.returncode == 1, stderr[-3000:]
+    assert f"run {run.run_id} interrupted at step" in stderr
+    assert "interrupted" in stdout  # the final table
+    summary = RunDir.at(runs, "one", run.run_id).summary()
+    assert summary["status"] == "interrupted"
+    assert summary["error"] is None
+    assert summary["steps_done"] > 0
+    assert summary["steps_done"] % 20 == 0  # the progress of the newest checkpoint
+
+    relaunch = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert f"resumes from step {summary['steps_done']}" in log_path.read_text()
+    assert RunDir.at(runs, "one", run.run_id).status() == "completed"
