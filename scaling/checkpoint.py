@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ class Checkpointer:
         Readers leave the folder as it is. Returns None when no checkpoint can be restored. Raises
         UserError when a checkpoint is readable but contains a differently shaped state.
         """
+        _ignore_late_read_callbacks()  # before any read: the first callbacks may fail while the error propagates
         unreadable: list[int] = []
         restored = None
         for step in reversed(self.steps()):
@@ -96,7 +98,7 @@ class Checkpointer:
     def _skip(self, step: int, error: Exception, unreadable: list[int]) -> None:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         log.warning("checkpoint at step %d in %s is unreadable (%s); trying an older one", step, self.directory,
-                    first_line[:300])
+                    first_line[:200])
         unreadable.append(step)
         self._reopen()
 
@@ -134,6 +136,28 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _ignore_late_read_callbacks() -> None:
+    """Drop the "Event loop is closed" errors that the reads of a failed restore raise after it ends.
+
+    When one array of a step fails to read, Orbax closes its event loop while TensorStore still has the
+    step's other reads in flight. Each of those then fails to schedule its callback, and Python would print
+    one traceback per array (dozens). They carry nothing beyond the warning `_skip` logs, so from the first
+    restore on, this process's unraisable-exception hook ignores exactly that error and passes on every other.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "ignores_closed_event_loop", False):
+        return
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.ignores_closed_event_loop = True
+    sys.unraisablehook = hook
 
 
 def abstract_like(state: Any) -> Any:

@@ -163,7 +163,7 @@ def test_random_kills_equal_uninterrupted(small_corpus, tmp_path, reference):
     assert_equals_reference(run, summary, reference)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_faults_checkpoint.py
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # see test_faults_checkpoint.py
 def test_resume_past_damaged_checkpoint(small_corpus, tmp_path, reference, caplog):
     """Checkpoints 20 and 40 finished, then 40 truncated. The resume uses 20 and warns naming 40. It saves
     40 again and ends equal to the uninterrupted run."""
