@@ -277,6 +277,29 @@ def same_run(recorded: Any, config: TrainConfig) -> bool:
     return run_identity(recorded) == run_identity(json.loads(json.dumps(config.to_dict())))
 
 
+def config_differences(recorded: Any, config: TrainConfig, limit: int = 3) -> str:
+    """Return the first `limit` keys where `recorded` (a config.json "config") and `config` differ, as
+    "model.d_model 64 -> 96; seed 0 -> 1" (recorded value first); layout fields are left out."""
+    if not isinstance(recorded, dict):
+        return "the recorded config is not a mapping"
+    old_flat = _flatten(run_identity(recorded))
+    new_flat = _flatten(run_identity(json.loads(json.dumps(config.to_dict()))))
+    keys = [key for key in sorted(set(old_flat) | set(new_flat)) if old_flat.get(key) != new_flat.get(key)]
+    shown = [f"{key} {old_flat.get(key, '(absent)')} -> {new_flat.get(key, '(absent)')}" for key in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(shown) + more
+
+
+def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _build(cls: type, raw: dict[str, Any], where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
@@ -314,14 +337,24 @@ def _number_from_text(text: str, where: str) -> float:
     return number
 
 
+_CONFIG_KEY_PREFIX = {"TrainConfig": "", "ModelConfig": "model.", "OptimizerConfig": "optimizer.",
+                      "DataConfig": "data."}  # where each dataclass's fields sit in a config file
+
+
+def _config_key(config: Any, name: str) -> str:
+    """Return the key of field `name` as a config file writes it, e.g. "model.d_model" or "tokens"."""
+    return _CONFIG_KEY_PREFIX.get(type(config).__name__, f"{type(config).__name__}.") + name
+
+
 def _require_positive(config: Any, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise UserError(f"{type(config).__name__}.{name}={value!r} must be a positive integer")
+            raise UserError(f"{_config_key(config, name)}={value!r} must be a positive integer, such as 64, 2e6 "
+                            "or 2M")
 
 
 def _require_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
     value = getattr(config, name)
     if value not in choices:
-        raise UserError(f"{type(config).__name__}.{name}={value!r} is not one of: {', '.join(choices)}")
+        raise UserError(f"{_config_key(config, name)}={value!r} is not one of: {', '.join(choices)}")

@@ -157,8 +157,14 @@ class PreparedCorpus:
     def load(cls, path: str | Path) -> PreparedCorpus:
         """Open the prepared corpus at `path`; raises UserError when the folder is missing or incomplete."""
         path = Path(path).expanduser()
-        if not path.is_dir():
+        if path.is_file() and path.parent.joinpath(META_FILE).is_file():
+            raise UserError(f"data.path {path} is a file of a prepared corpus; set data.path to its folder "
+                            f"{path.parent}")
+        if not path.is_dir() and path.is_absolute():
             raise UserError(f"prepared corpus folder {path} does not exist; {PREPARE_HINT}")
+        if not path.is_dir():  # relative paths are read from the current folder, not from the config file's
+            raise UserError(f"prepared corpus folder {path} does not exist in the current folder ({path.absolute()}); "
+                            f"run from the folder it is relative to, give an absolute path, or {PREPARE_HINT}")
         meta = _read_meta(path)
         if meta is None:
             raise UserError(f"{path} is not a prepared corpus ({META_FILE} is missing or unreadable); {PREPARE_HINT}")

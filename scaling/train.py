@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from models.transformer import Transformer, next_token_loss
 from scaling.accounting import parameter_counts, training_flops_per_token
 from scaling.checkpoint import Checkpointer, abstract_like
-from scaling.config import TrainConfig, same_run
+from scaling.config import TrainConfig, config_differences, same_run
 from scaling.data import PreparedCorpus, batch_at, epochs_for, predicted_bytes, validation_windows
 from scaling.errors import UserError
 from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory, release_freed_memory
@@ -565,7 +565,8 @@ def _check_same_config(run_dir: RunDir, config: TrainConfig) -> None:
     """Reject starting a run whose folder already records a different config (the mesh may differ)."""
     if run_dir.config_path.exists() and not same_run(run_dir.config().get("config"), config):
         raise UserError(
-            f"run folder {run_dir.path} contains a run with a different config; "
+            f"run folder {run_dir.path} contains a run with a different config "
+            f"({config_differences(run_dir.config().get('config'), config)}); "
             "choose another run_id or sweep, or delete that folder"
         )
 

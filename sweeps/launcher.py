@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from scaling.config import parse_mesh, same_run
+from scaling.config import config_differences, parse_mesh, same_run
 from scaling.errors import UserError
 from scaling.host_memory import switch_setting
 from scaling.paths import runs_root as resolve_runs_root
@@ -248,10 +248,12 @@ def check_existing_configs(runs: list[PlannedRun], runs_root: Path) -> None:
         run_dir = RunDir.at(runs_root, run.config.sweep, run.run_id)
         if not run_dir.config_path.is_file():
             continue
-        if not same_run(read_json(run_dir.config_path).get("config"), run.config):
+        recorded = read_json(run_dir.config_path).get("config")
+        if not same_run(recorded, run.config):
             raise UserError(
                 f"run folder {run_dir.path} contains run {run.run_id} with a different config than the spec "
-                "now gives; rename the sweep (name:) or delete that folder"
+                f"now gives ({config_differences(recorded, run.config)}); rename the sweep (name:) or delete "
+                "that folder"
             )
 
 

@@ -33,7 +33,7 @@ def parse_count(value: object, where: str) -> float:
     else:
         raise UserError(f"{where}={value!r} is not a number; write a count such as 1e6 or 1M")
     if not math.isfinite(number) or number <= 0:
-        raise UserError(f"{where}={value!r} must be a positive number; write a count such as 1e6 or 1M")
+        raise UserError(f"{where}={value!r} must be a positive number, such as 8, 1e6 or 1M")
     return number
 
 

@@ -120,3 +120,16 @@ def test_whole_numbers_written_as_text(text, value):
 def test_bad_whole_number_names_the_key(text, fragment):
     with pytest.raises(UserError, match=f"run.tokens='{text}' {fragment}"):
         TrainConfig.from_dict({"tokens": text})
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"tokens": -2e6}, "tokens=-2000000"),
+    ({"model": {"d_model": 0}}, "model.d_model=0"),
+    ({"data": {"path": "x", "batch_size": -8}}, "data.batch_size=-8"),
+    ({"optimizer": {"schedule": "cosin"}}, "optimizer.schedule='cosin' is not one of"),
+], ids=["tokens", "model", "data", "optimizer"])
+def test_invalid_value_named_by_config_key(raw, key):
+    """Errors name the key as a config file writes it (model.d_model), not the dataclass behind it."""
+    with pytest.raises(UserError, match=re.escape(key)) as error:
+        TrainConfig.from_dict({"data": {"path": "x"}, **raw})
+    assert "Config." not in str(error.value)

@@ -220,7 +220,7 @@ def test_sweep_spec_mesh_reaches_every_run(tmp_path):
         RunDir.at(tmp_path / "runs", "meshed", run.run_id).write_config({"config": run.config.to_dict()})
     check_existing_configs(runs, tmp_path / "runs")  # relaunched with train.mesh: accepted
     reseeded = expand(parse_spec({**raw, "train": {**raw["train"], "seed": 1}}), tmp_path / "runs", data=data)
-    with pytest.raises(UserError, match="with a different config than the spec now gives"):
+    with pytest.raises(UserError, match=r"with a different config than the spec now gives \(seed 0 -> 1\)"):
         check_existing_configs(reseeded, tmp_path / "runs")
 
 

@@ -70,7 +70,7 @@ def test_completed_run_is_skipped(small_corpus, tmp_path):
 
 def test_same_run_id_with_other_config_rejected(small_corpus, tmp_path):
     train(tiny_config(small_corpus), tmp_path, progress=False)
-    with pytest.raises(UserError, match="different config"):
+    with pytest.raises(UserError, match=r"different config \(seed 0 -> 1\)"):
         train(tiny_config(small_corpus, seed=1), tmp_path, progress=False)
 
 
