@@ -151,8 +151,9 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     if plot:
         record["plots"] = _draw(out, approach3, approach2, params, tokens, losses, budget_groups, convention,
                                 bootstrap, envelope, approach2_replicates, approach1_replicates)
+    replaced = (out / FIT_FILE).exists()
     (out / FIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    logger.info("wrote %s", out / FIT_FILE)
+    logger.info("wrote %s%s", out / FIT_FILE, ", replacing the earlier fit" if replaced else "")
     return record
 
 

@@ -19,14 +19,18 @@ fp8 (1 byte). Its counts are whole numbers without suffixes, so "4096 tokens" is
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass
 
 from scaling.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
-_NUMBER = r"(\d+(?:\.\d*)?(?:e[+-]?\d+)?)\s*([kmbt])?"
+# The sign is matched so that "-7B" gets the same "must be positive" error as "0B", not "not understood".
+_NUMBER = r"(-?\d+(?:\.\d*)?(?:e[+-]?\d+)?)\s*([kmbt])?"
 FORMS = (
     '"tokens for 7B"',
     '"compute for 70B"',
@@ -48,6 +52,9 @@ REFERENCE_SHAPES = {
     65e9: (80, 64, 128, f"LLaMA 65B (65.2B): dimension 8192, 64 heads, 80 layers; {LLAMA_2023}, table 2"),
 }
 _REFERENCE_ALIASES = {6.7e9: 7e9, 32.5e9: 33e9, 65.2e9: 65e9}  # the sizes as table 2 prints them
+# An N below this, written without a suffix ("tokens for 7"), is more likely a forgotten B than a real model.
+# The demo's own models start at 8K parameters, so an N written with a suffix ("tokens for 8K") is never warned about.
+SMALL_MODEL_PARAMS = 1e5
 GIVEN_SHAPE = "shape as given in the question"
 BYTES_PER_VALUE = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "int8": 1, "fp8": 1}
 
@@ -118,12 +125,21 @@ def parse_query(text: str) -> Query:
         if match is None:
             continue
         first = parse_number(match.group(1), match.group(2))
+        if kind in ("tokens_for_params", "compute_for_params", "loss_at"):
+            _warn_if_suffix_missing(first, match.group(1), match.group(2))
         if kind in ("tokens_for_params", "compute_for_params"):
             return Query(kind, text, params=first)
         if kind in ("params_for_flops", "tokens_per_param"):
             return Query(kind, text, flops=first)
         return Query(kind, text, params=first, tokens=parse_number(match.group(3), match.group(4)))
     raise UserError(f"question {text!r} is not understood; ask one of: {', '.join(FORMS)}")
+
+
+def _warn_if_suffix_missing(params: float, number: str, suffix: str | None) -> None:
+    """Log a warning when N has no suffix and is below SMALL_MODEL_PARAMS, as in "tokens for 7" typed for 7B."""
+    if suffix is None and params < SMALL_MODEL_PARAMS:
+        logger.warning("N = %s parameters is implausibly small for a language model; if you meant %s billion, "
+                       "write %sB (suffixes K, M, B, T)", number, number, number)
 
 
 def _kv_cache_shape(match: re.Match) -> KVCacheShape:

@@ -380,7 +380,7 @@ def test_number_beyond_floating_point(capsys):
     assert_user_error(status, stderr, "number 1e400 in the question is beyond floating point")
 
 
-@pytest.mark.parametrize("question", ["tokens for seven", "", "loss at 7B params", "tokens for -7B"])
+@pytest.mark.parametrize("question", ["tokens for seven", "", "loss at 7B params"])
 def test_question_that_does_not_parse(question, capsys):
     status, stderr = cli(capsys, "ask", question)
     assert_user_error(status, stderr, f"question {question!r} is not understood", "tokens for 7B")
@@ -392,3 +392,19 @@ def test_installed_script_prints_one_line_and_exits_2():
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("scaling: error: question 'tokens for seven' is not understood")
+
+
+def test_corpus_path_relative_to_another_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "c.json", **train_config(Path("runs/_data/missing"), "rel"))
+    status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress")
+    assert_user_error(status, stderr, "runs/_data/missing does not exist in the current folder",
+                      str(tmp_path / "runs/_data/missing"), "give an absolute path")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_corpus_path_naming_a_file_of_it(capsys, tmp_path, text_corpus):
+    config = write_config(tmp_path / "c.json", **train_config(text_corpus / "train.bin", "file"))
+    status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress")
+    assert_user_error(status, stderr, f"data.path {text_corpus / 'train.bin'} is a file of a prepared corpus",
+                      f"set data.path to its folder {text_corpus}")
