@@ -267,6 +267,18 @@ def run_identity(raw: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in raw.items() if key not in LAYOUT_FIELDS}
 
 
+PROGRAMS_KEPT = 4  # run shapes whose compiled programs a training process keeps for later runs (scaling.train)
+
+
+def program_identity(config: TrainConfig) -> tuple:
+    """Return what fixes a run's compiled programs: runs with equal identities can share them.
+
+    The token budget, seed, schedule values, intervals and ids are arguments or host-side settings, so runs
+    that differ only in those train with the same initialisation, step and evaluation programs.
+    """
+    return (config.model, config.optimizer, config.data.seq_len, config.data.batch_size, config.mesh)
+
+
 def same_run(recorded: Any, config: TrainConfig) -> bool:
     """Return True when `recorded` (the "config" of a run's config.json) describes the run `config` describes.
 

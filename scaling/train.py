@@ -19,6 +19,7 @@ import platform
 import signal
 import subprocess
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from models.transformer import Transformer, next_token_loss
 from scaling.accounting import parameter_counts, training_flops_per_token
 from scaling.checkpoint import Checkpointer, abstract_like
-from scaling.config import TrainConfig, config_differences, same_run
+from scaling.config import PROGRAMS_KEPT, TrainConfig, config_differences, program_identity, same_run
 from scaling.data import PreparedCorpus, batch_at, epochs_for, predicted_bytes, validation_windows
 from scaling.errors import UserError
 from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory, release_freed_memory
@@ -187,31 +188,31 @@ class Trainer:
             in_shardings=(self.params_sharding, self.batch_sharding, self.batch_sharding),
             out_shardings=self.replicated,
         )
+        # The keys are arguments, not constants, so runs with other seeds reuse the compiled program.
+        self.init_fn = jax.jit(self._init, out_shardings=self.state_sharding)
 
-    def _init_fn(self, seed: int):
-        """Return (the function that builds the state from its key, that key)."""
-        init_key, state_key = jax.random.split(jax.random.key(seed))
+    def _init(self, init_key, state_key) -> dict[str, Any]:
+        """Build the state: parameters drawn with `init_key`, their optimizer state, step 0, `state_key`'s data."""
         dummy_BxL = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
+        params = self.model.init(init_key, dummy_BxL)["params"]
+        return {
+            "params": params,
+            "opt_state": self.optimizer.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(state_key),
+        }
 
-        def init(key):
-            params = self.model.init(key, dummy_BxL)["params"]
-            return {
-                "params": params,
-                "opt_state": self.optimizer.init(params),
-                "step": jnp.zeros((), jnp.int32),
-                "rng": jax.random.key_data(state_key),
-            }
-
-        return init, init_key
+    @staticmethod
+    def _keys(seed):
+        return jax.random.split(jax.random.key(seed))
 
     def _abstract_state(self) -> dict[str, Any]:
-        init, init_key = self._init_fn(0)
-        return jax.eval_shape(init, init_key)
+        return jax.eval_shape(lambda: self._init(*self._keys(0)))
 
     def init_state(self, seed: int) -> dict[str, Any]:
         """Return the initial state: parameters, optimizer state, step 0 and the RNG key data."""
-        init, init_key = self._init_fn(seed)
-        return jax.jit(init, out_shardings=self.state_sharding)(init_key)
+        init_key, state_key = self._keys(seed)
+        return self.init_fn(init_key, state_key)
 
     def put_batch(self, batch_BxL1: np.ndarray):
         """Return a host batch ready for `step_fn` and `eval_fn` (in several processes, a global array)."""
@@ -264,6 +265,26 @@ class Trainer:
             if after_first_chunk is not None and start == 0:
                 after_first_chunk()
         return float(total)
+
+
+_trainers: OrderedDict[tuple, Trainer] = OrderedDict()  # the newest PROGRAMS_KEPT, oldest first
+
+
+def trainer_for(config: TrainConfig) -> Trainer:
+    """Return a Trainer for `config`: one this process built for an earlier run of the same program, or a new one.
+
+    Runs that differ only in what the compiled programs take as arguments or never read share the Trainer:
+    token budget, seed, schedule values, intervals and ids. So a worker that trains several runs of one shape
+    traces and loads its three programs once. The Trainer's `config` is the first such run's.
+    """
+    key = (program_identity(config), resolve_plan(None, config.mesh), tuple(jax.devices()))
+    trainer = _trainers.pop(key, None)
+    if trainer is None:
+        trainer = Trainer(config)
+    _trainers[key] = trainer  # newest last
+    while len(_trainers) > PROGRAMS_KEPT:
+        _trainers.popitem(last=False)
+    return trainer
 
 
 def train(config: TrainConfig, runs_root: str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
@@ -326,7 +347,7 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     record = run_record(config, corpus.meta)
     enable_compilation_cache(root)
 
-    trainer = Trainer(config)
+    trainer = trainer_for(config)
     state = trainer.init_state(config.seed)
     checkpointer = Checkpointer(run_dir.checkpoint_dir, keep=config.keep_checkpoints)
     try:

@@ -464,3 +464,29 @@ def test_plan_probe_measures_step_time(corpus_dir, tmp_path):
     assert plan.cost.seconds_per_flop > 0
     assert plan.cost.compile_s > 0
     assert all(row.seconds > plan.cost.compile_s for row in plan.rows)
+
+
+def test_next_run_prefers_worker_programs_within_share():
+    """A worker goes on with a run of a shape it has compiled if that run is at least half as long as the
+    longest waiting. Otherwise the longest run goes first."""
+    from types import SimpleNamespace
+
+    from scaling.config import ModelConfig, program_identity
+    from sweeps.launcher import next_run_index
+
+    def run(run_id: str, d_model: int):
+        model = ModelConfig(vocab_size=256, d_model=d_model, n_layers=1, n_heads=2, max_seq_len=128)
+        return SimpleNamespace(run_id=run_id, config=TrainConfig(model=model))
+
+    todo = [run("long", 64), run("mid", 32), run("short", 16)]
+    weights = {"long": 10.0, "mid": 6.0, "short": 2.0}
+
+    def worker(*d_models: int):
+        return SimpleNamespace(alive=True, programs=[program_identity(todo_run.config) for todo_run in todo
+                                                     if todo_run.config.model.d_model in d_models])
+
+    assert next_run_index(todo, None, weights) == 0
+    assert next_run_index(todo, worker(), weights) == 0
+    assert next_run_index(todo, worker(32), weights) == 1
+    assert next_run_index(todo, worker(16), weights) == 0  # 2 s is below half of 10 s
+    assert next_run_index(todo, worker(64, 32), weights) == 0

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
@@ -119,3 +121,31 @@ def test_lock_of_killed_holder_is_released(tmp_path):
     holder.wait()
     with RunLock(tmp_path / "run"):
         pass
+
+
+def test_trainer_reused_for_same_program(small_corpus):
+    """Runs that differ in budget, seed or ids share one Trainer (and its compiled programs); another shape,
+    optimizer or batch gets its own."""
+    from scaling.train import trainer_for
+
+    config = tiny_config(small_corpus)
+    first = trainer_for(config)
+    assert trainer_for(config.replace(tokens=30 * 32 * 8, seed=3, run_id="other", sweep="s2")) is first
+    assert trainer_for(config.replace(model=ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=2,
+                                                        max_seq_len=32))) is not first
+    assert trainer_for(config.replace(optimizer=OptimizerConfig(peak_lr=3e-3, warmup_steps=5, beta2=0.99))) \
+        is not first
+    assert trainer_for(config.replace(data=DataConfig(path=str(small_corpus), seq_len=32, batch_size=4,
+                                                      eval_tokens=2048))) is not first
+
+
+def test_reused_trainer_gives_same_state_as_new(small_corpus):
+    """The initial state of a seed is the same from a reused Trainer as from a new one."""
+    from scaling.train import Trainer, trainer_for
+
+    config = tiny_config(small_corpus)
+    trainer_for(config.replace(seed=5))
+    reused = trainer_for(config.replace(seed=7)).init_state(7)
+    fresh = Trainer(config.replace(seed=7)).init_state(7)
+    for reused_leaf, fresh_leaf in zip(jax.tree.leaves(reused), jax.tree.leaves(fresh)):
+        np.testing.assert_array_equal(np.asarray(reused_leaf), np.asarray(fresh_leaf))
