@@ -3,7 +3,7 @@
 `add_parsers(subparsers)` registers them on the main `scaling` parser; each sets `handler`, a function of
 the parsed arguments that returns the exit status. UserError propagates to the caller, which prints it.
 When the reader of stdout goes away (`scaling ask ... | head -2`), the subcommands exit quietly with
-PIPE_CLOSED_STATUS.
+status 141 (scaling.terminal).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from analysis.runs import CONVENTIONS
+from scaling.terminal import print_stdout
 
 OPTIONAL_METHODS = ("approach1", "approach2", "kaplan", "extrapolation")  # as analysis.fit, without importing it
 DEFAULT_FIT_STARTS = 1000
@@ -26,7 +26,6 @@ LAW_KEYS = ("tokens-20", "hoffmann-a1", "hoffmann-a2", "hoffmann-a3-printed", "h
             "kaplan-2020")
 REPORTS_FOLDER = "_reports"  # fits of CSV and W&B sources go to RUNS/_reports/<name>
 WIDE_OUTPUT = 200  # columns for tables written to a pipe or file, where rich would otherwise assume 80
-PIPE_CLOSED_STATUS = 141  # 128 + SIGPIPE (13), which a shell reports for a writer killed by a closed pipe
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -115,7 +114,7 @@ def _fit(args: argparse.Namespace) -> dict[str, Any]:
 def run_fit(args: argparse.Namespace) -> int:
     record = _fit(args)
     if args.json:
-        _print_stdout(json.dumps(record, indent=2))
+        print_stdout(json.dumps(record, indent=2))
     else:
         _print_fit(record, Path(args.out))
     return 0
@@ -126,7 +125,7 @@ def run_ask(args: argparse.Namespace) -> int:
 
     answer = ask(args.question, fit=args.fit, law_keys=args.law)
     if args.json:
-        _print_stdout(json.dumps(list(answer.rows), indent=2))
+        print_stdout(json.dumps(list(answer.rows), indent=2))
         for note in answer.notes:
             print(f"note: {note}", file=sys.stderr)
         return 0
@@ -141,7 +140,7 @@ def run_report(args: argparse.Namespace) -> int:
     record = _fit(args)
     answers = [ask(question, fit=record) for question in (args.question or ["tokens for 7B"])]
     path = write_report(args.out, record, answers, limitations=args.limitations)
-    _print_stdout(f"wrote {path}")
+    print_stdout(f"wrote {path}")
     return 0
 
 
@@ -158,37 +157,10 @@ def _default_out(source: Path | str, runs_root_option: str | None) -> Path:
 
 
 def _console():
-    """Return a rich Console, wide when the output is a pipe or a file so tables are not folded at 80 columns."""
-    from rich.console import Console
+    """Return the Console for tables on stdout (scaling.terminal)."""
+    from scaling.terminal import stdout_console
 
-    class PipeAwareConsole(Console):
-        def on_broken_pipe(self) -> None:
-            # rich's default exits with status 1, which reads as a failure of the command itself.
-            self.quiet = True
-            _exit_on_closed_stdout()
-
-    console = PipeAwareConsole()
-    return console if console.is_terminal else PipeAwareConsole(width=WIDE_OUTPUT)
-
-
-def _print_stdout(text: str) -> None:
-    """Print `text` to stdout and flush it, exiting quietly when the reader has closed the pipe."""
-    try:
-        print(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _exit_on_closed_stdout()
-
-
-def _exit_on_closed_stdout() -> None:
-    """Exit with PIPE_CLOSED_STATUS and no message, as a command killed by SIGPIPE would.
-
-    stdout is pointed at /dev/null first, so that Python's flush of the unwritten rest at exit raises nothing.
-    """
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    raise SystemExit(PIPE_CLOSED_STATUS)
+    return stdout_console(WIDE_OUTPUT)
 
 
 def _runs_path(runs: str | None) -> Path | str:

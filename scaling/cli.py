@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -174,11 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         status = args.handler(args)
         sys.stdout.flush()  # a closed pipe raises here, inside the handler below, not in Python's flush at exit
         return status
-    except BrokenPipeError:
-        # The reader of stdout went away (`scaling sweep plan SPEC | head`): stop quietly with the status a shell
-        # reports for a writer killed by SIGPIPE. Pointing stdout at /dev/null keeps the flush at exit quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+    except BrokenPipeError:  # the reader of stdout went away (`scaling ... | head`): stop as SIGPIPE would
+        from scaling.terminal import exit_on_closed_stdout
+
+        exit_on_closed_stdout()
     except UserError as error:
         print(f"scaling: error: {error}", file=sys.stderr)
         return UserError.exit_status

@@ -258,8 +258,10 @@ class Plan:
         return table
 
     def print(self, console: Console | None = None) -> None:
-        # Piped output has no terminal width; rich would assume 80 columns and wrap every cell.
-        console = console or (Console() if Console().is_terminal else Console(width=WIDE_OUTPUT))
+        if console is None:
+            from scaling.terminal import stdout_console
+
+            console = stdout_console(WIDE_OUTPUT)
         console.print(self.table())
         totals = self.to_dict()["totals"]
         console.print(

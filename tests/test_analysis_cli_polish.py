@@ -151,3 +151,10 @@ def test_fit_json_closed_pipe_keeps_fit(sweep):
     assert "Traceback" not in result.stderr
     assert "BrokenPipeError" not in result.stderr
     assert json.loads((sweep / "_report" / "fit.json").read_text())["n_runs"] == 15
+
+
+def test_sweep_plan_closed_pipe_quiet(tmp_path):
+    """The sweep plan's table, printed by sweeps.plan rather than analysis, ends the same way."""
+    result = _scaling_into_closed_pipe("sweep", "plan", "quick", "--runs", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 141
+    assert "Traceback" not in result.stderr
