@@ -113,16 +113,16 @@ class ModelConfig:
         _require_choice(self, "compute_dtype", COMPUTE_DTYPES)
         if self.head_dim is None and self.d_model % self.n_heads:
             raise UserError(
-                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                f"model.d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
                 "choose n_heads that divides d_model or set head_dim explicitly"
             )
         if self.kv_heads < 1 or self.n_heads % self.kv_heads:
             raise UserError(
-                f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}; "
+                f"model.n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}; "
                 "n_kv_heads must be a divisor of n_heads (1 for multi-query, n_heads for multi-head)"
             )
         if self.positions == "rope" and self.dim_per_head % 2:
-            raise UserError(f"head_dim={self.dim_per_head} is odd; RoPE needs an even head_dim")
+            raise UserError(f"model.head_dim={self.dim_per_head} is odd; RoPE needs an even head_dim")
 
     @property
     def kv_heads(self) -> int:
@@ -159,11 +159,11 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         _require_choice(self, "schedule", SCHEDULES)
         if not self.peak_lr > 0:
-            raise UserError(f"peak_lr={self.peak_lr} must be positive; try 1e-3")
+            raise UserError(f"optimizer.peak_lr={self.peak_lr} must be positive; try 1e-3")
         if not 0 <= self.min_lr_ratio <= 1:
-            raise UserError(f"min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]; try 0.1")
+            raise UserError(f"optimizer.min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]; try 0.1")
         if self.warmup_steps < 0:
-            raise UserError(f"warmup_steps={self.warmup_steps} must be >= 0")
+            raise UserError(f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -259,12 +259,18 @@ class TrainConfig:
 
 
 def run_identity(raw: dict[str, Any]) -> dict[str, Any]:
-    """Return a config dict (`TrainConfig.to_dict()` or one read from config.json) without its layout fields.
+    """Return a config dict (`TrainConfig.to_dict()` or one read from config.json) without its layout fields
+    and without `data.path`.
 
     Two configs with equal identities train the same model on the same data to the same losses, so they
-    are one run however it is spread over devices.
+    are one run however it is spread over devices. The corpus is identified by its fingerprint, which
+    training checks against config.json, not by the path it was reached by: a run started with a relative
+    path may resume with the absolute one, or after its corpus folder moved.
     """
-    return {key: value for key, value in raw.items() if key not in LAYOUT_FIELDS}
+    identity = {key: value for key, value in raw.items() if key not in LAYOUT_FIELDS}
+    if isinstance(identity.get("data"), dict):
+        identity["data"] = {key: value for key, value in identity["data"].items() if key != "path"}
+    return identity
 
 
 PROGRAMS_KEPT = 4  # run shapes whose compiled programs a training process keeps for later runs (scaling.train)
@@ -362,8 +368,7 @@ def _require_positive(config: Any, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise UserError(f"{_config_key(config, name)}={value!r} must be a positive integer, such as 64, 2e6 "
-                            "or 2M")
+            raise UserError(f"{_config_key(config, name)}={value!r} must be a positive integer; set it to 1 or more")
 
 
 def _require_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:

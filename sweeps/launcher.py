@@ -18,7 +18,6 @@ its last few run shapes, so a run of a shape it has trained may go before a long
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -26,7 +25,6 @@ import selectors
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ from scaling.errors import UserError
 from scaling.host_memory import switch_setting
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_store import RunDir, read_json
+from scaling.terminal import sigterm_interrupts
 from sweeps.numbers import human_count
 from sweeps.plan import WIDE_OUTPUT, assumed_cost_model
 from sweeps.resources import WorkerSlot, split_cores
@@ -323,7 +322,7 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
     selector = selectors.DefaultSelector()  # wakes the loop when a worker replies or exits
 
     try:
-        with bar, _sigterm_interrupts():
+        with bar, sigterm_interrupts():
             while todo or any(worker.active is not None for worker in pool.values()):
                 for slot in slots:
                     worker = pool.get(slot.index)
@@ -510,28 +509,6 @@ def _shut_down(workers: list[WorkerProcess]) -> None:
             worker.process.kill()
             worker.process.wait()
         _close_pipes(worker)
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """Treat SIGTERM like Ctrl-C while the sweep runs, so that the workers stop and keep their checkpoints.
-
-    Schedulers and `kill` send SIGTERM, and a shell starts background jobs with SIGINT ignored, so SIGTERM
-    may be the only signal that reaches the launcher. Python's default would end it at once and leave the
-    workers to finish their runs unattended.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop_workers(workers: list[WorkerProcess]) -> None:

@@ -82,6 +82,15 @@ def test_run_identity_drops_only_layout_fields():
     assert set(raw) - set(identity) == set(LAYOUT_FIELDS)
 
 
+def test_same_run_under_another_corpus_path():
+    """The corpus path may change (relative to absolute, a moved folder): its fingerprint identifies it."""
+    relative = TrainConfig.from_dict({"data": {"path": "runs/_data/corpus"}})
+    absolute = TrainConfig.from_dict({"data": {"path": "/work/runs/_data/corpus"}})
+    assert same_run(relative.to_dict(), absolute)
+    assert not same_run(relative.to_dict(), absolute.replace(seed=1))
+    assert set(run_identity(relative.to_dict())["data"]) == set(relative.to_dict()["data"]) - {"path"}
+
+
 def test_yaml_exponent_reads_as_float():
     # YAML 1.1 reads 3e-3 as the string "3e-3"; the packaged specs write learning rates that way.
     import yaml

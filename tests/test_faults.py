@@ -365,3 +365,36 @@ def test_killed_run_keeps_its_wall_time(small_corpus, tmp_path):
     resumed = train(config, tmp_path, progress=False)
     assert resumed["status"] == "completed"
     assert resumed["wall_time_s"] > killed["wall_time_s"]
+
+
+def test_sigterm_to_train_marks_interrupted(small_corpus, tmp_path):
+    """`scaling train` under a scheduler's SIGTERM stops as after Ctrl-C: exit 130, status "interrupted"."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = fault_config(small_corpus, "sigterm", wandb_mode="disabled").replace(tokens=4000 * 32 * 8)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    run = RunDir.at(tmp_path / "runs", "faults", "sigterm")
+    command = [sys.executable, "-m", "scaling.cli", "train", str(path), "--runs", str(tmp_path / "runs"),
+               "--no-progress"]
+    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    try:
+        while not (run.summary() or {}).get("steps_done"):
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.time() < deadline, "no checkpoint recorded"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr[-3000:]
+    assert run.summary()["status"] == "interrupted"
+    assert run.summary()["steps_done"] % 20 == 0

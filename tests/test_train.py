@@ -149,3 +149,14 @@ def test_reused_trainer_gives_same_state_as_new(small_corpus):
     fresh = Trainer(config.replace(seed=7)).init_state(7)
     for reused_leaf, fresh_leaf in zip(jax.tree.leaves(reused), jax.tree.leaves(fresh)):
         np.testing.assert_array_equal(np.asarray(reused_leaf), np.asarray(fresh_leaf))
+
+
+def test_resume_with_absolute_corpus_path(small_corpus, tmp_path, monkeypatch):
+    """A run started with a relative data.path is the same run when named by the absolute path."""
+    monkeypatch.chdir(small_corpus.parent)
+    relative = tiny_config(small_corpus).replace(
+        data=DataConfig(path=small_corpus.name, seq_len=32, batch_size=8, eval_tokens=2048))
+    first = train(relative, tmp_path / "runs", progress=False)
+    again = train(tiny_config(small_corpus.absolute()), tmp_path / "runs", progress=False)
+    assert first["status"] == "completed"
+    assert again == first
