@@ -86,7 +86,13 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
                     own_rows.append(allocation_row)
         rows[:0] = own_rows
     rows = tuple(rows)
-    return Answer(query, rows, tuple(disagreement_notes(query, rows)))
+    notes = disagreement_notes(query, rows)
+    if query.kind == "loss_at":
+        silent = [row["law"] for row in rows if row["loss"] is None]
+        if silent:
+            notes.append(f"{', '.join(silent)} predicts no loss (an allocation rule only); "
+                         "ask a law with a loss, e.g. --law hoffmann-a3-printed")
+    return Answer(query, rows, tuple(notes))
 
 
 def kv_cache_rows(query: Query) -> list[dict[str, Any]]:

@@ -78,6 +78,14 @@ def test_loss_at_uses_given_point():
     assert row["tokens_per_param"] == pytest.approx(200.0)
 
 
+def test_loss_from_allocation_rule_notes_why_empty():
+    answer = ask("loss at 7B params and 1.4T tokens", law_keys=["tokens-20"])
+    assert answer.rows[0]["loss"] is None
+    assert len(answer.notes) == 1
+    assert "predicts no loss" in answer.notes[0]
+    assert ask("loss at 7B params and 1.4T tokens").notes == ()  # rules without a loss are left out by default
+
+
 def test_fit_row_comes_first():
     record = {"approach3": {"log_a": 6.0, "log_b": 7.0, "log_e": 0.5, "alpha": 0.3, "beta": 0.35,
                             "converged": True}, "convention": "total", "n_runs": 12}
