@@ -17,7 +17,7 @@ XLA_FLAGS already in its environment. Two modes:
 
 Each run's outcome is in its run directory (summary.json), and the exit status repeats it: 0 completed,
 3 diverged, 2 a user error (bad config or corpus), 4 the run is being trained by another live process (its
-lock is held), 130 interrupted (SIGINT), 1 any other failure.
+lock is held), 130 interrupted (SIGINT or SIGTERM), 1 any other failure.
 
 A crash or a kill of the process takes down the run in flight only. JAX keeps no state between runs that
 changes their results: tests/test_worker_serve.py checks that runs trained one after another in one
@@ -36,6 +36,7 @@ import sys
 import time
 from typing import IO, Any
 
+from scaling.terminal import sigterm_interrupts
 from sweeps.resources import pin_to_assigned_cores
 
 EXIT_COMPLETED = 0
@@ -65,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax", "orbax", "wandb", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.serve:
-        return serve(cores)
-    request = json.loads(sys.stdin.read())
-    status, _ = train_request(request, cores)
-    return status
+    with sigterm_interrupts():  # `kill`, or a scheduler cancelling the job, stops the run as SIGINT does
+        if args.serve:
+            return serve(cores)
+        request = json.loads(sys.stdin.read())
+        status, _ = train_request(request, cores)
+        return status
 
 
 def train_request(request: dict[str, Any], cores: tuple[int, ...] | None) -> tuple[int, str | None]:

@@ -262,9 +262,10 @@ def test_interrupt_stops_workers_and_relaunch_resumes(stop_signal, corpus_dir, t
     assert all(RunDir.at(runs, "int", run_id).status() == "completed" for run_id in run_ids)
 
 
-def test_interrupted_worker_run_resumes(corpus_dir, tmp_path):  # noqa: F811
-    """SIGINT to a worker alone (not the launcher): its run ends "interrupted" with its checkpoints, the
-    launcher reports it as unfinished (exit 1), and a relaunch completes it."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_worker_run_resumes(stop_signal, corpus_dir, tmp_path):  # noqa: F811
+    """SIGINT or SIGTERM (`kill`, a scheduler) to a worker alone, not the launcher: its run ends "interrupted"
+    with its checkpoints, the launcher reports it as unfinished (exit 1), and a relaunch completes it."""
     path = tmp_path / "one.yaml"
     raw = tiny_raw(corpus_dir, name="one", grid={"params": ["4K"], "tokens": ["1.6e5"]},
                    train={"seq_len": 32, "batch_size": 4, "eval_tokens": 512, "wandb_mode": "disabled",
@@ -282,7 +283,7 @@ def test_interrupted_worker_run_resumes(corpus_dir, tmp_path):  # noqa: F811
             assert launcher.poll() is None, launcher.communicate()[1][-3000:]
             assert time.time() < deadline, "no checkpoint appeared"
             time.sleep(0.05)
-        os.kill(worker_pids(log_path.read_text())[run.run_id], signal.SIGINT)
+        os.kill(worker_pids(log_path.read_text())[run.run_id], stop_signal)
         stdout, stderr = launcher.communicate(timeout=120)
     finally:
         if launcher.poll() is None:
