@@ -104,7 +104,7 @@ def _add_train_parser(commands) -> None:
 def _train(args: argparse.Namespace) -> int:
     from scaling.config import TrainConfig
     from scaling.run_lock import RunLocked
-    from scaling.terminal import sigterm_interrupts
+    from scaling.interrupts import interrupts_on_stop_signals
     from scaling.train import train
 
     path = Path(args.config)
@@ -117,7 +117,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.mesh is not None:
         config = config.replace(mesh=args.mesh)
     try:
-        with sigterm_interrupts():  # a scheduler's SIGTERM stops the run as Ctrl-C does: status "interrupted"
+        with interrupts_on_stop_signals():  # a scheduler's SIGTERM stops the run as Ctrl-C does: "interrupted"
             summary = train(config, args.runs, progress=not args.no_progress)
     except RunLocked as locked:
         print(f"scaling: {locked}; wait for it to finish", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The command line's terminal: wide tables in pipes, a quiet exit when the reader is gone, SIGTERM as Ctrl-C.
+"""Printing to stdout for the command line: wide tables in pipes, and a quiet exit when the reader is gone.
 
 `scaling ask ... | head -2` closes the pipe after two lines. The next write raises BrokenPipeError, and rich
 then exits with status 1, which reads as a failure of the command. A command here instead ends the way a
@@ -7,11 +7,8 @@ writer killed by SIGPIPE does: no message, status PIPE_CLOSED_STATUS.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
-import threading
 
 PIPE_CLOSED_STATUS = 141  # 128 + SIGPIPE (13), what a shell reports for a writer killed by a closed pipe
 
@@ -47,25 +44,3 @@ def exit_on_closed_stdout() -> None:
     os.close(devnull)
     raise SystemExit(PIPE_CLOSED_STATUS)
 
-
-@contextlib.contextmanager
-def sigterm_interrupts():
-    """Treat SIGTERM like Ctrl-C inside the block: KeyboardInterrupt, so runs close their checkpoints, record
-    the status "interrupted", and a sweep launcher stops its workers.
-
-    Schedulers and `kill` send SIGTERM, and a shell starts background jobs with SIGINT ignored, so SIGTERM
-    may be the only signal that arrives. Python's default ends the process at once: a run would keep the status
-    "running", and a launcher's workers would go on training unattended.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

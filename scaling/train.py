@@ -36,6 +36,7 @@ from scaling.config import PROGRAMS_KEPT, TrainConfig, config_differences, progr
 from scaling.data import PreparedCorpus, batch_at, epochs_for, predicted_bytes, validation_windows
 from scaling.errors import UserError
 from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory, release_freed_memory
+from scaling.interrupts import stop_requested
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_lock import RunLock
 from scaling.run_store import RunDir
@@ -433,6 +434,8 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
     last_eval: dict[str, float] = {}
 
     for step in range(start_step, total_steps):
+        if stop_requested():  # a SIGINT or SIGTERM whose KeyboardInterrupt Python dropped (scaling/interrupts.py)
+            raise KeyboardInterrupt
         done = step + 1
         if fault == ("nan", done):
             state = {**state, "params": jax.tree.map(lambda p: p * jnp.nan, state["params"])}

@@ -40,7 +40,7 @@ from scaling.errors import UserError
 from scaling.host_memory import switch_setting
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_store import RunDir, read_json
-from scaling.terminal import sigterm_interrupts
+from scaling.interrupts import interrupts_on_stop_signals, stop_requested
 from sweeps.numbers import human_count
 from sweeps.plan import WIDE_OUTPUT, assumed_cost_model
 from sweeps.resources import WorkerSlot, split_cores
@@ -322,8 +322,10 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
     selector = selectors.DefaultSelector()  # wakes the loop when a worker replies or exits
 
     try:
-        with bar, sigterm_interrupts():
+        with bar, interrupts_on_stop_signals():
             while todo or any(worker.active is not None for worker in pool.values()):
+                if stop_requested():  # a signal whose KeyboardInterrupt Python dropped (scaling/interrupts.py)
+                    raise KeyboardInterrupt
                 for slot in slots:
                     worker = pool.get(slot.index)
                     if todo and (worker is None or worker.active is None):

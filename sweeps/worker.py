@@ -36,7 +36,7 @@ import sys
 import time
 from typing import IO, Any
 
-from scaling.terminal import sigterm_interrupts
+from scaling.interrupts import interrupts_on_stop_signals
 from sweeps.resources import pin_to_assigned_cores
 
 EXIT_COMPLETED = 0
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax", "orbax", "wandb", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    with sigterm_interrupts():  # `kill`, or a scheduler cancelling the job, stops the run as SIGINT does
+    with interrupts_on_stop_signals():  # `kill`, or a scheduler cancelling the job, stops the run as SIGINT does
         if args.serve:
             return serve(cores)
         request = json.loads(sys.stdin.read())

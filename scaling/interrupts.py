@@ -1,0 +1,46 @@
+"""Ctrl-C and SIGTERM as an interrupt that training and the sweep launcher notice even when Python drops it.
+
+Inside `interrupts_on_stop_signals()`, SIGINT and SIGTERM raise KeyboardInterrupt, as Ctrl-C does by
+default, and also set a flag. Schedulers and `kill` send SIGTERM, and a shell starts background jobs with
+SIGINT ignored, so SIGTERM may be the only signal that arrives. The flag is there because Python drops an
+exception raised inside a garbage-collection callback or a `__del__` method ("Exception ignored in ...").
+A signal that lands there would be lost, and the run would go on to its end. Training checks
+`stop_requested()` once per step, and the launcher once per pass of its loop, and each raises
+KeyboardInterrupt itself when a signal was dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+_requested: int | None = None  # the signal number received inside the block, None when none was
+
+
+def stop_requested() -> bool:
+    """Return whether SIGINT or SIGTERM arrived inside `interrupts_on_stop_signals()`."""
+    return _requested is not None
+
+
+@contextlib.contextmanager
+def interrupts_on_stop_signals():
+    """Raise KeyboardInterrupt on SIGINT and SIGTERM inside the block, and remember that one arrived."""
+    global _requested
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum, frame):
+        global _requested
+        _requested = signum
+        raise KeyboardInterrupt
+
+    _requested = None
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        _requested = None

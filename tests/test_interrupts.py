@@ -1,0 +1,54 @@
+"""SIGINT and SIGTERM stop training even when Python drops the KeyboardInterrupt they raise."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from scaling.interrupts import interrupts_on_stop_signals, stop_requested
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stop_signal_raises_and_is_remembered(stop_signal):
+    before = signal.getsignal(stop_signal)
+    with interrupts_on_stop_signals():
+        assert not stop_requested()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), stop_signal)
+        assert stop_requested()
+    assert not stop_requested()  # the end of the block clears it
+    assert signal.getsignal(stop_signal) == before
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt itself
+def test_dropped_interrupt_still_stops_training(small_corpus, tmp_path, monkeypatch):
+    """A KeyboardInterrupt swallowed where Python ignores exceptions (here: a __del__ method) still ends the
+    run at the next step, as "interrupted"."""
+    import gc
+
+    import scaling.train as train_module
+    from scaling.run_store import RunDir
+    from tests.test_train import tiny_config
+
+    class SwallowsInterrupt:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # raises inside __del__: Python prints it and drops it
+
+    real_batch_at = train_module.batch_at
+
+    def batch_at(tokens, step, **kwargs):
+        if step == 25:
+            SwallowsInterrupt()  # freed at once; its KeyboardInterrupt is dropped
+            gc.collect()
+        return real_batch_at(tokens, step, **kwargs)
+
+    monkeypatch.setattr(train_module, "batch_at", batch_at)
+    config = tiny_config(small_corpus, wandb_mode="disabled")
+    with interrupts_on_stop_signals():
+        with pytest.raises(KeyboardInterrupt):
+            train_module.train(config, tmp_path, progress=False)
+    summary = RunDir.at(tmp_path, config.sweep, config.run_id).summary()
+    assert summary["status"] == "interrupted"
+    assert summary["steps_done"] == 20
