@@ -53,7 +53,7 @@ REFERENCE_SHAPES = {
 }
 _REFERENCE_ALIASES = {6.7e9: 7e9, 32.5e9: 33e9, 65.2e9: 65e9}  # the sizes as table 2 prints them
 # An N below this, written without a suffix ("tokens for 7"), is more likely a forgotten B than a real model.
-# The demo's own models start at 8K parameters, so an N written with a suffix ("tokens for 8K") is never warned about.
+# A suffix shows the size was meant, so "tokens for 8K" (the demo's smallest model) gets no warning.
 SMALL_MODEL_PARAMS = 1e5
 GIVEN_SHAPE = "shape as given in the question"
 BYTES_PER_VALUE = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "int8": 1, "fp8": 1}

@@ -303,9 +303,9 @@ def config_differences(recorded: Any, config: TrainConfig, limit: int = 3) -> st
     old_flat = _flatten(run_identity(recorded))
     new_flat = _flatten(run_identity(json.loads(json.dumps(config.to_dict()))))
     keys = [key for key in sorted(set(old_flat) | set(new_flat)) if old_flat.get(key) != new_flat.get(key)]
-    shown = [f"{key} {old_flat.get(key, '(absent)')} -> {new_flat.get(key, '(absent)')}" for key in keys[:limit]]
+    changes = [f"{key} {old_flat.get(key, '(absent)')} -> {new_flat.get(key, '(absent)')}" for key in keys[:limit]]
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return "; ".join(shown) + more
+    return "; ".join(changes) + more
 
 
 def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -74,6 +74,28 @@ def train_until_fault(config: TrainConfig, runs: Path, fault: str, **kwargs) -> 
     return result
 
 
+def stop_once(command: list[str], ready, stop, cwd: Path, timeout_s: float = 180) -> subprocess.Popen:
+    """Start `command`, call `stop(process)` once `ready()` is true, and return the process after it exits.
+
+    Fails when the process ends before `ready()` or `ready()` stays false for `timeout_s`. The process's
+    stdout and stderr are in `process.stdout_text` and `process.stderr_text`; it is killed if the test fails.
+    """
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout_s
+    try:
+        while not ready():
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.time() < deadline, f"not ready within {timeout_s:.0f} s"
+            time.sleep(0.05)
+        stop(process)
+        process.stdout_text, process.stderr_text = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process
+
+
 def finished_steps(checkpoint_dir: Path) -> list[int]:
     """Step folders Orbax would list: integer names (a write cut short keeps a temporary name)."""
     if not checkpoint_dir.is_dir():

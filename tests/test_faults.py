@@ -7,16 +7,20 @@ every metric row must be equal bit for bit, with no step duplicated or missing.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import pytest
 
 from scaling.run_store import RunDir
 from scaling.train import train
-from tests.faults import finished_steps, shared_jax_cache, train_until_fault, wandb_history, wandb_offline_runs  # noqa: F401
+from tests.faults import (finished_steps, shared_jax_cache, stop_once, train_until_fault,  # noqa: F401
+                          wandb_history, wandb_offline_runs)
 from tests.test_train import COMPARED_KEYS, tiny_config
 
 STEPS = 60  # 60 steps: rows every 5, evaluations and checkpoints every 20
@@ -369,32 +373,16 @@ def test_killed_run_keeps_its_wall_time(small_corpus, tmp_path):
 
 def test_sigterm_to_train_marks_interrupted(small_corpus, tmp_path):
     """`scaling train` under a scheduler's SIGTERM stops as after Ctrl-C: exit 130, status "interrupted"."""
-    import json
-    import signal
-    import subprocess
-    import sys
-    import time
-
     config = fault_config(small_corpus, "sigterm", wandb_mode="disabled").replace(tokens=4000 * 32 * 8)
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config.to_dict()))
     run = RunDir.at(tmp_path / "runs", "faults", "sigterm")
     command = [sys.executable, "-m", "scaling.cli", "train", str(path), "--runs", str(tmp_path / "runs"),
                "--no-progress"]
-    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    try:
-        while not (run.summary() or {}).get("steps_done"):
-            assert process.poll() is None, process.communicate()[1][-3000:]
-            assert time.time() < deadline, "no checkpoint recorded"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 130, stderr[-3000:]
+
+    process = stop_once(command, lambda: (run.summary() or {}).get("steps_done"),
+                        lambda process: process.send_signal(signal.SIGTERM), cwd=Path(__file__).resolve().parents[1])
+
+    assert process.returncode == 130, process.stderr_text[-3000:]
     assert run.summary()["status"] == "interrupted"
     assert run.summary()["steps_done"] % 20 == 0

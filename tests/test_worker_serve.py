@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from sweeps.launcher import LOGS_FOLDER, log_path_of, run_sweep
 from sweeps.resources import split_cores
 from sweeps.spec import expand, parse_spec
 from sweeps.worker import EXIT_COMPLETED, EXIT_LOCKED, EXIT_USER_ERROR
-from tests.faults import shared_jax_cache, wandb_history, wandb_offline_runs  # noqa: F401
+from tests.faults import shared_jax_cache, stop_once, wandb_history, wandb_offline_runs  # noqa: F401
 from tests.test_sweeps import corpus_dir, tiny_raw  # noqa: F401
 from tests.test_train import COMPARED_KEYS
 
@@ -226,19 +225,10 @@ def test_interrupt_stops_workers_and_relaunch_resumes(stop_signal, corpus_dir, t
     runs = tmp_path / "runs"
     command = [sys.executable, "-c", LAUNCH, "sweep", "launch", str(path), "--runs", str(runs), "--no-progress",
                "--workers", "2"]
-    launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    try:
-        while not list((runs / "int").glob("*/checkpoints/[0-9]*")):
-            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.05)
-        launcher.send_signal(stop_signal)  # the launcher only, as `kill`; a terminal's Ctrl-C reaches all
-        _, stderr = launcher.communicate(timeout=120)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
+    # The signal goes to the launcher only, as `kill` sends it; a terminal's Ctrl-C would reach every process.
+    launcher = stop_once(command, lambda: list((runs / "int").glob("*/checkpoints/[0-9]*")),
+                         lambda process: process.send_signal(stop_signal), cwd=REPO)
+    stderr = launcher.stderr_text
     assert launcher.returncode == 130, stderr[-3000:]
     assert "interrupted" in stderr
 
@@ -276,19 +266,9 @@ def test_interrupted_worker_run_resumes(stop_signal, corpus_dir, tmp_path):  # n
     log_path = runs / "one" / LOGS_FOLDER / f"{run.run_id}.log"
     command = [sys.executable, "-c", LAUNCH, "sweep", "launch", str(path), "--runs", str(runs), "--no-progress",
                "--workers", "1"]
-    launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    try:
-        while not (RunDir.at(runs, "one", run.run_id).summary() or {}).get("steps_done"):
-            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.05)
-        os.kill(worker_pids(log_path.read_text())[run.run_id], stop_signal)
-        stdout, stderr = launcher.communicate(timeout=120)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
+    launcher = stop_once(command, lambda: (RunDir.at(runs, "one", run.run_id).summary() or {}).get("steps_done"),
+                         lambda _: os.kill(worker_pids(log_path.read_text())[run.run_id], stop_signal), cwd=REPO)
+    stdout, stderr = launcher.stdout_text, launcher.stderr_text
 
     assert launcher.returncode == 1, stderr[-3000:]
     assert f"run {run.run_id} interrupted at step" in stderr
