@@ -1,4 +1,4 @@
-"""Training throughput on the CPU: tokens per second and model FLOPs utilisation, beside PyTorch.
+"""Training throughput on the CPU or an accelerator: tokens per second and model FLOPs utilisation, beside PyTorch.
 
     python benchmarks/train_throughput.py --json
 
@@ -22,6 +22,11 @@ Set XLA_FLAGS before starting to compare XLA settings: the script records the fl
 The script keeps freed host memory in the heap for the whole process, PyTorch included, when the largest
 size's step needs it, as `scaling.train.train` does (scaling/host_memory.py). SCALING_KEEP_FREED_MEMORY=0
 measures both engines with glibc's defaults instead, and `kept_freed_memory` in the output records which ran.
+
+On a GPU or TPU the same script runs a wider ladder (ACCELERATOR_DEFAULTS) in bfloat16 (parameters stay
+float32), with cuDNN flash attention on NVIDIA GPUs, and PyTorch on CUDA with bfloat16 autocast as the peer.
+There MFU divides by the chip's published dense bfloat16 peak (scaling/accelerators.py, or --peak-flops),
+and `mfu_vs_measured_matmul` by the best bfloat16 matrix multiply of the same run.
 """
 
 from __future__ import annotations
@@ -39,18 +44,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
+CPU_DEFAULTS = {"sizes": "64,128,256,512", "layers": 4, "seq_len": 256, "batch": 8}
+# On a GPU or TPU the CPU ladder is too small to keep the chip busy: wider models, longer sequences.
+ACCELERATOR_DEFAULTS = {"sizes": "512,1024,2048", "layers": 8, "seq_len": 1024, "batch": 32}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="64,128,256,512", help="d_model ladder, comma-separated")
-    parser.add_argument("--layers", type=int, default=4, help="Transformer blocks at every width (default 4)")
+    parser.add_argument("--sizes", help="d_model ladder, comma-separated (default 64,128,256,512 on CPU, "
+                                        "512,1024,2048 on a GPU or TPU)")
+    parser.add_argument("--layers", type=int, help="Transformer blocks at every width (default 4 on CPU, 8 on an accelerator)")
     parser.add_argument("--head-dim", type=int, default=32, help="width of one attention head (default 32)")
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
-    parser.add_argument("--batch", type=int, default=8, help="sequences per optimizer step (default 8)")
+    parser.add_argument("--seq-len", type=int, help="tokens per sequence (default 256 on CPU, 1024 on an accelerator)")
+    parser.add_argument("--batch", type=int, help="sequences per optimizer step (default 8 on CPU, 32 on an accelerator)")
     parser.add_argument("--vocab", type=int, default=256, help="vocabulary size (default 256, bytes)")
     parser.add_argument("--steps", type=int, default=0,
                         help="timed steps per measurement; 0 picks about 2 s worth for each size")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved measurements per engine (the fastest counts)")
-    parser.add_argument("--threads", type=int, default=2, help="threads of every engine (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads of every engine (default 2)")
+    parser.add_argument("--compute-dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="activation dtype of both engines; auto: bfloat16 on a GPU or TPU, float32 on CPU")
+    parser.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn"),
+                        help="JAX attention; auto: cuDNN flash attention on an NVIDIA GPU in bfloat16, else XLA")
+    parser.add_argument("--peak-flops", type=float,
+                        help="the chip's peak FLOP/s for MFU, for an accelerator that scaling.accelerators "
+                             "does not know (default: its published dense bfloat16 peak)")
     parser.add_argument("--no-torch", action="store_true", help="time the JAX trainer only")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -68,12 +86,40 @@ from scaling.accounting import parameter_counts, training_flops_per_token  # noq
 from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig  # noqa: E402
 from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory  # noqa: E402
 from scaling.schedule import schedule_values  # noqa: E402
+from models.attention import check_cudnn_available  # noqa: E402
+from scaling.accelerators import known_parts, published_bf16_peak  # noqa: E402
+from scaling.errors import UserError  # noqa: E402
 from scaling.train import Trainer  # noqa: E402
+
+ON_ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the shape options left unset with this backend's defaults, and resolve dtype and attention."""
+    defaults = ACCELERATOR_DEFAULTS if ON_ACCELERATOR else CPU_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.compute_dtype == "auto":
+        args.compute_dtype = "bfloat16" if ON_ACCELERATOR else "float32"
+    if args.attention == "auto":
+        nvidia = jax.default_backend() == "gpu" and "nvidia" in jax.devices()[0].device_kind.lower()
+        args.attention = "cudnn" if nvidia and args.compute_dtype == "bfloat16" else "xla"
+    if args.attention == "cudnn":
+        try:  # a clear error now, not after the first size
+            check_cudnn_available(jnp.dtype(args.compute_dtype))
+        except UserError as error:
+            reason = str(error).split("; ")[0]  # keep the reason only, because the fix here is an option
+            raise UserError(f"--attention cudnn cannot run: {reason}; pass --attention xla") from None
+    if args.peak_flops is not None and not args.peak_flops > 0:
+        raise UserError(f"--peak-flops {args.peak_flops} must be positive, in FLOP/s (an H100 SXM's is 989.5e12)")
+    return args
 
 
 def model_config(d_model: int, args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(vocab_size=args.vocab, d_model=d_model, n_layers=args.layers,
-                       n_heads=max(1, d_model // args.head_dim), max_seq_len=args.seq_len)
+                       n_heads=max(1, d_model // args.head_dim), max_seq_len=args.seq_len,
+                       compute_dtype=args.compute_dtype, attention_impl=args.attention)
 
 
 def train_config(model: ModelConfig, args: argparse.Namespace, steps: int) -> TrainConfig:
@@ -90,24 +136,71 @@ def random_batches(count: int, args: argparse.Namespace, seed: int = 0) -> np.nd
 # ---------------------------------------------------------------------------------------------- peak rate
 
 
-def matmul_peak(threads: int, use_torch: bool) -> dict[str, float]:
-    """Return the best float32 matmul FLOP/s of XLA and of PyTorch over square sizes 1024 and 2048."""
+def matmul_peak(args: argparse.Namespace, torch_device: str | None) -> dict[str, float]:
+    """Return the best matmul FLOP/s of XLA and of PyTorch in the compute dtype, over two square sizes.
+
+    On CPU: 1,024 and 2,048 in float32. On a GPU or TPU: 4,096 and 8,192, large enough to reach the
+    chip's matrix units' steady rate.
+    """
+    sizes = (4096, 8192) if ON_ACCELERATOR else (1024, 2048)
+    dtype = jnp.dtype(args.compute_dtype)
     rates = {}
-    for n in (1024, 2048):
+    for n in sizes:
         a = np.random.default_rng(1).standard_normal((n, n), np.float32)
         b = np.random.default_rng(2).standard_normal((n, n), np.float32)
         product = jax.jit(jnp.matmul)
-        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        ja, jb = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
         product(ja, jb).block_until_ready()
         rates[f"xla_{n}"] = 2 * n**3 / best_time(lambda: product(ja, jb).block_until_ready())
-        if use_torch:
+        if torch_device is not None:
             import torch
 
-            torch.set_num_threads(threads)
-            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-            torch.matmul(ta, tb)
-            rates[f"torch_{n}"] = 2 * n**3 / best_time(lambda: torch.matmul(ta, tb))
+            torch.set_num_threads(args.threads)
+            torch_dtype = getattr(torch, args.compute_dtype)
+            ta = torch.from_numpy(a).to(device=torch_device, dtype=torch_dtype)
+            tb = torch.from_numpy(b).to(device=torch_device, dtype=torch_dtype)
+
+            def torch_product():
+                torch.matmul(ta, tb)
+                if torch_device == "cuda":
+                    torch.cuda.synchronize()
+
+            torch_product()
+            rates[f"torch_{n}"] = 2 * n**3 / best_time(torch_product)
     return rates
+
+
+def mfu_peak(args: argparse.Namespace) -> tuple[float | None, str]:
+    """Return the peak FLOP/s that MFU divides by on an accelerator, and where it comes from.
+
+    On CPU there is no published figure to trust (it depends on clock, cores and vector units), so MFU is
+    measured against the best matrix multiply of the same run, and this returns (None, "measured").
+    """
+    if args.peak_flops is not None:
+        return args.peak_flops, "--peak-flops"
+    if not ON_ACCELERATOR:
+        return None, "measured"
+    kind = jax.devices()[0].device_kind
+    peak = published_bf16_peak(kind)
+    if peak is None:
+        raise UserError(f"no published bfloat16 peak is known for device {kind!r} (known: {', '.join(known_parts())}); "
+                        "pass --peak-flops FLOP/s from its datasheet (dense, without sparsity)")
+    return peak.bf16_flops, f"{peak.name}: {peak.source}"
+
+
+def torch_device_for(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """Return the PyTorch device of the peer ("cpu" or "cuda"), or None with the reason it cannot run."""
+    if args.no_torch:
+        return None, "--no-torch"
+    try:
+        import torch
+    except ImportError:
+        return None, "PyTorch is not installed"
+    if not ON_ACCELERATOR:
+        return "cpu", None
+    if jax.default_backend() == "gpu" and torch.cuda.is_available():
+        return "cuda", None
+    return None, f"PyTorch cannot use this {jax.default_backend()}"
 
 
 SETTLE_S = 0.5  # pause before each timed run, so the previous engine's worker threads stop spinning
@@ -134,7 +227,8 @@ class JaxRunner:
         self.state = self.trainer.init_state(0)
         self.schedule = {key: jnp.asarray(value, jnp.float32)
                          for key, value in schedule_values(self.config.optimizer, steps).items()}
-        self.batches = random_batches(steps, args)
+        # On the device before timing, as the training loop's prefetch would have them.
+        self.batches = [self.trainer.put_batch(batch) for batch in random_batches(steps, args)]
         self.run(2)  # compile, and reach the steady state
 
     def run(self, steps: int) -> float:
@@ -150,21 +244,26 @@ class JaxRunner:
 # ---------------------------------------------------------------------------------------------- PyTorch
 
 
-def torch_runner(model: ModelConfig, args: argparse.Namespace, steps: int, compiled: bool):
+def torch_runner(model: ModelConfig, args: argparse.Namespace, steps: int, compiled: bool, device: str):
     """Return a PyTorch runner of the same architecture; raises whatever torch.compile raises."""
     import torch
 
     torch.set_num_threads(args.threads)
-    return TorchRunner(model, args, steps, compiled)
+    return TorchRunner(model, args, steps, compiled, device)
 
 
 class TorchRunner:
-    def __init__(self, model: ModelConfig, args: argparse.Namespace, steps: int, compiled: bool):
+    """The peer: the same model in PyTorch, on `device`, with bfloat16 autocast when JAX computes in bfloat16."""
+
+    def __init__(self, model: ModelConfig, args: argparse.Namespace, steps: int, compiled: bool, device: str):
         import torch
 
         torch.manual_seed(0)
         self.torch = torch
-        self.module = TorchDecoder(model)
+        self.device = device
+        # Autocast keeps float32 parameters and runs products in bfloat16, as compute_dtype does in JAX.
+        self.autocast_dtype = torch.bfloat16 if args.compute_dtype == "bfloat16" else None
+        self.module = TorchDecoder(model).to(device)
         decay = [p for p in self.module.parameters() if p.ndim >= 2]
         no_decay = [p for p in self.module.parameters() if p.ndim < 2]
         opt = OptimizerConfig()
@@ -173,14 +272,16 @@ class TorchRunner:
             lr=opt.peak_lr, betas=(opt.beta1, opt.beta2), eps=opt.eps,
         )
         self.grad_clip = opt.grad_clip
-        self.batches = torch.from_numpy(random_batches(steps, args).astype(np.int64))
+        self.batches = torch.from_numpy(random_batches(steps, args).astype(np.int64)).to(device)
         self.step_fn = torch.compile(self._step) if compiled else self._step
         self.run(2)
 
     def _step(self, batch):
         torch = self.torch
-        logits = self.module(batch[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        with torch.autocast(self.device, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            logits = self.module(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                                 batch[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
         self.optimizer.step()
@@ -191,7 +292,7 @@ class TorchRunner:
         start = time.perf_counter()
         for step in range(steps):
             loss = self.step_fn(self.batches[step % len(self.batches)])
-        float(loss)
+        float(loss)  # waits for the device
         return time.perf_counter() - start
 
 
@@ -269,25 +370,28 @@ def TorchDecoder(model: ModelConfig):  # noqa: N802 - builds a torch.nn.Module c
 
 
 def measure(args: argparse.Namespace) -> dict:
-    use_torch = not args.no_torch
+    torch_device, torch_skipped = torch_device_for(args)
+    use_torch = torch_device is not None
+    published_peak, peak_source = mfu_peak(args)  # fails here, before any timing, on an unknown chip
     sizes = [int(size) for size in args.sizes.split(",")]
-    # Before the first JAX computation starts XLA's threads.
-    keep_freed_memory(max(estimated_step_temp_bytes(train_config(model_config(d, args), args, 1)) for d in sizes))
-    peaks = matmul_peak(args.threads, use_torch)
-    peak = max(peaks.values())
+    if not ON_ACCELERATOR:  # before the first JAX computation starts XLA's threads
+        keep_freed_memory(max(estimated_step_temp_bytes(train_config(model_config(d, args), args, 1)) for d in sizes))
+    peaks = matmul_peak(args, torch_device)
+    measured_peak = max(peaks.values())
     results = []
     for d_model in sizes:
         model = model_config(d_model, args)
         tokens_per_step = args.batch * args.seq_len
         flops_per_token = training_flops_per_token(model, args.seq_len)["exact"]
-        steps = args.steps or max(2, round(2.0 * peak * 0.4 / (flops_per_token * tokens_per_step)))
+        rate_guess = published_peak or measured_peak
+        steps = args.steps or max(2, round(2.0 * rate_guess * 0.4 / (flops_per_token * tokens_per_step)))
         engines = {"jax": JaxRunner(model, args, steps)}
         errors = {}
         if use_torch:
-            engines["torch_eager"] = torch_runner(model, args, steps, compiled=False)
+            engines["torch_eager"] = torch_runner(model, args, steps, compiled=False, device=torch_device)
             if not args.no_compile:
                 try:
-                    engines["torch_compile"] = torch_runner(model, args, steps, compiled=True)
+                    engines["torch_compile"] = torch_runner(model, args, steps, compiled=True, device=torch_device)
                 except Exception as error:  # torch.compile needs a C++ compiler and may fail on some setups
                     errors["torch_compile"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
         times = {name: [] for name in engines}
@@ -305,12 +409,11 @@ def measure(args: argparse.Namespace) -> dict:
             "exact_flops_per_token": flops_per_token,
             "steps_timed": steps,
             "tokens_per_s": round(rates["jax"], 1),
-            "mfu": round(rates["jax"] * flops_per_token / peak, 4),
+            "mfu": None,  # filled in below, once the run's best matrix multiply is known
         }
         if use_torch:
             row["torch_eager_tokens_per_s"] = round(rates["torch_eager"], 1)
             row["ratio_vs_torch_eager"] = round(rates["jax"] / rates["torch_eager"], 3)
-            row["torch_eager_mfu"] = round(rates["torch_eager"] * flops_per_token / peak, 4)
             if "torch_compile" in rates:
                 row["torch_compile_tokens_per_s"] = round(rates["torch_compile"], 1)
                 row["ratio_vs_torch_compile"] = round(rates["jax"] / rates["torch_compile"], 3)
@@ -320,30 +423,47 @@ def measure(args: argparse.Namespace) -> dict:
         results.append(row)
         if not args.json:
             print(json.dumps(row), flush=True)
-    later = matmul_peak(args.threads, use_torch)  # a second look: the peak is the best seen in the whole run
+    later = matmul_peak(args, torch_device)  # a second look: the peak is the best seen in the whole run
     peaks = {name: max(rate, later[name]) for name, rate in peaks.items()}
-    if max(peaks.values()) > peak:
-        peak = max(peaks.values())
-        for row in results:
-            for key in ("mfu", "torch_eager_mfu"):
-                if key in row:
-                    rate = row["tokens_per_s" if key == "mfu" else "torch_eager_tokens_per_s"]
-                    row[key] = round(rate * row["exact_flops_per_token"] / peak, 4)
+    measured_peak = max(peaks.values())
+    peak = published_peak or measured_peak
+    for row in results:
+        per_token = row["exact_flops_per_token"]
+        row["mfu"] = round(row["tokens_per_s"] * per_token / peak, 4)
+        if use_torch:
+            row["torch_eager_mfu"] = round(row["torch_eager_tokens_per_s"] * per_token / peak, 4)
+        if published_peak is not None:
+            row["mfu_vs_measured_matmul"] = round(row["tokens_per_s"] * per_token / measured_peak, 4)
     return {
         "date": datetime.date.today().isoformat(),
-        "machine": cpu_model(),
+        "machine": machine_name(),
+        "backend": jax.default_backend(),
         "threads": args.threads,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "kept_freed_memory": keep_freed_memory(),
+        "kept_freed_memory": keep_freed_memory() if not ON_ACCELERATOR else False,
         "jax": jax.__version__,
         "torch": _torch_version() if use_torch else None,
+        "torch_device": torch_device,
+        "torch_skipped": torch_skipped,
+        "compute_dtype": args.compute_dtype,
+        "attention_impl": args.attention,
         "batch": args.batch,
         "seq_len": args.seq_len,
-        "matmul_peak_flops": peak,
+        "matmul_peak_flops": measured_peak,
         "matmul_rates": {name: round(rate) for name, rate in peaks.items()},
+        "mfu_peak_flops": peak,
+        "mfu_peak_source": peak_source,
         "load_average": os.getloadavg()[0],
         "sizes": results,
     }
+
+
+def machine_name() -> str:
+    """Return the accelerator JAX runs on, or the CPU model and core count."""
+    if ON_ACCELERATOR:
+        devices = jax.devices()
+        return f"{devices[0].device_kind} x{len(devices)}, host {cpu_model()}"
+    return cpu_model()
 
 
 def cpu_model() -> str:
@@ -363,7 +483,11 @@ def _torch_version() -> str:
 
 
 def main() -> None:
-    result = measure(ARGS)
+    try:
+        result = measure(resolve_defaults(ARGS))  # UserError: a bad option, found before any timing
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(json.dumps(result, indent=None if ARGS.json else 2))
 
 

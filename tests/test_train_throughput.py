@@ -1,0 +1,106 @@
+"""The training-throughput benchmark: its accelerator peaks, its output keys, and its bad options.
+
+Speed itself belongs in docs/benchmarks.md, so these tests do not check the numbers. They check that a tiny
+run on this CPU reports every key in the requested dtype. They also check that an option that cannot work
+stops the script before any timing, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scaling.accelerators import known_parts, published_bf16_peak
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
+TINY = ["--sizes", "32", "--layers", "1", "--seq-len", "16", "--batch", "2", "--repeats", "1", "--steps", "2",
+        "--no-compile", "--json"]
+
+
+@pytest.mark.parametrize("device_kind, name, tflops", [
+    # Device kinds as JAX reports them. Peaks are the datasheets' dense bf16 figures, half the sparse ones.
+    ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.5),
+    ("NVIDIA H100 PCIe", "H100 PCIe", 756.5),
+    ("NVIDIA H200", "H200 SXM", 989.5),
+    ("NVIDIA A100-SXM4-80GB", "A100", 312.0),
+    ("NVIDIA A100 80GB PCIe", "A100", 312.0),
+    ("TPU v4", "TPU v4", 275.0),
+    ("TPU v5 lite", "TPU v5e", 197.0),
+    ("TPU v5", "TPU v5p", 459.0),
+    ("TPU v6 lite", "TPU v6e", 918.0),
+])
+def test_published_peak_of_known_chips(device_kind, name, tflops):
+    peak = published_bf16_peak(device_kind)
+    assert peak is not None and peak.name == name
+    assert peak.bf16_flops == pytest.approx(tflops * 1e12)
+    assert peak.source
+
+
+@pytest.mark.parametrize("device_kind", ["cpu", "NVIDIA GeForce RTX 4090", "Tesla V100-SXM2-16GB", "",
+                                         "NVIDIA H100 NVL", "NVIDIA H200 NVL"])
+def test_unknown_chip_has_no_guessed_peak(device_kind):
+    assert published_bf16_peak(device_kind) is None
+
+
+def test_known_parts_are_listed_once():
+    parts = known_parts()
+    assert len(parts) == len(set(parts))
+    assert "H100 SXM" in parts
+    assert "TPU v5e" in parts
+
+
+def run_benchmark(*options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *options], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tiny_run_reports_every_key(dtype):
+    done = run_benchmark(*TINY, "--no-torch", "--compute-dtype", dtype)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+
+    assert report["backend"] == "cpu"
+    assert report["compute_dtype"] == dtype
+    assert report["attention_impl"] == "xla"
+    assert report["mfu_peak_source"] == "measured"
+    assert report["mfu_peak_flops"] == report["matmul_peak_flops"] > 0
+    assert report["matmul_peak_flops"] == pytest.approx(max(report["matmul_rates"].values()))  # rates are rounded
+    assert report["torch_device"] is None
+    assert report["torch_skipped"] == "--no-torch"
+    (row,) = report["sizes"]
+    for key in ("d_model", "n_layers", "params", "tokens_per_s", "mfu"):
+        assert row[key] is not None, key
+    assert row["d_model"] == 32
+    assert row["n_layers"] == 1
+    assert row["mfu"] == pytest.approx(row["tokens_per_s"] * row["exact_flops_per_token"]
+                                       / report["matmul_peak_flops"], abs=5.1e-5)  # mfu has 4 decimals
+
+
+def test_tiny_run_beside_torch_eager():
+    pytest.importorskip("torch")
+    done = run_benchmark(*TINY)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["torch_device"] == "cpu"
+    (row,) = report["sizes"]
+    assert row["torch_eager_tokens_per_s"] > 0
+    assert row["ratio_vs_torch_eager"] == pytest.approx(row["tokens_per_s"] / row["torch_eager_tokens_per_s"],
+                                                        rel=1e-2)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--attention", "cudnn"], "--attention cudnn cannot run"),
+    (["--peak-flops", "-1"], "--peak-flops -1.0 must be positive"),
+])
+def test_impossible_option_exits_2(options, message):
+    done = run_benchmark(*TINY, "--no-torch", *options)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
