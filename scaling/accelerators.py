@@ -57,3 +57,14 @@ def published_bf16_peak(device_kind: str) -> PublishedPeak | None:
 def known_parts() -> list[str]:
     """Return the names of the parts in the table, for error messages."""
     return list(dict.fromkeys(peak.name for _, peak in _TABLE if peak is not None))
+
+
+def devices_peak_flops(devices) -> float | None:
+    """Return the summed published bfloat16 peak of `devices`, or None unless every one is a known GPU or TPU."""
+    total = 0.0
+    for device in devices:
+        peak = published_bf16_peak(device.device_kind) if device.platform in ("gpu", "cuda", "rocm", "tpu") else None
+        if peak is None:
+            return None
+        total += peak.bf16_flops
+    return total or None

@@ -30,6 +30,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from models.transformer import Transformer, next_token_loss
+from scaling.accelerators import devices_peak_flops
 from scaling.accounting import parameter_counts, training_flops_per_token
 from scaling.checkpoint import Checkpointer, abstract_like
 from scaling.config import PROGRAMS_KEPT, TrainConfig, config_differences, program_identity, same_run
@@ -415,6 +416,9 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
     windows = validation_windows(corpus.val, eval_tokens=config.data.eval_tokens, seq_len=config.data.seq_len)
     val_bytes = predicted_bytes(windows, corpus.tokenizer)
     val_tokens = windows.shape[0] * (windows.shape[1] - 1)
+    # MFU only where a published peak exists (known GPUs and TPUs). A CPU's peak depends on the machine.
+    peak_flops = devices_peak_flops(trainer.mesh.devices.flat)
+    flops_per_token = record["flops_per_token"]["exact"]
 
     fault = fault_from_env()
     # Seconds of this process's wall time outside training steps, logged at the end (docs/benchmarks.md).
@@ -469,6 +473,8 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
                 "tokens_per_s": len(fetched) * tokens_per_step / max(now - interval_start, 1e-9),
                 "wall_s": wall_before + now - started,
             }
+            if peak_flops is not None:
+                row["mfu"] = row["tokens_per_s"] * flops_per_token / peak_flops
             pending, interval_start = [], now
             if not math.isfinite(row["train_loss"]):
                 losses = [float(m["train_loss"]) for m in fetched]

@@ -160,3 +160,23 @@ def test_resume_with_absolute_corpus_path(small_corpus, tmp_path, monkeypatch):
     again = train(tiny_config(small_corpus.absolute()), tmp_path / "runs", progress=False)
     assert first["status"] == "completed"
     assert again == first
+
+
+def test_mfu_logged_against_device_peak(small_corpus, tmp_path, monkeypatch):
+    # No accelerator runs here, so the lookup of the devices' published peak is replaced by a fixed 1 TFLOP/s.
+    monkeypatch.setattr("scaling.train.devices_peak_flops", lambda devices: 1e12)
+    train(tiny_config(small_corpus), tmp_path, progress=False)
+    run = RunDir.at(tmp_path, "test", "tiny")
+    per_token = run.config()["flops_per_token"]["exact"]
+
+    rows = run.metrics()
+    assert rows
+    for row in rows:
+        assert row["mfu"] == pytest.approx(row["tokens_per_s"] * per_token / 1e12)
+
+
+def test_no_mfu_on_cpu(small_corpus, tmp_path):
+    train(tiny_config(small_corpus), tmp_path, progress=False)
+    rows = RunDir.at(tmp_path, "test", "tiny").metrics()
+    assert rows
+    assert all("mfu" not in row for row in rows)
