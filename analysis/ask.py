@@ -14,6 +14,7 @@ KV_ROW_KEYS, with bytes = 2 x layers x KV heads x head dim x context x batch x b
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +24,7 @@ import numpy as np
 from scaling.errors import UserError
 
 from analysis.allocation import FLOPS_PER_PARAM_TOKEN
+from analysis.bootstrap import percentile
 from analysis.fit import read_fit
 from analysis.laws import Law, ParametricLaw, PowerLawAllocation, all_laws, get_law
 from analysis.query import Query, parse_query
@@ -87,6 +89,13 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
         rows[:0] = own_rows
     rows = tuple(rows)
     notes = disagreement_notes(query, rows)
+    if fit is not None:
+        notes[:0] = [f"your fit: {warning}" for warning in record.get("warnings", [])]
+        quantity = _ASKED[query.kind]
+        overflowed = [row["law"] for row in own_rows if row[quantity] is not None and not math.isfinite(row[quantity])]
+        if overflowed:
+            notes.append(f"{', '.join(overflowed)} gives no finite {quantity}: the fitted exponents put the answer "
+                         "beyond a float, so this fit cannot answer the question")
     if query.kind == "loss_at":
         silent = [row["law"] for row in rows if row["loss"] is None]
         if silent:
@@ -131,8 +140,18 @@ def fitted_allocation(record: dict[str, Any], approach: str,
     number = approach[-1]
     convention = record.get("convention", "total")
     return PowerLawAllocation(f"fit-{approach}", f"your fit (approach {number}, {convention} parameters, "
-                              f"{record.get('n_runs', '?')} runs)", source, fitted["a"],
+                              f"{_runs_used(record, approach)})", source, fitted["a"],
                               fitted["params_coefficient"], convention)
+
+
+def _runs_used(record: dict[str, Any], approach: str) -> str:
+    """Return how many runs an approach's power law rests on: approach 2 uses only the budgets it kept."""
+    fitted = record.get(approach) or {}
+    if approach == "approach2" and "budgets_used" in fitted:
+        used = set(fitted["budgets_used"])
+        runs = sum(len(profile["params"]) for profile in fitted.get("profiles", []) if profile["flops"] in used)
+        return f"{runs} runs in {len(used)} budgets"
+    return f"{record.get('n_runs', '?')} runs"
 
 
 def allocation_interval(record: dict[str, Any], approach: str, query: Query) -> dict[str, Any] | None:
@@ -151,13 +170,18 @@ def allocation_interval(record: dict[str, Any], approach: str, query: Query) -> 
 
 
 def answer_row(law: Law, query: Query) -> dict[str, Any]:
-    """Return one law's answer to `query` as a row with the keys of ROW_KEYS."""
+    """Return one law's answer to `query` as a row with the keys of ROW_KEYS.
+
+    A fitted law far from its data can overflow: its answer is then infinite, without a numpy warning.
+    """
     try:
         if query.kind in ("tokens_for_params", "compute_for_params"):
             params = query.params
-            tokens = law.tokens_for_params(params)
+            with np.errstate(over="ignore"):
+                tokens = law.tokens_for_params(params)
         elif query.kind in ("params_for_flops", "tokens_per_param"):
-            params, tokens = law.compute_optimal(query.flops)
+            with np.errstate(over="ignore", invalid="ignore"):
+                params, tokens = law.compute_optimal(query.flops)
         elif query.kind == "loss_at":
             params, tokens = query.params, query.tokens
         else:
@@ -202,17 +226,30 @@ def bootstrap_interval(record: dict[str, Any], query: Query) -> dict[str, Any] |
 
 
 def _interval_over(laws: Sequence[Law], query: Query, level: float) -> dict[str, Any] | None:
-    """Return the central `level` percentile interval of each of INTERVAL_KEYS over the laws' rows."""
-    replicate_rows = [answer_row(law, query) for law in laws]
+    """Return the central `level` percentile interval of each of INTERVAL_KEYS over the laws' rows.
+
+    A replicate far from the data (a single compute budget, say) can overflow: its answer counts as
+    infinite, so the interval's bound becomes infinite ("inf" in tables, null in JSON) instead of an error.
+    """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        replicate_rows = [_replicate_row(law, query) for law in laws]
     if len(replicate_rows) < 2:
         return None
     tail = 100 * (1 - level) / 2
     interval: dict[str, Any] = {"level": level, "replicates": len(replicate_rows)}
     for key in INTERVAL_KEYS:
         values = np.array([row[key] for row in replicate_rows if row[key] is not None], dtype=float)
-        interval[key] = None if values.size < 2 else [float(np.percentile(values, tail)),
-                                                      float(np.percentile(values, 100 - tail))]
+        values = values[~np.isnan(values)]
+        interval[key] = None if values.size < 2 else [percentile(values, tail), percentile(values, 100 - tail)]
     return interval
+
+
+def _replicate_row(law: Law, query: Query) -> dict[str, Any]:
+    """Return a replicate's answer row, with infinity for the quantities that overflow."""
+    try:
+        return answer_row(law, query)
+    except OverflowError:
+        return {key: math.inf for key in INTERVAL_KEYS}
 
 
 def _empty_row(law: Law, query: Query, reason: str) -> dict[str, Any]:
@@ -224,7 +261,7 @@ def _empty_row(law: Law, query: Query, reason: str) -> dict[str, Any]:
 def disagreement_notes(query: Query, rows: Sequence[dict[str, Any]]) -> list[str]:
     """Return a note when the asked quantity differs by more than DISAGREEMENT_FACTOR across laws."""
     key = _ASKED[query.kind]
-    answered = [row for row in rows if row[key] is not None and row[key] > 0]
+    answered = [row for row in rows if row[key] is not None and 0 < row[key] < math.inf]
     if len(answered) < 2:
         return []
     low = min(answered, key=lambda row: row[key])

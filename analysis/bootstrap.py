@@ -46,24 +46,26 @@ class BootstrapResult:
         """Return E, A, B, alpha, beta, a and b of each (converged) replicate."""
         theta = self.samples[self.converged] if converged_only else self.samples
         alpha, beta = theta[:, 3], theta[:, 4]
-        return {
-            "E": np.exp(theta[:, 2]), "A": np.exp(theta[:, 0]), "B": np.exp(theta[:, 1]),
-            "alpha": alpha, "beta": beta, "a": beta / (alpha + beta), "b": alpha / (alpha + beta),
-        }
+        with np.errstate(over="ignore"):  # a replicate far from the data may have A or B beyond a float: inf
+            return {
+                "E": np.exp(theta[:, 2]), "A": np.exp(theta[:, 0]), "B": np.exp(theta[:, 1]),
+                "alpha": alpha, "beta": beta, "a": beta / (alpha + beta), "b": alpha / (alpha + beta),
+            }
 
     def intervals(self) -> dict[str, tuple[float, float]]:
         """Return the central percentile interval of each parameter at `level`; empty when none converged."""
         if not self.converged.any():
             return {}
         tail = 100 * (1 - self.level) / 2
-        return {name: (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+        return {name: (percentile(values, tail), percentile(values, 100 - tail))
                 for name, values in self.parameter_samples().items()}
 
     def standard_errors(self) -> dict[str, float]:
         """Return the standard deviation of each parameter over converged replicates; empty when fewer than 2."""
         if self.converged.sum() < 2:
             return {}
-        return {name: float(np.std(values, ddof=1)) for name, values in self.parameter_samples().items()}
+        with np.errstate(invalid="ignore", over="ignore"):  # an infinite sample makes the error infinite or NaN
+            return {name: float(np.std(values, ddof=1)) for name, values in self.parameter_samples().items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +82,13 @@ class BootstrapResult:
             "samples": {"parameters": ["log_a", "log_b", "log_e", "alpha", "beta"],
                         "values": self.samples.tolist(), "converged": self.converged.tolist()},
         }
+
+
+def percentile(values: ArrayLike, percent: float) -> float:
+    """Return the percentile of `values`, which may include infinities (plain interpolation turns them into NaN)."""
+    largest = np.finfo(float).max
+    result = float(np.percentile(np.clip(np.asarray(values, dtype=float), -largest, largest), percent))
+    return math.copysign(math.inf, result) if abs(result) > largest / 4 else result
 
 
 def bootstrap_approach3(params: ArrayLike, tokens: ArrayLike, loss: ArrayLike, fit: ParametricFit, *,

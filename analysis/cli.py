@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.runs import CONVENTIONS
+from scaling.run_store import json_safe
 from scaling.terminal import print_stdout
 
 OPTIONAL_METHODS = ("approach1", "approach2", "kaplan", "extrapolation")  # as analysis.fit, without importing it
@@ -114,7 +115,7 @@ def _fit(args: argparse.Namespace) -> dict[str, Any]:
 def run_fit(args: argparse.Namespace) -> int:
     record = _fit(args)
     if args.json:
-        print_stdout(json.dumps(record, indent=2))
+        print_stdout(json.dumps(json_safe(record), indent=2, allow_nan=False))
     else:
         _print_fit(record, Path(args.out))
     return 0
@@ -125,7 +126,7 @@ def run_ask(args: argparse.Namespace) -> int:
 
     answer = ask(args.question, fit=args.fit, law_keys=args.law)
     if args.json:
-        print_stdout(json.dumps(list(answer.rows), indent=2))
+        print_stdout(json.dumps(json_safe(list(answer.rows)), indent=2, allow_nan=False))
         for note in answer.notes:
             print(f"note: {note}", file=sys.stderr)
         return 0

@@ -12,12 +12,16 @@ convention the source used.
 from __future__ import annotations
 
 import csv
+import logging
 import math
+from collections import defaultdict
 from pathlib import Path
 
 from scaling.errors import UserError
 
 from analysis.runs import RunRow, RunTable
+
+logger = logging.getLogger(__name__)
 
 QUANTITIES = ("N", "D", "C", "L", "budget", "id")
 DEFAULT_COLUMNS = "N=params,D=tokens,L=loss"
@@ -63,14 +67,38 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
             if missing:
                 raise UserError(f"{path}: column(s) {', '.join(missing)} not found; the header has: "
                                 f"{', '.join(header)}")
-            lines = [line for line in reader if all(line[column].strip() == value for column, value in wanted.items())]
+            needed = list(mapping.values()) + list(wanted)
+            numbered = []  # (line number in the file, row), so that messages and ids name the file's lines
+            for line in reader:
+                number = reader.line_num
+                if any(line[column] is None for column in needed):  # csv fills the fields of a short row with None
+                    fields = sum(value is not None for value in line.values())
+                    raise UserError(f"{path} line {number}: {fields} field(s) where the header has {len(header)}; "
+                                    "complete or remove that line")
+                if all(line[column].strip() == value for column, value in wanted.items()):
+                    numbered.append((number, line))
     except FileNotFoundError:
         raise UserError(f"CSV file {path} not found") from None
 
-    rows = [_row(line, number, mapping, path, source) for number, line in enumerate(lines, start=2)]
+    rows = [_row(line, number, mapping, path, source) for number, line in numbered]
     if not rows:
         raise UserError(f"{path}: no rows left after the filters {wanted or '(none)'}")
+    _warn_duplicates(rows, [number for number, _ in numbered], path)
     return RunTable(tuple(rows), {}, str(path))
+
+
+def _warn_duplicates(rows: list[RunRow], numbers: list[int], path: Path) -> None:
+    """Log a warning naming the lines that repeat an earlier line's N, D and L exactly."""
+    lines_of: dict[tuple[float, float, float], list[int]] = defaultdict(list)
+    for row, number in zip(rows, numbers):
+        lines_of[(row.params_total, row.tokens, row.final_loss)].append(number)
+    repeated = [lines for lines in lines_of.values() if len(lines) > 1]
+    if repeated:
+        listed = "; ".join(" = ".join(f"line {number}" for number in lines) for lines in repeated[:3])
+        more = f" and {len(repeated) - 3} more" if len(repeated) > 3 else ""
+        logger.warning("%s: %d point(s) appear more than once (%s%s). Every copy counts as a run, which narrows "
+                       "the bootstrap intervals; remove the copies unless they are separate measurements",
+                       path, len(repeated), listed, more)
 
 
 def _row(line: dict[str, str], number: int, mapping: dict[str, str], path: Path, source: str) -> RunRow:

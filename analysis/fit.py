@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from scaling.errors import UserError
+from scaling.run_store import json_safe
 
 from analysis.bootstrap import DEFAULT_BOOTSTRAPS, BootstrapResult, bootstrap_approach3
 from analysis.bootstrap_methods import Replicates, bootstrap_envelope, bootstrap_isoflop, bootstrap_kaplan
@@ -104,7 +105,7 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     out.mkdir(parents=True, exist_ok=True)
     record = _record(table, convention, approach3, approach2, approach2_note, params, tokens, losses)
     record["bootstrap"] = None if bootstrap is None else bootstrap.to_dict()
-    record["warnings"] = _approach3_warnings(approach3)
+    record["warnings"] = _approach3_warnings(approach3, params, tokens)
     for warning in record["warnings"]:
         logger.warning("approach 3: %s", warning)
     started = time.perf_counter()
@@ -152,17 +153,27 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
         record["plots"] = _draw(out, approach3, approach2, params, tokens, losses, budget_groups, convention,
                                 bootstrap, envelope, approach2_replicates, approach1_replicates)
     replaced = (out / FIT_FILE).exists()
-    (out / FIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    # An unbounded interval or standard error is written as null: fit.json stays valid JSON.
+    (out / FIT_FILE).write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
     logger.info("wrote %s%s", out / FIT_FILE, ", replacing the earlier fit" if replaced else "")
     return record
 
 
 E_AT_ZERO = 1e-3  # nats/token: an irreducible loss below this means the fit pushed E to its bound
+ONE_BUDGET_SPAN = 2.0  # runs whose compute spans less than this factor count as one budget
 
 
-def _approach3_warnings(approach3) -> list[str]:
+def _approach3_warnings(approach3, params: np.ndarray, tokens: np.ndarray) -> list[str]:
     """Return caveats about an approach 3 fit that its convergence status does not show."""
     warnings = []
+    flops = 6 * params * tokens
+    if flops.max() < ONE_BUDGET_SPAN * flops.min():
+        # On one IsoFLOP budget N and D move together (D = C / 6N), so A/N^alpha and B/D^beta trade off freely.
+        warnings.append(
+            f"all {len(flops)} runs lie within a factor {ONE_BUDGET_SPAN:g} of compute ({flops.min():.3g} to "
+            f"{flops.max():.3g} FLOPs), so the fit cannot tell the N and D terms apart and its allocations are "
+            "not identified; add runs at other compute budgets"
+        )
     if approach3.parameters()["E"] < E_AT_ZERO:
         warnings.append(
             f"E = {approach3.parameters()['E']:.3g} is at zero: these runs do not identify the irreducible loss, so "

@@ -53,6 +53,14 @@ class Law(Protocol):
         ...
 
 
+def _exp(value: float) -> float:
+    """Return e**value, or infinity where that exceeds the largest float."""
+    try:
+        return math.exp(value)
+    except OverflowError:
+        return math.inf
+
+
 @dataclass(frozen=True)
 class ParametricLaw:
     """L(N, D) = E + A / N^alpha + B / D^beta, with its closed-form compute-optimal allocation."""
@@ -70,8 +78,11 @@ class ParametricLaw:
     @classmethod
     def from_logs(cls, key: str, name: str, citation: str, *, log_a: float, log_b: float, log_e: float,
                   alpha: float, beta: float, convention: str = "total") -> ParametricLaw:
-        """Build the law from natural logs of A, B and E (the parameterisation of the log-sum-exp fit)."""
-        return cls(key, name, citation, math.exp(log_e), math.exp(log_a), math.exp(log_b), alpha, beta, convention)
+        """Build the law from natural logs of A, B and E (the parameterisation of the log-sum-exp fit).
+
+        A log too large for a float (a bootstrap replicate far from the data) gives an infinite coefficient.
+        """
+        return cls(key, name, citation, _exp(log_e), _exp(log_a), _exp(log_b), alpha, beta, convention)
 
     def compute_optimal(self, flops: float) -> tuple[float, float]:
         params = float(allocation.optimal_params(flops, self.a_coef, self.b_coef, self.alpha, self.beta))

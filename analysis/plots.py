@@ -220,6 +220,9 @@ def plot_residuals(law: ParametricLaw, params: np.ndarray, tokens: np.ndarray, l
     points = axes.scatter(6 * params * tokens, residual, c=np.log10(params), cmap="viridis", s=18)
     figure.colorbar(points, ax=axes, label=f"log10 {params_label(convention)}")
     axes.axhline(0.0, color="black", lw=0.8)
+    flops = 6 * params * tokens
+    if flops.max() < 1.01 * flops.min():  # one budget: widen the axis, since a log axis cannot span one value
+        axes.set_xlim(flops.min() / 2, flops.max() * 2)
     axes.set_xscale("log")
     axes.set_xlabel("C = 6ND (FLOPs)")
     axes.set_ylabel("ln L - ln L_fit (loss in nats/token)")
@@ -237,7 +240,10 @@ def _bootstrap_band(bootstrap, flops: np.ndarray) -> tuple[np.ndarray, ...] | No
     for log_a, log_b, _, alpha, beta in bootstrap.samples[bootstrap.converged]:
         if alpha <= 0 or beta <= 0:
             continue
-        n_opt = allocation.optimal_params(flops, np.exp(log_a), np.exp(log_b), alpha, beta)
+        with np.errstate(over="ignore", invalid="ignore"):
+            n_opt = allocation.optimal_params(flops, np.exp(log_a), np.exp(log_b), alpha, beta)
+        if not np.all(np.isfinite(n_opt) & (n_opt > 0)):
+            continue  # a replicate whose allocation overflows has no curve to draw
         params_rows.append(n_opt)
         tokens_rows.append(flops / (6 * n_opt))
     if len(params_rows) < 2:

@@ -29,7 +29,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(_finite(payload), handle, indent=2, sort_keys=True)
+            json.dump(json_safe(payload), handle, indent=2, sort_keys=True)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -60,14 +60,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _finite(value: Any) -> Any:
-    """Replace NaN and infinities by None: JSON has no spelling for them."""
+def json_safe(value: Any) -> Any:
+    """Return `value` with NaN and infinities replaced by None, because JSON has no spelling for them."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
+        return [json_safe(item) for item in value]
     return value
 
 
@@ -134,7 +134,7 @@ class RunDir:
         if not rows:
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        text = "".join(json.dumps(_finite(row), sort_keys=True) + "\n" for row in rows)
+        text = "".join(json.dumps(json_safe(row), sort_keys=True) + "\n" for row in rows)
         with open(self.metrics_path, "a") as handle:
             handle.write(text)
             handle.flush()

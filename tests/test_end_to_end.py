@@ -7,6 +7,7 @@ offline mode, the fit and the question answered from it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -14,8 +15,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from analysis.ask import fitted_law
 from tests.conftest import STDLIB_MODULES
 
 pytestmark = pytest.mark.integration
@@ -102,8 +105,14 @@ def test_fit_and_ask_from_the_fit(study):
     assert len(rows) >= 4  # the fit plus the published laws
     assert all(row["params"] == 7e9 for row in rows)
     fit_row = rows[0]
-    assert fit_row["tokens"] > 0
-    assert fit_row["flops"] == pytest.approx(6 * 7e9 * fit_row["tokens"], rel=1e-9)
+    # Six tiny runs can give a law whose allocation overflows: JSON then carries null, since it has no infinity.
+    with np.errstate(over="ignore"):
+        expected = fitted_law(json.loads((report / "fit.json").read_text())).tokens_for_params(7e9)
+    if math.isfinite(expected):
+        assert fit_row["tokens"] == pytest.approx(expected, rel=1e-12)
+        assert fit_row["flops"] == pytest.approx(6 * 7e9 * fit_row["tokens"], rel=1e-9)
+    else:
+        assert fit_row["tokens"] is None
 
 
 def test_bad_query_exits_2_with_one_line(study):

@@ -1,0 +1,147 @@
+"""Fits of awkward data: CSV rows that are short, blank or repeated, and runs that share one compute budget.
+
+Such data must give a clear error or warning naming the line or the cause, valid JSON (no NaN or Infinity),
+and answers whose intervals say "unbounded" instead of crashing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis import cli
+from analysis.ask import ask
+from analysis.bootstrap import percentile
+from analysis.csv_points import load_csv
+from analysis.fit import fit_runs
+from analysis.laws import ParametricLaw
+from analysis.synthetic import law_losses
+from scaling.errors import UserError
+
+LAW = ParametricLaw("truth", "truth", "test", e_coef=1.69, a_coef=406.4, b_coef=410.7, alpha=0.34, beta=0.28)
+
+
+def strict_json(text: str):
+    """Parse `text` as JSON, raising on NaN and Infinity, which json.loads would otherwise accept."""
+    def reject(constant: str):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def write_csv(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_short_row_is_an_error_naming_its_line(tmp_path):
+    path = write_csv(tmp_path / "short.csv", ["N,D,loss", "1e8,2e9,3.1", "2e8,1e9"])
+    with pytest.raises(UserError, match=r"line 3: 2 field\(s\) where the header has 3"):
+        load_csv(path, "N=N,D=D,L=loss")
+
+
+def test_errors_and_ids_name_file_lines(tmp_path):
+    lines = ["N,D,loss,keep", "1e8,2e9,3.1,0", "", "2e8,1e9,3.0,1", "3e8,1e9,2.9,1"]
+    table = load_csv(write_csv(tmp_path / "ok.csv", lines), "N=N,D=D,L=loss", ["keep=1"])
+    assert [row.run_id for row in table.rows] == ["line4", "line5"]
+
+    lines[4] = "3e8,1e9,-2.9,1"
+    with pytest.raises(UserError, match="line 5: loss=-2.9"):
+        load_csv(write_csv(tmp_path / "bad.csv", lines), "N=N,D=D,L=loss", ["keep=1"])
+
+
+def test_repeated_points_are_named_in_a_warning(tmp_path, caplog):
+    lines = ["N,D,loss", "1e8,2e9,3.1", "2e8,1e9,3.0", "1e8,2e9,3.1", "3e8,1e9,2.9"]
+    caplog.set_level(logging.WARNING)
+    load_csv(write_csv(tmp_path / "dup.csv", lines), "N=N,D=D,L=loss")
+    messages = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(messages) == 1
+    assert "line 2 = line 4" in messages[0]
+
+
+def test_distinct_points_give_no_warning(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    load_csv(write_csv(tmp_path / "ok.csv", ["N,D,loss", "1e8,2e9,3.1", "2e8,1e9,3.0"]), "N=N,D=D,L=loss")
+    assert not [record for record in caplog.records if record.levelno == logging.WARNING]
+
+
+@pytest.fixture(scope="module")
+def one_budget_fit(tmp_path_factory):
+    """Fit 9 noisy runs that all spend 1e20 FLOPs: a law the data cannot identify."""
+    folder = tmp_path_factory.mktemp("one_budget")
+    params = np.geomspace(2e8, 2e10, 9)
+    tokens = 1e20 / (6 * params)
+    noise = np.exp(np.random.default_rng(0).normal(0.0, 0.01, params.size))
+    losses = law_losses(LAW, params, tokens) * noise
+    lines = ["N,D,loss"] + [f"{n:.17g},{d:.17g},{loss:.17g}" for n, d, loss in zip(params, tokens, losses)]
+    path = write_csv(folder / "one_budget.csv", lines)
+    # 200 replicates include some whose log A exceeds a float's exp range (above 709), as on real data.
+    record = fit_runs(path, folder / "fit", columns="N=N,D=D,L=loss", starts=256, bootstraps=200, seed=0, plot=False)
+    return record, folder / "fit" / "fit.json"
+
+
+def test_one_budget_fit_warns_and_stays_valid_json(one_budget_fit):
+    record, path = one_budget_fit
+    assert any("within a factor 2 of compute" in warning for warning in record["warnings"])
+    assert max(values[0] for values in record["bootstrap"]["samples"]["values"]) > 709
+
+    saved = strict_json(path.read_text())
+    assert saved["bootstrap"]["standard_errors"]["A"] is None  # NaN in memory, null on disk
+
+
+def test_ask_one_budget_notes_and_bounds(one_budget_fit):
+    _, path = one_budget_fit
+    answer = ask("tokens for 7B", fit=str(path), law_keys=["tokens-20"])
+    assert any(note.startswith("your fit: all 9 runs lie within") for note in answer.notes)
+
+    low, high = answer.rows[0]["interval"]["tokens"]
+    assert low > 0
+    assert not math.isnan(high)
+
+
+def test_ask_json_one_budget_is_strict(one_budget_fit, capsys):
+    _, path = one_budget_fit
+    parser = argparse.ArgumentParser(prog="scaling")
+    cli.add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["ask", "tokens for 7B", "--fit", str(path), "--json"])
+
+    assert args.handler(args) == 0
+    rows = strict_json(capsys.readouterr().out)
+    assert rows[0]["law"].startswith("your fit (approach 3")
+
+
+def test_percentile_keeps_infinite_bound():
+    values = np.array([1.0, 2.0, 3.0, np.inf, np.inf])
+    assert percentile(values, 2.5) == pytest.approx(1.1)
+    assert percentile(values, 97.5) == math.inf
+    assert percentile(np.array([1.0, 2.0, 3.0]), 50) == 2.0
+
+
+def test_law_huge_logs_are_infinite():
+    law = ParametricLaw.from_logs("r", "r", "test", log_a=1000.0, log_b=6.0, log_e=0.5, alpha=0.3, beta=0.3)
+    assert law.a_coef == math.inf
+    assert law.e_coef == pytest.approx(math.exp(0.5))
+
+
+def test_approach2_label_counts_only_runs_it_used(tmp_path):
+    # Three budgets of 5 sizes, and one of 2 sizes that approach 2 must skip.
+    rows = []
+    for budget, sizes in ((1e17, 5), (1e18, 5), (1e19, 5), (1e20, 2)):
+        optimum = LAW.compute_optimal(budget)[0]
+        for params in optimum * np.geomspace(0.25, 4.0, sizes):
+            tokens = budget / (6 * params)
+            rows.append(f"{params:.17g},{tokens:.17g},{law_losses(LAW, params, tokens):.17g},{budget:g}")
+    path = write_csv(tmp_path / "grid.csv", ["N,D,loss,budget"] + rows)
+    fit_runs(path, tmp_path / "fit", columns="N=N,D=D,L=loss,budget=budget", starts=64, bootstraps=0,
+             methods=("approach2",), plot=False)
+
+    answer = ask("tokens for 7B", fit=str(tmp_path / "fit" / "fit.json"), law_keys=["tokens-20"])
+    labels = [row["law"] for row in answer.rows]
+    assert "your fit (approach 2, total parameters, 15 runs in 3 budgets)" in labels
+    assert "your fit (approach 3, total parameters, 17 runs, converged)" in labels
