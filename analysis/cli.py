@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.runs import CONVENTIONS
+from scaling.errors import UserError
 from scaling.run_store import json_safe
 from scaling.terminal import print_stdout
 
@@ -138,11 +139,27 @@ def run_report(args: argparse.Namespace) -> int:
     from analysis.ask import ask
     from analysis.report import write_report
 
+    questions = args.question or ["tokens for 7B"]
+    _check_report_questions(questions)  # before the fit, which replaces fit.json
     record = _fit(args)
-    answers = [ask(question, fit=record) for question in (args.question or ["tokens for 7B"])]
+    answers = [ask(question, fit=record) for question in questions]
     path = write_report(args.out, record, answers, limitations=args.limitations)
     print_stdout(f"wrote {path}")
     return 0
+
+
+def _check_report_questions(questions: list[str]) -> None:
+    """Raise UserError for a --question that cannot be parsed or that no fit answers (a KV-cache question)."""
+    from analysis.query import parse_query
+
+    for question in questions:
+        try:
+            query = parse_query(question)
+        except UserError as error:
+            raise UserError(f"--question {question!r}: {error}") from None
+        if query.kind == "kv_cache":
+            raise UserError(f"--question {question!r} asks for KV-cache bytes, which no fit answers; "
+                            f"ask it with `scaling ask {question!r}` instead")
 
 
 def _default_out(source: Path | str, runs_root_option: str | None) -> Path:

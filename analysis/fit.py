@@ -161,6 +161,9 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
 
 E_AT_ZERO = 1e-3  # nats/token: an irreducible loss below this means the fit pushed E to its bound
 ONE_BUDGET_SPAN = 2.0  # runs whose compute spans less than this factor count as one budget
+# Published exponents lie between 0.076 (Kaplan et al. 2020, alpha_N) and 0.37 (Besiroglu et al. 2024,
+# beta). An exponent above this is the optimizer trading a term away, not a measurement.
+IMPLAUSIBLE_EXPONENT = 2.0
 
 
 def _approach3_warnings(approach3, params: np.ndarray, tokens: np.ndarray) -> list[str]:
@@ -174,6 +177,13 @@ def _approach3_warnings(approach3, params: np.ndarray, tokens: np.ndarray) -> li
             f"{flops.max():.3g} FLOPs), so the fit cannot tell the N and D terms apart and its allocations are "
             "not identified; add runs at other compute budgets"
         )
+    for name, term in (("alpha", "N"), ("beta", "D")):
+        value = approach3.parameters()[name]
+        if value > IMPLAUSIBLE_EXPONENT:
+            warnings.append(
+                f"{name} = {value:.3g} is far above published fits (0.08 to 0.37): these runs do not pin down "
+                f"the {term} term, so the fit's allocations are not reliable; add runs that vary {term} more"
+            )
     if approach3.parameters()["E"] < E_AT_ZERO:
         warnings.append(
             f"E = {approach3.parameters()['E']:.3g} is at zero: these runs do not identify the irreducible loss, so "

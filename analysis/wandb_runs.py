@@ -45,12 +45,14 @@ def load_wandb(source: str, *, allow_mixed: bool = False, api: Any = None) -> Ru
             import wandb
         except ImportError:
             raise UserError("reading runs from W&B needs the wandb package: pip install wandb") from None
-        api = wandb.Api()
     try:
+        if api is None:  # wandb.Api() already fails without an API key, or with one the server rejects
+            api = wandb.Api()
         runs = list(api.runs(path, filters={"group": group} if group else {}))
     except Exception as error:  # the W&B client raises its own error types for network and auth failures
-        raise UserError(f"could not list W&B runs of {path}: {error}; check the name, the network and "
-                        "WANDB_API_KEY, or read the local run store instead") from None
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+        raise UserError(f"could not list W&B runs of {path}: {reason}; run `wandb login` or set WANDB_API_KEY, "
+                        "check the name and the network, or fit the local run store instead") from None
 
     items = []
     for run in runs:

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from scaling.errors import UserError
+from scaling.errors import UserError, yaml_problem
 
 log = logging.getLogger("scaling")
 
@@ -60,9 +60,10 @@ def _add_data_parser(commands) -> None:
         default="python-stdlib",
         help="python-stdlib (default), a text file, a folder or glob of text files, or a .jsonl file",
     )
-    prepare.add_argument("--out", metavar="DIR", help="output folder (default: RUNS/_data/<source>-<tokenizer>)")
+    prepare.add_argument("--out", metavar="DIR", help="output folder (default: RUNS/_data/<name>-<hash of its "
+                                                       "path>-<tokenizer>, or python-stdlib-<tokenizer>)")
     prepare.add_argument("--tokenizer", choices=("bytes", "bpe"), default="bytes", help="bytes (vocabulary 256) or BPE")
-    prepare.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (tokens)")
+    prepare.add_argument("--vocab-size", type=int, help="BPE vocabulary size in tokens (default 4096)")
     prepare.add_argument("--text-field", default="text", help="JSONL field holding the document text")
     prepare.add_argument("--val-fraction", type=float, default=0.05, help="share of documents held out for validation")
     prepare.add_argument("--force", action="store_true", help="re-tokenize even if an identical result exists")
@@ -70,10 +71,17 @@ def _add_data_parser(commands) -> None:
     prepare.set_defaults(handler=_data_prepare)
 
 
+BPE_DEFAULT_VOCAB = 4096  # tokens of a BPE vocabulary when --vocab-size is not given
+
+
 def _data_prepare(args: argparse.Namespace) -> int:
     from scaling.data import default_data_dir, prepare
     from scaling.paths import runs_root
 
+    if args.vocab_size is not None and args.tokenizer != "bpe":
+        raise UserError(f"--vocab-size {args.vocab_size} applies to --tokenizer bpe only; the bytes tokenizer "
+                        "always has 256 tokens, so drop --vocab-size or add --tokenizer bpe")
+    args.vocab_size = args.vocab_size or BPE_DEFAULT_VOCAB
     out = args.out or default_data_dir(args.source, args.tokenizer, args.vocab_size, runs_root(args.runs))
     meta = prepare(
         args.source,
@@ -132,7 +140,7 @@ def _read_config_file(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise UserError(f"config file {path} is not valid JSON or YAML: {str(error).splitlines()[0]}") from None
+        raise UserError(f"config file {path} is not valid JSON or YAML: {yaml_problem(error)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"config file {path} must hold a mapping of config sections")
     return raw
@@ -140,7 +148,8 @@ def _read_config_file(path: Path) -> dict:
 
 def _add_demo_parser(commands) -> None:
     demo = commands.add_parser("demo", help="prepare the stdlib corpus, run an IsoFLOP sweep, fit, report and ask")
-    demo.add_argument("--preset", choices=("full", "quick"), default="full", help="full (about 10 min) or quick")
+    demo.add_argument("--preset", choices=("full", "quick"), default="full",
+                      help="full (about 2 min on 2 idle cores) or quick (about 1 min)")
     demo.add_argument("--workers", type=int, default=2, help="local worker processes")
     _add_runs_option(demo)
     demo.set_defaults(handler=_demo)

@@ -23,6 +23,8 @@ COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "linear")
 WANDB_MODES = ("online", "offline", "disabled", "auto")
 MESH_LAYOUTS = ("data", "fsdp")
+# run_id and sweep name folders under the runs root. A leading '.' or '_' is kept for hidden and internal folders.
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MESH_TEXT = re.compile(rf"^({'|'.join(MESH_LAYOUTS)})(?:=(\d+|all))?$")
 # TrainConfig fields that lay a run out on devices without changing what it computes. They are left out
 # when a run's recorded config is compared with a new one, so a run may resume under another layout.
@@ -210,6 +212,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require_choice(self, "wandb_mode", WANDB_MODES)
+        for name in ("run_id", "sweep"):  # both become folder names under the runs root
+            value = getattr(self, name)
+            if not isinstance(value, str) or not FOLDER_NAME.match(value):
+                raise UserError(f"{name}={value!r} must be a folder-safe name (letters, digits, '.', '_', '-', not "
+                                f"starting with '.' or '_'), e.g. {name}: my-{name.replace('_id', '')}")
         check_mesh(self.mesh, self.data.batch_size)
         if self.max_epochs is not None and not self.max_epochs > 0:
             raise UserError(f"max_epochs={self.max_epochs} must be positive, or null to allow any number of epochs")

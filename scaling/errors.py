@@ -12,3 +12,12 @@ class UserError(Exception):
     """
 
     exit_status = 2
+
+
+def yaml_problem(error: Exception) -> str:
+    """Return a PyYAML parse error as one line with its 1-based line and column, e.g. "line 3, column 7: ..."."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"

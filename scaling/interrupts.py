@@ -7,6 +7,10 @@ exception raised inside a garbage-collection callback or a `__del__` method ("Ex
 A signal that lands there would be lost, and the run would go on to its end. Training checks
 `stop_requested()` once per step, and the launcher once per pass of its loop, and each raises
 KeyboardInterrupt itself when a signal was dropped.
+
+`stop_signals_deferred()` protects the few writes that record an interrupt. A Ctrl-C in a terminal reaches
+the launcher and its workers together, and the launcher then stops its workers again, so a second signal
+can arrive while a worker writes its summary. Inside that block a signal is only recorded.
 """
 
 from __future__ import annotations
@@ -44,3 +48,23 @@ def interrupts_on_stop_signals():
         for number, handler in previous.items():
             signal.signal(number, handler)
         _requested = None
+
+
+@contextlib.contextmanager
+def stop_signals_deferred():
+    """Record SIGINT and SIGTERM inside the block without raising, so that short cleanup writes complete."""
+    global _requested
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def record(signum, frame):
+        global _requested
+        _requested = signum
+
+    previous = {number: signal.signal(number, record) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -22,12 +22,19 @@ from scaling.paths import DATA_FOLDER
 
 STATUSES = ("running", "interrupted", "completed", "diverged", "failed")
 
+# The process's umask, read once at import (setting it is the only way to read it). mkstemp creates files
+# readable by their owner only, so atomic writes widen them to what open() would have given.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to `path` through a temporary file and a rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)  # readable by the group, as the other run files, on a shared run store
         with os.fdopen(fd, "w") as handle:
             json.dump(json_safe(payload), handle, indent=2, sort_keys=True)
             handle.write("\n")

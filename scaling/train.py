@@ -37,7 +37,7 @@ from scaling.config import PROGRAMS_KEPT, TrainConfig, config_differences, progr
 from scaling.data import PreparedCorpus, batch_at, epochs_for, predicted_bytes, validation_windows
 from scaling.errors import UserError
 from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory, release_freed_memory
-from scaling.interrupts import stop_requested
+from scaling.interrupts import stop_requested, stop_signals_deferred
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_lock import RunLock
 from scaling.run_store import RunDir
@@ -389,8 +389,9 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
                         progress, wall_before, started, setup_s=started - entered)
     except KeyboardInterrupt:
         # Ctrl-C, or a launcher stopping its workers. The summary keeps the progress of the newest checkpoint,
-        # where the next attempt resumes, and marks the run as no longer live.
-        run_dir.write_summary({**(run_dir.summary() or summary), "status": "interrupted"})
+        # where the next attempt resumes, and marks the run as no longer live. A second signal waits for it.
+        with stop_signals_deferred():
+            run_dir.write_summary({**(run_dir.summary() or summary), "status": "interrupted"})
         tracker.finish(exit_code=130)
         checkpointer.close()
         raise

@@ -304,6 +304,9 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
             log.info("run %s already completed; skipping", run.run_id)
             outcomes[run.run_id] = RunOutcome(run, "skipped", summary, 0.0, None)
         else:
+            if summary is not None and summary.get("status") in ("interrupted", "running") and summary.get("steps_done"):
+                log.info("run %s was %s; it resumes from its checkpoint at step %d", run.run_id,
+                         "interrupted" if summary["status"] == "interrupted" else "killed", summary["steps_done"])
             todo.append(run)
 
     cost = assumed_cost_model()  # relative run sizes for the overall progress bar; its ETA rescales by the pace seen

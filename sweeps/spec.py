@@ -28,7 +28,7 @@ import yaml
 from models.size_ladder import DEFAULT_ASPECT_RATIO, DEFAULT_HEAD_DIM, describe, model_for_params
 from scaling.accounting import parameter_counts, training_flops_per_token
 from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig, check_mesh
-from scaling.errors import UserError
+from scaling.errors import UserError, yaml_problem
 from scaling.paths import runs_root as resolve_runs_root
 from sweeps.numbers import format_count, parse_count
 
@@ -177,9 +177,11 @@ def load_spec(path_or_name: str | Path) -> SweepSpec:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise UserError(f"sweep spec {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raise UserError(f"sweep spec {path} is not valid YAML: {yaml_problem(error)}") from None
     except OSError as error:
         raise UserError(f"cannot read sweep spec {path}: {error.strerror}; check the path") from None
+    if raw is None:
+        raise UserError(f"sweep spec {path} is empty; start from one of: {', '.join(packaged_specs())}")
     return parse_spec(raw, origin=str(path))
 
 

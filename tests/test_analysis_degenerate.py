@@ -145,3 +145,19 @@ def test_approach2_label_counts_only_runs_it_used(tmp_path):
     labels = [row["law"] for row in answer.rows]
     assert "your fit (approach 2, total parameters, 15 runs in 3 budgets)" in labels
     assert "your fit (approach 3, total parameters, 17 runs, converged)" in labels
+
+
+def test_implausible_exponent_is_warned(tmp_path):
+    # 3 sizes x 2 token counts, with losses that fall steeply in D: the fit trades the D term away.
+    rows = []
+    for params in (1e6, 2e6, 4e6):
+        for tokens, loss in ((1e7, 3.0), (2e7, 2.2)):
+            rows.append(f"{params:g},{tokens:g},{loss - 0.01 * math.log2(params / 1e6):.6f}")
+    path = write_csv(tmp_path / "steep.csv", ["N,D,loss"] + rows)
+    record = fit_runs(path, tmp_path / "fit", columns="N=N,D=D,L=loss", starts=64, bootstraps=0,
+                      methods=(), plot=False)
+    assert record["approach3"]["parameters"]["beta"] > 2.0
+    warned = [warning for warning in record["warnings"] if warning.startswith("beta = ")]
+    assert len(warned) == 1
+    assert "do not pin down the D term" in warned[0]
+    assert not [warning for warning in record["warnings"] if warning.startswith("alpha = ")]

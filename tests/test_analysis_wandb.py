@@ -151,3 +151,14 @@ def test_log_plots_needs_wandb_source(tmp_path):
     args = parser.parse_args(["fit", str(tmp_path), "--log-plots"])
     with pytest.raises(UserError, match="--log-plots needs a wandb"):
         args.handler(args)
+
+
+def test_real_client_without_key_is_one_line_error(tmp_path, monkeypatch):
+    # The real wandb client, with no API key anywhere and its server address on a closed loopback port.
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    with pytest.raises(UserError, match="run `wandb login` or set WANDB_API_KEY") as raised:
+        load_wandb("wandb:me/project")
+    assert "\n" not in str(raised.value)

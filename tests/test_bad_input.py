@@ -97,6 +97,14 @@ def test_empty_corpus_keeps_the_prepared_folder(capsys, tmp_path):
     assert snapshot(prepared) == before
 
 
+def test_vocab_size_needs_bpe(capsys, tmp_path):
+    source = tmp_path / "text.txt"
+    source.write_text("some text\n" * 100)
+    status, stderr = cli(capsys, "data", "prepare", source, "--vocab-size", "500", "--runs", tmp_path / "runs")
+    assert_user_error(status, stderr, "--vocab-size 500 applies to --tokenizer bpe only")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_source_folder_without_files(capsys, tmp_path):
     (tmp_path / "nothing").mkdir()
     status, stderr = cli(capsys, "data", "prepare", tmp_path / "nothing", "--out", tmp_path / "out")
@@ -230,6 +238,22 @@ def test_bad_model_shape(model, fragment, capsys, tmp_path, text_corpus):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("names, fragment", [
+    ({"run_id": "../../outside"}, "run_id='../../outside' must be a folder-safe name"),
+    ({"sweep": "../sweep_out"}, "sweep='../sweep_out' must be a folder-safe name"),
+    ({"run_id": "a/b"}, "run_id='a/b'"),
+    ({"sweep": "_data"}, "sweep='_data'"),
+], ids=["run_id_up", "sweep_up", "run_id_slash", "sweep_internal"])
+def test_run_names_stay_under_runs(names, fragment, capsys, tmp_path, text_corpus):
+    work = tmp_path / "work"
+    work.mkdir()
+    sweep = {"sweep": names["sweep"]} if "sweep" in names else {}
+    config = write_config(work / "c.json", **train_config(text_corpus, names.get("run_id", "named"), **sweep))
+    status, stderr = cli(capsys, "train", config, "--runs", work / "runs")
+    assert_user_error(status, stderr, fragment)
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["c.json", "work"]
+
+
 def test_checkpoint_of_another_model_is_refused(capsys, tmp_path, text_corpus):
     """The run folder contains a 2-layer checkpoint but no config.json (deleted by hand). A 3-layer config
     must not train over it, and nothing of the run changes."""
@@ -275,6 +299,26 @@ def test_bad_sweep_spec(body, fragments, capsys, tmp_path):
     spec.write_text(SPEC_HEAD + body)
     status, stderr = cli(capsys, "sweep", "plan", spec, "--runs", tmp_path / "runs", "--no-probe")
     assert_user_error(status, stderr, "sweep spec", *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("name: bad\ngrid: {params: [1e4, 2e4}\n", ["is not valid YAML", "line 2, column"]),
+    ("", ["is empty", "start from one of: demo"]),
+], ids=["unclosed_bracket", "empty"])
+def test_unreadable_sweep_spec(text, fragments, capsys, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    status, stderr = cli(capsys, "sweep", "plan", spec, "--runs", tmp_path / "runs", "--no-probe")
+    assert_user_error(status, stderr, "sweep spec", *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_yaml_error_names_line(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("run_id: x\nmodel: {d_model: 3\n")
+    status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs")
+    assert_user_error(status, stderr, "is not valid JSON or YAML: line 3, column 1")
     assert not (tmp_path / "runs").exists()
 
 

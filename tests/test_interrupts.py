@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from scaling.interrupts import interrupts_on_stop_signals, stop_requested
+from scaling.interrupts import interrupts_on_stop_signals, stop_requested, stop_signals_deferred
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -45,6 +45,44 @@ def test_dropped_interrupt_still_stops_training(small_corpus, tmp_path, monkeypa
         return real_batch_at(tokens, step, **kwargs)
 
     monkeypatch.setattr(train_module, "batch_at", batch_at)
+    config = tiny_config(small_corpus, wandb_mode="disabled")
+    with interrupts_on_stop_signals():
+        with pytest.raises(KeyboardInterrupt):
+            train_module.train(config, tmp_path, progress=False)
+    summary = RunDir.at(tmp_path, config.sweep, config.run_id).summary()
+    assert summary["status"] == "interrupted"
+    assert summary["steps_done"] == 20
+
+
+def test_deferred_signal_is_recorded_not_raised():
+    with interrupts_on_stop_signals():
+        with stop_signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt outside the deferred block
+        assert stop_requested()
+
+
+def test_second_signal_during_summary_write(small_corpus, tmp_path, monkeypatch):
+    """Ctrl-C in a terminal reaches a sweep worker, and the launcher then stops it again. A second signal that
+    lands while the worker records the first must not leave the summary at "running"."""
+    import scaling.train as train_module
+    from scaling.run_store import RunDir
+    from tests.test_train import tiny_config
+
+    real_batch_at = train_module.batch_at
+    real_write_summary = RunDir.write_summary
+
+    def batch_at(tokens, step, **kwargs):
+        if step == 25:
+            os.kill(os.getpid(), signal.SIGINT)  # the first signal
+        return real_batch_at(tokens, step, **kwargs)
+
+    def write_summary(self, summary):
+        if summary.get("status") == "interrupted":
+            os.kill(os.getpid(), signal.SIGTERM)  # the second, in the middle of recording the first
+        real_write_summary(self, summary)
+
+    monkeypatch.setattr(train_module, "batch_at", batch_at)
+    monkeypatch.setattr(RunDir, "write_summary", write_summary)
     config = tiny_config(small_corpus, wandb_mode="disabled")
     with interrupts_on_stop_signals():
         with pytest.raises(KeyboardInterrupt):

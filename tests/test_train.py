@@ -180,3 +180,12 @@ def test_no_mfu_on_cpu(small_corpus, tmp_path):
     rows = RunDir.at(tmp_path, "test", "tiny").metrics()
     assert rows
     assert all("mfu" not in row for row in rows)
+
+
+def test_run_files_share_one_mode(small_corpus, tmp_path):
+    # config.json and summary.json are written atomically through mkstemp, which makes files private.
+    train(tiny_config(small_corpus), tmp_path, progress=False)
+    run = RunDir.at(tmp_path, "test", "tiny")
+    modes = {name: (run.path / name).stat().st_mode & 0o777 for name in ("config.json", "summary.json", "metrics.jsonl")}
+    assert modes["config.json"] == modes["metrics.jsonl"]
+    assert modes["summary.json"] == modes["metrics.jsonl"]
