@@ -351,6 +351,14 @@ def _write_prepared(
                 counts[split]["tokens"] += len(ids) + 1
             bar.advance(task, len(chunk))
 
+    total_tokens = counts["train"]["tokens"] + counts["val"]["tokens"]
+    val_share = counts["val"]["tokens"] / max(total_tokens, 1)
+    if val_share > 2 * val_fraction:  # whole documents go to one side, so a few long ones skew the split
+        log.warning("the validation split contains %.0f%% of the tokens (%d of %d documents), not the requested %.0f%%: the "
+                    "split is by document, and this corpus has few. Use more, smaller documents, or a lower "
+                    "--val-fraction", 100 * val_share, counts["val"]["documents"],
+                    counts["train"]["documents"] + counts["val"]["documents"], 100 * val_fraction)
+
     return {
         "format": FORMAT_VERSION,
         "source": corpus.source,

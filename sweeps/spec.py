@@ -292,6 +292,8 @@ def _parse_model(raw: Any) -> ModelSpec:
     head_dim = _integer(values.pop("head_dim", DEFAULT_HEAD_DIM), "model.head_dim")
     _coerce_fields(ModelConfig, values, "model")
     ModelConfig(**values)  # reject bad field values now, with ModelConfig's own messages
+    if head_dim % 2 and values.get("positions", "rope") == "rope":  # every shape of the ladder would fail later
+        raise UserError(f"model.head_dim={head_dim} is odd; RoPE needs an even head_dim, e.g. {head_dim + 1}")
     return ModelSpec(convention=convention, aspect_ratio=aspect_ratio, head_dim=head_dim, fields=values)
 
 

@@ -292,11 +292,13 @@ train: {seq_len: 32, batch_size: 8, eval_tokens: 256}
     ("grid: {params: [1e4, 1e4], tokens: [1e5]}\n", ["duplicate run N1e4-D1e5", "remove one of them"]),
     ("isoflop: {budgets: [1e10, 1e10], params: [1e4]}\n", ["lists 1e10 twice"]),
     ("isoflop: {budgets: [-1e10], params: [1e4, 2e4]}\n", ["isoflop.budgets[0]='-1e10'", "must be a positive number"]),
+    ("isoflop: {budgets: [1e10], params: [1e4, 2e4]}\n", ["model.head_dim=7 is odd"]),
 ], ids=["unknown_key", "zero_budget", "negative_budget", "zero_tokens", "duplicate_run", "duplicate_budget",
-        "negative_budget_exponent"])
+        "negative_budget_exponent", "odd_head_dim"])
 def test_bad_sweep_spec(body, fragments, capsys, tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC_HEAD + body)
+    head = SPEC_HEAD.replace("head_dim: 16", "head_dim: 7") if "head_dim=7" in fragments[0] else SPEC_HEAD
+    spec.write_text(head + body)
     status, stderr = cli(capsys, "sweep", "plan", spec, "--runs", tmp_path / "runs", "--no-probe")
     assert_user_error(status, stderr, "sweep spec", *fragments)
     assert not (tmp_path / "runs").exists()

@@ -563,3 +563,20 @@ def test_runs_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert runs_root() == tmp_path / "from-env"
     assert runs_root(tmp_path / "explicit") == tmp_path / "explicit"
     assert runs_root("relative") == tmp_path / "relative"
+
+
+@pytest.mark.parametrize("documents, val_fraction, warned", [(3, 0.05, True), (40, 0.25, False)],
+                         ids=["three_documents", "forty_documents"])
+def test_skewed_split_is_warned(documents, val_fraction, warned, tmp_path: Path, caplog):
+    # Whole documents go to one side: with 3 of equal size, validation gets at least a third of the tokens.
+    source = tmp_path / "docs"
+    source.mkdir()
+    for index in range(documents):
+        (source / f"doc{index:02d}.txt").write_text(f"document {index}\n" * 200)
+    caplog.set_level(logging.WARNING)
+    meta = prepare(str(source), tmp_path / "out", val_fraction=val_fraction, progress=False)
+
+    share = meta["tokens"]["val"] / (meta["tokens"]["train"] + meta["tokens"]["val"])
+    messages = [record.getMessage() for record in caplog.records if "validation split contains" in record.getMessage()]
+    assert (share > 2 * val_fraction) == warned
+    assert len(messages) == (1 if warned else 0)
