@@ -107,10 +107,11 @@ def parse_number(text: str, suffix: str | None = None) -> float:
     """Return `text` times the multiplier of `suffix` (K, M, B, T; case-insensitive)."""
     value = float(text) * (SUFFIXES[suffix.lower()] if suffix else 1.0)
     if not math.isfinite(value):
-        raise UserError(f"the number {text}{suffix or ''} in the question is beyond floating point; "
+        raise UserError(f"the number {text}{(suffix or '').upper()} in the question is beyond floating point; "
                         "write a finite number such as 7B, 1e23 or 1.4T")
     if not value > 0:
-        raise UserError(f"the number {text}{suffix or ''} in the question must be positive; write e.g. 7B, 1e23 or 1.4T")
+        raise UserError(f"the number {text}{(suffix or '').upper()} in the question must be positive; "
+                        "write e.g. 7B, 1e23 or 1.4T")
     return value
 
 

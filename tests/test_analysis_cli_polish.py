@@ -92,7 +92,7 @@ def test_cli_negative_size_exits_2():
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        "scaling: error: the number -7b in the question must be positive; write e.g. 7B, 1e23 or 1.4T"]
+        "scaling: error: the number -7B in the question must be positive; write e.g. 7B, 1e23 or 1.4T"]
 
 
 @pytest.fixture()
