@@ -75,11 +75,11 @@ def test_cli_ask_small_size_still_answers(capsys, caplog):
 
 
 @pytest.mark.parametrize("question, value", [
-    ("tokens for -7B", "-7b"),
-    ("compute for -70B", "-70b"),
+    ("tokens for -7B", "-7B"),
+    ("compute for -70B", "-70B"),
     ("params for -1e23 FLOPs", "-1e23"),
-    ("loss at 7B params and -1.4T tokens", "-1.4t"),
-    ("kv cache for -7B at 4096 tokens", "-7b"),
+    ("loss at 7B params and -1.4T tokens", "-1.4T"),
+    ("kv cache for -7B at 4096 tokens", "-7B"),
 ])
 def test_negative_size_must_be_positive(question, value):
     with pytest.raises(UserError, match=f"number {value} in the question must be positive"):
