@@ -37,7 +37,7 @@ def test_unknown_question_lists_forms():
 
 
 def test_zero_is_rejected():
-    with pytest.raises(UserError, match="number 0b in the question must be positive"):
+    with pytest.raises(UserError, match="number 0B in the question must be positive"):
         parse_query("tokens for 0B")
 
 
