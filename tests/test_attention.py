@@ -210,6 +210,29 @@ def test_cudnn_rejected_without_nvidia_gpu():
         jax.eval_shape(Transformer(model).init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
 
 
+ON_NVIDIA_GPU = jax.default_backend() == "gpu" and "nvidia" in jax.devices()[0].device_kind.lower()
+
+
+@pytest.mark.skipif(not ON_NVIDIA_GPU, reason="cuDNN attention runs on NVIDIA GPUs only")
+def test_cudnn_matches_xla_on_nvidia_gpu():
+    # Both in bfloat16, so the two kernels may differ by rounding only.
+    xla_model = dataclasses.replace(SMALL, compute_dtype="bfloat16", max_seq_len=64)
+    cudnn_model = dataclasses.replace(xla_model, attention_impl="cudnn")
+    params = init_params(xla_model, seed=11)
+    tokens = jax.random.randint(jax.random.key(12), (2, 64), 0, SMALL.vocab_size)
+    reference, fused = logits_of([xla_model, cudnn_model], [params, params], tokens)
+    assert np.abs(fused - reference).max() < 0.05 * np.abs(reference).max()
+
+    def loss(model):
+        return lambda p: Transformer(model).apply({"params": p}, tokens).astype(jnp.float32).mean()
+
+    reference_grads = jax.jit(jax.grad(loss(xla_model)))(params)
+    fused_grads = jax.jit(jax.grad(loss(cudnn_model)))(params)
+    for reference_grad, fused_grad in zip(jax.tree.leaves(reference_grads), jax.tree.leaves(fused_grads)):
+        scale = float(jnp.abs(reference_grad).max())
+        assert float(jnp.abs(fused_grad - reference_grad).max()) <= 0.05 * scale + 1e-6
+
+
 def test_unknown_compute_dtype_rejected():
     # The config rejects the value when it is built, before any model code runs.
     with pytest.raises(UserError, match="compute_dtype='float8' is not one of"):
