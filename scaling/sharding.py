@@ -137,14 +137,33 @@ def cluster_from_env(env: dict[str, str] | None = None) -> str | None:
     """
     env = os.environ if env is None else env
     size_variable = {"explicit": "JAX_NUM_PROCESSES", "slurm": "SLURM_NTASKS", "openmpi": "OMPI_COMM_WORLD_SIZE"}
+    explicit = CLUSTER_VARIABLES["explicit"]
+    present = [variable for variable in explicit if env.get(variable)]
+    if present and len(present) < len(explicit):
+        missing = [variable for variable in explicit if variable not in present]
+        log.warning("%s set without %s: training as a single process; set all three to join a multi-process job",
+                    " and ".join(present), " and ".join(missing))
     for name, variables in CLUSTER_VARIABLES.items():
         if all(env.get(variable) for variable in variables):
             size = env[size_variable[name]]
             if not size.isdigit():
                 raise UserError(f"{size_variable[name]}={size!r} is not a process count")
             if int(size) > 1:
+                if name == "explicit":
+                    _check_explicit_cluster(env)
                 return name
     return None
+
+
+def _check_explicit_cluster(env) -> None:
+    """Raise UserError for a JAX_PROCESS_ID or JAX_COORDINATOR_ADDRESS that jax.distributed would reject."""
+    count, rank = int(env["JAX_NUM_PROCESSES"]), env["JAX_PROCESS_ID"]
+    if not rank.isdigit() or int(rank) >= count:
+        raise UserError(f"JAX_PROCESS_ID={rank!r} must be a whole number from 0 to JAX_NUM_PROCESSES-1 = {count - 1}")
+    address = env["JAX_COORDINATOR_ADDRESS"]
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UserError(f"JAX_COORDINATOR_ADDRESS={address!r} must be host:port of process 0, e.g. 10.0.0.1:1234")
 
 
 def initialize_distributed(env: dict[str, str] | None = None) -> bool:

@@ -362,10 +362,13 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     if restored is not None:
         start_step, state = restored
         dropped = run_dir.truncate_metrics_after(start_step)
-        log.info("run %s resumes from step %d (dropped %d metric rows past it)", config.run_id, start_step, dropped)
+        log.info("run %s resumes from step %d (dropped %d metric rows past it) on %s", config.run_id, start_step,
+                 dropped, _layout(trainer))
     else:
         start_step = 0
         run_dir.truncate_metrics_after(-1)
+        if trainer.mesh.size > 1:
+            log.info("run %s starts on %s", config.run_id, _layout(trainer))
 
     tracker = Tracker(
         mode=config.wandb_mode,
@@ -528,6 +531,14 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
     log.info("run %s completed: val loss %.4f nats/token, %.4f bits/byte, %.1f s", config.run_id,
              summary["final_val_loss"], summary["final_val_bpb"], wall)
     return summary
+
+
+def _layout(trainer: Trainer) -> str:
+    """Return the devices a run trains on, e.g. "fsdp over 4 cpu devices" or "1 cpu device"."""
+    count, platform = trainer.mesh.size, trainer.mesh.devices.flat[0].platform
+    if count == 1:
+        return f"1 {platform} device"
+    return f"{'fsdp' if trainer.fsdp else 'data parallelism'} over {count} {platform} devices"
 
 
 def _progress(record: dict[str, Any], steps: int, tokens_per_step: int, wall_s: float) -> dict[str, Any]:

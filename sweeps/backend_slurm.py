@@ -57,6 +57,17 @@ class SlurmOptions:
                 raise UserError(f"slurm.{name}={value!r} must be a positive integer")
         if not isinstance(self.setup, tuple) or not all(isinstance(line, str) for line in self.setup):
             raise UserError(f"slurm.setup={self.setup!r} must be a list of shell lines")
+        for name in ("gpus_per_node", "cpus_per_task"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise UserError(f"slurm.{name}={value!r} must be a positive integer, or left out")
+        if self.mem_gb is not None and (isinstance(self.mem_gb, bool) or not isinstance(self.mem_gb, (int, float))
+                                        or not self.mem_gb > 0):
+            raise UserError(f"slurm.mem_gb={self.mem_gb!r} must be a positive number of GB, e.g. mem_gb: 32")
+        for name in ("partition", "account", "qos", "constraint"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise UserError(f"slurm.{name}={value!r} must be a string")
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any] | None) -> SlurmOptions:
@@ -105,7 +116,12 @@ def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
     outcomes, todo = split_completed(runs, root)
 
     folder = root / spec.name / SUBMITIT_FOLDER
-    executor = submitit.AutoExecutor(folder=folder, cluster="local" if options.executor == "local" else "slurm")
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster="local" if options.executor == "local" else "slurm")
+    except RuntimeError as error:  # submitit looks for srun and raises when this machine is no SLURM node
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(f"--backend slurm cannot find SLURM here ({first_line}); launch from a login node of "
+                        "the cluster, or use --backend local or ray") from None
     executor.update_parameters(**_for_executor(options.submitit_parameters(resources, f"sweep-{spec.name}"),
                                                options.executor))
     env = resources.threads_env()
@@ -114,7 +130,10 @@ def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
         try:
             jobs = executor.map_array(run_worker_process, [run.config.to_dict() for run in todo],
                                       [str(root)] * len(todo), [env] * len(todo))
-        except Exception as error:  # sbatch missing, refused by the cluster, a bad partition
+        except FileNotFoundError as error:  # sbatch is not on PATH
+            raise UserError(f"--backend slurm cannot run {error.filename or 'sbatch'}: it is not on PATH; launch from a "
+                            "login node of the cluster") from None
+        except Exception as error:  # refused by the cluster, a bad partition
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise UserError(f"SLURM rejected the sweep's jobs: {first_line}; check the slurm: options of the spec") \
                 from None

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -130,12 +131,31 @@ def run_worker_process(config: dict[str, Any], runs_root: str, env_overrides: di
     with open(log_path, "a") as log_file:
         log_file.write(f"--- worker start {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()}\n")
         log_file.flush()
-        process = subprocess.run([sys.executable, "-m", "sweeps.worker"],
-                                 input=json.dumps({"config": config, "runs_root": runs_root}),
-                                 stdout=log_file, stderr=subprocess.STDOUT, text=True, env=env)
+        process = subprocess.Popen([sys.executable, "-m", "sweeps.worker"], stdin=subprocess.PIPE, stdout=log_file,
+                                   stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            process.communicate(json.dumps({"config": config, "runs_root": runs_root}))
+        except BaseException:  # Ctrl-C, or Ray cancelling the task: let the run record "interrupted" first
+            _stop_child(process)
+            raise
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return process.returncode, cpu_s, time.time() - started, socket.gethostname()
+
+
+CHILD_STOP_WAIT_S = 60.0  # how long a stopped worker may take to write its summary before it is killed
+
+
+def _stop_child(process: subprocess.Popen) -> None:
+    """Send SIGINT to a worker child and wait for it, so that its run ends "interrupted"; kill it after a while."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=CHILD_STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def split_completed(runs: list, root: Path) -> tuple[dict[str, Any], list]:
@@ -176,7 +196,24 @@ def outcome_from_exit(run: Any, root: Path, returncode: int, cpu_s: float, wall_
     if returncode == EXIT_LOCKED:
         return failed_outcome(run, root, f"run is being trained by another process; see {log_path}", write=False)
     error = (summary or {}).get("error") or f"worker {_exit_reason(returncode)} on {host}; see {log_path}"
+    cause = _stop_reason(log_path, run.run_id)
+    if cause and cause not in error:
+        error = f"{cause} ({error})"
     return failed_outcome(run, root, error, wall_s=wall_s, cpu_s=cpu_s, write=status in (None, "running"))
+
+
+def _stop_reason(log_path: Path, run_id: str) -> str | None:
+    """Return the reason a worker logged for stopping `run_id` (sweeps.worker: "run X stopped: ..."), if any."""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 8192))
+            lines = handle.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    marker = f"run {run_id} stopped: "
+    stops = [line.split(marker, 1)[1].strip() for line in lines if marker in line]
+    return stops[-1][:300] if stops else None
 
 
 def failed_outcome(run: Any, root: Path, error: str, *, wall_s: float = 0.0, cpu_s: float = 0.0,

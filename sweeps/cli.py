@@ -28,7 +28,8 @@ def add_parsers(subparsers) -> None:
                       help="estimate time from FLOPs with assumed speeds instead of timing the step (fast)")
     plan.set_defaults(handler=plan_command)
 
-    launch = actions.add_parser("launch", help="run a sweep's unfinished runs in local worker processes")
+    launch = actions.add_parser("launch",
+                                help="run a sweep's unfinished runs: local worker processes, Ray or SLURM (--backend)")
     launch.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     _add_common(launch)
     launch.add_argument("--no-progress", action="store_true", help="hide the progress bars")

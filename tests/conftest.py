@@ -10,6 +10,7 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a Ray instance of the tests stays on 127.0.0.1
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -53,6 +53,22 @@ def test_ray_backend_matches_local(corpus_dir, tmp_path, local_losses):  # noqa:
     assert [outcome.status for outcome in again] == ["skipped", "skipped"]
 
 
+def test_ray_resources_beyond_machine_rejected(corpus_dir, tmp_path):  # noqa: F811
+    # Ray would queue such a task forever: the launcher checks every node's CPUs and GPUs first.
+    pytest.importorskip("ray")
+    spec = parse_spec(tiny_sweep(corpus_dir, "big", resources={"cpus": 1, "gpus": 1}))
+    with pytest.raises(UserError, match=r"gpus: 1\} is more than this machine offers"):
+        run_with_backend("ray", spec, tmp_path, progress=False)
+    assert not list((tmp_path / "big").glob("*/summary.json"))
+
+
+def test_ray_address_without_listener_rejected(corpus_dir, tmp_path):  # noqa: F811
+    pytest.importorskip("ray")
+    spec = parse_spec(tiny_sweep(corpus_dir, "nobody"))
+    with pytest.raises(UserError, match="nothing accepts connections at --address 127.0.0.1:1"):
+        run_with_backend("ray", spec, tmp_path, address="127.0.0.1:1", progress=False)
+
+
 def test_slurm_backend_with_local_executor_matches_local(corpus_dir, tmp_path, local_losses):  # noqa: F811
     pytest.importorskip("submitit")
     spec = parse_spec(tiny_sweep(corpus_dir, "tiny", slurm={"executor": "local", "time_min": 10,
@@ -81,6 +97,10 @@ def test_slurm_options_become_submitit_parameters():
     ({"slurm": {"partitoin": "gpu"}}, "unknown key 'partitoin' in slurm"),
     ({"slurm": {"time_min": 0}}, "slurm.time_min=0 must be a positive integer"),
     ({"slurm": {"executor": "cloud"}}, "slurm.executor='cloud' is not one of"),
+    ({"slurm": {"mem_gb": "32G"}}, "slurm.mem_gb='32G' must be a positive number of GB"),
+    ({"slurm": {"gpus_per_node": "one"}}, "slurm.gpus_per_node='one' must be a positive integer"),
+    ({"slurm": {"cpus_per_task": 0}}, "slurm.cpus_per_task=0 must be a positive integer"),
+    ({"slurm": {"partition": 5}}, "slurm.partition=5 must be a string"),
     ({"resources": {"cpus": 0}}, "resources.cpus=0 must be a positive number"),
     ({"resources": {"gpu": 1}}, "unknown key 'gpu' in resources"),
 ])
@@ -92,3 +112,59 @@ def test_bad_backend_options_raise_user_error(corpus_dir, section, match):  # no
 def test_address_needs_ray_backend(corpus_dir, tmp_path):  # noqa: F811
     with pytest.raises(UserError, match="--address names a Ray cluster"):
         run_with_backend("local", parse_spec(tiny_sweep(corpus_dir, "tiny")), tmp_path, address="127.0.0.1:6379")
+
+
+def test_slurm_backend_without_slurm_is_user_error(corpus_dir, tmp_path, monkeypatch):  # noqa: F811
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no srun or sbatch to find
+    spec = parse_spec(tiny_sweep(corpus_dir, "tiny", slurm={"partition": "gpu"}))
+    with pytest.raises(UserError, match="--backend slurm cannot find SLURM here"):
+        run_with_backend("slurm", spec, tmp_path, progress=False)
+    assert not list((tmp_path / "tiny").glob("*/summary.json"))
+
+
+def test_failed_worker_outcome_names_logged_cause(corpus_dir, tmp_path):  # noqa: F811
+    from sweeps.backends import outcome_from_exit
+    from sweeps.launcher import LOGS_FOLDER
+    from sweeps.spec import expand
+
+    run = expand(parse_spec(tiny_sweep(corpus_dir, "tiny")), tmp_path)[0]
+    log_path = tmp_path / "tiny" / LOGS_FOLDER / f"{run.run_id}.log"
+    log_path.parent.mkdir(parents=True)
+    log_path.write_text(f"2026-12-05 07:29:43,876 ERROR sweeps.worker: run {run.run_id} stopped: mesh fsdp=4 asks "
+                        "for 4 devices, but JAX sees 1 (cpu); use fsdp=1 or fewer\n")
+    outcome = outcome_from_exit(run, tmp_path, 2, 0.5, 1.0, "node7")
+    assert outcome.status == "failed"
+    assert outcome.summary["error"].startswith("mesh fsdp=4 asks for 4 devices")
+    assert "exited with status 2 on node7" in outcome.summary["error"]
+
+
+def test_interrupted_task_stops_worker_cleanly(corpus_dir, tmp_path):  # noqa: F811
+    """Ctrl-C in a Ray task or SLURM job (KeyboardInterrupt in run_worker_process) reaches the worker child as
+    SIGINT, so its run ends "interrupted" at a checkpoint rather than killed mid-write."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from sweeps.backends import run_worker_process
+    from sweeps.spec import expand
+
+    run = expand(parse_spec(tiny_sweep(corpus_dir, "tiny", grid={"params": ["3K"], "tokens": ["2e5"]},
+                                       train={"seq_len": 16, "batch_size": 4, "eval_tokens": 256,
+                                              "wandb_mode": "disabled", "checkpoint_interval": 20})), tmp_path)[0]
+    run_dir = RunDir.at(tmp_path, "tiny", run.run_id)
+
+    def interrupt_after_first_checkpoint():
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run_dir.summary() or {}).get("steps_done"):
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_first_checkpoint, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_worker_process(run.config.to_dict(), str(tmp_path), {})
+    summary = run_dir.summary()
+    assert summary["status"] == "interrupted"
+    assert summary["steps_done"] % 20 == 0
+    assert summary["steps_done"] > 0

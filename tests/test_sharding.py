@@ -8,6 +8,7 @@ from the config's `mesh` field, except in the tests of the SCALING_MESH environm
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -240,6 +241,28 @@ def test_cluster_detection_from_environment():
         cluster_from_env({**explicit, "JAX_NUM_PROCESSES": "two"})
 
 
+EXPLICIT = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"JAX_PROCESS_ID": "abc"}, "JAX_PROCESS_ID='abc' must be a whole number from 0 to JAX_NUM_PROCESSES-1 = 1"),
+    ({"JAX_PROCESS_ID": "5"}, "JAX_PROCESS_ID='5' must be a whole number"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1"}, "JAX_COORDINATOR_ADDRESS='127.0.0.1' must be host:port"),
+], ids=["rank_text", "rank_too_large", "address_without_port"])
+def test_bad_cluster_variables_raise_user_error(changes, match):
+    with pytest.raises(UserError, match=match):
+        cluster_from_env({**EXPLICIT, **changes})
+
+
+def test_partial_cluster_variables_warn(caplog):
+    caplog.set_level(logging.WARNING)
+    partial = {key: value for key, value in EXPLICIT.items() if key != "JAX_PROCESS_ID"}
+    assert cluster_from_env(partial) is None
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "without JAX_PROCESS_ID" in warnings[0]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -287,6 +310,7 @@ def test_resume_on_another_mesh(small_corpus, tmp_path, monkeypatch):
     assert "STATUS completed" in done.stdout
     assert "device layout fsdp=4 from mesh='fsdp=4'" in done.stderr
     assert "run moved resumes from step 20" in done.stderr
+    assert "on fsdp over 4 cpu devices" in " ".join(done.stderr.split())  # the log names the new layout
 
     rows = run.metrics()
     assert rows[:len(rows_before)] == rows_before  # the rows up to the checkpoint are the first process's
