@@ -63,6 +63,8 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
+            if not header:
+                raise UserError(f"{path} is empty; it needs a header line naming its columns, e.g. params,tokens,loss")
             missing = [column for column in list(mapping.values()) + list(wanted) if column not in header]
             if missing:
                 raise UserError(f"{path}: column(s) {', '.join(missing)} not found; the header has: "

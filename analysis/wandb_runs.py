@@ -51,8 +51,9 @@ def load_wandb(source: str, *, allow_mixed: bool = False, api: Any = None) -> Ru
         runs = list(api.runs(path, filters={"group": group} if group else {}))
     except Exception as error:  # the W&B client raises its own error types for network and auth failures
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
-        raise UserError(f"could not list W&B runs of {path}: {reason}; run `wandb login` or set WANDB_API_KEY, "
-                        "check the name and the network, or fit the local run store instead") from None
+        login = "" if "wandb login" in reason else "run `wandb login` or set WANDB_API_KEY, "
+        raise UserError(f"could not list W&B runs of {path}: {reason}; {login}check the name and the network, or fit "
+                        "the local run store instead") from None
 
     items = []
     for run in runs:

@@ -142,7 +142,9 @@ def _read_config_file(path: Path) -> dict:
     except yaml.YAMLError as error:
         raise UserError(f"config file {path} is not valid JSON or YAML: {yaml_problem(error)}") from None
     if not isinstance(raw, dict):
-        raise UserError(f"config file {path} must hold a mapping of config sections")
+        if raw is None:
+            raise UserError(f"config file {path} is empty; start from examples/train_small.yaml")
+        raise UserError(f"config file {path} must contain a mapping of config sections (model:, data:, ...)")
     return raw
 
 

@@ -111,12 +111,8 @@ def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
     root = Path(resolve_runs_root(runs_root)).absolute()
     options = options or SlurmOptions.from_mapping(getattr(spec, "slurm", None))
     resources = resources or RunResources.from_spec(spec)
-    runs = expand(spec, root)
-    check_existing_configs(runs, root)
-    outcomes, todo = split_completed(runs, root)
-
     folder = root / spec.name / SUBMITIT_FOLDER
-    try:
+    try:  # before preparing any data: without SLURM nothing can run
         executor = submitit.AutoExecutor(folder=folder, cluster="local" if options.executor == "local" else "slurm")
     except RuntimeError as error:  # submitit looks for srun and raises when this machine is no SLURM node
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -124,6 +120,10 @@ def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
                         "the cluster, or use --backend local or ray") from None
     executor.update_parameters(**_for_executor(options.submitit_parameters(resources, f"sweep-{spec.name}"),
                                                options.executor))
+    runs = expand(spec, root)
+    check_existing_configs(runs, root)
+    outcomes, todo = split_completed(runs, root)
+
     env = resources.threads_env()
     jobs = []
     if todo:

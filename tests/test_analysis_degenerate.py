@@ -46,6 +46,13 @@ def test_short_row_is_an_error_naming_its_line(tmp_path):
         load_csv(path, "N=N,D=D,L=loss")
 
 
+def test_empty_csv_says_empty(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(UserError, match="empty.csv is empty; it needs a header line"):
+        load_csv(path, "N=N,D=D,L=loss")
+
+
 def test_errors_and_ids_name_file_lines(tmp_path):
     lines = ["N,D,loss,keep", "1e8,2e9,3.1,0", "", "2e8,1e9,3.0,1", "3e8,1e9,2.9,1"]
     table = load_csv(write_csv(tmp_path / "ok.csv", lines), "N=N,D=D,L=loss", ["keep=1"])

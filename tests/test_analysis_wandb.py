@@ -159,6 +159,7 @@ def test_real_client_without_key_is_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
-    with pytest.raises(UserError, match="run `wandb login` or set WANDB_API_KEY") as raised:
+    with pytest.raises(UserError, match="could not list W&B runs of me/project: .*wandb login") as raised:
         load_wandb("wandb:me/project")
     assert "\n" not in str(raised.value)
+    assert str(raised.value).count("wandb login") == 1

@@ -316,6 +316,14 @@ def test_unreadable_sweep_spec(text, fragments, capsys, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_empty_config_says_empty(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("# nothing yet\n")
+    status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs")
+    assert_user_error(status, stderr, "c.yaml is empty; start from examples/train_small.yaml")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_config_yaml_error_names_line(capsys, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("run_id: x\nmodel: {d_model: 3\n")
