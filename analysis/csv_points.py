@@ -72,7 +72,7 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
             needed = list(mapping.values()) + list(wanted)
             numbered = []  # (line number in the file, row), so that messages and ids name the file's lines
             for line in reader:
-                number = reader.line_num
+                number = reader.line_num  # NOTE: a row whose quoted field spans lines gets its last line's number
                 if any(line[column] is None for column in needed):  # csv fills the fields of a short row with None
                     fields = sum(value is not None for value in line.values())
                     raise UserError(f"{path} line {number}: {fields} field(s) where the header has {len(header)}; "

@@ -47,6 +47,8 @@ from scaling.tokenizer import (
 
 log = logging.getLogger(__name__)
 
+FEW_VALIDATION_DOCUMENTS = 10  # below this, a skewed validation share is warned about (many documents average out)
+
 FORMAT_VERSION = 1  # bump when the files' layout or meaning changes, so old folders are prepared again
 META_FILE = "meta.json"
 TRAIN_FILE = "train.bin"
@@ -353,7 +355,8 @@ def _write_prepared(
 
     total_tokens = counts["train"]["tokens"] + counts["val"]["tokens"]
     val_share = counts["val"]["tokens"] / max(total_tokens, 1)
-    if val_share > 2 * val_fraction:  # whole documents go to one side, so a few long ones skew the split
+    # Whole documents go to one side, so with few of them in validation its share can be far from the request.
+    if val_share > 2 * val_fraction and counts["val"]["documents"] < FEW_VALIDATION_DOCUMENTS:
         log.warning("the validation split contains %.0f%% of the tokens (%d of %d documents), not the requested %.0f%%: the "
                     "split is by document, and this corpus has few. Use more, smaller documents, or a lower "
                     "--val-fraction", 100 * val_share, counts["val"]["documents"],
