@@ -15,6 +15,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+KNOWN_WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # values wandb itself accepts
+
 
 def resolve_mode(mode: str) -> str:
     """Return 'online', 'offline' or 'disabled' for a configured mode (including 'auto')."""
@@ -69,7 +71,11 @@ class Tracker:
             self.first_new_step = int(getattr(self.run, "starting_step", 0) or 0)
             log.info("W&B run %s (%s mode) in group %s", run_id, self.mode, sweep)
         except Exception as error:  # W&B may fail in many ways (network, auth, service); training goes on.
-            log.error("W&B init failed for run %s, continuing with the local run store only: %s", run_id, error)
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            environment_mode = os.environ.get("WANDB_MODE")
+            if environment_mode not in (None, "", *KNOWN_WANDB_MODES):
+                reason += f" (WANDB_MODE={environment_mode!r}; use online, offline or disabled)"
+            log.error("W&B init failed for run %s, continuing with the local run store only: %s", run_id, reason)
             self.run = None
 
     def log(self, row: dict[str, Any], step: int) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -286,6 +288,30 @@ def test_wandb_init_failing(small_corpus, tmp_path, reference, monkeypatch, capl
     failures = [record.getMessage() for record in caplog.records if record.name == "scaling.tracking"]
     assert len(failures) == 1, failures
     assert "W&B init failed for run no_wandb" in failures[0]
+
+
+TRACKER_CHILD = """
+import logging, sys
+from pathlib import Path
+from scaling.tracking import Tracker
+logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
+tracker = Tracker(mode="offline", project="p", run_id="r", sweep="s", run_dir=Path(sys.argv[1]), config={})
+print("RUN", tracker.run is not None)
+"""
+
+
+def test_bad_wandb_mode_variable_is_one_line(tmp_path):
+    # The real wandb client rejects the variable while reading its settings, with a multi-line message. It
+    # runs in a fresh process, because a W&B service started by an earlier test keeps its own settings.
+    env = {**os.environ, "WANDB_MODE": "bogus", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("WANDB_SERVICE", None)
+    done = subprocess.run([sys.executable, "-c", TRACKER_CHILD, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert "RUN False" in done.stdout
+    failures = [line for line in done.stderr.splitlines() if line.startswith("scaling.tracking:")]
+    assert len(failures) == 1
+    assert "WANDB_MODE='bogus'; use online, offline or disabled" in failures[0]
+    assert done.stderr.strip().splitlines()[-1] == failures[0]  # nothing of the W&B message after it
 
 
 def test_fault_hook_rejects_a_bad_spec(monkeypatch):
