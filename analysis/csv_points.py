@@ -61,8 +61,8 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
     wanted = parse_filters(filters)
     try:
         with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
+            reader = csv.reader(handle)
+            header = next((row for row in reader if row), [])  # the first line that is not blank
             if not header:
                 raise UserError(f"{path} is empty; it needs a header line naming its columns, e.g. params,tokens,loss")
             missing = [column for column in list(mapping.values()) + list(wanted) if column not in header]
@@ -71,11 +71,14 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
                                 f"{', '.join(header)}")
             needed = list(mapping.values()) + list(wanted)
             numbered = []  # (line number in the file, row), so that messages and ids name the file's lines
-            for line in reader:
-                number = reader.line_num  # NOTE: a row whose quoted field spans lines gets its last line's number
-                if any(line[column] is None for column in needed):  # csv fills the fields of a short row with None
-                    fields = sum(value is not None for value in line.values())
-                    raise UserError(f"{path} line {number}: {fields} field(s) where the header has {len(header)}; "
+            start = reader.line_num + 1  # the line the next row begins on; a quoted field may span lines
+            for fields in reader:
+                number, start = start, reader.line_num + 1
+                if not fields:
+                    continue  # a blank line
+                line = {name: fields[index] if index < len(fields) else None for index, name in enumerate(header)}
+                if any(line[column] is None for column in needed):
+                    raise UserError(f"{path} line {number}: {len(fields)} field(s) where the header has {len(header)}; "
                                     "complete or remove that line")
                 if all(line[column].strip() == value for column, value in wanted.items()):
                     numbered.append((number, line))

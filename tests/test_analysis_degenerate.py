@@ -63,6 +63,16 @@ def test_errors_and_ids_name_file_lines(tmp_path):
         load_csv(write_csv(tmp_path / "bad.csv", lines), "N=N,D=D,L=loss", ["keep=1"])
 
 
+def test_row_spanning_lines_is_named_by_first_line(tmp_path):
+    lines = ["N,D,loss,note", "1e8,2e9,3.1,plain", '2e8,1e9,bad,"a note', 'on two lines"', "3e8,1e9,2.9,plain"]
+    with pytest.raises(UserError, match="line 3: loss='bad'"):
+        load_csv(write_csv(tmp_path / "bad.csv", lines), "N=N,D=D,L=loss")
+
+    lines[2] = '2e8,1e9,3.0,"a note'
+    table = load_csv(write_csv(tmp_path / "ok.csv", lines), "N=N,D=D,L=loss")
+    assert [row.run_id for row in table.rows] == ["line2", "line3", "line5"]
+
+
 def test_repeated_points_are_named_in_a_warning(tmp_path, caplog):
     lines = ["N,D,loss", "1e8,2e9,3.1", "2e8,1e9,3.0", "1e8,2e9,3.1", "3e8,1e9,2.9"]
     caplog.set_level(logging.WARNING)
