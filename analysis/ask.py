@@ -172,7 +172,7 @@ def allocation_interval(record: dict[str, Any], approach: str, query: Query) -> 
 def answer_row(law: Law, query: Query) -> dict[str, Any]:
     """Return one law's answer to `query` as a row with the keys of ROW_KEYS.
 
-    A fitted law far from its data can overflow: its answer is then infinite, without a numpy warning.
+    A fitted law far from its data can overflow: the row's values are then infinite, without a numpy warning.
     """
     try:
         if query.kind in ("tokens_for_params", "compute_for_params"):
@@ -228,7 +228,7 @@ def bootstrap_interval(record: dict[str, Any], query: Query) -> dict[str, Any] |
 def _interval_over(laws: Sequence[Law], query: Query, level: float) -> dict[str, Any] | None:
     """Return the central `level` percentile interval of each of INTERVAL_KEYS over the laws' rows.
 
-    A replicate far from the data (a single compute budget, say) can overflow: its answer counts as
+    A replicate far from the data (a single compute budget, say) can overflow: its values count as
     infinite, so the interval's bound becomes infinite ("inf" in tables, null in JSON) instead of an error.
     """
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -245,7 +245,7 @@ def _interval_over(laws: Sequence[Law], query: Query, level: float) -> dict[str,
 
 
 def _replicate_row(law: Law, query: Query) -> dict[str, Any]:
-    """Return a replicate's answer row, with infinity for the quantities that overflow."""
+    """Return a replicate's row for `query`, with infinity for the quantities that overflow."""
     try:
         return answer_row(law, query)
     except OverflowError:

@@ -33,11 +33,11 @@ def extrapolation_check(params: ArrayLike, tokens: ArrayLike, losses: ArrayLike,
     order = np.argsort(flops)
     top_count = max(1, int(math.floor(holdout_fraction * params.size)))
     threshold = flops[order[-top_count]] / SAME_BUDGET_FACTOR
-    held = int(np.sum(flops >= threshold))  # the top runs and the rest of their budget
-    if params.size - held < MIN_FIT_POINTS:
-        return {"skipped": f"{params.size} runs: holding out the {held} at or near the largest compute leaves "
+    held_count = int(np.sum(flops >= threshold))  # the top runs and the rest of their budget
+    if params.size - held_count < MIN_FIT_POINTS:
+        return {"skipped": f"{params.size} runs: holding out the {held_count} at or near the largest compute leaves "
                            f"fewer than {MIN_FIT_POINTS} to fit"}
-    kept, out = order[:-held], order[-held:]
+    kept, out = order[:-held_count], order[-held_count:]
     if np.unique(params[kept]).size < 2 or np.unique(tokens[kept]).size < 2:
         return {"skipped": "the runs left after holding out the largest have a single size or token count"}
 
@@ -45,8 +45,9 @@ def extrapolation_check(params: ArrayLike, tokens: ArrayLike, losses: ArrayLike,
     predicted = fit.law().loss(params[out], tokens[out])
     errors = predicted / losses[out] - 1
     return {
-        "method": f"refit approach 3 without the {held} largest-compute run(s) (the top {holdout_fraction:.0%} by "
-                  f"6ND and any run within a factor {SAME_BUDGET_FACTOR:g} below them), predict their final losses",
+        "method": f"refit approach 3 without the {held_count} largest-compute run(s) (the top "
+                  f"{holdout_fraction:.0%} by 6ND and any run within a factor {SAME_BUDGET_FACTOR:g} below them), "
+                  "predict their final losses",
         "held_out": [
             {"run_id": run_ids[i], "params": float(params[i]), "tokens": float(tokens[i]),
              "flops": float(6 * params[i] * tokens[i]), "loss": float(losses[i]), "predicted": float(p),

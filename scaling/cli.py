@@ -71,9 +71,6 @@ def _add_data_parser(commands) -> None:
     prepare.set_defaults(handler=_data_prepare)
 
 
-BPE_DEFAULT_VOCAB = 4096  # tokens of a BPE vocabulary when --vocab-size is not given
-
-
 def _data_prepare(args: argparse.Namespace) -> int:
     from scaling.data import default_data_dir, prepare
     from scaling.paths import runs_root
@@ -81,13 +78,13 @@ def _data_prepare(args: argparse.Namespace) -> int:
     if args.vocab_size is not None and args.tokenizer != "bpe":
         raise UserError(f"--vocab-size {args.vocab_size} applies to --tokenizer bpe only; the bytes tokenizer "
                         "always has 256 tokens, so drop --vocab-size or add --tokenizer bpe")
-    args.vocab_size = args.vocab_size or BPE_DEFAULT_VOCAB
-    out = args.out or default_data_dir(args.source, args.tokenizer, args.vocab_size, runs_root(args.runs))
+    vocabulary = {} if args.vocab_size is None else {"vocab_size": args.vocab_size}  # else prepare's default
+    out = args.out or default_data_dir(args.source, args.tokenizer, runs_root=runs_root(args.runs), **vocabulary)
     meta = prepare(
         args.source,
         out,
         tokenizer=args.tokenizer,
-        vocab_size=args.vocab_size,
+        **vocabulary,
         text_field=args.text_field,
         val_fraction=args.val_fraction,
         force=args.force,

@@ -27,6 +27,30 @@ def stop_requested() -> bool:
     return _requested is not None
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _record(signum, frame):
+    global _requested
+    _requested = signum
+
+
+def _interrupt(signum, frame):
+    _record(signum, frame)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stop_signals_handled_by(handler):
+    """Install `handler` for SIGINT and SIGTERM inside the block, then restore the previous handlers."""
+    previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, old_handler in previous.items():
+            signal.signal(number, old_handler)
+
+
 @contextlib.contextmanager
 def interrupts_on_stop_signals():
     """Raise KeyboardInterrupt on SIGINT and SIGTERM inside the block, and remember that one arrived."""
@@ -35,36 +59,20 @@ def interrupts_on_stop_signals():
         yield  # signal handlers can only be set from the main thread
         return
 
-    def interrupt(signum, frame):
-        global _requested
-        _requested = signum
-        raise KeyboardInterrupt
-
     _requested = None
-    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        with _stop_signals_handled_by(_interrupt):
+            yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
         _requested = None
 
 
 @contextlib.contextmanager
 def stop_signals_deferred():
     """Record SIGINT and SIGTERM inside the block without raising, so that short cleanup writes complete."""
-    global _requested
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def record(signum, frame):
-        global _requested
-        _requested = signum
-
-    previous = {number: signal.signal(number, record) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with _stop_signals_handled_by(_record):
         yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)

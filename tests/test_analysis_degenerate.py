@@ -1,7 +1,7 @@
 """Fits of awkward data: CSV rows that are short, blank or repeated, and runs that share one compute budget.
 
 Such data must give a clear error or warning naming the line or the cause, valid JSON (no NaN or Infinity),
-and answers whose intervals say "unbounded" instead of crashing.
+and `ask` rows whose intervals say "unbounded" instead of crashing.
 """
 
 from __future__ import annotations

@@ -29,8 +29,6 @@ def test_dropped_interrupt_still_stops_training(small_corpus, tmp_path, monkeypa
     import gc
 
     import scaling.train as train_module
-    from scaling.run_store import RunDir
-    from tests.test_train import tiny_config
 
     class SwallowsInterrupt:
         def __del__(self):
@@ -45,11 +43,7 @@ def test_dropped_interrupt_still_stops_training(small_corpus, tmp_path, monkeypa
         return real_batch_at(tokens, step, **kwargs)
 
     monkeypatch.setattr(train_module, "batch_at", batch_at)
-    config = tiny_config(small_corpus, wandb_mode="disabled")
-    with interrupts_on_stop_signals():
-        with pytest.raises(KeyboardInterrupt):
-            train_module.train(config, tmp_path, progress=False)
-    summary = RunDir.at(tmp_path, config.sweep, config.run_id).summary()
+    summary = train_until_interrupted(small_corpus, tmp_path)
     assert summary["status"] == "interrupted"
     assert summary["steps_done"] == 20
 
@@ -66,7 +60,6 @@ def test_second_signal_during_summary_write(small_corpus, tmp_path, monkeypatch)
     lands while the worker records the first must not leave the summary at "running"."""
     import scaling.train as train_module
     from scaling.run_store import RunDir
-    from tests.test_train import tiny_config
 
     real_batch_at = train_module.batch_at
     real_write_summary = RunDir.write_summary
@@ -83,10 +76,19 @@ def test_second_signal_during_summary_write(small_corpus, tmp_path, monkeypatch)
 
     monkeypatch.setattr(train_module, "batch_at", batch_at)
     monkeypatch.setattr(RunDir, "write_summary", write_summary)
-    config = tiny_config(small_corpus, wandb_mode="disabled")
-    with interrupts_on_stop_signals():
-        with pytest.raises(KeyboardInterrupt):
-            train_module.train(config, tmp_path, progress=False)
-    summary = RunDir.at(tmp_path, config.sweep, config.run_id).summary()
+    summary = train_until_interrupted(small_corpus, tmp_path)
     assert summary["status"] == "interrupted"
     assert summary["steps_done"] == 20
+
+
+def train_until_interrupted(corpus, runs):
+    """Train the tiny run inside `interrupts_on_stop_signals()`, expect KeyboardInterrupt, return its summary."""
+    import scaling.train as train_module
+    from scaling.run_store import RunDir
+    from tests.test_train import tiny_config
+
+    config = tiny_config(corpus, wandb_mode="disabled")
+    with interrupts_on_stop_signals():
+        with pytest.raises(KeyboardInterrupt):
+            train_module.train(config, runs, progress=False)
+    return RunDir.at(runs, config.sweep, config.run_id).summary()
