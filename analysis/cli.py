@@ -251,16 +251,21 @@ def _kaplan_table(kaplan: dict[str, Any]):
     level = f"{100 * summary.get('level', 0.95):.0f}%"
     table = Table(title="Kaplan-style fits L = E + (x_c / x)^exponent, loss in nats/token"
                   + (f", {level} intervals from {summary['replicates']} bootstraps" if summary else ""))
-    for column in ("law", "exponent", f"{level} interval", "x_c", f"{level} interval", "E", "points"):
+    published = kaplan.get("published", {})
+    for column in ("law", "exponent", f"{level} interval", "Kaplan 2020", "x_c", f"{level} interval", "E", "points"):
         table.add_column(column)
     for name, fit in kaplan["fits"].items():
+        their = f"{published[name]['exponent']:.3f}" if name in published else "-"
         if fit is None:
-            table.add_row(name, "not enough points", "", "", "", "", "")
+            table.add_row(name, "not enough points", "", their, "", "", "", "")
             continue
         intervals = fit.get("intervals", {})
-        table.add_row(name, f"{fit['exponent']:.4f}", _bounds_text(intervals.get("exponent"), ".4f"),
+        table.add_row(name, f"{fit['exponent']:.4f}", _bounds_text(intervals.get("exponent"), ".4f"), their,
                       f"{fit['scale']:.4g} ({fit['variable']})", _bounds_text(intervals.get("scale"), ".3g"),
                       _with_bounds(fit["irreducible"], intervals.get("irreducible")), str(fit["points"]))
+    if published:
+        table.caption = ("Kaplan 2020: the published exponent (arXiv:2001.08361 equations 1.1-1.3, non-embedding N, "
+                         "WebText2); only exponents compare across corpora")
     return table
 
 

@@ -21,6 +21,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import least_squares
 
+from analysis.laws import KAPLAN_2020_BY_VARIABLE
+
 
 @dataclass(frozen=True)
 class PowerLawFit:
@@ -91,6 +93,7 @@ def fit_kaplan(params: ArrayLike, tokens: ArrayLike, losses: ArrayLike,
     }
     if frontier_flops is not None and frontier_loss is not None and len(frontier_flops) >= 2:
         fits["L(C)"] = fit_single_power_law(frontier_flops, frontier_loss, "flops")
+    variables = {"L(N)": "params", "L(N) with E": "params", "L(D)": "tokens", "L(C)": "flops"}
     return {
         "method": {
             "name": "Kaplan et al. 2020 single-variable power laws",
@@ -101,6 +104,11 @@ def fit_kaplan(params: ArrayLike, tokens: ArrayLike, losses: ArrayLike,
                     "smallest nor the largest size); least squares of ln L on ln C",
         },
         "fits": {name: None if fit is None else fit.to_dict() for name, fit in fits.items()},
+        # Exponents are comparable across corpora; the scales are not, since losses are on other tokens.
+        "published": {name: {"law": KAPLAN_2020_BY_VARIABLE[variable].key,
+                             "exponent": KAPLAN_2020_BY_VARIABLE[variable].exponent,
+                             "citation": KAPLAN_2020_BY_VARIABLE[variable].citation}
+                      for name, variable in variables.items()},
     }
 
 

@@ -209,12 +209,12 @@ class SingleVariableLaw:
     key: str
     name: str
     citation: str
-    variable: str  # "params" (non-embedding N, trained to convergence) or "tokens" (D, with early stopping)
-    scale: float  # x_c: N_c in parameters or D_c in tokens
+    variable: str  # "params" (non-embedding N, to convergence), "tokens" (D, early stopping) or "flops" (C_min)
+    scale: float  # x_c: N_c in parameters, D_c in tokens or C_c in FLOPs
     exponent: float
 
     def loss(self, value: float) -> float:
-        """Return L at N = `value` parameters or D = `value` tokens, depending on `variable`."""
+        """Return L at N = `value` parameters, D = `value` tokens or C = `value` FLOPs, depending on `variable`."""
         return (self.scale / value) ** self.exponent
 
 
@@ -337,8 +337,19 @@ KAPLAN_2020_TOKENS = SingleVariableLaw(
     exponent=0.095,
 )
 
-SINGLE_VARIABLE_LAWS: dict[str, SingleVariableLaw] = {
-    law.key: law for law in (KAPLAN_2020_PARAMS, KAPLAN_2020_TOKENS)
+# Kaplan et al. 2020, equation 1.3: L(C_min) along the compute-efficient frontier, C_min in PF-days.
+KAPLAN_2020_COMPUTE = SingleVariableLaw(
+    key="kaplan-2020-compute",
+    name="Kaplan 2020 L(C_min) = (C_c / C_min)^alpha_C",
+    citation=f"{KAPLAN_2020}, equation 1.3: alpha_C^min 0.050, C_c^min 3.1e8 PF-days",
+    variable="flops",
+    scale=3.1e8 * PF_DAY_FLOPS,
+    exponent=0.050,
+)
+
+# The published law of each variable, shown beside the exponents a user fits (analysis.fit_kaplan).
+KAPLAN_2020_BY_VARIABLE: dict[str, SingleVariableLaw] = {
+    law.variable: law for law in (KAPLAN_2020_PARAMS, KAPLAN_2020_TOKENS, KAPLAN_2020_COMPUTE)
 }
 
 _REGISTRY: tuple[Law, ...] = (

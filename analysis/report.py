@@ -160,15 +160,17 @@ def _kaplan_section(fit: dict[str, Any]) -> list[str]:
         return []
     bootstrap = kaplan.get("bootstrap")
     level = f"{100 * bootstrap['level']:.0f}%" if bootstrap else "95%"
+    published = kaplan.get("published", {})
     lines = ["## Kaplan-style single-variable fits", "",
-             f"| law | exponent | {level} interval | scale | {level} interval | E | {level} interval | points | "
-             "rms of ln residuals |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"| law | exponent | {level} interval | Kaplan 2020 | scale | {level} interval | E | {level} interval | "
+             "points | rms of ln residuals |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, law in kaplan["fits"].items():
+        their = f"{published[name]['exponent']:.3f}" if name in published else "-"
         if law is None:
-            lines.append(f"| {name} | not enough points | | | | | | | |")
+            lines.append(f"| {name} | not enough points | | {their} | | | | | | |")
             continue
         intervals = law.get("intervals", {})
-        lines.append(f"| {name} | {law['exponent']:.4f} | {_bounds(intervals.get('exponent'), '.4f')} | "
+        lines.append(f"| {name} | {law['exponent']:.4f} | {_bounds(intervals.get('exponent'), '.4f')} | {their} | "
                      f"{law['scale']:.4g} ({law['variable']}) | {_bounds(intervals.get('scale'), '.3g')} | "
                      f"{law['irreducible']:.4g} | {_bounds(intervals.get('irreducible'), '.3g')} | {law['points']} | "
                      f"{law['rms_log_residual']:.3g} |")
@@ -177,6 +179,10 @@ def _kaplan_section(fit: dict[str, Any]) -> list[str]:
                   f"{bootstrap['seed']}); each fit's count of usable replicates is in fit.json."]
     else:
         lines += ["", "No bootstrap was run, so these values come without intervals."]
+    sources = sorted({entry["citation"] for entry in published.values()})
+    if sources:
+        lines += ["", "Kaplan 2020 is the published exponent of the same form, for comparison: exponents compare "
+                  "across corpora and tokenizers, scales do not. Sources: " + "; ".join(sources) + "."]
     return lines + ["", f"N is counted as {fit.get('convention')} parameters; Kaplan et al. counted non-embedding "
                     "parameters.", ""]
 

@@ -37,12 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_analysis_parsers(commands)
 
-    try:
-        from models.cli import add_parsers as add_model_parsers
-    except ImportError:  # generation commands are optional until models/cli.py exists
-        add_model_parsers = None
-    if add_model_parsers is not None:
-        add_model_parsers(commands)
+    from models.cli import add_parsers as add_model_parsers
+
+    add_model_parsers(commands)
     return parser
 
 

@@ -40,17 +40,14 @@ MESH_ENV = "SCALING_MESH"
 DATA_AXIS = "data"
 
 
-def resolve_plan(mesh: MeshPlan | str | None = None, configured: str = "") -> MeshPlan:
+def resolve_plan(configured: str = "") -> MeshPlan:
     """Return a run's layout from the first of these sources that is set:
-    1. the `mesh` argument, a MeshPlan or a string that tests and benchmarks pass to scaling.train.Trainer;
-    2. the config's `mesh` field (`configured`);
-    3. the environment variable SCALING_MESH;
-    4. else data parallelism over all devices.
+    1. the config's `mesh` field (`configured`);
+    2. the environment variable SCALING_MESH;
+    3. else data parallelism over all devices.
     So the config wins over the environment variable, which fills in for configs that leave `mesh` empty.
     """
-    if isinstance(mesh, MeshPlan):
-        return mesh
-    for text, name in ((mesh, "mesh"), (configured, "mesh"), (os.environ.get(MESH_ENV), MESH_ENV)):
+    for text, name in ((configured, "mesh"), (os.environ.get(MESH_ENV), MESH_ENV)):
         if text and text.strip():
             plan = parse_mesh(text, name)
             log.debug("device layout %s from %s=%r", plan, name, text)

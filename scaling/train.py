@@ -4,7 +4,8 @@ The flow of `train(config)`:
 1. open `RUNS/<sweep>/<run_id>/`, record config.json, and skip the run if it already completed;
 2. build the model, AdamW and a device mesh (one device is a mesh of one), then restore the newest
    checkpoint or initialise;
-3. run the jit-compiled step, compiled once per run with the state donated. The host reads metrics
+3. run the jit-compiled step with the state donated. It compiles once per shape: a worker process keeps the
+   compiled programs of its last few shapes (`trainer_for`) for later runs that differ only in budget or seed. The host reads metrics
    back only every `log_interval` steps and at checkpoint steps, and evaluates and checkpoints at fixed
    intervals. A non-finite loss stops the run with status `diverged` and the first bad step;
 4. evaluate at the end and write summary.json with the final validation loss, the run's L(N, D) point.
@@ -42,7 +43,7 @@ from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_lock import RunLock
 from scaling.run_store import RunDir
 from scaling.schedule import schedule_values, scheduled_lr
-from scaling.sharding import (DATA_AXIS, MeshPlan, check_batch_divides, initialize_distributed, is_primary,
+from scaling.sharding import (DATA_AXIS, check_batch_divides, initialize_distributed, is_primary,
                               make_mesh, put_batch, resolve_plan, state_shardings)
 from scaling.tracking import Tracker
 
@@ -159,15 +160,15 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 class Trainer:
     """The compiled pieces of one run: model, optimizer, mesh, and the step and eval functions.
 
-    `mesh` chooses the layout over devices: a MeshPlan, a string such as "data=4" or "fsdp=4", or None for
-    `config.mesh`, then $SCALING_MESH, then data parallelism over all of `devices` (default: every device).
+    The layout over devices comes from `config.mesh` ("data=4", "fsdp=4"), then $SCALING_MESH, then data
+    parallelism over all of `devices` (default: every device).
     """
 
-    def __init__(self, config: TrainConfig, devices: list | None = None, mesh: MeshPlan | str | None = None):
+    def __init__(self, config: TrainConfig, devices: list | None = None):
         self.config = config
         self.model = Transformer(config.model)
         self.optimizer = make_optimizer(config)
-        self.plan = resolve_plan(mesh, config.mesh)
+        self.plan = resolve_plan(config.mesh)
         self.mesh = make_mesh(self.plan, devices)
         check_batch_divides(config.data.batch_size, self.mesh)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -279,7 +280,7 @@ def trainer_for(config: TrainConfig) -> Trainer:
     token budget, seed, schedule values, intervals and ids. So a worker that trains several runs of one shape
     traces and loads its three programs once. The Trainer's `config` is the first such run's.
     """
-    key = (program_identity(config), resolve_plan(None, config.mesh), tuple(jax.devices()))
+    key = (program_identity(config), resolve_plan(config.mesh), tuple(jax.devices()))
     trainer = _trainers.pop(key, None)
     if trainer is None:
         trainer = Trainer(config)
@@ -565,7 +566,7 @@ def _base_summary(record: dict[str, Any], status: str) -> dict[str, Any]:
 
 
 def _check_vocabulary(config: TrainConfig, corpus: PreparedCorpus) -> None:
-    vocab = corpus.meta["vocab_size"]
+    vocab = corpus.vocab_size
     if config.model.vocab_size != vocab:
         raise UserError(
             f"model.vocab_size={config.model.vocab_size} does not match the corpus at {config.data.path} "

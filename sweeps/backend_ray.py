@@ -2,11 +2,12 @@
 
 `run_sweep_ray(spec, runs_root, address=...)` expands the spec (sweeps.spec), skips runs whose summary
 status is completed, and submits one Ray task per remaining run, each asking Ray for the run's CPUs and
-GPUs (`resources` of the spec, sweeps.resources.RunResources). A task starts `python -m sweeps.worker` as a
+GPUs (`resources` of the spec, sweeps.backends.RunResources). A task starts `python -m sweeps.worker` as a
 child process on whichever node Ray placed it, so every run gets a fresh JAX (the local launcher instead
-keeps one worker per slot, which trains its runs one after another), and writes RUNS/<sweep>/<run_id>/ and its log RUNS/<sweep>/_logs/<run_id>.log there. The run store must
-therefore be a folder every node mounts at the same path (a shared file system) when the cluster has more
-than one machine. A run that stopped part-way resumes from its newest checkpoint, as it does locally.
+keeps one worker per slot, which trains its runs one after another), and writes RUNS/<sweep>/<run_id>/
+and its log RUNS/<sweep>/_logs/<run_id>.log there. The run store must therefore be a folder every node
+mounts at the same path (a shared file system) when the cluster has more than one machine. A run that
+stopped part-way resumes from its newest checkpoint, as it does locally.
 
 `address=None` starts a private Ray instance on this machine, bound to 127.0.0.1 and without the
 dashboard, and stops it at the end. `address="auto"` or "host:port" joins a running cluster (`ray start

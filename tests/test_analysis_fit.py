@@ -164,6 +164,36 @@ def test_fit_reports_every_interval(tmp_path, capsys, monkeypatch):
     assert f"{exponent_low:.4f} .. {exponent_high:.4f}" in output
 
 
+def test_kaplan_fits_show_published_exponents(tmp_path, capsys, monkeypatch):
+    """Kaplan et al. 2020 (arXiv:2001.08361) equations 1.1-1.3: alpha_N 0.076, alpha_D 0.095, alpha_C^min 0.050."""
+    _write_isoflop_sweep(tmp_path / "runs", noise=0.01)
+    record = fit_runs(tmp_path / "runs", tmp_path / "out", starts=32, bootstraps=0, plot=False)
+    published = record["kaplan"]["published"]
+    assert {name: entry["exponent"] for name, entry in published.items()} == {
+        "L(N)": 0.076, "L(N) with E": 0.076, "L(D)": 0.095, "L(C)": 0.050}
+    assert "equation 1.3" in published["L(C)"]["citation"]
+
+    text = write_report(tmp_path / "out", record).read_text()
+    fitted = record["kaplan"]["fits"]["L(D)"]["exponent"]
+    assert f"| L(D) | {fitted:.4f} | - | 0.095 |" in text
+    assert published["L(N)"]["citation"] in text
+
+    from analysis.cli import _print_fit
+
+    monkeypatch.setenv("COLUMNS", "250")
+    _print_fit(record, tmp_path / "out")
+    row = next(line for line in capsys.readouterr().out.splitlines() if "L(D)" in line)
+    assert f"{fitted:.4f}" in row and "0.095" in row
+
+
+def test_kaplan_2020_compute_law_in_flops():
+    """Equation 1.3 of Kaplan et al. 2020 gives C_c^min in PF-days; the law holds it in FLOPs."""
+    from analysis.laws import KAPLAN_2020_COMPUTE, PF_DAY_FLOPS
+
+    assert KAPLAN_2020_COMPUTE.loss(3.1e8 * PF_DAY_FLOPS) == pytest.approx(1.0)
+    assert KAPLAN_2020_COMPUTE.loss(1e21) == pytest.approx((3.1e8 * 8.64e19 / 1e21) ** 0.050)
+
+
 def test_no_bootstrap_means_no_intervals(tmp_path):
     _write_isoflop_sweep(tmp_path / "runs", noise=0.01)
     record = fit_runs(tmp_path / "runs", tmp_path / "out", starts=32, bootstraps=0, plot=False)

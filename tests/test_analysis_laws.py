@@ -104,6 +104,8 @@ def test_allocation_is_the_minimum_along_isoflop():
     sizes = params_opt * np.geomspace(0.5, 2.0, 201)
     losses = law.loss(sizes, flops / (6 * sizes))
     assert sizes[np.argmin(losses)] == pytest.approx(params_opt, rel=0.01)
+    tokens_opt = float(allocation.optimal_tokens(flops, law.a_coef, law.b_coef, law.alpha, law.beta))
+    assert 6 * params_opt * tokens_opt == pytest.approx(flops, rel=1e-12)
 
 
 def test_allocation_exponents():
