@@ -25,12 +25,12 @@ import re
 from dataclasses import dataclass
 
 from scaling.errors import UserError
+from scaling.numbers import SUFFIX_PATTERN, SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
 # The sign is matched so that "-7B" gets the same "must be positive" error as "0B", not "not understood".
-_NUMBER = r"(-?\d+(?:\.\d*)?(?:e[+-]?\d+)?)\s*([kmbt])?"
+_NUMBER = rf"(-?\d+(?:\.\d*)?(?:e[+-]?\d+)?)\s*({SUFFIX_PATTERN})?"
 FORMS = (
     '"tokens for 7B"',
     '"compute for 70B"',
@@ -103,8 +103,8 @@ class Query:
     kv_cache: KVCacheShape | None = None  # the shape of a kv_cache question
 
 
-def parse_number(text: str, suffix: str | None = None) -> float:
-    """Return `text` times the multiplier of `suffix` (K, M, B, T; case-insensitive)."""
+def _question_number(text: str, suffix: str | None = None) -> float:
+    """Return `text` times the multiplier of `suffix` (scaling.numbers.SUFFIXES: K, M, B or G, T; any case)."""
     value = float(text) * (SUFFIXES[suffix.lower()] if suffix else 1.0)
     if not math.isfinite(value):
         raise UserError(f"the number {text}{(suffix or '').upper()} in the question is beyond floating point; "
@@ -125,14 +125,14 @@ def parse_query(text: str) -> Query:
         match = pattern.match(normalised)
         if match is None:
             continue
-        first = parse_number(match.group(1), match.group(2))
+        first = _question_number(match.group(1), match.group(2))
         if kind in ("tokens_for_params", "compute_for_params", "loss_at"):
             _warn_if_suffix_missing(first, match.group(1), match.group(2))
         if kind in ("tokens_for_params", "compute_for_params"):
             return Query(kind, text, params=first)
         if kind in ("params_for_flops", "tokens_per_param"):
             return Query(kind, text, flops=first)
-        return Query(kind, text, params=first, tokens=parse_number(match.group(3), match.group(4)))
+        return Query(kind, text, params=first, tokens=_question_number(match.group(3), match.group(4)))
     raise UserError(f"question {text!r} is not understood; ask one of: {', '.join(FORMS)}")
 
 
@@ -172,7 +172,7 @@ def _kv_cache_shape(match: re.Match) -> KVCacheShape:
 def _reference_shape(model: str) -> tuple[int, int, int, str]:
     number = re.fullmatch(_NUMBER, model.removeprefix("llama").strip())
     if number is not None:
-        size = parse_number(number.group(1), number.group(2))
+        size = _question_number(number.group(1), number.group(2))
         size = next((alias for printed, alias in _REFERENCE_ALIASES.items() if abs(size - printed) <= 1e-9 * printed),
                     size)
         for reference, (layers, heads, head_dim, source) in REFERENCE_SHAPES.items():

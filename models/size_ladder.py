@@ -14,6 +14,7 @@ import math
 from scaling.accounting import parameter_counts
 from scaling.config import ModelConfig
 from scaling.errors import UserError
+from scaling.numbers import human_count
 
 DEFAULT_ASPECT_RATIO = 32.0  # d_model / n_layers
 DEFAULT_HEAD_DIM = 32
@@ -78,12 +79,5 @@ def describe(model: ModelConfig) -> str:
     counts = parameter_counts(model)
     return (
         f"d{model.d_model} L{model.n_layers} H{model.n_heads}/{model.kv_heads} "
-        f"({_short(counts['total'])} total, {_short(counts['non_embedding'])} non-emb)"
+        f"({human_count(counts['total'])} total, {human_count(counts['non_embedding'])} non-emb)"
     )
-
-
-def _short(value: float) -> str:
-    for suffix, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.3g}{suffix}"
-    return f"{value:.0f}"

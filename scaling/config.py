@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scaling.errors import UserError
+from scaling.numbers import parse_number
 
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "gelu")
@@ -334,32 +335,13 @@ def _build(cls: type, raw: dict[str, Any], where: str):
     for name, value in raw.items():
         kind = str(fields[name].type).split(" |")[0]
         if isinstance(value, str) and kind == "float":
-            values[name] = _number_from_text(value, f"{where}.{name}")
+            values[name] = parse_number(value, f"{where}.{name}")
         elif isinstance(value, str) and kind == "int":
-            number = _number_from_text(value, f"{where}.{name}")
+            number = parse_number(value, f"{where}.{name}")
             if number != int(number):
                 raise UserError(f"{where}.{name}={value!r} must be a whole number, e.g. 2e6 or 2M")
             values[name] = int(number)
     return cls(**values)
-
-
-_SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
-
-
-def _number_from_text(text: str, where: str) -> float:
-    """Return the number a config file wrote as text: YAML 1.1 reads 3e-3 and 2e6 (no decimal point) as strings.
-
-    A suffix K, M, B or T multiplies by 1e3, 1e6, 1e9 or 1e12, as in sweep specs.
-    """
-    stripped = text.strip()
-    scale = _SUFFIXES.get(stripped[-1:].upper(), 1.0) if stripped[-1:].isalpha() else 1.0
-    try:
-        number = float(stripped[:-1] if scale != 1.0 else stripped) * scale
-    except ValueError:
-        raise UserError(f"{where}={text!r} is not a number; write it as e.g. 3e-3, 0.003 or 2M") from None
-    if not math.isfinite(number):
-        raise UserError(f"{where}={text!r} is not a finite number")
-    return number
 
 
 _CONFIG_KEY_PREFIX = {"TrainConfig": "", "ModelConfig": "model.", "OptimizerConfig": "optimizer.",

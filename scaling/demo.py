@@ -14,6 +14,7 @@ import logging
 import time
 from pathlib import Path
 
+from scaling.numbers import human_count
 from scaling.paths import runs_root
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,10 @@ def run_demo(preset: str = "full", runs: str | Path | None = None, workers: int 
 
     completed = [s for s in summaries if s.get("status") == "completed"]
     limitations = LIMITATIONS.format(
-        n_min=_short(fit["data_range"]["params"][0]),
-        n_max=_short(fit["data_range"]["params"][1]),
-        d_min=_short(fit["data_range"]["tokens"][0]),
-        d_max=_short(fit["data_range"]["tokens"][1]),
+        n_min=human_count(fit["data_range"]["params"][0]),
+        n_max=human_count(fit["data_range"]["params"][1]),
+        d_min=human_count(fit["data_range"]["tokens"][0]),
+        d_max=human_count(fit["data_range"]["tokens"][1]),
         n_runs=len(completed),
     )
     report = write_report(out, fit, [answer], limitations=limitations, title=f"Scaling-law demo: sweep {spec.name}")
@@ -81,10 +82,3 @@ def run_demo(preset: str = "full", runs: str | Path | None = None, workers: int 
     if parameters["alpha"] <= 0 or parameters["beta"] <= 0:
         log.warning("fitted alpha or beta is not positive: the sweep did not resolve the trade-off")
     return 1 if failed else 0
-
-
-def _short(value: float) -> str:
-    for suffix, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.3g}{suffix}"
-    return f"{value:.3g}"

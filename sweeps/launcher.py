@@ -41,7 +41,7 @@ from scaling.host_memory import switch_setting
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_store import RunDir, read_json
 from scaling.interrupts import interrupts_on_stop_signals, stop_requested
-from sweeps.numbers import human_count
+from scaling.numbers import human_count
 from sweeps.plan import WIDE_OUTPUT, assumed_cost_model
 from sweeps.resources import WorkerSlot, split_cores
 from sweeps.spec import PlannedRun, SweepSpec, expand

@@ -30,7 +30,7 @@ from rich.table import Table
 from scaling.accounting import training_flops_per_token
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_store import RunDir
-from sweeps.numbers import format_count, human_count
+from scaling.numbers import format_count, human_count
 from sweeps.resources import split_cores
 from sweeps.spec import PlannedRun, PreparedData, SweepSpec, expand, prepare_data
 

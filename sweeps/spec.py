@@ -8,7 +8,7 @@ optimizer and the training settings shared by all runs (`train`). It lists the r
   tokens, where F is the training FLOPs per token named by `flops_per_token` (`6N_total` by default, or
   `6N_non_embedding`, or `exact` from scaling.accounting). `params` is one list for every budget, or a
   mapping budget -> list.
-Counts may be written 1e6, "3.2e5" or "1M" (see sweeps.numbers). The packaged specs live in sweeps/specs/,
+Counts may be written 1e6, "3.2e5" or "1M" (see scaling.numbers). The packaged specs live in sweeps/specs/,
 and `load_spec("demo")` finds sweeps/specs/demo.yaml.
 """
 
@@ -30,7 +30,7 @@ from scaling.accounting import parameter_counts, training_flops_per_token
 from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig, check_mesh
 from scaling.errors import UserError, yaml_problem
 from scaling.paths import runs_root as resolve_runs_root
-from sweeps.numbers import format_count, parse_count
+from scaling.numbers import format_count, parse_count, parse_number
 
 log = logging.getLogger(__name__)
 
@@ -337,20 +337,14 @@ def _coerce_fields(cls: type, values: dict[str, Any], where: str) -> None:
 
 
 def _number(value: Any, where: str, integer: bool) -> int | float:
-    """Return a number written as a YAML number or a string like "3e-4"; zero and negatives are left to
-    the config's own checks."""
-    if isinstance(value, str):
-        try:
-            value = float(value.replace("_", ""))
-        except ValueError:
-            raise UserError(f"{where}={value!r} is not a number") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{where}={value!r} is not a finite number")
+    """Return a number written as a YAML number or a string like "3e-4" or "2M"; zero and negatives are
+    left to the config's own checks."""
+    number = parse_number(value, where)
     if integer:
-        if value != int(value):
+        if number != int(number):
             raise UserError(f"{where}={value!r} must be a whole number")
-        return int(value)
-    return float(value)
+        return int(number)
+    return number
 
 
 def _integer(value: Any, where: str) -> int:

@@ -23,7 +23,6 @@ from scaling.errors import UserError
 from scaling.run_store import RunDir
 from sweeps import cli
 from sweeps.launcher import LOGS_FOLDER, run_sweep, start_run
-from sweeps.numbers import format_count, human_count, parse_count
 from sweeps.plan import evaluation_count, make_plan
 from sweeps.resources import CORES_ENV, SINGLE_THREAD_XLA_FLAGS, split_cores
 from sweeps.spec import (
@@ -66,37 +65,6 @@ def tiny_raw(source: Path | str, name: str = "tiny", **sections) -> dict:
     if "isoflop" in sections:
         raw.pop("grid")
     return raw
-
-
-# ---------------------------------------------------------------- numbers
-
-
-@pytest.mark.parametrize("text, value", [
-    ("1e6", 1e6), ("3.2e5", 3.2e5), ("1M", 1e6), ("1.5K", 1500), ("2B", 2e9), ("1_000", 1000), (1e13, 1e13), (7, 7),
-])
-def test_parse_count_accepts_the_usual_spellings(text, value):
-    assert parse_count(text, "x") == pytest.approx(value)
-
-
-@pytest.mark.parametrize("text", ["-1e6", "0", 0, "1e6 tokens", "abc", True, None, [1]])
-def test_parse_count_rejects_non_positive_and_malformed(text):
-    with pytest.raises(UserError, match="x="):
-        parse_count(text, "x")
-
-
-def test_human_count_rounds_into_the_next_unit():
-    assert [human_count(v) for v in (999_936, 999_400, 1_234_567, 980, 21_600)] == ["1M", "999K", "1.23M", "980", "21.6K"]
-
-
-def test_parse_count_negative_is_not_positive():
-    with pytest.raises(UserError, match=r"x='-1e10' must be a positive number"):
-        parse_count("-1e10", "x")
-
-
-def test_format_count_is_short_and_round_trips():
-    assert [format_count(v) for v in (320000, 1e13, 3.16e5, 7)] == ["3.2e5", "1e13", "3.16e5", "7e0"]
-    for value in (3.2e5, 1e13, 1.25e6, 42.0):
-        assert parse_count(format_count(value), "x") == pytest.approx(value)
 
 
 # ---------------------------------------------------------------- spec parsing
