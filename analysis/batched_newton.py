@@ -10,8 +10,8 @@ Taking |w| keeps the step a descent direction where the Hessian is indefinite (f
 the Huber loss is linear in most residuals). A step that does not lower the objective is rejected and its
 problem's lambda grows; an accepted one shrinks it. Problems leave the batch once converged or stuck.
 
-Model and objective as in `analysis.fit_parametric`: theta = (a, b, e, alpha, beta), residual
-r = LSE(a - alpha log N, b - beta log D, e) - log L, objective sum_i weight_i Huber_delta(r_i).
+Model and objective as in `analysis.fit_parametric`: theta = (log_a, log_b, log_e, alpha, beta), residual
+r = LSE(log_a - alpha log N, log_b - beta log D, log_e) - log L, objective sum_i weight_i Huber_delta(r_i).
 The Hessian uses d2 LSE = sum_k s_k g_k g_k^T - grad r grad r^T, where s is the softmax of the three terms
 and g_k the (constant) gradient of term k in theta.
 """
@@ -145,9 +145,9 @@ def minimize_batch(theta0: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log
     `gradient_tolerance`, when its damping exceeds `max_damping` (no step lowers the objective any more),
     or after `max_iterations`.
 
-    Internally log N and log D are centred (a' = a - alpha mean(log N), likewise b'), which decorrelates a
-    from alpha and b from beta. The damping then acts on comparable directions. Results are returned in the
-    original parameters.
+    Internally log N and log D are centred (log_a' = log_a - alpha mean(log N), likewise log_b'), which
+    decorrelates log_a from alpha and log_b from beta. The damping then acts on comparable directions.
+    Results are returned in the original parameters.
     """
     center_n, center_d = float(log_n.mean()), float(log_d.mean())
     theta = _to_centred(np.array(theta0, dtype=float, copy=True), center_n, center_d)

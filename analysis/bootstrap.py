@@ -34,7 +34,7 @@ DERIVED_NAMES = ("E", "A", "B", "alpha", "beta", "a", "b")
 class BootstrapResult:
     """Replicate fits of approach 3 and their percentile intervals."""
 
-    samples: np.ndarray  # (replicates, 5): (a, b, e, alpha, beta) of each replicate's best end point
+    samples: np.ndarray  # (replicates, 5): (log_a, log_b, log_e, alpha, beta) of each replicate's best end point
     objectives: np.ndarray  # (replicates,): sum of weighted Huber losses
     converged: np.ndarray  # (replicates,) bool
     level: float  # interval coverage, e.g. 0.95

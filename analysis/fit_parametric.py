@@ -3,9 +3,10 @@
 Method (Hoffmann et al. 2022, arXiv:2203.15556, section 3.3 and appendix D.2), with the changes of the
 replication by Besiroglu et al. 2024 (arXiv:2404.10102) that make the optimiser converge:
 
-- parameters theta = (a, b, e, alpha, beta) with A = exp(a), B = exp(b), E = exp(e);
-- residual r_i = LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i, where LSE is log-sum-exp, so
-  exp(LSE(...)) is exactly the law's prediction;
+- parameters theta = (log_a, log_b, log_e, alpha, beta) with A = exp(log_a), B = exp(log_b), E = exp(log_e)
+  (the allocation exponents a and b of N_opt ~ C^a, D_opt ~ C^b are derived from alpha and beta);
+- residual r_i = LSE(log_a - alpha log N_i, log_b - beta log D_i, log_e) - log L_i, where LSE is
+  log-sum-exp, so exp(LSE(...)) is exactly the law's prediction;
 - objective: sum over points of Huber_delta(r_i), delta = 1e-3;
 - from every start of a grid, a local optimiser with analytic derivatives; the best end point wins.
 
@@ -41,7 +42,7 @@ MAX_LOCAL_MINIMA = 8  # distinct end points kept with a fit
 
 @dataclass(frozen=True)
 class StartGrid:
-    """Box of initial values, one (low, high) range per parameter of theta = (a, b, e, alpha, beta).
+    """Box of initial values, one (low, high) range per parameter of theta = (log_a, log_b, log_e, alpha, beta).
 
     The default box is the one Hoffmann et al. 2022 searched (appendix D.2): a and b in [0, 25],
     e in [-1, 1], alpha and beta in [0, 2].
@@ -108,12 +109,12 @@ class ParametricFit:
     n_starts_at_best: int  # starts ending within 1e-9 (relative) of the best objective
     start: tuple[float, ...]  # the start that reached the best end point
     method: dict[str, Any]
-    # Distinct end points, best first: (objective, (a, b, e, alpha, beta)); bootstrap refits start from them.
+    # Distinct end points, best first: (objective, theta); bootstrap refits start from them.
     local_minima: tuple[tuple[float, tuple[float, ...]], ...] = ()
 
     @property
     def theta(self) -> np.ndarray:
-        """Return (a, b, e, alpha, beta) as an array."""
+        """Return (log_a, log_b, log_e, alpha, beta) as an array."""
         return np.array([self.log_a, self.log_b, self.log_e, self.alpha, self.beta])
 
     def parameters(self) -> dict[str, float]:
@@ -148,8 +149,8 @@ def method_description(options: Approach3Options, n_starts: int) -> dict[str, An
         "name": "approach 3 (parametric L(N, D) = E + A/N^alpha + B/D^beta)",
         "loss": "sum of Huber losses",
         "huber_delta": options.huber_delta,
-        "space": "log L residuals: log L - LSE(a - alpha log N, b - beta log D, e)",
-        "parameters": "a = log A, b = log B, e = log E (natural logs), alpha, beta",
+        "space": "log L residuals: log L - LSE(log_a - alpha log N, log_b - beta log D, log_e)",
+        "parameters": "log_a = ln A, log_b = ln B, log_e = ln E, alpha, beta",
         "optimizer": _optimizer_description(options),
         "starts": n_starts,
         "start_grid": asdict(options.grid),
@@ -170,7 +171,7 @@ def _optimizer_description(options: Approach3Options) -> str:
 
 def huber_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray,
                     delta: float, weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-    """Return the summed Huber loss of log-loss residuals and its gradient in theta = (a, b, e, alpha, beta).
+    """Return the summed Huber loss of log-loss residuals and its gradient in theta (log_a, log_b, log_e, alpha, beta).
 
     `weights` multiplies each point's Huber loss (bootstrap counts); None means 1 for every point.
     """

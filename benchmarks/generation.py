@@ -35,7 +35,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from models.generate import Generator, Sampling, UncachedGreedy  # noqa: E402
-from models.kv_cache import kv_cache_comparison, resolve_compute_dtype  # noqa: E402
+from models.dtypes import resolve_compute_dtype  # noqa: E402
+from models.kv_cache import kv_cache_comparison  # noqa: E402
 from models.transformer import Transformer  # noqa: E402
 from scaling.accounting import forward_flops_per_token  # noqa: E402
 from scaling.config import ModelConfig  # noqa: E402

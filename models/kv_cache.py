@@ -17,23 +17,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from models.dtypes import resolve_compute_dtype
 from scaling.config import ModelConfig
 from scaling.errors import UserError
-
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def resolve_compute_dtype(name: str) -> jnp.dtype:
-    """Return the activation dtype for `ModelConfig.compute_dtype`.
-
-    "auto" is bfloat16 on a GPU or TPU and float32 on CPU. Parameters stay float32 in every case.
-    """
-    if name == "auto":
-        return jnp.dtype(jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32)
-    if name not in COMPUTE_DTYPES:
-        raise UserError(f"compute_dtype={name!r} is not one of: auto, {', '.join(COMPUTE_DTYPES)}")
-    return jnp.dtype(COMPUTE_DTYPES[name])
-
 
 class CacheFullError(ValueError):
     """A write that would go past the last slot of a KV cache."""

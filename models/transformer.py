@@ -22,10 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from models.attention import attention
-from models.kv_cache import CacheFullError, KVCache, resolve_compute_dtype
+from models.dtypes import resolve_compute_dtype
+from models.kv_cache import CacheFullError, KVCache
 from scaling.config import ModelConfig
 
-EMBED_INIT_STD = 0.02  # GPT-2's initialisation scale for embeddings and hidden matrices
+INIT_STD = 0.02  # GPT-2's scale for every weight matrix; output projections divide it by sqrt(2 n_layers)
 
 
 def make_norm(config: ModelConfig, name: str) -> nn.Module:
@@ -93,11 +94,11 @@ class CausalSelfAttention(nn.Module):
         )
         batch, length = x_BxLxD.shape[:2]
         x_NxD = flatten_tokens(x_BxLxD)
-        q_BxLxHxE = dense((config.n_heads, head_dim), "query", EMBED_INIT_STD)(x_NxD).reshape(
+        q_BxLxHxE = dense((config.n_heads, head_dim), "query", INIT_STD)(x_NxD).reshape(
             batch, length, config.n_heads, head_dim)
-        k_BxLxKxE = dense((config.kv_heads, head_dim), "key", EMBED_INIT_STD)(x_NxD).reshape(
+        k_BxLxKxE = dense((config.kv_heads, head_dim), "key", INIT_STD)(x_NxD).reshape(
             batch, length, config.kv_heads, head_dim)
-        v_BxLxKxE = dense((config.kv_heads, head_dim), "value", EMBED_INIT_STD)(x_NxD).reshape(
+        v_BxLxKxE = dense((config.kv_heads, head_dim), "value", INIT_STD)(x_NxD).reshape(
             batch, length, config.kv_heads, head_dim)
 
         if config.positions == "rope":
@@ -124,7 +125,7 @@ class CausalSelfAttention(nn.Module):
 
         # Residual-branch outputs are scaled down by sqrt(2 n_layers) so the residual stream's variance
         # does not grow with depth (GPT-2, section 2.3).
-        out_std = EMBED_INIT_STD / math.sqrt(2 * config.n_layers)
+        out_std = INIT_STD / math.sqrt(2 * config.n_layers)
         out_NxD = nn.DenseGeneral(
             config.d_model,
             axis=(-2, -1),
@@ -187,13 +188,13 @@ class Mlp(nn.Module):
             name=name,
         )
         x_NxD = flatten_tokens(x_BxLxD)
-        up_NxF = dense(config.hidden_size, "up", EMBED_INIT_STD)(x_NxD)
+        up_NxF = dense(config.hidden_size, "up", INIT_STD)(x_NxD)
         if config.mlp == "swiglu":
-            gate_NxF = dense(config.hidden_size, "gate", EMBED_INIT_STD)(x_NxD)
+            gate_NxF = dense(config.hidden_size, "gate", INIT_STD)(x_NxD)
             hidden_NxF = nn.silu(gate_NxF) * up_NxF
         else:
             hidden_NxF = nn.gelu(up_NxF)
-        out_std = EMBED_INIT_STD / math.sqrt(2 * config.n_layers)
+        out_std = INIT_STD / math.sqrt(2 * config.n_layers)
         return dense(config.d_model, "down", out_std)(hidden_NxF).reshape(x_BxLxD.shape)
 
 
@@ -282,7 +283,7 @@ class Transformer(nn.Module):
         embed = nn.Embed(
             config.vocab_size,
             config.d_model,
-            embedding_init=nn.initializers.normal(EMBED_INIT_STD),
+            embedding_init=nn.initializers.normal(INIT_STD),
             dtype=dtype,
             name="embed",
         )
@@ -291,7 +292,7 @@ class Transformer(nn.Module):
             position_embed = nn.Embed(
                 config.max_seq_len,
                 config.d_model,
-                embedding_init=nn.initializers.normal(EMBED_INIT_STD),
+                embedding_init=nn.initializers.normal(INIT_STD),
                 dtype=dtype,
                 name="position_embed",
             )
@@ -313,7 +314,7 @@ class Transformer(nn.Module):
                 config.vocab_size,
                 use_bias=False,
                 dtype=dtype,
-                kernel_init=nn.initializers.normal(EMBED_INIT_STD),
+                kernel_init=nn.initializers.normal(INIT_STD),
                 name="head",
             )(x_NxD)
         logits_BxLxV = logits_NxV.reshape(batch, length, config.vocab_size).astype(jnp.float32)
