@@ -105,7 +105,7 @@ def _fit(args: argparse.Namespace) -> dict[str, Any]:
     record = fit_runs(source, args.out, convention=args.convention, starts=args.starts,
                       bootstraps=args.bootstraps, seed=args.seed, allow_mixed=args.allow_mixed,
                       methods=tuple(args.method or OPTIONAL_METHODS), columns=args.columns, filters=args.where,
-                      holdout_fraction=args.holdout, resample=args.resample)
+                      holdout_fraction=args.holdout, resample=args.resample, progress=True)
     if args.log_plots:
         from analysis.wandb_runs import log_plots
 

@@ -26,6 +26,7 @@ from analysis.fit_envelope import EnvelopeFit, fit_envelope
 from analysis.fit_kaplan import fit_kaplan
 from analysis.fit_isoflop import IsoFlopFit, fit_isoflop, group_by_budget
 from analysis.fit_parametric import Approach3Options, ParametricFit, fit_approach3
+from analysis.progress import StepProgress
 from analysis.runs import CONVENTIONS, RunTable, load_runs
 from analysis.wandb_runs import is_wandb_source, load_wandb
 
@@ -47,19 +48,91 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
              bootstraps: int = DEFAULT_BOOTSTRAPS, seed: int = 0, allow_mixed: bool = False, plot: bool = True,
              options: Approach3Options | None = None, methods: tuple[str, ...] = OPTIONAL_METHODS,
              columns: str | None = None, filters: list[str] | None = None,
-             holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION, resample: str = "luck") -> dict[str, Any]:
+             holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION, resample: str = "luck",
+             progress: bool = False) -> dict[str, Any]:
     """Fit the completed runs under `runs_path`; write fit.json and plots to `out_dir`; return the record.
 
     `runs_path` is a run store folder, "wandb:ENTITY/PROJECT[/GROUP]" (see `analysis.wandb_runs`), or a CSV
-    of points read with the `columns` mapping (and `filters`, see `analysis.csv_points`). Approach 3 always runs; `methods` picks the others ("approach1",
-    "approach2", "kaplan", "extrapolation"), each skipped with a note where the data cannot support it.
-    `starts` is the minimum size of approach 3's start grid. `bootstraps` replicates (0 for none), drawn
-    with `seed`, give 95% intervals for every fitted parameter of every method that ran (see
-    `analysis.bootstrap` and `analysis.bootstrap_methods`). `resample` picks what approaches 1 and 2 redraw:
-    "luck" (each run's residual, keeping the sweep's sizes; the default) or "runs" (runs with replacement).
+    of points read with the `columns` mapping (and `filters`, see `analysis.csv_points`). Approach 3 always
+    runs; `methods` picks the others ("approach1", "approach2", "kaplan", "extrapolation"), each skipped with
+    a note where the data cannot support it. `starts` is the minimum size of approach 3's start grid.
+    `bootstraps` replicates (0 for none), drawn with `seed`, give 95% intervals for every fitted parameter
+    of every method that ran (see `analysis.bootstrap` and `analysis.bootstrap_methods`). `resample` picks
+    what approaches 1 and 2 redraw: "luck" (each run's residual, keeping the sweep's sizes; the default) or
+    "runs" (runs with replacement). `progress` shows the steps on a terminal (analysis.progress).
     Raises UserError when there are fewer completed runs than approach 3's 5 parameters, or a single model
     size or token count.
     """
+    _check_fit_arguments(convention, starts, holdout_fraction, resample, bootstraps, methods)
+    table = _load_table(runs_path, allow_mixed, columns, filters)
+    params, tokens, losses = _points(table, convention)
+    _check_enough(table, params, tokens)
+    approach3_options = replace(options or Approach3Options(), n_starts=starts)
+    curves = [row.learning_curve for row in table.rows]
+    budget_groups = _budget_groups(table, convention)
+    steps = 1 + bool(bootstraps) + 2 + len(set(methods) & {"kaplan", "extrapolation"}) + plot
+
+    with StepProgress(steps, enabled=progress) as progress_line:
+        with progress_line.step(f"approach 3 from {starts} or more starts"):
+            started = time.perf_counter()
+            approach3 = fit_approach3(params, tokens, losses, options=approach3_options)
+            logger.info("approach 3 on %d runs from %d starts: %s (%.1f s)", len(params), approach3.n_starts,
+                        approach3.status, time.perf_counter() - started)
+        bootstrap = None
+        if bootstraps:
+            with progress_line.step(f"approach 3 bootstrap, {bootstraps} replicates"):
+                started = time.perf_counter()
+                bootstrap = bootstrap_approach3(params, tokens, losses, approach3, n_bootstraps=bootstraps,
+                                                seed=seed, options=approach3_options)
+                logger.info("bootstrap: %d replicates, %d converged (%.1f s)", bootstraps,
+                            int(bootstrap.converged.sum()), time.perf_counter() - started)
+
+        record = _record(table, convention, approach3, params, tokens, losses)
+        record["bootstrap"] = None if bootstrap is None else bootstrap.to_dict()
+        record["warnings"] = _approach3_warnings(approach3, params, tokens)
+        for warning in record["warnings"]:
+            logger.warning("approach 3: %s", warning)
+
+        started = time.perf_counter()
+        resampling = {"bootstraps": bootstraps, "seed": seed, "resample": resample}
+        with progress_line.step("approach 2" + (" and its bootstrap" if bootstraps else "")):
+            approach2, approach2_replicates = _approach2_section(record, methods, params, losses, budget_groups,
+                                                                 **resampling)
+        envelope = fit_envelope(params, curves) if {"approach1", "kaplan"} & set(methods) else None
+        with progress_line.step("approach 1" + (" and its bootstrap" if bootstraps else "")):
+            approach1_replicates = _approach1_section(record, methods, params, curves, envelope, **resampling)
+        if "kaplan" in methods:
+            with progress_line.step("Kaplan-style fits" + (" and their bootstrap" if bootstraps else "")):
+                _kaplan_section(record, params, tokens, losses, curves, envelope, bootstraps, seed)
+        if bootstraps and (approach2 is not None or {"approach1", "kaplan"} & set(methods)):
+            logger.info("bootstrap of approaches 1 and 2 and the Kaplan-style fits: %d replicates each (%.1f s)",
+                        bootstraps, time.perf_counter() - started)
+
+        if "extrapolation" in methods:
+            with progress_line.step("extrapolation check"):
+                started = time.perf_counter()
+                record["extrapolation"] = extrapolation_check(params, tokens, losses,
+                                                              [row.run_id for row in table.rows],
+                                                              approach3_options, holdout_fraction)
+                logger.info("extrapolation check (%.1f s): %s", time.perf_counter() - started,
+                            record["extrapolation"].get("skipped") or f"mean |error| "
+                            f"{record['extrapolation']['mean_abs_relative_error']:.2%} on the held-out runs")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if plot:
+            with progress_line.step("plots"):
+                record["plots"] = _draw(out, approach3, approach2, params, tokens, losses, budget_groups,
+                                        convention, bootstrap, envelope, approach2_replicates, approach1_replicates)
+
+    replaced = (out / FIT_FILE).exists()
+    # An unbounded interval or standard error is written as null: fit.json stays valid JSON.
+    (out / FIT_FILE).write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
+    logger.info("wrote %s%s", out / FIT_FILE, ", replacing the earlier fit" if replaced else "")
+    return record
+
+
+def _check_fit_arguments(convention: str, starts: int, holdout_fraction: float, resample: str, bootstraps: int,
+                         methods: tuple[str, ...]) -> None:
     if convention not in CONVENTIONS:
         raise UserError(f"unknown parameter convention {convention!r}; use one of: {', '.join(CONVENTIONS)}")
     if starts < 1:
@@ -74,89 +147,67 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     unknown = sorted(set(methods) - set(OPTIONAL_METHODS))
     if unknown:
         raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(OPTIONAL_METHODS)}")
-    table = _load_table(runs_path, allow_mixed, columns, filters)
-    params, tokens, losses = _points(table, convention)
-    _check_enough(table, params, tokens)
 
-    started = time.perf_counter()
-    approach3_options = replace(options or Approach3Options(), n_starts=starts)
-    approach3 = fit_approach3(params, tokens, losses, options=approach3_options)
-    logger.info("approach 3 on %d runs from %d starts: %s (%.1f s)", len(params), approach3.n_starts,
-                approach3.status, time.perf_counter() - started)
 
-    bootstrap = None
-    if bootstraps:
-        started = time.perf_counter()
-        bootstrap = bootstrap_approach3(params, tokens, losses, approach3, n_bootstraps=bootstraps, seed=seed,
-                                        options=approach3_options)
-        logger.info("bootstrap: %d replicates, %d converged (%.1f s)", bootstraps,
-                    int(bootstrap.converged.sum()), time.perf_counter() - started)
-
-    budget_groups = _budget_groups(table, convention)
-    approach2, approach2_note = None, "approach 2 not requested"
+def _approach2_section(record: dict[str, Any], methods: tuple[str, ...], params: np.ndarray, losses: np.ndarray,
+                       budget_groups: list[tuple[float, np.ndarray]], bootstraps: int, seed: int,
+                       resample: str) -> tuple[IsoFlopFit | None, Replicates | None]:
+    """Fit approach 2 (one parabola per IsoFLOP budget) into `record`, with its bootstrap; return both."""
+    approach2, note = None, "approach 2 not requested"
     if "approach2" in methods:
-        approach2, approach2_note = _try_approach2(table, params, losses, budget_groups)
-    curves = [row.learning_curve for row in table.rows]
-    envelope = None
-    if "approach1" in methods or "kaplan" in methods:
-        envelope = fit_envelope(params, curves)
+        approach2, note = _try_approach2(params, losses, budget_groups)
+    record["approach2"] = None if approach2 is None else approach2.to_dict()
+    record["approach2_note"] = note
+    if approach2 is None:
+        return None, None
+    record["approach2"]["bootstrap"] = None
+    if not bootstraps or approach2.params_law is None:
+        return approach2, None
+    # Approach 2's "luck" is each run's residual from its budget's parabola (analysis.bootstrap_methods).
+    replicates = bootstrap_isoflop(params, losses, _budget_labels(budget_groups, len(params)),
+                                   n_bootstraps=bootstraps, seed=seed,
+                                   resample="residuals" if resample == "luck" else "runs")
+    record["approach2"]["bootstrap"] = replicates.to_dict()
+    _warn_if_few_replicates("approach 2", replicates)
+    return approach2, replicates
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    record = _record(table, convention, approach3, approach2, approach2_note, params, tokens, losses)
-    record["bootstrap"] = None if bootstrap is None else bootstrap.to_dict()
-    record["warnings"] = _approach3_warnings(approach3, params, tokens)
-    for warning in record["warnings"]:
-        logger.warning("approach 3: %s", warning)
-    started = time.perf_counter()
-    approach2_replicates = approach1_replicates = None
-    if approach2 is not None:
-        record["approach2"]["bootstrap"] = None
-        if bootstraps and approach2.params_law is not None:
-            approach2_replicates = bootstrap_isoflop(params, losses, _budget_labels(budget_groups, len(params)),
-                                                     n_bootstraps=bootstraps, seed=seed,
-                                                     resample="residuals" if resample == "luck" else "runs")
-            record["approach2"]["bootstrap"] = approach2_replicates.to_dict()
+
+def _approach1_section(record: dict[str, Any], methods: tuple[str, ...], params: np.ndarray, curves: list,
+                       envelope: EnvelopeFit | None, bootstraps: int, seed: int, resample: str) -> Replicates | None:
+    """Put approach 1 (the envelope of the learning curves) into `record`, with its bootstrap; return that."""
     record["approach1"] = None
-    if "approach1" in methods:
-        record["approach1"] = envelope.to_dict() if envelope is not None else {
+    if "approach1" not in methods:
+        return None
+    if envelope is None:
+        record["approach1"] = {
             "skipped": "approach 1 needs learning curves (val_loss rows in metrics.jsonl) from at least 2 runs"}
-        if envelope is not None:
-            record["approach1"]["bootstrap"] = None
-            if bootstraps and envelope.params_law is not None:
-                approach1_replicates = bootstrap_envelope(params, curves, n_bootstraps=bootstraps, seed=seed,
-                                                          resample=resample)
-                record["approach1"]["bootstrap"] = approach1_replicates.to_dict()
-    if "kaplan" in methods:
-        frontier = (None, None) if envelope is None else envelope.interior_frontier()
-        record["kaplan"] = fit_kaplan(params, tokens, losses, *frontier)
-        record["kaplan"]["bootstrap"] = None
-        if bootstraps:
-            _add_kaplan_intervals(record["kaplan"], bootstrap_kaplan(
-                params, tokens, losses, None if envelope is None else curves, n_bootstraps=bootstraps, seed=seed))
-    for name, replicates in (("approach 2", approach2_replicates), ("approach 1", approach1_replicates)):
-        if replicates is not None and replicates.valid.sum() < replicates.values.shape[0] / 2:
-            logger.warning("%s: only %d of %d bootstrap replicates could be fitted, so its intervals rest on "
-                           "those few; add sizes per budget or budgets for steadier intervals", name,
-                           int(replicates.valid.sum()), replicates.values.shape[0])
-    if bootstraps and (approach2 is not None or {"approach1", "kaplan"} & set(methods)):
-        logger.info("bootstrap of approaches 1 and 2 and the Kaplan-style fits: %d replicates each (%.1f s)",
-                    bootstraps, time.perf_counter() - started)
-    if "extrapolation" in methods:
-        started = time.perf_counter()
-        record["extrapolation"] = extrapolation_check(params, tokens, losses, [row.run_id for row in table.rows],
-                                                      approach3_options, holdout_fraction)
-        logger.info("extrapolation check (%.1f s): %s", time.perf_counter() - started,
-                    record["extrapolation"].get("skipped") or
-                    f"mean |error| {record['extrapolation']['mean_abs_relative_error']:.2%} on the held-out runs")
-    if plot:
-        record["plots"] = _draw(out, approach3, approach2, params, tokens, losses, budget_groups, convention,
-                                bootstrap, envelope, approach2_replicates, approach1_replicates)
-    replaced = (out / FIT_FILE).exists()
-    # An unbounded interval or standard error is written as null: fit.json stays valid JSON.
-    (out / FIT_FILE).write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
-    logger.info("wrote %s%s", out / FIT_FILE, ", replacing the earlier fit" if replaced else "")
-    return record
+        return None
+    record["approach1"] = envelope.to_dict()
+    record["approach1"]["bootstrap"] = None
+    if not bootstraps or envelope.params_law is None:
+        return None
+    replicates = bootstrap_envelope(params, curves, n_bootstraps=bootstraps, seed=seed, resample=resample)
+    record["approach1"]["bootstrap"] = replicates.to_dict()
+    _warn_if_few_replicates("approach 1", replicates)
+    return replicates
+
+
+def _kaplan_section(record: dict[str, Any], params: np.ndarray, tokens: np.ndarray, losses: np.ndarray,
+                    curves: list, envelope: EnvelopeFit | None, bootstraps: int, seed: int) -> None:
+    """Put the Kaplan-style single-variable fits into `record`, with intervals when `bootstraps` > 0."""
+    frontier = (None, None) if envelope is None else envelope.interior_frontier()
+    record["kaplan"] = fit_kaplan(params, tokens, losses, *frontier)
+    record["kaplan"]["bootstrap"] = None
+    if bootstraps:
+        _add_kaplan_intervals(record["kaplan"], bootstrap_kaplan(
+            params, tokens, losses, None if envelope is None else curves, n_bootstraps=bootstraps, seed=seed))
+
+
+def _warn_if_few_replicates(name: str, replicates: Replicates) -> None:
+    if replicates.valid.sum() < replicates.values.shape[0] / 2:
+        logger.warning("%s: only %d of %d bootstrap replicates could be fitted, so its intervals rest on "
+                       "those few; add sizes per budget or budgets for steadier intervals", name,
+                       int(replicates.valid.sum()), replicates.values.shape[0])
 
 
 E_AT_ZERO = 1e-3  # nats/token: an irreducible loss below this means the fit pushed E to its bound
@@ -253,7 +304,7 @@ def _budget_groups(table: RunTable, convention: str) -> list[tuple[float, np.nda
             for _, indices in groups]
 
 
-def _try_approach2(table: RunTable, params: np.ndarray, losses: np.ndarray,
+def _try_approach2(params: np.ndarray, losses: np.ndarray,
                    groups: list[tuple[float, np.ndarray]]) -> tuple[IsoFlopFit | None, str]:
     """Run approach 2 when at least 2 budgets have at least 3 sizes each; otherwise return the reason."""
     sized = [budget for budget, indices in groups if np.unique(params[indices]).size >= 3]
@@ -285,8 +336,8 @@ def _add_kaplan_intervals(kaplan: dict[str, Any], replicates: dict[str, Replicat
         kaplan["bootstrap"] = {key: summary[key] for key in ("method", "replicates", "level", "seed")}
 
 
-def _record(table: RunTable, convention: str, approach3: ParametricFit, approach2: IsoFlopFit | None,
-            approach2_note: str, params: np.ndarray, tokens: np.ndarray, losses: np.ndarray) -> dict[str, Any]:
+def _record(table: RunTable, convention: str, approach3: ParametricFit, params: np.ndarray, tokens: np.ndarray,
+            losses: np.ndarray) -> dict[str, Any]:
     return {
         "schema": FIT_SCHEMA,
         "runs_source": table.source,
@@ -305,8 +356,6 @@ def _record(table: RunTable, convention: str, approach3: ParametricFit, approach
         "status": approach3.status,
         "converged": approach3.converged,
         "approach3": approach3.to_dict(),
-        "approach2": None if approach2 is None else approach2.to_dict(),
-        "approach2_note": approach2_note,
         "points": [
             {"run_id": row.run_id, "sweep": row.sweep, "params": float(n), "tokens": float(d), "loss": float(loss)}
             for row, n, d, loss in zip(table.rows, params, tokens, losses)

@@ -57,7 +57,7 @@ def run_demo(preset: str = "full", runs: str | Path | None = None, workers: int 
 
     sweep_dir = root / spec.name
     out = sweep_dir / "_report"
-    fit = fit_runs(sweep_dir, out, starts=256)
+    fit = fit_runs(sweep_dir, out, starts=256, progress=True)
     answer = ask(QUESTION, fit=fit)
     print_answer(answer)
 

@@ -194,6 +194,38 @@ def test_kaplan_2020_compute_law_in_flops():
     assert KAPLAN_2020_COMPUTE.loss(1e21) == pytest.approx((3.1e8 * 8.64e19 / 1e21) ** 0.050)
 
 
+@pytest.mark.parametrize("bootstraps, methods, plot", [
+    (20, ("approach1", "approach2", "kaplan", "extrapolation"), True), (0, ("approach2",), False)])
+def test_progress_counts_every_step(tmp_path, monkeypatch, bootstraps, methods, plot):
+    """The progress line's total matches the steps the fit runs, so it ends full, never short or over."""
+    import analysis.fit
+    from analysis.progress import StepProgress
+
+    shown = []
+
+    class Recording(StepProgress):
+        def __init__(self, total, enabled=True):
+            super().__init__(total, enabled)
+            self.total = total
+
+        def step(self, description):
+            shown.append(description)
+            return super().step(description)
+
+        def __exit__(self, *exc_info):
+            shown.append(self._bar.tasks[0].completed == self.total)
+            super().__exit__(*exc_info)
+
+    monkeypatch.setattr(analysis.fit, "StepProgress", Recording)
+    _write_isoflop_sweep(tmp_path / "runs", noise=0.01)
+    fit_runs(tmp_path / "runs", tmp_path / "out", starts=16, bootstraps=bootstraps, plot=plot, methods=methods,
+             progress=True)
+    assert shown[-1] is True
+    assert shown[0].startswith("approach 3 from 16")
+    assert ("plots" in shown) == plot
+    assert any("bootstrap" in step for step in shown[:-1]) == bool(bootstraps)
+
+
 def test_no_bootstrap_means_no_intervals(tmp_path):
     _write_isoflop_sweep(tmp_path / "runs", noise=0.01)
     record = fit_runs(tmp_path / "runs", tmp_path / "out", starts=32, bootstraps=0, plot=False)
