@@ -29,6 +29,24 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
 
 
+def initial_summary(run_id: str, sweep: str, status: str) -> dict[str, Any]:
+    """Return a summary.json with every key and nothing done yet: the start of a run, or the stand-in that
+    records a run whose worker died before writing one."""
+    return {
+        "status": status,
+        "run_id": run_id,
+        "sweep": sweep,
+        "final_val_loss": None,  # nats/token
+        "final_val_bpb": None,  # bits per byte
+        "tokens_seen": 0,
+        "steps_done": 0,
+        "flops_spent": 0,  # 6 N_total D over the tokens seen
+        "wall_time_s": 0.0,
+        "diverged_step": None,
+        "error": None,
+    }
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to `path` through a temporary file and a rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory, re
 from scaling.interrupts import stop_requested, stop_signals_deferred
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_lock import RunLock
-from scaling.run_store import RunDir
+from scaling.run_store import RunDir, initial_summary
 from scaling.schedule import schedule_values, scheduled_lr
 from scaling.sharding import (DATA_AXIS, check_batch_divides, initialize_distributed, is_primary,
                               make_mesh, put_batch, resolve_plan, state_shardings)
@@ -385,7 +385,7 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     # A resumed run goes on from the wall time recorded with its newest checkpoint. The summary starts from
     # that point, so an attempt stopped before its own first checkpoint keeps the time and steps done.
     wall_before = ((previous or {}).get("wall_time_s", 0.0) or 0.0) if start_step > 0 else 0.0
-    summary = _base_summary(record, status="running")
+    summary = initial_summary(record["run_id"], record["sweep"], status="running")
     summary.update(_progress(record, start_step, config.data.tokens_per_step, wall_before))
     run_dir.write_summary(summary)
     try:
@@ -436,7 +436,7 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
         overhead["evaluation"] += time.time() - begun
         return {"val_loss": nats / val_tokens, "val_bpb": nats / (math.log(2) * val_bytes)}
 
-    summary = _base_summary(record, status="running")
+    summary = initial_summary(record["run_id"], record["sweep"], status="running")
     pending: list[dict[str, jax.Array]] = []
     interval_start = time.time()
     bar = _progress_bar(progress, config.run_id, total_steps, start_step)
@@ -518,16 +518,8 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
     wall = wall_before + time.time() - started
     log.info("run %s spent %.1f s in train(), of which %s", config.run_id, time.time() - started + setup_s,
              ", ".join(f"{name} {seconds:.2f} s" for name, seconds in overhead.items()))
-    tokens_seen = total_steps * tokens_per_step
-    summary.update(
-        status="completed",
-        final_val_loss=last_eval["val_loss"],
-        final_val_bpb=last_eval["val_bpb"],
-        steps_done=total_steps,
-        tokens_seen=tokens_seen,
-        flops_spent=6 * record["params"]["total"] * tokens_seen,
-        wall_time_s=wall,
-    )
+    summary.update(_progress(record, total_steps, tokens_per_step, wall), status="completed",
+                   final_val_loss=last_eval["val_loss"], final_val_bpb=last_eval["val_bpb"])
     run_dir.write_summary(summary)
     log.info("run %s completed: val loss %.4f nats/token, %.4f bits/byte, %.1f s", config.run_id,
              summary["final_val_loss"], summary["final_val_bpb"], wall)
@@ -547,22 +539,6 @@ def _progress(record: dict[str, Any], steps: int, tokens_per_step: int, wall_s: 
     tokens_seen = steps * tokens_per_step
     return {"steps_done": steps, "tokens_seen": tokens_seen,
             "flops_spent": 6 * record["params"]["total"] * tokens_seen, "wall_time_s": wall_s}
-
-
-def _base_summary(record: dict[str, Any], status: str) -> dict[str, Any]:
-    return {
-        "status": status,
-        "run_id": record["run_id"],
-        "sweep": record["sweep"],
-        "final_val_loss": None,
-        "final_val_bpb": None,
-        "tokens_seen": 0,
-        "steps_done": 0,
-        "flops_spent": 0,
-        "wall_time_s": 0.0,
-        "diverged_step": None,
-        "error": None,
-    }
 
 
 def _check_vocabulary(config: TrainConfig, corpus: PreparedCorpus) -> None:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from scaling.errors import UserError
 from scaling.paths import runs_root as resolve_runs_root
-from sweeps.backends import (RunResources, failed_outcome, outcome_from_exit, project_root, run_worker_process,
-                             split_completed)
-from sweeps.launcher import RunOutcome, check_existing_configs
+from sweeps.backends import RunResources, outcome_from_exit, project_root, run_worker_process
+from sweeps.launcher import check_existing_configs
+from sweeps.outcomes import RunOutcome, failed_outcome, split_completed
 from sweeps.spec import SweepSpec, expand
 
 log = logging.getLogger(__name__)

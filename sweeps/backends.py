@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.errors import UserError
-from scaling.run_store import RunDir
+from sweeps.outcomes import RunOutcome, ended_outcome, exit_reason, logged_stop_reason, run_log_path
 from sweeps.resources import SINGLE_THREAD_XLA_FLAGS, THREAD_COUNT_VARIABLES
 
 log = logging.getLogger(__name__)
@@ -120,9 +120,7 @@ def run_worker_process(config: dict[str, Any], runs_root: str, env_overrides: di
     """
     import resource
 
-    from sweeps.launcher import LOGS_FOLDER
-
-    log_path = Path(runs_root) / config["sweep"] / LOGS_FOLDER / f"{config['run_id']}.log"
+    log_path = run_log_path(runs_root, config["sweep"], config["run_id"])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **env_overrides}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root()), env.get("PYTHONPATH")]))
@@ -158,83 +156,9 @@ def _stop_child(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def split_completed(runs: list, root: Path) -> tuple[dict[str, Any], list]:
-    """Return (outcomes of the runs completed before this launch, by run id; the runs still to do)."""
-    from sweeps.launcher import RunOutcome
-
-    outcomes: dict[str, Any] = {}
-    todo = []
-    for run in runs:
-        summary = RunDir.at(root, run.config.sweep, run.run_id).summary()
-        if summary is not None and summary.get("status") == "completed":
-            log.info("run %s already completed; skipping", run.run_id)
-            outcomes[run.run_id] = RunOutcome(run, "skipped", summary, 0.0, None)
-        else:
-            todo.append(run)
-    return outcomes, todo
-
-
-def outcome_from_exit(run: Any, root: Path, returncode: int, cpu_s: float, wall_s: float, host: str):
-    """Return the RunOutcome of a worker that exited with `returncode`, reading the run's summary."""
-    from sweeps.launcher import LOGS_FOLDER, RunOutcome, _exit_reason
-    from sweeps.worker import EXIT_LOCKED
-
-    log_path = root / run.config.sweep / LOGS_FOLDER / f"{run.run_id}.log"
-    summary = _read_summary(RunDir.at(root, run.config.sweep, run.run_id))
-    status = (summary or {}).get("status")
-    if returncode == 0 and status == "completed":
-        log.info("run %s completed on %s: val loss %.4f, %.0f s wall", run.run_id, host, summary["final_val_loss"],
-                 wall_s)
-        return RunOutcome(run, "completed", summary, wall_s, log_path, cpu_s)
-    if status == "diverged":
-        log.error("run %s diverged at step %s; see %s", run.run_id, summary.get("diverged_step"), log_path)
-        return RunOutcome(run, "diverged", summary, wall_s, log_path, cpu_s)
-    if status == "interrupted":
-        log.warning("run %s interrupted on %s at step %s; rerun the launch to resume it", run.run_id, host,
-                    summary.get("steps_done"))
-        return RunOutcome(run, "interrupted", summary, wall_s, log_path, cpu_s)
-    if returncode == EXIT_LOCKED:
-        return failed_outcome(run, root, f"run is being trained by another process; see {log_path}", write=False)
-    error = (summary or {}).get("error") or f"worker {_exit_reason(returncode)} on {host}; see {log_path}"
-    cause = _stop_reason(log_path, run.run_id)
-    if cause and cause not in error:
-        error = f"{cause} ({error})"
-    return failed_outcome(run, root, error, wall_s=wall_s, cpu_s=cpu_s, write=status in (None, "running"))
-
-
-def _stop_reason(log_path: Path, run_id: str) -> str | None:
-    """Return the reason a worker logged for stopping `run_id` (sweeps.worker: "run X stopped: ..."), if any."""
-    try:
-        with open(log_path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 8192))
-            lines = handle.read().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    marker = f"run {run_id} stopped: "
-    stops = [line.split(marker, 1)[1].strip() for line in lines if marker in line]
-    return stops[-1][:300] if stops else None
-
-
-def failed_outcome(run: Any, root: Path, error: str, *, wall_s: float = 0.0, cpu_s: float = 0.0,
-                   write: bool = True):
-    """Return a failed RunOutcome; with `write`, also record the failure in the run's summary.json."""
-    from sweeps.launcher import LOGS_FOLDER, RunOutcome, _stand_in_summary
-
-    run_dir = RunDir.at(root, run.config.sweep, run.run_id)
-    failed = {**(_read_summary(run_dir) or _stand_in_summary(run)), "status": "failed", "error": error}
-    if write:
-        try:
-            run_dir.write_summary(failed)
-        except OSError as write_error:
-            log.warning("run %s: could not record the failure in %s: %s", run.run_id, run_dir.path, write_error)
-    log.error("run %s failed: %s", run.run_id, error)
-    return RunOutcome(run, "failed", failed, wall_s, root / run.config.sweep / LOGS_FOLDER / f"{run.run_id}.log",
-                      cpu_s)
-
-
-def _read_summary(run_dir: RunDir) -> dict[str, Any] | None:
-    try:
-        return run_dir.summary()
-    except (OSError, ValueError):
-        return None
+def outcome_from_exit(run: Any, root: Path, returncode: int, cpu_s: float, wall_s: float, host: str) -> RunOutcome:
+    """Return the RunOutcome of a worker process on `host` that exited with `returncode`."""
+    log_path = run_log_path(root, run.config.sweep, run.run_id)
+    return ended_outcome(run, root, returncode, reason=f"worker {exit_reason(returncode)} on {host}; see {log_path}",
+                         message=logged_stop_reason(log_path, run.run_id), wall_s=wall_s, cpu_s=cpu_s,
+                         where=f" on {host}")

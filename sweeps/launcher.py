@@ -42,6 +42,7 @@ from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_store import RunDir, read_json
 from scaling.interrupts import interrupts_on_stop_signals, stop_requested
 from scaling.numbers import human_count
+from sweeps.outcomes import RunOutcome, ended_outcome, exit_reason, run_log_path, split_completed
 from sweeps.plan import WIDE_OUTPUT, assumed_cost_model
 from sweeps.resources import WorkerSlot, split_cores
 from sweeps.spec import PlannedRun, SweepSpec, expand
@@ -49,25 +50,8 @@ from sweeps.worker import EXIT_AFTER, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_LOCK
 
 log = logging.getLogger(__name__)
 
-LOGS_FOLDER = "_logs"  # RUNS/<sweep>/_logs/<run_id>.log: the run's output, from every attempt
 POLL_S = 0.5  # maximum seconds between looks at the workers and their metrics (a reply wakes the loop at once)
 STOP_GRACE_S = 20.0  # seconds a worker gets to checkpoint-close after an interrupt before it is killed
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """The end state of one run of the sweep in this launch."""
-
-    run: PlannedRun
-    status: str  # "completed", "skipped" (completed before this launch), "diverged", "interrupted" or "failed"
-    summary: dict[str, Any]  # the run's summary.json, or a stand-in when the worker could not write one
-    wall_s: float  # seconds of this launch spent on the run (0 when skipped)
-    log_path: Path | None  # the run's log, None when skipped
-    cpu_s: float = 0.0  # CPU seconds (user + system) the worker spent on the run; below wall_s * threads when CPUs are shared
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("completed", "skipped")
 
 
 @dataclass
@@ -164,10 +148,6 @@ class WorkerProcess:
                 pass
 
 
-def log_path_of(run: PlannedRun, runs_root: Path) -> Path:
-    return Path(runs_root) / run.config.sweep / LOGS_FOLDER / f"{run.run_id}.log"
-
-
 def _append_header(log_path: Path, event: str, where: str) -> None:
     """Append one header line per attempt, e.g. `--- worker start 2026-12-04 22:44:46 on cores [0]`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +196,7 @@ def next_run_index(todo: list[PlannedRun], worker: WorkerProcess | None, weights
 
 def start_run(run: PlannedRun, slot: WorkerSlot, runs_root: Path, worker: WorkerProcess | None) -> _Active:
     """Hand `run` to the slot's idle `worker`, or to a fresh worker when there is none or it has exited."""
-    log_path = log_path_of(run, runs_root)
+    log_path = run_log_path(runs_root, run.config.sweep, run.run_id)
     # A worker whose replies reached end of file is exiting even when it has not been reaped yet.
     if worker is not None and worker.alive and not worker.retiring and not worker.replies_closed:
         started = time.time()
@@ -296,18 +276,7 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
     check_existing_configs(runs, root)
     console = console or get_console()  # the console logging's RichHandler uses, so logs print above the bars
 
-    outcomes: dict[str, RunOutcome] = {}
-    todo: list[PlannedRun] = []
-    for run in runs:
-        summary = RunDir.at(root, spec.name, run.run_id).summary()
-        if summary is not None and summary.get("status") == "completed":
-            log.info("run %s already completed; skipping", run.run_id)
-            outcomes[run.run_id] = RunOutcome(run, "skipped", summary, 0.0, None)
-        else:
-            if summary is not None and summary.get("status") in ("interrupted", "running") and summary.get("steps_done"):
-                log.info("run %s was %s; it resumes from its checkpoint at step %d", run.run_id,
-                         "interrupted" if summary["status"] == "interrupted" else "killed", summary["steps_done"])
-            todo.append(run)
+    outcomes, todo = split_completed(runs, root)
 
     cost = assumed_cost_model()  # relative run sizes for the overall progress bar; its ETA rescales by the pace seen
     weights = {run.run_id: cost.run_seconds(run) for run in runs}
@@ -435,54 +404,9 @@ def _finish(entry: _Active, returncode: int, cpu_s: float, runs_root: Path, repl
     `returncode` is the run's exit status from the worker's reply (`replied`), or the exit status of a
     worker process that ended without replying. `message` is the worker's one-line reason, when it gave one.
     """
-    run = entry.run
-    wall = time.time() - entry.started
-    run_dir = RunDir.at(runs_root, run.config.sweep, run.run_id)
-    try:
-        summary = run_dir.summary()
-    except (OSError, ValueError):
-        summary = None
-    status = (summary or {}).get("status")
-    if returncode == 0 and status == "completed":
-        log.info("run %s completed: val loss %.4f, %.0f s wall, %.0f s CPU", run.run_id, summary["final_val_loss"],
-                 wall, cpu_s)
-        return RunOutcome(run, "completed", summary, wall, entry.log_path, cpu_s)
-    if status == "diverged":
-        log.error("run %s diverged at step %s; see %s", run.run_id, summary.get("diverged_step"), entry.log_path)
-        return RunOutcome(run, "diverged", summary, wall, entry.log_path, cpu_s)
-
-    if status == "interrupted":  # its worker was stopped by a signal; its checkpoints stay for a relaunch
-        log.warning("run %s interrupted at step %s; rerun the launch to resume it", run.run_id,
-                    summary.get("steps_done"))
-        return RunOutcome(run, "interrupted", summary, wall, entry.log_path, cpu_s)
-
-    reason = _run_status_reason(returncode) if replied else f"worker {_exit_reason(returncode)}"
-    if returncode == EXIT_LOCKED:
-        # Another live process owns the run and its summary: report it here, leave the store alone.
-        error = f"run is being trained by another process; see {entry.log_path}"
-        log.error("run %s not run: %s", run.run_id, error)
-        return RunOutcome(run, "failed", {**(summary or _stand_in_summary(run)), "status": "failed", "error": error},
-                          wall, entry.log_path, cpu_s)
-    error = (summary or {}).get("error") or message or reason
-    failed = {**(summary or _stand_in_summary(run)), "status": "failed", "error": error}
-    if status in (None, "running"):
-        # A killed worker leaves "running" behind. Record the failure, so the store does not show a live run.
-        try:
-            run_dir.write_summary(failed)
-        except OSError as write_error:
-            log.warning("run %s: could not record the failure in %s: %s", run.run_id, run_dir.path, write_error)
-    detail = reason if error == reason else f"{reason}: {error}"
-    log.error("run %s failed (%s); log: %s", run.run_id, detail, entry.log_path)
-    return RunOutcome(run, "failed", failed, wall, entry.log_path, cpu_s)
-
-
-def _exit_reason(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exited with status {returncode}"
+    reason = _run_status_reason(returncode) if replied else f"worker {exit_reason(returncode)}"
+    return ended_outcome(entry.run, runs_root, returncode, reason=reason, message=message,
+                         wall_s=time.time() - entry.started, cpu_s=cpu_s)
 
 
 RUN_STATUS_WORDS = {EXIT_USER_ERROR: "user error", EXIT_DIVERGED: "diverged", EXIT_LOCKED: "locked",
@@ -491,13 +415,7 @@ RUN_STATUS_WORDS = {EXIT_USER_ERROR: "user error", EXIT_DIVERGED: "diverged", EX
 
 def _run_status_reason(status: int) -> str:
     """Describe the exit status a worker replied for one run (sweeps.worker lists them)."""
-    return f"run ended with status {status} ({RUN_STATUS_WORDS.get(status, 'failed')})"
-
-
-def _stand_in_summary(run: PlannedRun) -> dict[str, Any]:
-    return {"status": "failed", "run_id": run.run_id, "sweep": run.config.sweep, "final_val_loss": None,
-            "final_val_bpb": None, "tokens_seen": 0, "steps_done": 0, "flops_spent": 0, "wall_time_s": 0.0,
-            "diverged_step": None, "error": None}
+    return f"run ended with status {status}: {RUN_STATUS_WORDS.get(status, 'failed')}"
 
 
 def _shut_down(workers: list[WorkerProcess]) -> None:

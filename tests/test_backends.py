@@ -125,7 +125,7 @@ def test_slurm_backend_without_slurm_is_user_error(corpus_dir, tmp_path, monkeyp
 
 def test_failed_worker_outcome_names_logged_cause(corpus_dir, tmp_path):  # noqa: F811
     from sweeps.backends import outcome_from_exit
-    from sweeps.launcher import LOGS_FOLDER
+    from sweeps.outcomes import LOGS_FOLDER
     from sweeps.spec import expand
 
     run = expand(parse_spec(tiny_sweep(corpus_dir, "tiny")), tmp_path)[0]

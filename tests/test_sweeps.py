@@ -22,7 +22,8 @@ from scaling.config import TrainConfig
 from scaling.errors import UserError
 from scaling.run_store import RunDir
 from sweeps import cli
-from sweeps.launcher import LOGS_FOLDER, run_sweep, start_run
+from sweeps.launcher import run_sweep, start_run
+from sweeps.outcomes import LOGS_FOLDER
 from sweeps.plan import evaluation_count, make_plan
 from sweeps.resources import CORES_ENV, SINGLE_THREAD_XLA_FLAGS, split_cores
 from sweeps.spec import (
@@ -293,7 +294,8 @@ def test_plan_worker_start_once(corpus_dir, tmp_path):
 def test_outcome_table_train_time(corpus_dir, tmp_path):
     from rich.console import Console
 
-    from sweeps.launcher import RunOutcome, outcomes_table
+    from sweeps.launcher import outcomes_table
+    from sweeps.outcomes import RunOutcome
 
     spec = parse_spec(tiny_raw(corpus_dir, isoflop={"budgets": ["1e9"], "params": ["4K", "1.2e4"]}))
     first, second = expand(spec, tmp_path / "runs")

@@ -23,7 +23,8 @@ import yaml
 
 from scaling.run_lock import RunLock
 from scaling.run_store import RunDir
-from sweeps.launcher import LOGS_FOLDER, log_path_of, run_sweep
+from sweeps.launcher import run_sweep
+from sweeps.outcomes import LOGS_FOLDER, run_log_path
 from sweeps.resources import split_cores
 from sweeps.spec import expand, parse_spec
 from sweeps.worker import EXIT_COMPLETED, EXIT_LOCKED, EXIT_USER_ERROR
@@ -61,7 +62,7 @@ def start_server(slot_cores: tuple[int, ...] | None = None) -> subprocess.Popen:
 
 def request(server: subprocess.Popen, run, runs: Path) -> dict:
     """Send one run to the server and return its reply."""
-    log_path = log_path_of(run, runs)
+    log_path = run_log_path(runs, run.config.sweep, run.run_id)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     server.stdin.write(json.dumps({"config": run.config.to_dict(), "runs_root": str(runs),
                                    "log_path": str(log_path)}) + "\n")

@@ -1,0 +1,146 @@
+"""How a run of a sweep ended, read the same way by every backend (local workers, Ray tasks, SLURM jobs).
+
+A worker writes the run's summary.json as it goes. When the worker's run ends, the backend reads it back:
+`completed`, `diverged` and `interrupted` are the run's own word. Anything else (a user error, a killed
+worker, a run locked by another process) is a failure, and the backend records it in summary.json unless
+the run belongs to another live process. Runs completed before a launch are skipped, never retrained.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scaling.run_store import RunDir, initial_summary
+from sweeps.worker import EXIT_LOCKED
+
+log = logging.getLogger(__name__)
+
+LOGS_FOLDER = "_logs"  # RUNS/<sweep>/_logs/<run_id>.log: the run's output, from every attempt
+LOG_TAIL_BYTES = 8192  # how much of a run's log is searched for the reason its worker stopped it
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """The end state of one run of the sweep in this launch."""
+
+    run: Any  # sweeps.spec.PlannedRun
+    status: str  # "completed", "skipped" (completed before this launch), "diverged", "interrupted" or "failed"
+    summary: dict[str, Any]  # the run's summary.json, or a stand-in when the worker could not write one
+    wall_s: float  # seconds of this launch spent on the run (0 when skipped)
+    log_path: Path | None  # the run's log, None when skipped
+    cpu_s: float = 0.0  # CPU seconds (user + system) of the worker on the run; below wall_s * threads on shared CPUs
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("completed", "skipped")
+
+
+def run_log_path(root: str | Path, sweep: str, run_id: str) -> Path:
+    """Return RUNS/<sweep>/_logs/<run_id>.log, where every attempt of the run appends its output."""
+    return Path(root) / sweep / LOGS_FOLDER / f"{run_id}.log"
+
+
+def split_completed(runs: list, root: Path) -> tuple[dict[str, RunOutcome], list]:
+    """Return (the outcomes of runs completed before this launch, by run id; the runs still to do).
+
+    A run still to do that stopped part-way is logged with the step its checkpoint resumes from.
+    """
+    outcomes: dict[str, RunOutcome] = {}
+    todo = []
+    for run in runs:
+        summary = RunDir.at(root, run.config.sweep, run.run_id).summary()
+        status = (summary or {}).get("status")
+        if status == "completed":
+            log.info("run %s already completed; skipping", run.run_id)
+            outcomes[run.run_id] = RunOutcome(run, "skipped", summary, 0.0, None)
+            continue
+        if status in ("interrupted", "running") and summary.get("steps_done"):
+            log.info("run %s was %s; it resumes from its checkpoint at step %d", run.run_id,
+                     "interrupted" if status == "interrupted" else "killed", summary["steps_done"])
+        todo.append(run)
+    return outcomes, todo
+
+
+def ended_outcome(run: Any, root: Path, returncode: int, *, reason: str, wall_s: float, cpu_s: float,
+                  message: str | None = None, where: str = "") -> RunOutcome:
+    """Return the outcome of `run` after its worker reported `returncode`, from the run's summary.json.
+
+    `reason` says how the worker ended ("worker killed by SIGKILL on node7"); `message` is the worker's
+    one-line explanation, when it gave one; `where` names the machine in log lines (" on node7").
+    A failure the worker could not record itself is written to summary.json here.
+    """
+    log_path = run_log_path(root, run.config.sweep, run.run_id)
+    summary = read_summary(RunDir.at(root, run.config.sweep, run.run_id))
+    status = (summary or {}).get("status")
+    if returncode == 0 and status == "completed":
+        log.info("run %s completed%s: val loss %.4f, %.0f s wall, %.0f s CPU", run.run_id, where,
+                 summary["final_val_loss"], wall_s, cpu_s)
+        return RunOutcome(run, "completed", summary, wall_s, log_path, cpu_s)
+    if status == "diverged":
+        log.error("run %s diverged at step %s; see %s", run.run_id, summary.get("diverged_step"), log_path)
+        return RunOutcome(run, "diverged", summary, wall_s, log_path, cpu_s)
+    if status == "interrupted":  # its worker was stopped by a signal; its checkpoints stay for a relaunch
+        log.warning("run %s interrupted%s at step %s; rerun the launch to resume it", run.run_id, where,
+                    summary.get("steps_done"))
+        return RunOutcome(run, "interrupted", summary, wall_s, log_path, cpu_s)
+    if returncode == EXIT_LOCKED:
+        # Another live process owns the run and its summary: report it here, leave the store alone.
+        return failed_outcome(run, root, f"run is being trained by another process; see {log_path}",
+                              wall_s=wall_s, cpu_s=cpu_s, write=False)
+    error = (summary or {}).get("error") or message
+    error = reason if not error else error if reason in error else f"{error} ({reason})"
+    # A killed worker leaves "running" behind. Record the failure, so the store does not show a live run.
+    return failed_outcome(run, root, error, wall_s=wall_s, cpu_s=cpu_s, write=status in (None, "running"))
+
+
+def failed_outcome(run: Any, root: Path, error: str, *, wall_s: float = 0.0, cpu_s: float = 0.0,
+                   write: bool = True) -> RunOutcome:
+    """Return a failed RunOutcome; with `write`, also record the failure in the run's summary.json."""
+    run_dir = RunDir.at(root, run.config.sweep, run.run_id)
+    stand_in = initial_summary(run.run_id, run.config.sweep, "failed")
+    failed = {**(read_summary(run_dir) or stand_in), "status": "failed", "error": error}
+    if write:
+        try:
+            run_dir.write_summary(failed)
+        except OSError as write_error:
+            log.warning("run %s: could not record the failure in %s: %s", run.run_id, run_dir.path, write_error)
+    log_path = run_log_path(root, run.config.sweep, run.run_id)
+    log.error("run %s failed: %s; log: %s", run.run_id, error, log_path)
+    return RunOutcome(run, "failed", failed, wall_s, log_path, cpu_s)
+
+
+def exit_reason(returncode: int) -> str:
+    """Describe a process's exit status: "exited with status 2" or "killed by SIGKILL"."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def logged_stop_reason(log_path: Path, run_id: str) -> str | None:
+    """Return the reason a worker logged for stopping `run_id` (sweeps.worker: "run X stopped: ..."), if any."""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
+            lines = handle.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    marker = f"run {run_id} stopped: "
+    stops = [line.split(marker, 1)[1].strip() for line in lines if marker in line]
+    return stops[-1][:300] if stops else None
+
+
+def read_summary(run_dir: RunDir) -> dict[str, Any] | None:
+    """Return the run's summary.json, or None when it is missing or unreadable (a worker killed mid-start)."""
+    try:
+        return run_dir.summary()
+    except (OSError, ValueError):
+        return None
