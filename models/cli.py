@@ -39,8 +39,8 @@ def add_parsers(subparsers) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     """Restore the run, generate, and print the continuation (or JSON); return the exit status."""
     from models.generate import Generator, Sampling
-    from models.restore import load_trained_run
     from scaling.errors import UserError
+    from scaling.restore import load_trained_run
 
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.max_new_tokens < 1:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from models.generate import Generator, Sampling, UncachedGreedy
-from models.restore import load_trained_run
+from scaling.restore import load_trained_run
 from scaling.cli import main
 from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
 from scaling.train import train

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import jax
 
+from scaling.checkpoint import Checkpointer
 from scaling.config import TrainConfig
 from scaling.errors import UserError
 from scaling.tokenizer import Tokenizer, load_tokenizer
+from scaling.train import Trainer
 
 RUN_HINT = "pass a run folder such as runs/<sweep>/<run_id>"
 
@@ -68,15 +70,12 @@ def _load_run_tokenizer(path: Path, config: TrainConfig) -> Tokenizer:
 
 def _restore_params(path: Path, config: TrainConfig) -> tuple[int, dict]:
     """Restore the newest readable checkpoint and return (its step, its parameters)."""
-    # scaling.train owns the layout of the training state, so the restore target comes from its Trainer.
-    from scaling.checkpoint import Checkpointer
-    from scaling.train import Trainer
-
     checkpoint_dir = path / "checkpoints"
     has_steps = checkpoint_dir.is_dir() and any(child.name.isdigit() for child in checkpoint_dir.iterdir())
     if not has_steps:
         raise UserError(f"run {path} has no checkpoint in {checkpoint_dir}; train it first (`scaling train`)")
 
+    # scaling.train owns the layout of the training state, so the restore target comes from its Trainer.
     abstract_state = jax.eval_shape(Trainer(config).init_state, config.seed)
     checkpointer = Checkpointer(checkpoint_dir, keep=config.keep_checkpoints)
     try:
