@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from analysis.defaults import DEFAULT_BOOTSTRAPS
 from analysis.fit_parametric import Approach3Options, ParametricFit, _lbfgs, _log_points, _objective_scale, huber_objective
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BOOTSTRAPS = 200
 START_OBJECTIVE_FACTOR = 1.5  # full-data end points this close to the best objective seed every replicate
 DERIVED_NAMES = ("E", "A", "B", "alpha", "beta", "a", "b")
 

@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from analysis.bootstrap import DEFAULT_BOOTSTRAPS
+from analysis.defaults import DEFAULT_BOOTSTRAPS
 from analysis.fit_envelope import fit_envelope
 from analysis.fit_isoflop import fit_isoflop
 from analysis.fit_kaplan import fit_single_power_law

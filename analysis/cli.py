@@ -15,14 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from analysis.defaults import DEFAULT_BOOTSTRAPS, DEFAULT_FIT_STARTS, OPTIONAL_METHODS
 from analysis.runs import CONVENTIONS
 from scaling.errors import UserError
 from scaling.run_store import json_safe
 from scaling.terminal import print_stdout
 
-OPTIONAL_METHODS = ("approach1", "approach2", "kaplan", "extrapolation")  # as analysis.fit, without importing it
-DEFAULT_FIT_STARTS = 1000
-DEFAULT_BOOTSTRAPS = 200  # the same default as analysis.bootstrap, kept here so parsing imports no numpy
 # The keys of analysis.laws.LAWS, kept here so parsing imports no numpy (a test keeps them equal).
 LAW_KEYS = ("tokens-20", "hoffmann-a1", "hoffmann-a2", "hoffmann-a3-printed", "hoffmann-a3-unrounded", "epoch-2024",
             "kaplan-2020")

@@ -18,9 +18,10 @@ import numpy as np
 from scaling.errors import UserError
 from scaling.run_store import json_safe
 
-from analysis.bootstrap import DEFAULT_BOOTSTRAPS, BootstrapResult, bootstrap_approach3
+from analysis.bootstrap import BootstrapResult, bootstrap_approach3
 from analysis.bootstrap_methods import Replicates, bootstrap_envelope, bootstrap_isoflop, bootstrap_kaplan
 from analysis.csv_points import DEFAULT_COLUMNS, load_csv
+from analysis.defaults import DEFAULT_BOOTSTRAPS, DEFAULT_FIT_STARTS, OPTIONAL_METHODS
 from analysis.extrapolation import DEFAULT_HOLDOUT_FRACTION, extrapolation_check
 from analysis.fit_envelope import EnvelopeFit, fit_envelope
 from analysis.fit_kaplan import fit_kaplan
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 FIT_FILE = "fit.json"
 FIT_SCHEMA = 1
 APPROACH3_PARAMETERS = 5
-OPTIONAL_METHODS = ("approach1", "approach2", "kaplan", "extrapolation")  # approach 3 always runs
 RESAMPLING = ("luck", "runs")  # what the bootstraps of approaches 1 and 2 redraw (analysis.bootstrap_methods)
 
 CONVENTION_DESCRIPTIONS = {
@@ -44,7 +44,8 @@ CONVENTION_DESCRIPTIONS = {
 }
 
 
-def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "total", starts: int = 1000,
+def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "total",
+             starts: int = DEFAULT_FIT_STARTS,
              bootstraps: int = DEFAULT_BOOTSTRAPS, seed: int = 0, allow_mixed: bool = False, plot: bool = True,
              options: Approach3Options | None = None, methods: tuple[str, ...] = OPTIONAL_METHODS,
              columns: str | None = None, filters: list[str] | None = None,

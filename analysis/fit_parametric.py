@@ -32,6 +32,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 
+from analysis.defaults import DEFAULT_FIT_STARTS
 from analysis.laws import ParametricLaw
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Approach3Options:
     """Settings of the approach-3 fit. The defaults are for publication use."""
 
     huber_delta: float = 1e-3  # Huber threshold on log-loss residuals
-    n_starts: int = 1000  # minimum size of the start grid (rounded up to a full product grid)
+    n_starts: int = DEFAULT_FIT_STARTS  # minimum size of the start grid (rounded up to a full product grid)
     grid: StartGrid = field(default_factory=StartGrid)
     solver: str = "newton"  # "newton" (batched over starts) or "scipy" (one L-BFGS-B call per start)
     ftol: float = 1e-15  # L-BFGS-B relative reduction of the objective at which it stops
