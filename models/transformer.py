@@ -344,6 +344,13 @@ def _plan_cache_write(cache: KVCache, length: int) -> tuple[jax.Array, jax.Array
     return fits, start
 
 
+def token_nats(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Return (the cross-entropy of each target token in nats, the log of each position's softmax normaliser)."""
+    log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+    target_logits_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+    return log_z_BxL - target_logits_BxL, log_z_BxL
+
+
 def next_token_loss(
     logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array | None = None, z_loss: float = 0.0
 ) -> tuple[jax.Array, jax.Array]:
@@ -352,9 +359,7 @@ def next_token_loss(
     The z-loss adds z_loss * log(Z)^2 per token, keeping the softmax normaliser near 1
     (Chowdhery et al. 2022, PaLM, section 5).
     """
-    log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-    target_logits_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-    nats_BxL = log_z_BxL - target_logits_BxL
+    nats_BxL, log_z_BxL = token_nats(logits_BxLxV, targets_BxL)
     if weights_BxL is None:
         weights_BxL = jnp.ones_like(nats_BxL)
     total_weight = jnp.maximum(weights_BxL.sum(), 1.0)

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from models.transformer import Transformer, next_token_loss
+from models.transformer import Transformer, next_token_loss, token_nats
 from scaling.accelerators import devices_peak_flops
 from scaling.accounting import parameter_counts, training_flops_per_token
 from scaling.checkpoint import Checkpointer, abstract_like
@@ -246,10 +246,8 @@ class Trainer:
         if self.fsdp:
             params = jax.lax.with_sharding_constraint(params, self.replicated)
         logits_BxLxV = self.model.apply({"params": params}, windows_BxL1[:, :-1])
-        targets_BxL = windows_BxL1[:, 1:]
-        log_z_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-        target_logits_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-        return ((log_z_BxL - target_logits_BxL).sum(axis=-1) * weights_B).sum()
+        nats_BxL, _ = token_nats(logits_BxLxV, windows_BxL1[:, 1:])
+        return (nats_BxL.sum(axis=-1) * weights_B).sum()
 
     def evaluate(self, params, windows: np.ndarray, after_first_chunk=None) -> float:
         """Return the summed nats over all validation windows, in chunks of one training batch.
