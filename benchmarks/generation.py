@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.machine import cpu_model  # noqa: E402
 from models.generate import Generator, Sampling, UncachedGreedy  # noqa: E402
 from models.dtypes import resolve_compute_dtype  # noqa: E402
 from models.kv_cache import kv_cache_comparison  # noqa: E402
@@ -76,16 +76,8 @@ def generation_flops(model: ModelConfig, prompt: int, new: int, cache_len: int, 
 
 
 def machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "backend": jax.default_backend(),
         "jax": jax.__version__,

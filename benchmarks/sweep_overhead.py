@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from benchmarks.machine import cpu_model  # noqa: E402
 PHASES = ("setup", "first_step", "evaluation", "checkpoint")
 TRAIN_LINE = re.compile(r"spent ([0-9.]+) s in train\(\), of which (.*)$", re.MULTILINE)
 PHASE_ITEM = re.compile(r"(\w+) ([0-9.]+) s")
@@ -83,7 +86,6 @@ def extract_revision(revision: str, into: Path) -> Path:
 
 def prepare_corpus(spec: str, runs_root: Path) -> None:
     """Prepare the spec's corpus under runs_root/_data with the current tree, before anything is timed."""
-    sys.path.insert(0, str(REPO))
     from sweeps.spec import load_spec, prepare_data
 
     prepare_data(load_spec(spec), runs_root)
@@ -176,19 +178,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "spec": args.spec,
         "workers": args.workers,
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"processor": _processor_name(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"processor": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "results": results,
     }
-
-
-def _processor_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -75,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# Parsed before JAX and PyTorch are imported, because their thread pools read these variables at import.
 ARGS = parse_args()
 os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
 # On a GPU, JAX would otherwise reserve 75% of its memory at start and leave PyTorch's peer too little.
@@ -84,6 +84,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.machine import cpu_model  # noqa: E402
 from scaling.accounting import parameter_counts, training_flops_per_token  # noqa: E402
 from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig  # noqa: E402
 from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory  # noqa: E402
@@ -464,18 +465,8 @@ def machine_name() -> str:
     """Return the accelerator JAX runs on, or the CPU model and core count."""
     if ON_ACCELERATOR:
         devices = jax.devices()
-        return f"{devices[0].device_kind} x{len(devices)}, host {cpu_model()}"
-    return cpu_model()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return f"{devices[0].device_kind} x{len(devices)}, host {cpu_model()}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def _torch_version() -> str:
