@@ -173,7 +173,7 @@ class PlanRow:
 
     run: PlannedRun
     seconds: float  # estimated seconds on one worker for the whole run
-    state: str  # "new", "completed", or "partial <steps done>/<steps>" from summary.json and metrics.jsonl
+    state: str  # "new", "completed", or "<status> <steps of the newest checkpoint>/<steps>" from summary.json
     remaining_s: float  # estimated seconds still to run (0 when completed)
     epochs: float  # passes over the corpus's training tokens
 
@@ -315,8 +315,9 @@ def run_state(runs_root: Path, run: PlannedRun) -> tuple[str, float]:
         return "new", 0.0
     if summary.get("status") == "completed":
         return "completed", 1.0
-    # A run that stopped early resumes from its newest checkpoint, at or below its last metric row.
-    done = max((row.get("step", 0) for row in run_dir.metrics()), default=0)
+    # A run that stopped early resumes from its newest checkpoint, whose step summary.json records. Its
+    # metric rows may go further, up to where it stopped, but those steps are trained again.
+    done = int(summary.get("steps_done") or 0)
     return f"{summary.get('status')} {done}/{run.steps}", min(done / run.steps, 1.0)
 
 

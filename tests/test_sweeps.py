@@ -278,6 +278,21 @@ def test_plan_without_probe_prints_every_run_and_totals(corpus_dir, tmp_path, ca
     assert plan["totals"]["wall_seconds"] <= plan["totals"]["seconds_one_worker"]
 
 
+def test_plan_state_is_the_checkpoint_a_run_resumes_from(corpus_dir, tmp_path):
+    """An interrupted run's metric rows go past its newest checkpoint; the plan shows where it resumes."""
+    from scaling.run_store import RunDir, initial_summary
+    from sweeps.plan import run_state
+
+    run = expand(parse_spec(tiny_raw(corpus_dir)), tmp_path)[0]
+    run_dir = RunDir.at(tmp_path, run.config.sweep, run.run_id)
+    run_dir.path.mkdir(parents=True)
+    run_dir.append_metrics([{"step": step, "loss": 3.0} for step in range(1, 8)])
+    run_dir.write_summary({**initial_summary(run.run_id, run.config.sweep, "interrupted"), "steps_done": 4})
+    state, done = run_state(tmp_path, run)
+    assert state == f"interrupted 4/{run.steps}"
+    assert done == pytest.approx(4 / run.steps)
+
+
 def test_plan_worker_start_once(corpus_dir, tmp_path):
     from dataclasses import replace
 
