@@ -184,7 +184,7 @@ def _runs_path(runs: str | None) -> Path | str:
 
     if runs is not None and runs.startswith("wandb:"):
         return runs
-    return runs_root(runs)
+    return runs_root(runs, folder=False)  # a CSV of points may stand in place of a runs folder
 
 
 def _print_fit(record: dict[str, Any], out: Path) -> None:

@@ -9,22 +9,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from scaling.errors import UserError
+
 RUNS_ENV = "SCALING_RUNS"
 DATA_FOLDER = "_data"  # prepared corpora: RUNS/_data/<corpus folder>
 
 
-def runs_root(explicit: str | Path | None = None) -> Path:
+def runs_root(explicit: str | Path | None = None, *, folder: bool = True) -> Path:
     """Return the runs folder as an absolute path: `explicit`, else $SCALING_RUNS, else ./runs.
 
     The path is made absolute against the current folder now, so a later change of folder does not move it.
+    With `folder` (the default), a path that exists but is not a folder raises UserError; `scaling fit`
+    passes False, because it also reads a CSV file in that place.
     """
     if explicit is not None and str(explicit) != "":
-        chosen = Path(explicit)
+        chosen, source = Path(explicit), "--runs"
     elif os.environ.get(RUNS_ENV):
-        chosen = Path(os.environ[RUNS_ENV])
+        chosen, source = Path(os.environ[RUNS_ENV]), RUNS_ENV
     else:
-        chosen = Path("runs")
-    return chosen.expanduser().absolute()
+        chosen, source = Path("runs"), "the default runs folder"
+    chosen = chosen.expanduser().absolute()
+    if folder and chosen.exists() and not chosen.is_dir():
+        raise UserError(f"{source} {chosen} is a file, not a folder; name a folder for the runs "
+                        "(it is created when missing)")
+    return chosen
 
 
 def data_root(runs: str | Path | None = None) -> Path:

@@ -80,6 +80,20 @@ def text_corpus(tmp_path_factory) -> Path:
 # Corpora
 
 
+@pytest.mark.parametrize("command", [["sweep", "plan", "quick", "--no-probe"], ["sweep", "launch", "quick"],
+                                     ["data", "prepare"], ["demo"]], ids=lambda command: " ".join(command[:2]))
+def test_runs_folder_that_is_a_file(command, capsys, tmp_path, monkeypatch):
+    """--runs or SCALING_RUNS naming a file is one line, before anything is prepared or written."""
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a runs folder\n")
+    if command == ["demo"]:
+        monkeypatch.setenv("SCALING_RUNS", str(taken))
+        assert_user_error(*cli(capsys, *command), f"SCALING_RUNS {taken} is a file, not a folder")
+    else:
+        assert_user_error(*cli(capsys, *command, "--runs", taken), f"--runs {taken} is a file, not a folder")
+    assert sorted(tmp_path.iterdir()) == [taken]
+
+
 def test_empty_corpus_keeps_the_prepared_folder(capsys, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
