@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -182,5 +183,13 @@ def build_table(items: Iterable[tuple[str, RunRow | None, str]], source: str, al
             f"runs under {source} come from {len(fingerprints)} corpus/tokenizer fingerprints "
             f"({', '.join(fingerprints)}); fit one corpus at a time, or pass --allow-mixed (allow_mixed=True) to fit them together"
         )
+    sweeps = Counter(row.sweep for row in rows)
+    if len(sweeps) > 1:
+        # Sweeps may differ in sequence length, batch or schedule, which shifts their losses apart.
+        largest = sweeps.most_common(1)[0][0]
+        logger.warning("fitting the runs of %d sweeps together (%s); their training settings may differ, so "
+                       "to fit one sweep pass its folder, e.g. %s", len(sweeps),
+                       ", ".join(f"{name}: {count}" for name, count in sorted(sweeps.items())),
+                       Path(source) / largest)
     rows.sort(key=lambda row: (row.sweep, row.flops_6nd, row.params_total, row.run_id))
     return RunTable(tuple(rows), excluded, source)

@@ -37,6 +37,22 @@ def test_sweep_folder_reads_like_root(tmp_path):
     assert {r.run_id for r in load_runs(tmp_path / "grid").rows} == {"run0", "run1", "run2"}
 
 
+def test_runs_of_several_sweeps_are_fitted_with_a_warning(tmp_path, caplog):
+    """The RUNS root may hold sweeps trained with other settings; fitting them together is named, not silent."""
+    _write_sweep(tmp_path, "demo", count=3)
+    _write_sweep(tmp_path, "adhoc", count=1)
+    with caplog.at_level(logging.WARNING):
+        table = load_runs(tmp_path)
+    assert len(table) == 4
+    assert "fitting the runs of 2 sweeps together (adhoc: 1, demo: 3)" in caplog.text
+    assert str(tmp_path / "demo") in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_runs(tmp_path / "demo")
+    assert "sweeps together" not in caplog.text
+
+
 def test_diverged_and_running_runs_excluded(tmp_path, caplog):
     _write_sweep(tmp_path)
     write_synthetic_run(tmp_path, "grid", "blowup", params_total=5_000_000, tokens=1_000_000, final_loss=None,
