@@ -58,7 +58,8 @@ SMALL_MODEL_PARAMS = 1e5
 GIVEN_SHAPE = "shape as given in the question"
 BYTES_PER_VALUE = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "int8": 1, "fp8": 1}
 
-_KV_CACHE = re.compile(r"^kv[ -]?cache\s+(?:for|of)\s+(?P<model>.+?)\s+at\s+(?P<context>\d+)\s*tokens?(?P<options>.*)$")
+_KV_CACHE = re.compile(r"^kv[ -]?cache\s+(?:for|of)\s+(?P<model>.+?)\s+at\s+(?P<context>\d+(?:\.\d+)?\s*[a-z]?)\s*"
+                       r"tokens?(?P<options>.*)$")
 _KV_SHAPE = re.compile(r"^(?P<layers>\d+)\s*layers?,?\s*(?P<heads>\d+)\s*heads?,?\s*(?P<head_dim>\d+)\s*"
                        r"(?:head[ _-]?dim(?:ension)?|dim)$")
 _KV_OPTIONS = (
@@ -165,8 +166,17 @@ def _kv_cache_shape(match: re.Match) -> KVCacheShape:
     if leftover:
         raise UserError(f"kv cache question: {leftover!r} is not understood; after the tokens it takes "
                         f"\"batch B\", \"gqa G\" and a value type ({', '.join(BYTES_PER_VALUE)})")
-    return KVCacheShape(layers, heads, head_dim, int(match.group("context")), options.get("batch_size", 1),
-                        options.get("dtype", 2), options.get("gqa_kv_heads"), source)
+    return KVCacheShape(layers, heads, head_dim, _context_tokens(match.group("context").strip()),
+                        options.get("batch_size", 1), options.get("dtype", 2), options.get("gqa_kv_heads"), source)
+
+
+def _context_tokens(text: str) -> int:
+    """Return the context length of a KV-cache question, which must be written out in tokens."""
+    if not text.isdigit():
+        # "4k" context means 4096 tokens in model cards but 4000 by the decimal suffixes used elsewhere.
+        raise UserError(f"context {text!r} is ambiguous or not a whole number; write the tokens out, "
+                        "e.g. \"at 4096 tokens\" or \"at 4000 tokens\"")
+    return int(text)
 
 
 def _reference_shape(model: str) -> tuple[int, int, int, str]:
