@@ -41,7 +41,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     ask = subparsers.add_parser("ask", help='answer a question such as "tokens for 7B" with every law')
     ask.add_argument("question", help='e.g. "tokens for 7B", "params for 1e23 FLOPs", '
                      '"loss at 7B params and 1.4T tokens", "kv cache for 7B at 4096 tokens"')
-    ask.add_argument("--fit", metavar="FIT_JSON", help="fit.json from `scaling fit`: add your own fit to the table")
+    ask.add_argument("--fit", metavar="FIT_JSON", help="fit.json from `scaling fit`, or the folder it is in, or the "
+                     "sweep folder whose _report/ holds it: add your own fit to the table")
     ask.add_argument("--law", action="append", metavar="KEY", help="answer with this registered law only "
                      f"(repeatable; default: all): {', '.join(LAW_KEYS)}")
     ask.add_argument("--json", action="store_true", help="print a JSON list of answer rows")
@@ -162,10 +163,11 @@ def _check_report_questions(questions: list[str]) -> None:
 
 def _default_out(source: Path | str, runs_root_option: str | None) -> Path:
     """Return where a fit goes by default: beside the runs it fits, or under RUNS/_reports for other sources."""
+    from analysis.fit import REPORT_FOLDER
     from scaling.paths import runs_root
 
     if isinstance(source, Path) and source.is_dir():
-        return source / "_report"
+        return source / REPORT_FOLDER
     name = str(source).removeprefix("wandb:").replace("/", "_")
     if isinstance(source, Path):
         name = source.stem

@@ -34,6 +34,7 @@ from analysis.wandb_runs import is_wandb_source, load_wandb
 logger = logging.getLogger(__name__)
 
 FIT_FILE = "fit.json"
+REPORT_FOLDER = "_report"  # a sweep's fit goes to RUNS/<sweep>/_report/ by default (scaling fit, scaling demo)
 FIT_SCHEMA = 1
 APPROACH3_PARAMETERS = 5
 RESAMPLING = ("luck", "runs")  # what the bootstraps of approaches 1 and 2 redraw (analysis.bootstrap_methods)
@@ -248,7 +249,9 @@ def read_fit(path: str | Path) -> dict[str, Any]:
     """Read a fit.json written by `fit_runs`; raise UserError when it is missing or not a fit record."""
     path = Path(path)
     if path.is_dir():
-        path = path / FIT_FILE
+        # A sweep folder names its default fit, RUNS/<sweep>/_report/fit.json, as well as the fit's own folder.
+        inside = path / REPORT_FOLDER / FIT_FILE
+        path = inside if not (path / FIT_FILE).exists() and inside.exists() else path / FIT_FILE
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:

@@ -37,7 +37,7 @@ def run_demo(preset: str = "full", runs: str | Path | None = None, workers: int 
     """Run the demo sweep, fit, ask and report; return the exit status (0 when every step worked)."""
     from analysis.ask import ask
     from analysis.cli import print_answer
-    from analysis.fit import fit_runs
+    from analysis.fit import REPORT_FOLDER, fit_runs
     from analysis.report import write_report
     from sweeps.launcher import launch
     from sweeps.plan import make_plan
@@ -56,7 +56,7 @@ def run_demo(preset: str = "full", runs: str | Path | None = None, workers: int 
         log.error("runs that did not complete: %s; rerun `scaling demo` to resume them", ", ".join(map(str, failed)))
 
     sweep_dir = root / spec.name
-    out = sweep_dir / "_report"
+    out = sweep_dir / REPORT_FOLDER
     fit = fit_runs(sweep_dir, out, starts=256, progress=True)
     answer = ask(QUESTION, fit=fit)
     print_answer(answer)

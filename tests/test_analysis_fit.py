@@ -125,6 +125,18 @@ def test_read_fit_rejects_other_json(tmp_path):
         read_fit(tmp_path)
 
 
+def test_read_fit_finds_a_sweeps_default_fit(fitted, tmp_path):
+    """`--fit RUNS/<sweep>` reads the fit that `scaling fit` and the demo write to RUNS/<sweep>/_report/."""
+    _, out = fitted
+    sweep = tmp_path / "sweep"
+    (sweep / "_report").mkdir(parents=True)
+    (sweep / "_report" / "fit.json").write_text((out / "fit.json").read_text())
+    assert read_fit(sweep) == json.loads((out / "fit.json").read_text())
+    (sweep / "fit.json").write_text(json.dumps({"hello": 1}))  # a fit.json of the folder itself comes first
+    with pytest.raises(UserError, match="approach 3"):
+        read_fit(sweep)
+
+
 def test_data_range_recorded(fitted):
     record, _ = fitted
     params = [point["params"] for point in record["points"]]
