@@ -27,7 +27,7 @@ from sweeps.launcher import run_sweep
 from sweeps.outcomes import LOGS_FOLDER, run_log_path
 from sweeps.resources import split_cores
 from sweeps.spec import expand, parse_spec
-from sweeps.worker import EXIT_COMPLETED, EXIT_LOCKED, EXIT_USER_ERROR
+from sweeps.worker import EXIT_COMPLETED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_USER_ERROR
 from tests.faults import shared_jax_cache, stop_once, wandb_history, wandb_offline_runs  # noqa: F401
 from tests.test_sweeps import corpus_dir, tiny_raw  # noqa: F401
 from tests.test_train import COMPARED_KEYS
@@ -118,6 +118,26 @@ def test_server_replies_once_per_run_and_keeps_serving(corpus_dir, tmp_path):  #
 
 
 # ---------------------------------------------------------------- through the launcher
+
+
+def test_server_exits_quietly_when_the_launcher_is_gone(corpus_dir, tmp_path):  # noqa: F811
+    """A launcher that exits before reading a reply (after an interrupt) leaves no traceback in the run's log."""
+    runs = tmp_path / "runs"
+    run = expand(parse_spec(sweep_raw(corpus_dir, "gone", ["1e4"])), runs)[0]
+    log_path = run_log_path(runs, run.config.sweep, run.run_id)
+    log_path.parent.mkdir(parents=True)
+    server = start_server()
+    server.stdin.write(json.dumps({"config": run.config.to_dict(), "runs_root": str(runs),
+                                   "log_path": str(log_path)}) + "\n")
+    server.stdin.flush()
+    server.stdout.close()  # the reply now has no reader
+    assert server.wait(timeout=300) == EXIT_INTERRUPTED, server.stderr.read()[-3000:]
+    server.stdin.close()
+    server.stderr.close()
+    text = log_path.read_text()
+    assert "the launcher is gone, so the worker exits without replying" in text
+    assert "Traceback" not in text and "Exception ignored" not in text
+    assert RunDir.at(runs, run.config.sweep, run.run_id).summary()["status"] == "completed"
 
 
 def test_one_worker_trains_all_runs_in_one_process(corpus_dir, tmp_path):  # noqa: F811
