@@ -198,11 +198,13 @@ def _print_fit(record: dict[str, Any], out: Path) -> None:
     intervals = bootstrap.get("intervals", {})
     table.add_column("parameter")
     table.add_column("value", justify="right")
-    table.add_column(f"{100 * bootstrap.get('level', 0.95):.0f}% interval ({bootstrap.get('replicates', 0)} bootstraps)")
+    if bootstrap:  # with --bootstraps 0 the table has no interval column
+        table.add_column(f"{100 * bootstrap['level']:.0f}% interval ({bootstrap['replicates']} bootstraps)")
     for name, value in approach3["parameters"].items():
         bounds = intervals.get(name)
-        table.add_row(name, f"{value:.6g}", "" if bounds is None else f"{bounds[0]:.4g} .. {bounds[1]:.4g}")
-    table.add_row("objective (sum of Huber losses)", f"{approach3['objective']:.6g}", "")
+        interval = [] if not bootstrap else ["" if bounds is None else f"{bounds[0]:.4g} .. {bounds[1]:.4g}"]
+        table.add_row(name, f"{value:.6g}", *interval)
+    table.add_row("objective (sum of Huber losses)", f"{approach3['objective']:.6g}", *([""] if bootstrap else []))
     console = _console()
     console.print(table)
     console.print(f"status: {approach3['status']}")

@@ -161,13 +161,16 @@ def setup_logging(verbose: bool) -> None:
     from rich.console import Console
     from rich.logging import RichHandler
 
-    # Logs go to stderr so that stdout carries only results (JSON with --json) and can be piped.
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)],
-    )
+    # Logs go to stderr so that stdout carries only results (JSON with --json) and can be piped. In a file or
+    # pipe they are plain lines: rich would fold them at 80 columns or pad them with spaces to its width.
+    console = Console(stderr=True)
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)-8s %(message)s", datefmt="%X"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     for noisy in ("absl", "jax", "orbax", "wandb", "matplotlib", "urllib3", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

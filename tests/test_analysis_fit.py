@@ -238,7 +238,7 @@ def test_progress_counts_every_step(tmp_path, monkeypatch, bootstraps, methods, 
     assert any("bootstrap" in step for step in shown[:-1]) == bool(bootstraps)
 
 
-def test_no_bootstrap_means_no_intervals(tmp_path):
+def test_no_bootstrap_means_no_intervals(tmp_path, capsys, monkeypatch):
     _write_isoflop_sweep(tmp_path / "runs", noise=0.01)
     record = fit_runs(tmp_path / "runs", tmp_path / "out", starts=32, bootstraps=0, plot=False)
     assert record["bootstrap"] is None
@@ -247,6 +247,13 @@ def test_no_bootstrap_means_no_intervals(tmp_path):
     assert record["kaplan"]["bootstrap"] is None
     assert "intervals" not in record["kaplan"]["fits"]["L(N)"]
     assert "No bootstrap was run, so these values come without intervals." in write_report(tmp_path / "out", record).read_text()
+
+    from analysis.cli import _print_fit
+
+    monkeypatch.setenv("COLUMNS", "250")
+    _print_fit(record, tmp_path / "out")
+    output = capsys.readouterr().out
+    assert "interval" not in output.split("status:")[0]  # no empty interval column in the approach 3 table
 
 
 def test_report_answers_kv_cache_question(fitted):

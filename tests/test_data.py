@@ -580,3 +580,19 @@ def test_skewed_split_is_warned(documents, val_fraction, warned, tmp_path: Path,
     messages = [record.getMessage() for record in caplog.records if "validation split contains" in record.getMessage()]
     assert (share > 2 * val_fraction) == warned
     assert len(messages) == (1 if warned else 0)
+
+
+def test_logs_in_a_pipe_are_one_line_each(tmp_path):
+    """Logs written to a file or pipe are not folded at 80 columns, so a long path stays on its line."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "a_folder_with_a_long_name_so_that_the_log_line_passes_eighty_columns" / "text.txt"
+    source.parent.mkdir()
+    source.write_text("words and more words\n" * 200)
+    done = subprocess.run([Path(sys.executable).with_name("scaling"), "data", "prepare", str(source),
+                           "--out", str(tmp_path / "prepared")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if str(source.parent) in line]
+    assert lines and all(line.startswith("[") and " INFO " in line for line in lines), done.stderr
+    assert all(line == line.rstrip() for line in done.stderr.splitlines())
