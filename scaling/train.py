@@ -5,9 +5,10 @@ The flow of `train(config)`:
 2. build the model, AdamW and a device mesh (one device is a mesh of one), then restore the newest
    checkpoint or initialise;
 3. run the jit-compiled step with the state donated. It compiles once per shape: a worker process keeps the
-   compiled programs of its last few shapes (`trainer_for`) for later runs that differ only in budget or seed. The host reads metrics
-   back only every `log_interval` steps and at checkpoint steps, and evaluates and checkpoints at fixed
-   intervals. A non-finite loss stops the run with status `diverged` and the first bad step;
+   compiled programs of its last few shapes (`trainer_for`) for later runs that differ only in budget or
+   seed. The host reads metrics back only every `log_interval` steps and at checkpoint steps, and evaluates
+   and checkpoints at fixed intervals. A non-finite loss stops the run with status `diverged` and the first
+   bad step;
 4. evaluate at the end and write summary.json with the final validation loss, the run's L(N, D) point.
 """
 
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -386,9 +388,10 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     summary = initial_summary(record["run_id"], record["sweep"], status="running")
     summary.update(_progress(record, start_step, config.data.tokens_per_step, wall_before))
     run_dir.write_summary(summary)
+    run = _Run(config, record, trainer, corpus, run_dir, checkpointer, tracker, wall_before, started,
+               setup_s=started - entered)
     try:
-        summary = _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpointer, tracker,
-                        progress, wall_before, started, setup_s=started - entered)
+        summary = _loop(run, state, start_step, progress)
     except KeyboardInterrupt:
         # Ctrl-C, or a launcher stopping its workers. The summary keeps the progress of the newest checkpoint,
         # where the next attempt resumes, and marks the run as no longer live. A second signal waits for it.
@@ -399,7 +402,7 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
         raise
     except BaseException as error:
         summary = {**summary, "status": "failed", "error": f"{type(error).__name__}: {error}",
-                   "wall_time_s": wall_before + time.time() - started}
+                   "wall_time_s": run.wall_s()}
         run_dir.write_summary(summary)
         tracker.finish(exit_code=1)
         checkpointer.close()
@@ -410,8 +413,30 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     return summary
 
 
-def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpointer, tracker, progress,
-          wall_before, started, setup_s: float = 0.0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Run:
+    """What the training loop of one run works with, built by `_train_locked`."""
+
+    config: TrainConfig
+    record: dict[str, Any]  # config.json
+    trainer: Trainer
+    corpus: PreparedCorpus
+    run_dir: RunDir
+    checkpointer: Checkpointer
+    tracker: Tracker
+    wall_before: float  # seconds of wall time of earlier attempts, up to the checkpoint this one resumes from
+    started: float  # time.time() when this attempt's first step began
+    setup_s: float  # seconds of this attempt before its first step (corpus, model, state, W&B)
+
+    def wall_s(self) -> float:
+        """Return the run's wall time so far in seconds, over all its attempts."""
+        return self.wall_before + time.time() - self.started
+
+
+def _loop(run: _Run, state: dict[str, Any], start_step: int, progress: bool) -> dict[str, Any]:
+    """Train from `start_step` to the run's last step; return the final summary (completed or diverged)."""
+    config, record, trainer, corpus = run.config, run.record, run.trainer, run.corpus
+    run_dir, checkpointer, tracker = run.run_dir, run.checkpointer, run.tracker
     total_steps = config.total_steps
     tokens_per_step = config.data.tokens_per_step
     schedule = {key: jnp.asarray(value, jnp.float32)
@@ -425,7 +450,7 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
 
     fault = fault_from_env()
     # Seconds of this process's wall time outside training steps, logged at the end (docs/benchmarks.md).
-    overhead = {"setup": setup_s, "first_step": 0.0, "evaluation": 0.0, "checkpoint": 0.0}
+    overhead = {"setup": run.setup_s, "first_step": 0.0, "evaluation": 0.0, "checkpoint": 0.0}
 
     def evaluate(params, step: int) -> dict[str, float]:
         interrupt = (lambda: _kill_self(checkpointer)) if fault == ("eval", step) else None
@@ -467,31 +492,13 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
         if done % config.log_interval == 0 or is_checkpoint:
             fetched = jax.device_get(pending)  # the only host synchronisation between evaluations
             now = time.time()
-            row = {
-                "step": done,
-                "tokens": done * tokens_per_step,
-                "train_loss": float(np.mean([m["train_loss"] for m in fetched])),
-                "grad_norm": float(fetched[-1]["grad_norm"]),
-                "lr": float(fetched[-1]["lr"]),
-                "tokens_per_s": len(fetched) * tokens_per_step / max(now - interval_start, 1e-9),
-                "wall_s": wall_before + now - started,
-            }
+            row = _metric_row(fetched, done, tokens_per_step, now - interval_start, run.wall_s())
             if peak_flops is not None:
                 row["mfu"] = row["tokens_per_s"] * flops_per_token / peak_flops
             pending, interval_start = [], now
             if not math.isfinite(row["train_loss"]):
-                losses = [float(m["train_loss"]) for m in fetched]
-                bad = next(i for i, loss in enumerate(losses) if not math.isfinite(loss))
-                first_bad = done - len(fetched) + 1 + bad
-                run_dir.append_metrics([row])
-                tracker.log(row, step=done)
-                summary.update(status="diverged", diverged_step=first_bad, steps_done=done,
-                               tokens_seen=done * tokens_per_step, wall_time_s=row["wall_s"])
-                run_dir.write_summary(summary)
-                log.error("run %s diverged: train loss %s at step %d; its status is diverged", config.run_id,
-                          losses[bad], first_bad)
                 bar.close()
-                return summary
+                return _stop_diverged(run, summary, fetched, row)
             if done % config.eval_interval == 0 or is_last:
                 last_eval = evaluate(state["params"], done)
                 row.update(last_eval)
@@ -504,7 +511,7 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
             checkpointer.save(done, state)
             overhead["checkpoint"] += time.time() - begun
             # Record progress so that a run killed after this point resumes with its wall time so far.
-            summary.update(_progress(record, done, tokens_per_step, wall_before + time.time() - started))
+            summary.update(_progress(record, done, tokens_per_step, run.wall_s()))
             run_dir.write_summary(summary)
             if fault == ("checkpoint", done):
                 _kill_self()
@@ -513,14 +520,47 @@ def _loop(config, record, trainer, state, start_step, corpus, run_dir, checkpoin
     begun = time.time()
     checkpointer.wait()
     overhead["checkpoint"] += time.time() - begun
-    wall = wall_before + time.time() - started
-    log.info("run %s spent %.1f s in train(), of which %s", config.run_id, time.time() - started + setup_s,
-             ", ".join(f"{name} {seconds:.2f} s" for name, seconds in overhead.items()))
+    wall = run.wall_s()
+    spent = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in overhead.items())
+    log.info("run %s spent %.1f s in train(), of which %s", config.run_id, time.time() - run.started + run.setup_s,
+             spent)
     summary.update(_progress(record, total_steps, tokens_per_step, wall), status="completed",
                    final_val_loss=last_eval["val_loss"], final_val_bpb=last_eval["val_bpb"])
     run_dir.write_summary(summary)
     log.info("run %s completed: val loss %.4f nats/token, %.4f bits/byte, %.1f s", config.run_id,
              summary["final_val_loss"], summary["final_val_bpb"], wall)
+    return summary
+
+
+def _metric_row(fetched: list[dict[str, Any]], done: int, tokens_per_step: int, interval_s: float,
+                wall_s: float) -> dict[str, Any]:
+    """Return the metrics.jsonl row of step `done` from the metrics of the steps since the last row."""
+    return {
+        "step": done,
+        "tokens": done * tokens_per_step,
+        "train_loss": float(np.mean([m["train_loss"] for m in fetched])),
+        "grad_norm": float(fetched[-1]["grad_norm"]),
+        "lr": float(fetched[-1]["lr"]),
+        "tokens_per_s": len(fetched) * tokens_per_step / max(interval_s, 1e-9),
+        "wall_s": wall_s,
+    }
+
+
+def _stop_diverged(run: _Run, summary: dict[str, Any], fetched: list[dict[str, Any]],
+                   row: dict[str, Any]) -> dict[str, Any]:
+    """Record a non-finite loss in the row's interval: the row, then summary.json with status `diverged` and
+    the first bad step. Return that summary."""
+    done = row["step"]
+    losses = [float(m["train_loss"]) for m in fetched]
+    bad = next(i for i, loss in enumerate(losses) if not math.isfinite(loss))
+    first_bad = done - len(fetched) + 1 + bad
+    run.run_dir.append_metrics([row])
+    run.tracker.log(row, step=done)
+    summary.update(status="diverged", diverged_step=first_bad, steps_done=done, tokens_seen=row["tokens"],
+                   wall_time_s=row["wall_s"])
+    run.run_dir.write_summary(summary)
+    log.error("run %s diverged: train loss %s at step %d; its status is diverged", run.config.run_id,
+              losses[bad], first_bad)
     return summary
 
 
