@@ -1,7 +1,7 @@
 """Orbax checkpoints of the training state, for exact resume.
 
 The state saved is a pytree of parameters, optimizer state, the step and the RNG key data. The step is
-also the data position, because `scaling.data.batch_at` draws batch `step` from (seed, step) alone.
+also the data position, because `scaling.batches.batch_at` draws batch `step` from (seed, step) alone.
 Orbax writes each step to a temporary folder and renames it when complete, so a checkpoint cut short by
 a kill is never listed as a finished step. A finished step can still be damaged later (a full disk, a
 copy cut short, a file deleted by hand). `restore_latest` then falls back to the newest readable step. It

@@ -37,7 +37,8 @@ from scaling.accelerators import devices_peak_flops
 from scaling.accounting import parameter_counts, training_flops_per_token
 from scaling.checkpoint import Checkpointer, abstract_like
 from scaling.config import PROGRAMS_KEPT, TrainConfig, config_differences, program_identity, same_run
-from scaling.data import PreparedCorpus, batch_at, epochs_for, predicted_bytes, validation_windows
+from scaling.batches import batch_at, predicted_bytes, validation_windows
+from scaling.data import PreparedCorpus, epochs_for
 from scaling.errors import UserError
 from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory, release_freed_memory
 from scaling.interrupts import stop_requested, stop_signals_deferred

@@ -132,7 +132,7 @@ def run_steps(trainer, state, train_tokens, start: int, stop: int):
     """Run optimizer steps [start, stop) of `trainer` from `state` as training does; return the state."""
     import jax.numpy as jnp
 
-    from scaling.data import batch_at
+    from scaling.batches import batch_at
     from scaling.schedule import schedule_values
 
     config = trainer.config

@@ -12,15 +12,8 @@ import pytest
 
 from scaling import data as data_module
 from scaling.corpus import PYTHON_STDLIB, Corpus, assign_validation, source_slug
-from scaling.data import (
-    PreparedCorpus,
-    batch_at,
-    default_data_dir,
-    epochs_for,
-    predicted_bytes,
-    prepare,
-    validation_windows,
-)
+from scaling.batches import batch_at, predicted_bytes, validation_windows
+from scaling.data import PreparedCorpus, default_data_dir, epochs_for, prepare
 from scaling.errors import UserError
 from scaling.paths import runs_root
 from scaling.tokenizer import ByteTokenizer

@@ -31,7 +31,7 @@ import json, os, sys
 import jax, jax.numpy as jnp, numpy as np
 from scaling.checkpoint import Checkpointer, abstract_like
 from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
-from scaling.data import batch_at
+from scaling.batches import batch_at
 from scaling.schedule import schedule_values
 from scaling.train import Trainer
 
