@@ -5,16 +5,16 @@ A replicate whose data cannot support the fit (too few distinct sizes, token cou
 counted and left out of the intervals.
 
 Approaches 1 and 2 keep the sweep's sizes and budgets, since those are its design rather than a sample, and
-resample what varies between runs: each run's luck.
+resample what varies between runs: each run's luck (`resample="luck"`, the default for both).
 
-- Approach 2 (`resample="residuals"`, the default) fits each budget's parabola and takes each run's relative
-  residual from it. Residuals are scaled by 1/sqrt(1 - leverage), because a parabola through few sizes leaves
-  residuals smaller than the noise. They are drawn with replacement across all budgets onto the parabolas,
-  and the fit is repeated.
+- Approach 2 fits each budget's parabola, and a run's luck is its relative residual from it. Residuals
+  are scaled by 1/sqrt(1 - leverage), because a parabola through few sizes leaves residuals smaller than
+  the noise. They are drawn with replacement across all budgets onto the parabolas, and the fit is
+  repeated.
   Where the parabola does not match the profile (sizes spanning a wide range around the optimum), its misfit
   counts as noise and the intervals widen. When no budget has more than 3 sizes, there are no residuals, and
   runs are drawn instead (the method record says so).
-- Approach 1 (`resample="luck"`, the default) fits L(N, D) = E + A/N^alpha + B/D^beta to the late half of
+- Approach 1 fits L(N, D) = E + A/N^alpha + B/D^beta to the late half of
   every learning curve only to separate each run's level from the size trend; a run's luck is the median of
   its log-loss residuals. A replicate moves every curve to the surface and adds a luck drawn with
   replacement, keeping each curve's own shape.
@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from analysis.defaults import DEFAULT_BOOTSTRAPS
+from analysis.defaults import DEFAULT_BOOTSTRAPS, RESAMPLING
 from analysis.fit_envelope import fit_envelope
 from analysis.fit_isoflop import fit_isoflop
 from analysis.fit_kaplan import fit_single_power_law
@@ -57,8 +57,6 @@ KAPLAN_NAMES = {"L(N)": ("exponent", "scale"), "L(N) with E": ("exponent", "scal
                 "L(D)": ("exponent", "scale"), "L(C)": ("exponent",)}
 # Each method draws from its own stream of the seed, so adding a method never changes another's intervals.
 _STREAMS = {"approach2": 2, "approach1": 1, "kaplan": 4}
-APPROACH1_RESAMPLING = ("luck", "runs")
-APPROACH2_RESAMPLING = ("residuals", "runs")
 SURFACE_STARTS = 256  # start grid of the L(N, D) fit that separates each run's luck from the size trend
 
 
@@ -102,12 +100,12 @@ class Replicates:
 
 def bootstrap_isoflop(params: ArrayLike, losses: ArrayLike, budgets: ArrayLike, *,
                       n_bootstraps: int = DEFAULT_BOOTSTRAPS, seed: int = 0, level: float = 0.95,
-                      resample: str = "residuals") -> Replicates:
+                      resample: str = "luck") -> Replicates:
     """Bootstrap approach 2's a, b and coefficients (`budgets` in FLOPs, one per run; see the module docstring)."""
     params = np.asarray(params, dtype=float)
     losses = np.asarray(losses, dtype=float)
     budgets = np.asarray(budgets, dtype=float)
-    _check_choice("approach 2", resample, APPROACH2_RESAMPLING)
+    _check_choice("approach 2", resample, RESAMPLING)
     rng = _rng(seed, "approach2")
     count = _check_count(n_bootstraps)
 
@@ -118,7 +116,7 @@ def bootstrap_isoflop(params: ArrayLike, losses: ArrayLike, budgets: ArrayLike, 
         return _allocation_values(fit.params_law, fit.tokens_law)
 
     fallback = ""
-    if resample == "residuals":
+    if resample == "luck":
         fitted, residuals = _parabola_residuals(params, losses, budgets)
         if residuals.size < 2:
             # Parabolas through 3 sizes fit exactly and leave no residuals to draw.
@@ -153,7 +151,7 @@ def bootstrap_envelope(params: Sequence[float], curves: Sequence[Sequence[tuple[
     See the module docstring for how luck and runs are drawn.
     """
     params = [float(n) for n in params]
-    _check_choice("approach 1", resample, APPROACH1_RESAMPLING)
+    _check_choice("approach 1", resample, RESAMPLING)
     rng = _rng(seed, "approach1")
     count = _check_count(n_bootstraps)
 

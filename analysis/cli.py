@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from analysis.defaults import DEFAULT_BOOTSTRAPS, DEFAULT_FIT_STARTS, OPTIONAL_METHODS
+from analysis.defaults import DEFAULT_BOOTSTRAPS, DEFAULT_FIT_STARTS, OPTIONAL_METHODS, RESAMPLING
 from analysis.runs import CONVENTIONS
 from scaling.errors import UserError
 from scaling.run_store import json_safe
@@ -83,7 +83,7 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstraps", type=int, default=DEFAULT_BOOTSTRAPS, metavar="N",
                         help=f"bootstrap replicates for 95%% intervals, 0 for none (default: {DEFAULT_BOOTSTRAPS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
-    parser.add_argument("--resample", choices=("luck", "runs"), default="luck",
+    parser.add_argument("--resample", choices=RESAMPLING, default="luck",
                         help="what the bootstraps of approaches 1 and 2 redraw: each run's luck, keeping the "
                              "sweep's sizes (default), or whole runs with replacement")
     parser.add_argument("--convention", choices=CONVENTIONS, default="total",

@@ -21,7 +21,7 @@ from scaling.run_store import json_safe
 from analysis.bootstrap import BootstrapResult, bootstrap_approach3
 from analysis.bootstrap_methods import Replicates, bootstrap_envelope, bootstrap_isoflop, bootstrap_kaplan
 from analysis.csv_points import DEFAULT_COLUMNS, load_csv
-from analysis.defaults import DEFAULT_BOOTSTRAPS, DEFAULT_FIT_STARTS, OPTIONAL_METHODS
+from analysis.defaults import DEFAULT_BOOTSTRAPS, DEFAULT_FIT_STARTS, OPTIONAL_METHODS, RESAMPLING
 from analysis.extrapolation import DEFAULT_HOLDOUT_FRACTION, extrapolation_check
 from analysis.fit_envelope import EnvelopeFit, fit_envelope
 from analysis.fit_kaplan import fit_kaplan
@@ -37,7 +37,6 @@ FIT_FILE = "fit.json"
 REPORT_FOLDER = "_report"  # a sweep's fit goes to RUNS/<sweep>/_report/ by default (scaling fit, scaling demo)
 FIT_SCHEMA = 1
 APPROACH3_PARAMETERS = 5
-RESAMPLING = ("luck", "runs")  # what the bootstraps of approaches 1 and 2 redraw (analysis.bootstrap_methods)
 
 CONVENTION_DESCRIPTIONS = {
     "total": "N counts every parameter, embeddings and output head included (Hoffmann et al. 2022); C = 6 N D",
@@ -167,8 +166,7 @@ def _approach2_section(record: dict[str, Any], methods: tuple[str, ...], params:
         return approach2, None
     # Approach 2's "luck" is each run's residual from its budget's parabola (analysis.bootstrap_methods).
     replicates = bootstrap_isoflop(params, losses, _budget_labels(budget_groups, len(params)),
-                                   n_bootstraps=bootstraps, seed=seed,
-                                   resample="residuals" if resample == "luck" else "runs")
+                                   n_bootstraps=bootstraps, seed=seed, resample=resample)
     record["approach2"]["bootstrap"] = replicates.to_dict()
     _warn_if_few_replicates("approach 2", replicates)
     return approach2, replicates

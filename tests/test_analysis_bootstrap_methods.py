@@ -91,7 +91,7 @@ def test_approach1_intervals_cover_truth():
     assert low < fit_envelope(sizes, curves).params_law.exponent < high
 
 
-@pytest.mark.parametrize("resample", ["runs", "residuals"])
+@pytest.mark.parametrize("resample", ["runs", "luck"])
 def test_approach2_resamplings_cover_truth(resample):
     params, tokens, budgets = isoflop_grid(LAW, BUDGETS, 9, 8)
     losses = law_losses(LAW, params, tokens, noise=NOISE, seed=SEED)
