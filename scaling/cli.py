@@ -119,7 +119,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.mesh is not None:
         config = config.replace(mesh=args.mesh)
     try:
-        with interrupts_on_stop_signals():  # a scheduler's SIGTERM stops the run as Ctrl-C does: "interrupted"
+        # A scheduler's SIGTERM stops the run as Ctrl-C does ("interrupted"); a second signal waits for that.
+        with interrupts_on_stop_signals(once=True):
             summary = train(config, args.runs, progress=not args.no_progress)
     except RunLocked as locked:
         print(f"scaling: {locked}; wait for it to finish", file=sys.stderr)

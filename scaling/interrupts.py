@@ -8,9 +8,11 @@ A signal that lands there would be lost, and the run would go on to its end. Tra
 `stop_requested()` once per step, and the launcher once per pass of its loop, and each raises
 KeyboardInterrupt itself when a signal was dropped.
 
-`stop_signals_deferred()` protects the few writes that record an interrupt. A Ctrl-C in a terminal reaches
-the launcher and its workers together, and the launcher then stops its workers again, so a second signal
-can arrive while a worker writes its summary. Inside that block a signal is only recorded.
+A Ctrl-C in a terminal, or `timeout -s INT`, reaches the launcher and its workers together, and the
+launcher then stops its workers again, so a second signal can arrive while a worker records the first.
+A training process therefore passes `once=True`: after the first signal, later ones are only recorded,
+because the process is already stopping. `stop_signals_deferred()` also protects the few writes that
+record an interrupt: inside that block a signal is only recorded, whatever the mode.
 """
 
 from __future__ import annotations
@@ -51,9 +53,22 @@ def _stop_signals_handled_by(handler):
             signal.signal(number, old_handler)
 
 
+def _interrupt_once(signum, frame):
+    first = _requested is None
+    _record(signum, frame)
+    if first:
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
-def interrupts_on_stop_signals():
-    """Raise KeyboardInterrupt on SIGINT and SIGTERM inside the block, and remember that one arrived."""
+def interrupts_on_stop_signals(*, once: bool = False):
+    """Raise KeyboardInterrupt on SIGINT and SIGTERM inside the block, and remember that one arrived.
+
+    With `once`, only the first signal raises and later ones are only recorded, so that the code handling
+    the first (a run writing its "interrupted" summary) is not cut short. A process then stops at the
+    first signal: `timeout -s INT` signals a launcher's whole process group, and the launcher stops each
+    worker again, so a worker can get two signals within milliseconds.
+    """
     global _requested
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
@@ -61,7 +76,7 @@ def interrupts_on_stop_signals():
 
     _requested = None
     try:
-        with _stop_signals_handled_by(_interrupt):
+        with _stop_signals_handled_by(_interrupt_once if once else _interrupt):
             yield
     finally:
         _requested = None

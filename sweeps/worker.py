@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax", "orbax", "wandb", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    with interrupts_on_stop_signals():  # `kill`, or a scheduler cancelling the job, stops the run as SIGINT does
+    # `kill`, or a scheduler cancelling the job, stops the run as SIGINT does. The launcher's own SIGINT often
+    # follows one sent to its whole process group, and must not cut short the recording of the first.
+    with interrupts_on_stop_signals(once=True):
         if args.serve:
             return serve(cores)
         request = json.loads(sys.stdin.read())

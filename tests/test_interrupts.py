@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -76,6 +77,42 @@ def test_second_signal_during_summary_write(small_corpus, tmp_path, monkeypatch)
 
     monkeypatch.setattr(train_module, "batch_at", batch_at)
     monkeypatch.setattr(RunDir, "write_summary", write_summary)
+    summary = train_until_interrupted(small_corpus, tmp_path)
+    assert summary["status"] == "interrupted"
+    assert summary["steps_done"] == 20
+
+
+def test_once_raises_at_the_first_signal_only():
+    """With once=True a second signal, arriving while the first is handled, is recorded and not raised."""
+    with interrupts_on_stop_signals(once=True):
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler runs at the next bytecode; this sleep is interrupted
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # no KeyboardInterrupt here
+        assert stop_requested()
+    with interrupts_on_stop_signals():  # the default mode raises at every signal
+        for number in (signal.SIGINT, signal.SIGTERM):
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), number)
+                time.sleep(5)
+
+
+def test_two_signals_at_once(small_corpus, tmp_path, monkeypatch):
+    """`timeout -s INT` signals a launcher's whole process group, and the launcher then stops each worker
+    again: a worker can get two signals back to back. The second must not cut short the recording of the
+    first, which would leave the summary at "running"."""
+    import scaling.train as train_module
+
+    real_batch_at = train_module.batch_at
+
+    def batch_at(tokens, step, **kwargs):
+        if step == 25:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_batch_at(tokens, step, **kwargs)
+
+    monkeypatch.setattr(train_module, "batch_at", batch_at)
     summary = train_until_interrupted(small_corpus, tmp_path)
     assert summary["status"] == "interrupted"
     assert summary["steps_done"] == 20
