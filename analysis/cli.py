@@ -96,8 +96,11 @@ def _fit(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.fit import fit_runs
 
     from scaling.errors import UserError
+    from scaling.paths import runs_root
 
     source = _runs_path(args.runs or args.runs_root)
+    if args.runs and args.runs_root:
+        runs_root(args.runs_root)  # --runs must name a folder even where RUNS is given and the fit goes beside it
     args.out = args.out or str(_default_out(source, args.runs_root))
     if args.log_plots and not str(source).startswith("wandb:"):
         raise UserError("--log-plots needs a wandb:ENTITY/PROJECT[/GROUP] source; drop it for local runs")

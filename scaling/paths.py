@@ -29,9 +29,13 @@ def runs_root(explicit: str | Path | None = None, *, folder: bool = True) -> Pat
     else:
         chosen, source = Path("runs"), "the default runs folder"
     chosen = chosen.expanduser().absolute()
-    if folder and chosen.exists() and not chosen.is_dir():
-        raise UserError(f"{source} {chosen} is a file, not a folder; name a folder for the runs "
-                        "(it is created when missing)")
+    if folder:
+        # The folder, or the nearest part of its path that exists, must be a folder: it is created below it.
+        existing = next(path for path in (chosen, *chosen.parents) if path.exists())
+        if not existing.is_dir():
+            problem = "is a file" if existing == chosen else f"lies inside {existing}, which is a file"
+            raise UserError(f"{source} {chosen} {problem}, not a folder; name a folder for the runs "
+                            "(it is created when missing)")
     return chosen
 
 

@@ -293,9 +293,9 @@ def trainer_for(config: TrainConfig) -> Trainer:
 
 def train(config: TrainConfig, runs_root: str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
     """Train (or resume, or skip if completed) the run `config` describes; return its summary."""
+    root = resolve_runs_root(runs_root)
     keep_freed_memory(estimated_step_temp_bytes(config))  # before JAX starts its threads (scaling/host_memory.py)
     initialize_distributed()  # several processes (SLURM, Open MPI, JAX_* variables): before any JAX backend starts
-    root = resolve_runs_root(runs_root)
     run_dir = RunDir.at(root, config.sweep, config.run_id)
     _check_same_config(run_dir, config)
     if not is_primary():

@@ -94,6 +94,21 @@ def test_runs_folder_that_is_a_file(command, capsys, tmp_path, monkeypatch):
     assert sorted(tmp_path.iterdir()) == [taken]
 
 
+def test_runs_folder_inside_a_file_or_beside_a_given_sweep(capsys, tmp_path):
+    """A --runs path below a file, and --runs beside an explicit RUNS for fit or with train: one line each."""
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a runs folder\n")
+    assert_user_error(*cli(capsys, "data", "prepare", taken, "--runs", taken / "sub"),
+                      f"lies inside {taken}, which is a file")
+    assert_user_error(*cli(capsys, "fit", tmp_path, "--runs", taken), f"--runs {taken} is a file")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {{path: {tmp_path / 'unused'}}}\n")
+    status, stderr = cli(capsys, "train", config, "--runs", taken)
+    assert_user_error(status, stderr, f"--runs {taken} is a file")
+    assert stderr.count("\n") == 1, stderr  # nothing logged before the error
+    assert sorted(tmp_path.iterdir()) == sorted([taken, config])
+
+
 def test_empty_corpus_keeps_the_prepared_folder(capsys, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
