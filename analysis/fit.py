@@ -90,9 +90,10 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
 
         record = _record(table, convention, approach3, params, tokens, losses)
         record["bootstrap"] = None if bootstrap is None else bootstrap.to_dict()
-        record["warnings"] = _approach3_warnings(approach3, params, tokens)
-        for warning in record["warnings"]:
+        approach3_warnings = _approach3_warnings(approach3, params, tokens)
+        for warning in approach3_warnings:
             logger.warning("approach 3: %s", warning)
+        record["warnings"] = list(table.warnings) + approach3_warnings  # the first were logged when read
 
         started = time.perf_counter()
         resampling = {"bootstraps": bootstraps, "seed": seed, "resample": resample}

@@ -73,6 +73,7 @@ class RunTable:
     rows: tuple[RunRow, ...]
     excluded: dict[str, str]  # "<sweep>/<run_id>" -> reason (status, missing summary, missing loss)
     source: str
+    warnings: tuple[str, ...] = ()  # caveats about the set of runs as a whole, logged when it was read
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -183,13 +184,15 @@ def build_table(items: Iterable[tuple[str, RunRow | None, str]], source: str, al
             f"runs under {source} come from {len(fingerprints)} corpus/tokenizer fingerprints "
             f"({', '.join(fingerprints)}); fit one corpus at a time, or pass --allow-mixed (allow_mixed=True) to fit them together"
         )
+    warnings = []
     sweeps = Counter(row.sweep for row in rows)
     if len(sweeps) > 1:
         # Sweeps may differ in sequence length, batch or schedule, which shifts their losses apart.
-        largest = sweeps.most_common(1)[0][0]
-        logger.warning("fitting the runs of %d sweeps together (%s); their training settings may differ, so "
-                       "to fit one sweep pass its folder, e.g. %s", len(sweeps),
-                       ", ".join(f"{name}: {count}" for name, count in sorted(sweeps.items())),
-                       Path(source) / largest)
+        counts = ", ".join(f"{name}: {count}" for name, count in sorted(sweeps.items()))
+        warnings.append(f"fitting the runs of {len(sweeps)} sweeps together ({counts}); their training settings "
+                        f"may differ, so to fit one sweep pass its folder, e.g. "
+                        f"{Path(source) / sweeps.most_common(1)[0][0]}")
+    for warning in warnings:
+        logger.warning(warning)
     rows.sort(key=lambda row: (row.sweep, row.flops_6nd, row.params_total, row.run_id))
-    return RunTable(tuple(rows), excluded, source)
+    return RunTable(tuple(rows), excluded, source, tuple(warnings))

@@ -45,6 +45,7 @@ def test_runs_of_several_sweeps_are_fitted_with_a_warning(tmp_path, caplog):
         table = load_runs(tmp_path)
     assert len(table) == 4
     assert "fitting the runs of 2 sweeps together (adhoc: 1, demo: 3)" in caplog.text
+    assert table.warnings and table.warnings[0] in caplog.text  # kept for fit.json, report.md and ask
     assert str(tmp_path / "demo") in caplog.text
 
     caplog.clear()
