@@ -257,17 +257,24 @@ def _kaplan_table(kaplan: dict[str, Any]):
     table = Table(title="Kaplan-style fits L = E + (x_c / x)^exponent, loss in nats/token"
                   + (f", {level} intervals from {summary['replicates']} bootstraps" if summary else ""))
     published = kaplan.get("published", {})
-    for column in ("law", "exponent", f"{level} interval", "Kaplan 2020", "x_c", f"{level} interval", "E", "points"):
-        table.add_column(column)
+    columns = ("law", "exponent", f"{level} interval", "Kaplan 2020", "x_c", f"{level} interval", "E", "points")
+    keep = [bool(summary) or "interval" not in column for column in columns]  # no interval columns unbootstrapped
+
+    def add_row(*cells: str) -> None:
+        table.add_row(*(cell for cell, kept in zip(cells, keep) if kept))
+
+    for column, kept in zip(columns, keep):
+        if kept:
+            table.add_column(column, overflow="fold")
     for name, fit in kaplan["fits"].items():
         their = f"{published[name]['exponent']:.3f}" if name in published else "-"
         if fit is None:
-            table.add_row(name, "not enough points", "", their, "", "", "", "")
+            add_row(name, "not enough points", "", their, "", "", "", "")
             continue
         intervals = fit.get("intervals", {})
-        table.add_row(name, f"{fit['exponent']:.4f}", _bounds_text(intervals.get("exponent"), ".4f"), their,
-                      f"{fit['scale']:.4g} ({fit['variable']})", _bounds_text(intervals.get("scale"), ".3g"),
-                      _with_bounds(fit["irreducible"], intervals.get("irreducible")), str(fit["points"]))
+        add_row(name, f"{fit['exponent']:.4f}", _bounds_text(intervals.get("exponent"), ".4f"), their,
+                f"{fit['scale']:.4g} ({fit['variable']})", _bounds_text(intervals.get("scale"), ".3g"),
+                _with_bounds(fit["irreducible"], intervals.get("irreducible")), str(fit["points"]))
     if published:
         table.caption = ("Kaplan 2020: the published exponent (arXiv:2001.08361 equations 1.1-1.3, non-embedding N, "
                          "WebText2); only exponents compare across corpora")

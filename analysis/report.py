@@ -76,13 +76,12 @@ def _approach3_section(fit: dict[str, Any]) -> list[str]:
              f"Status: **{approach3['status']}**. Objective (sum of Huber losses): {approach3['objective']:.6g} "
              f"over {approach3['n_points']} runs.", "",
              *[f"> Warning: {warning}" for warning in fit.get("warnings", [])],
-             *([""] if fit.get("warnings") else []),
-             "| parameter | value | 95% bootstrap interval |", "| --- | --- | --- |"]
-    intervals = (fit.get("bootstrap") or {}).get("intervals", {})
-    for name, value in values.items():
-        bounds = intervals.get(name)
-        lines.append(f"| {name} | {value:.6g} | {'-' if bounds is None else f'{bounds[0]:.4g} .. {bounds[1]:.4g}'} |")
+             *([""] if fit.get("warnings") else [])]
     bootstrap = fit.get("bootstrap")
+    intervals = (bootstrap or {}).get("intervals", {})
+    lines += _table(["parameter", "value", "95% bootstrap interval"],
+                    [[name, f"{value:.6g}", _bounds(intervals.get(name), ".4g")] for name, value in values.items()],
+                    intervals=bool(bootstrap))
     if bootstrap:
         lines += ["", f"Intervals: {bootstrap['method']}; {bootstrap['converged_replicates']} of "
                   f"{bootstrap['replicates']} replicates converged (seed {bootstrap['seed']})."]
@@ -139,9 +138,9 @@ def _allocation_table(method: dict[str, Any]) -> list[str]:
     bootstrap = method.get("bootstrap")
     level = f"{100 * bootstrap['level']:.0f}%" if bootstrap else "95%"
     intervals = bootstrap["intervals"] if bootstrap else {}
-    lines = [f"| quantity | value | {level} bootstrap interval |", "| --- | --- | --- |"]
-    for key, label, spec in _ALLOCATION_ROWS:
-        lines.append(f"| {label} | {method[key]:{spec}} | {_bounds(intervals.get(key), spec)} |")
+    lines = _table(["quantity", "value", f"{level} bootstrap interval"],
+                   [[label, f"{method[key]:{spec}}", _bounds(intervals.get(key), spec)]
+                    for key, label, spec in _ALLOCATION_ROWS], intervals=bool(bootstrap))
     if bootstrap:
         lines += ["", f"Intervals: {bootstrap['method']}; {bootstrap['valid_replicates']} of "
                   f"{bootstrap['replicates']} replicates could be fitted (seed {bootstrap['seed']})."]
@@ -154,6 +153,17 @@ def _bounds(bounds: list[float] | None, spec: str) -> str:
     return "-" if bounds is None else f"{bounds[0]:{spec}} .. {bounds[1]:{spec}}"
 
 
+def _table(headers: list[str], rows: list[list[str]], *, intervals: bool) -> list[str]:
+    """Return the lines of a Markdown table. Without `intervals` (no bootstrap was run), the columns whose
+    header names an interval are left out rather than filled with dashes."""
+    keep = [intervals or "interval" not in header for header in headers]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell for cell, kept in zip(cells, keep) if kept) + " |"
+
+    return [line(headers), "|" + " --- |" * sum(keep), *(line(row) for row in rows)]
+
+
 def _kaplan_section(fit: dict[str, Any]) -> list[str]:
     kaplan = fit.get("kaplan")
     if not kaplan:
@@ -161,19 +171,20 @@ def _kaplan_section(fit: dict[str, Any]) -> list[str]:
     bootstrap = kaplan.get("bootstrap")
     level = f"{100 * bootstrap['level']:.0f}%" if bootstrap else "95%"
     published = kaplan.get("published", {})
-    lines = ["## Kaplan-style single-variable fits", "",
-             f"| law | exponent | {level} interval | Kaplan 2020 | scale | {level} interval | E | {level} interval | "
-             "points | rms of ln residuals |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = []
     for name, law in kaplan["fits"].items():
         their = f"{published[name]['exponent']:.3f}" if name in published else "-"
         if law is None:
-            lines.append(f"| {name} | not enough points | | {their} | | | | | | |")
+            rows.append([name, "not enough points", "", their, "", "", "", "", "", ""])
             continue
         intervals = law.get("intervals", {})
-        lines.append(f"| {name} | {law['exponent']:.4f} | {_bounds(intervals.get('exponent'), '.4f')} | {their} | "
-                     f"{law['scale']:.4g} ({law['variable']}) | {_bounds(intervals.get('scale'), '.3g')} | "
-                     f"{law['irreducible']:.4g} | {_bounds(intervals.get('irreducible'), '.3g')} | {law['points']} | "
-                     f"{law['rms_log_residual']:.3g} |")
+        rows.append([name, f"{law['exponent']:.4f}", _bounds(intervals.get("exponent"), ".4f"), their,
+                     f"{law['scale']:.4g} ({law['variable']})", _bounds(intervals.get("scale"), ".3g"),
+                     f"{law['irreducible']:.4g}", _bounds(intervals.get("irreducible"), ".3g"), str(law["points"]),
+                     f"{law['rms_log_residual']:.3g}"])
+    headers = ["law", "exponent", f"{level} interval", "Kaplan 2020", "scale", f"{level} interval", "E",
+               f"{level} interval", "points", "rms of ln residuals"]
+    lines = ["## Kaplan-style single-variable fits", "", *_table(headers, rows, intervals=bool(bootstrap))]
     if bootstrap:
         lines += ["", f"Intervals: {bootstrap['method']}; {bootstrap['replicates']} replicates (seed "
                   f"{bootstrap['seed']}); each fit's count of usable replicates is in fit.json."]

@@ -187,7 +187,7 @@ def test_kaplan_fits_show_published_exponents(tmp_path, capsys, monkeypatch):
 
     text = write_report(tmp_path / "out", record).read_text()
     fitted = record["kaplan"]["fits"]["L(D)"]["exponent"]
-    assert f"| L(D) | {fitted:.4f} | - | 0.095 |" in text
+    assert f"| L(D) | {fitted:.4f} | 0.095 |" in text  # no interval columns without a bootstrap
     assert published["L(N)"]["citation"] in text
 
     from analysis.cli import _print_fit
@@ -253,7 +253,9 @@ def test_no_bootstrap_means_no_intervals(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     _print_fit(record, tmp_path / "out")
     output = capsys.readouterr().out
-    assert "interval" not in output.split("status:")[0]  # no empty interval column in the approach 3 table
+    assert "interval" not in output  # no empty interval columns in the approach 3 and Kaplan tables
+    report = write_report(tmp_path / "out", record).read_text()
+    assert not [line for line in report.splitlines() if line.startswith("|") and "interval" in line]
 
 
 def test_report_answers_kv_cache_question(fitted):
