@@ -18,8 +18,11 @@ class StepProgress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+        console = Console(stderr=True)
+        # Off a terminal, rich would print an empty line where the transient bar was.
         self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled, transient=True)
+                             TimeElapsedColumn(), console=console, disable=not (enabled and console.is_terminal),
+                             transient=True)
         self._task = self._bar.add_task("fitting", total=total)
 
     def __enter__(self) -> StepProgress:
