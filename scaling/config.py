@@ -336,7 +336,8 @@ def _build(cls: type, raw: dict[str, Any], where: str):
         kind = str(fields[name].type).split(" |")[0]
         if isinstance(value, str) and kind == "float":
             values[name] = parse_number(value, f"{where}.{name}")
-        elif isinstance(value, str) and kind == "int":
+        elif kind == "int" and (isinstance(value, str) or isinstance(value, float)):
+            # YAML reads 2e6 as a string and 2.0e6 as a float; either is fine for a count if it is whole.
             number = parse_number(value, f"{where}.{name}")
             if number != int(number):
                 raise UserError(f"{where}.{name}={value!r} must be a whole number, e.g. 2e6 or 2M")

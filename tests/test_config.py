@@ -125,6 +125,17 @@ def test_whole_numbers_written_as_text(text, value):
     assert TrainConfig.from_dict({"tokens": text}).tokens == value
 
 
+@pytest.mark.parametrize("key, value, expected", [("seed", 3.0, 3), ("tokens", 2.0e6, 2_000_000)])
+def test_whole_floats_are_counts(key, value, expected):
+    assert getattr(TrainConfig.from_dict({key: value}), key) == expected
+
+
+@pytest.mark.parametrize("value", [1.5, float("nan")])
+def test_fractional_seed_names_the_key(value):
+    with pytest.raises(UserError, match=f"run.seed={value!r}"):
+        TrainConfig.from_dict({"seed": value})
+
+
 @pytest.mark.parametrize("text, fragment", [("2.5", "must be a whole number"), ("lots", "is not a number")])
 def test_bad_whole_number_names_the_key(text, fragment):
     with pytest.raises(UserError, match=f"run.tokens='{text}' {fragment}"):
