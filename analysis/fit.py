@@ -247,6 +247,7 @@ def _approach3_warnings(approach3, params: np.ndarray, tokens: np.ndarray) -> li
 def read_fit(path: str | Path) -> dict[str, Any]:
     """Read a fit.json written by `fit_runs`; raise UserError when it is missing or not a fit record."""
     path = Path(path)
+    searched = path.is_dir()  # a folder: its own fit.json, else its _report/fit.json
     if path.is_dir():
         # A sweep folder names its default fit, RUNS/<sweep>/_report/fit.json, as well as the fit's own folder.
         inside = path / REPORT_FOLDER / FIT_FILE
@@ -254,7 +255,8 @@ def read_fit(path: str | Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"fit file {path} not found; run `scaling fit RUNS --out DIR` first") from None
+        looked = f"{path} or {path.parent / REPORT_FOLDER / FIT_FILE}" if path.name == FIT_FILE and searched else path
+        raise UserError(f"fit file {looked} not found; run `scaling fit RUNS --out DIR` first") from None
     except json.JSONDecodeError as error:
         raise UserError(f"fit file {path} is not valid JSON ({error}); rerun `scaling fit`") from None
     if not isinstance(record, dict) or "approach3" not in record:

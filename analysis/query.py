@@ -174,8 +174,10 @@ def _context_tokens(text: str) -> int:
     """Return the context length of a KV-cache question, which must be written out in tokens."""
     if not text.isdigit():
         # "4k" context means 4096 tokens in model cards but 4000 by the decimal suffixes used elsewhere.
-        raise UserError(f"context {text!r} is ambiguous or not a whole number; write the tokens out, "
-                        "e.g. \"at 4096 tokens\" or \"at 4000 tokens\"")
+        number = re.fullmatch(r"(\d+(?:\.\d+)?)\s*k", text)
+        choices = (f"\"at {round(float(number.group(1)) * 1024)} tokens\" or "
+                   f"\"at {round(float(number.group(1)) * 1000)} tokens\"") if number else "\"at 4096 tokens\""
+        raise UserError(f"context {text!r} is ambiguous or not a whole number; write the tokens out, e.g. {choices}")
     return int(text)
 
 

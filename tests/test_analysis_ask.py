@@ -199,10 +199,12 @@ def test_kv_cache_errors_name_the_fix():
         ask("kv cache for 7B at 4096 tokens gqa 5")
     with pytest.raises(UserError, match="drop --law and --fit"):
         ask("kv cache for 7B at 4096 tokens", law_keys=["tokens-20"])
-    # "2k" context is 2048 tokens in model cards but 2000 by the K suffix, so it is rejected with both.
+    # "2k" context is 2048 tokens in model cards but 2000 by the K suffix, so it is rejected, naming both.
     for context in ("2k", "2 k", "1.5"):
         with pytest.raises(UserError, match=f"context '{context}' is ambiguous or not a whole number"):
             parse_query(f"kv cache for 7B at {context} tokens")
+    with pytest.raises(UserError, match='"at 2048 tokens" or "at 2000 tokens"'):
+        parse_query("kv cache for 7B at 2K tokens")
 
 
 def test_unknown_question_lists_kv_form():
