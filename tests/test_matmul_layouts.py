@@ -1,0 +1,24 @@
+"""The dense-layer product benchmark: a tiny run reports every layout with its times and rates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_run_reports_every_layout():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "matmul_layouts.py"), "--tokens", "64",
+                           "--d-model", "32", "--hidden", "48", "--rounds", "2", "--repeats", "2", "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["shape"] == {"tokens": 64, "d_model": 32, "hidden": 48}
+    assert [row["product"].split()[0] for row in report["rows"]] == ["forward", "input", "weight", "weight"]
+    for row in report["rows"]:
+        assert len(row["ms"]) == len(row["gflops_per_s"]) == 2
+        for ms, rate in zip(row["ms"], row["gflops_per_s"]):
+            assert ms > 0 and rate >= 0
