@@ -24,7 +24,8 @@ def stdout_console(pipe_width: int):
             exit_on_closed_stdout()
 
     console = PipeAwareConsole()
-    return console if console.is_terminal else PipeAwareConsole(width=pipe_width)
+    # In a pipe, tables take `pipe_width` columns and lines of text are never folded (soft_wrap).
+    return console if console.is_terminal else PipeAwareConsole(width=pipe_width, soft_wrap=True)
 
 
 def print_stdout(text: str) -> None:

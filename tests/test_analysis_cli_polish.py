@@ -158,3 +158,12 @@ def test_sweep_plan_closed_pipe_quiet(tmp_path):
     result = _scaling_into_closed_pipe("sweep", "plan", "quick", "--runs", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 141
     assert "Traceback" not in result.stderr
+
+
+def test_sources_stay_on_one_line_in_a_pipe():
+    """In a pipe, tables are 200 columns wide and lines of text, such as a law's source, are not folded."""
+    result = subprocess.run([sys.executable, "-m", "scaling.cli", "ask", "tokens for 7B"], capture_output=True,
+                            text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    kaplan = next(line for line in result.stdout.splitlines() if line.startswith("[7] Kaplan et al. 2020"))
+    assert kaplan.endswith("C = 6ND = 2 C_min (equation 6.7)")
