@@ -201,6 +201,23 @@ def epochs_for(tokens_planned: int, corpus: PreparedCorpus | Mapping[str, Any]) 
     return tokens_planned / train_tokens
 
 
+def check_epochs(run_id: str, tokens_planned: int, corpus: PreparedCorpus | Mapping[str, Any],
+                 max_epochs: float | None, key: str = "max_epochs") -> float:
+    """Return the epochs `tokens_planned` amount to; raise UserError above `max_epochs` (None allows any).
+
+    `key` names the setting in the message: "max_epochs" for a train config, "train.max_epochs" in a spec.
+    """
+    epochs = epochs_for(tokens_planned, corpus)
+    if max_epochs is not None and epochs > max_epochs:
+        meta = corpus.meta if isinstance(corpus, PreparedCorpus) else corpus
+        raise UserError(
+            f"run {run_id} plans {tokens_planned} tokens, {epochs:.2f} epochs over the corpus's "
+            f"{int(meta['tokens']['train'])} training tokens, above {key}={max_epochs}; lower the token budget, "
+            "use a larger corpus, or raise max_epochs"
+        )
+    return epochs
+
+
 def _scan(corpus: Corpus) -> _Scan:
     """Read every document once: keys, the content digest and counts of the replacements made."""
     digest = hashlib.sha256()

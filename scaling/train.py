@@ -38,7 +38,7 @@ from scaling.accounting import parameter_counts, training_flops_per_token
 from scaling.checkpoint import Checkpointer, abstract_like
 from scaling.config import PROGRAMS_KEPT, TrainConfig, config_differences, program_identity, same_run
 from scaling.batches import batch_at, predicted_bytes, validation_windows
-from scaling.data import PreparedCorpus, epochs_for
+from scaling.data import PreparedCorpus, check_epochs
 from scaling.errors import UserError
 from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory, release_freed_memory
 from scaling.interrupts import stop_requested, stop_signals_deferred
@@ -335,13 +335,7 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     _check_vocabulary(config, corpus)
     _check_corpus_size(config, corpus)
     _check_same_corpus(run_dir, corpus)
-    epochs = epochs_for(config.tokens_trained, corpus)
-    if config.max_epochs is not None and epochs > config.max_epochs:
-        raise UserError(
-            f"run {config.run_id} plans {config.tokens_trained} tokens, {epochs:.2f} epochs over the corpus's "
-            f"{len(corpus.train)} training tokens, above max_epochs={config.max_epochs}; "
-            "lower the token budget, use a larger corpus, or raise max_epochs"
-        )
+    epochs = check_epochs(config.run_id, config.tokens_trained, corpus, config.max_epochs)
     if epochs > 1:
         log.warning(
             "run %s plans %d tokens, %.2f epochs over the %d training tokens of the corpus: it sees data again",

@@ -492,15 +492,10 @@ def expand(spec: SweepSpec, runs_root: str | Path | None = None, *, progress: bo
         runs = _expand(spec, data)
     except UserError as error:
         raise UserError(f"sweep {spec.name}: {error}") from None
-    train_tokens = int(data.meta["tokens"]["train"])
-    max_epochs = spec.train.max_epochs
+    from scaling.data import check_epochs
+
     for run in runs:
-        epochs = run.tokens / train_tokens
-        if max_epochs is not None and epochs > max_epochs:
-            raise UserError(
-                f"run {run.run_id} plans {run.tokens} tokens, {epochs:.2f} epochs over the corpus's {train_tokens} "
-                f"training tokens, above train.max_epochs={max_epochs}; lower its budget or raise max_epochs"
-            )
+        check_epochs(run.run_id, run.tokens, data.meta, spec.train.max_epochs, key="train.max_epochs")
         if run.steps < MIN_STEPS_WARNING:
             log.warning("run %s has only %d optimizer steps; its warmup and decay are coarse", run.run_id, run.steps)
     return runs
