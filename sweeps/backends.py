@@ -99,7 +99,7 @@ def run_with_backend(backend: str, spec: Any, runs_root: str | Path | None, *, w
     if progress if show_table is None else show_table:
         from rich import get_console
 
-        from sweeps.launcher import outcomes_table
+        from sweeps.display import outcomes_table
 
         get_console().print(outcomes_table(spec, outcomes))
     return outcomes

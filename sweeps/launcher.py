@@ -12,8 +12,10 @@ next run starts in a fresh worker. A run that stopped part-way resumes from its 
 next launch (scaling.train does that). A run that fails is logged with its run id and the sweep goes on.
 The final table marks it, and `scaling sweep launch` then exits with status 1. Longest runs start first,
 which shortens the sweep's wall time on a fixed number of workers. A worker keeps the compiled programs of
-its last few run shapes, so a run of a shape it has trained may go before a longer one (next_run_index). Ctrl-C interrupts the runs in flight
-(each closes its checkpoints; a worker still running after STOP_GRACE_S is killed) and ends the launch.
+its last few run shapes, so a run of a shape it has trained may go before a longer one (next_run_index).
+Ctrl-C interrupts the runs in flight (each closes its checkpoints; a worker still running after
+STOP_GRACE_S is killed) and ends the launch. How a run ended is read in sweeps.outcomes, and what the
+launch shows (progress bars, the final table) is in sweeps.display.
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ from typing import Any
 
 from rich import get_console
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.progress import TaskID
 
 from scaling.config import PROGRAMS_KEPT, config_differences, parse_mesh, program_identity, same_run
 from scaling.errors import UserError
@@ -41,7 +42,7 @@ from scaling.host_memory import switch_setting
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_store import RunDir, read_json
 from scaling.interrupts import interrupts_on_stop_signals, stop_requested
-from scaling.numbers import human_count
+from sweeps.display import SweepProgress, outcomes_table
 from sweeps.outcomes import RunOutcome, ended_outcome, exit_reason, run_log_path, split_completed
 from sweeps.plan import WIDE_OUTPUT, assumed_cost_model
 from sweeps.resources import WorkerSlot, split_cores
@@ -287,7 +288,7 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
     log.info("sweep %s: %d runs, %d to run on %d workers (cores %s)", spec.name, len(runs), len(todo), len(slots),
              " | ".join(",".join(map(str, slot.cores)) for slot in slots))
 
-    bar = _SweepProgress(console, enabled=progress, total_weight=sum(weights[run.run_id] for run in todo),
+    bar = SweepProgress(console, enabled=progress, total_weight=sum(weights[run.run_id] for run in todo),
                          runs_total=len(todo))
     pool: dict[int, WorkerProcess] = {}  # slot index -> the slot's current worker process
     exiting: list[WorkerProcess] = []  # workers replaced in their slot that have not been reaped yet
@@ -460,98 +461,3 @@ def _close_pipes(worker: WorkerProcess) -> None:
                 pipe.close()
             except BrokenPipeError:
                 pass
-
-
-def last_step(run_dir: RunDir) -> tuple[int, float | None]:
-    """Return the step and train loss of the last complete row of metrics.jsonl, reading only its tail."""
-    try:
-        with open(run_dir.metrics_path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 4096))
-            tail = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return 0, None
-    for line in reversed(tail.splitlines()):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # torn last line, or the first line of the tail cut in half
-        return int(row.get("step", 0)), row.get("train_loss")
-    return 0, None
-
-
-class _SweepProgress:
-    """One bar for the whole sweep (weighted by each run's estimated time, with an ETA) and one per active run.
-
-    An active run counts with the share of its steps done, so the sweep bar moves between the ends of runs.
-    """
-
-    def __init__(self, console: Console, enabled: bool, total_weight: float, runs_total: int):
-        self.runs_total = runs_total
-        self.runs_done = 0
-        self.done_weight = 0.0
-        self.partial: dict[str, float] = {}  # run id -> weight of the steps done so far
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, disable=not enabled, speed_estimate_period=120.0,
-        )
-        self.sweep_task = self.progress.add_task("sweep", total=max(total_weight, 1e-9),
-                                                 info=f"0/{runs_total} runs")
-
-    def __enter__(self) -> _SweepProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def add_run(self, run: PlannedRun) -> TaskID:
-        return self.progress.add_task(f"  {run.run_id}", total=run.steps, info=f"0/{run.steps} steps")
-
-    def update_run(self, entry: _Active, weight: float, runs_root: Path) -> None:
-        step, loss = last_step(RunDir.at(runs_root, entry.run.config.sweep, entry.run.run_id))
-        info = f"{step}/{entry.run.steps} steps" + (f"  loss {loss:.3f}" if loss is not None else "")
-        if entry.task is not None:
-            self.progress.update(entry.task, completed=step, info=info)
-        self.partial[entry.run.run_id] = weight * min(step / entry.run.steps, 1.0)
-        self._update_sweep()
-
-    def finish_run(self, entry: _Active, weight: float, outcome: RunOutcome) -> None:
-        self.runs_done += 1
-        self.done_weight += weight
-        self.partial.pop(entry.run.run_id, None)
-        if entry.task is not None:
-            self.progress.remove_task(entry.task)
-        self._update_sweep()
-
-    def _update_sweep(self) -> None:
-        self.progress.update(self.sweep_task, completed=self.done_weight + sum(self.partial.values()),
-                             info=f"{self.runs_done}/{self.runs_total} runs")
-
-
-def outcomes_table(spec: SweepSpec, outcomes: list[RunOutcome]) -> Table:
-    """Return the final table of a launch: run id, N, D, status, final validation loss, and times.
-
-    "train time" is the run's own wall time in training over all its attempts (summary.json), so it means the
-    same for runs trained now and runs done earlier. "CPU time" is what this launch spent on the run.
-    """
-    table = Table(title=f"sweep {spec.name}", title_justify="left")
-    for header in ("run", "N total", "D tokens", "status", "val loss (nats/token)", "train time",
-                   "CPU time (this launch)"):
-        table.add_column(header, justify="left" if header in ("run", "status") else "right")
-    for outcome in outcomes:
-        summary = outcome.summary
-        loss = summary.get("final_val_loss")
-        wall = summary.get("wall_time_s") or (None if outcome.status == "skipped" else outcome.wall_s)
-        status = "done earlier" if outcome.status == "skipped" else outcome.status
-        if outcome.status in ("failed", "diverged"):
-            status = f"[bold red]{status}[/]"
-        elif outcome.status == "interrupted":
-            status = f"[bold yellow]{status}[/]"
-        table.add_row(outcome.run.run_id, human_count(outcome.run.params_total), human_count(outcome.run.tokens),
-                      status, f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",
-                      f"{wall:.0f} s" if isinstance(wall, (int, float)) else "-",
-                      "-" if outcome.status == "skipped" else f"{outcome.cpu_s:.0f} s")
-    return table

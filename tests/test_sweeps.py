@@ -309,7 +309,7 @@ def test_plan_worker_start_once(corpus_dir, tmp_path):
 def test_outcome_table_train_time(corpus_dir, tmp_path):
     from rich.console import Console
 
-    from sweeps.launcher import outcomes_table
+    from sweeps.display import outcomes_table
     from sweeps.outcomes import RunOutcome
 
     spec = parse_spec(tiny_raw(corpus_dir, isoflop={"budgets": ["1e9"], "params": ["4K", "1.2e4"]}))
