@@ -10,8 +10,8 @@ KeyboardInterrupt itself when a signal was dropped.
 
 A Ctrl-C in a terminal, or `timeout -s INT`, reaches the launcher and its workers together, and the
 launcher then stops its workers again, so a second signal can arrive while a worker records the first.
-A training process therefore passes `once=True`: after the first signal, later ones are only recorded,
-because the process is already stopping. `stop_signals_deferred()` also protects the few writes that
+A training process therefore passes `once=True`: a signal that follows the first within
+DUPLICATE_WINDOW_S is only recorded, because the process is already stopping. `stop_signals_deferred()` also protects the few writes that
 record an interrupt: inside that block a signal is only recorded, whatever the mode.
 """
 
@@ -20,8 +20,13 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 
 _requested: int | None = None  # the signal number received inside the block, None when none was
+_first_at: float | None = None  # time.monotonic() of the first signal inside the block
+# With once=True, a signal this soon after the first is a duplicate of it (seconds). A process group's
+# signal and the launcher's own reach a worker within milliseconds; a person's second Ctrl-C comes later.
+DUPLICATE_WINDOW_S = 2.0
 
 
 def stop_requested() -> bool:
@@ -54,32 +59,37 @@ def _stop_signals_handled_by(handler):
 
 
 def _interrupt_once(signum, frame):
-    first = _requested is None
+    global _first_at
+    now = time.monotonic()
+    if _first_at is not None and now - _first_at < DUPLICATE_WINDOW_S:
+        _record(signum, frame)  # a duplicate of the first: its handling goes on undisturbed
+        return
+    _first_at = now if _first_at is None else _first_at
     _record(signum, frame)
-    if first:
-        raise KeyboardInterrupt
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def interrupts_on_stop_signals(*, once: bool = False):
     """Raise KeyboardInterrupt on SIGINT and SIGTERM inside the block, and remember that one arrived.
 
-    With `once`, only the first signal raises and later ones are only recorded, so that the code handling
-    the first (a run writing its "interrupted" summary) is not cut short. A process then stops at the
-    first signal: `timeout -s INT` signals a launcher's whole process group, and the launcher stops each
-    worker again, so a worker can get two signals within milliseconds.
+    With `once`, a signal within DUPLICATE_WINDOW_S of the first is only recorded, so that the code
+    handling the first (a run writing its "interrupted" summary) is not cut short: `timeout -s INT` signals
+    a launcher's whole process group, and the launcher stops each worker again, so a worker can get two
+    signals within milliseconds. A later signal raises again, so a second Ctrl-C still stops a process
+    that hangs while it shuts down.
     """
-    global _requested
+    global _requested, _first_at
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
 
-    _requested = None
+    _requested, _first_at = None, None
     try:
         with _stop_signals_handled_by(_interrupt_once if once else _interrupt):
             yield
     finally:
-        _requested = None
+        _requested, _first_at = None, None
 
 
 @contextlib.contextmanager

@@ -82,8 +82,11 @@ def test_second_signal_during_summary_write(small_corpus, tmp_path, monkeypatch)
     assert summary["steps_done"] == 20
 
 
-def test_once_raises_at_the_first_signal_only():
-    """With once=True a second signal, arriving while the first is handled, is recorded and not raised."""
+def test_once_records_a_duplicate_signal(monkeypatch):
+    """With once=True a second signal, arriving while the first is handled, is recorded and not raised; one
+    after DUPLICATE_WINDOW_S raises again, so a process stuck while it shuts down can still be stopped."""
+    import scaling.interrupts
+
     with interrupts_on_stop_signals(once=True):
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
@@ -91,6 +94,10 @@ def test_once_raises_at_the_first_signal_only():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)  # no KeyboardInterrupt here
         assert stop_requested()
+        monkeypatch.setattr(scaling.interrupts, "DUPLICATE_WINDOW_S", 0.0)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
     with interrupts_on_stop_signals():  # the default mode raises at every signal
         for number in (signal.SIGINT, signal.SIGTERM):
             with pytest.raises(KeyboardInterrupt):
