@@ -1,4 +1,4 @@
-"""The dense-layer product benchmark: a tiny run reports every layout with its times and rates."""
+"""The small benchmark tools: the product-layout timer and the step profiler, each on a tiny shape."""
 
 from __future__ import annotations
 
@@ -22,3 +22,15 @@ def test_tiny_run_reports_every_layout():
         assert len(row["ms"]) == len(row["gflops_per_s"]) == 2
         for ms, rate in zip(row["ms"], row["gflops_per_s"]):
             assert ms > 0 and rate >= 0
+
+
+def test_profile_step_attributes_kernels_to_model_parts():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--d-model", "32",
+                           "--layers", "1", "--steps", "2", "--top", "40"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("d_model 32, 1 layers: step")
+    parts = [line.split("kernels", 1)[1].strip() for line in lines[1:]]
+    assert "fwd block_N/attention" in parts and "bwd block_N/attention" in parts
+    assert any(part.startswith("fwd block_N/mlp") for part in parts)
