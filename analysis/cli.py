@@ -204,9 +204,11 @@ def _print_fit(record: dict[str, Any], out: Path) -> None:
     if bootstrap:  # with --bootstraps 0 the table has no interval column
         table.add_column(f"{100 * bootstrap['level']:.0f}% interval ({bootstrap['replicates']} bootstraps)")
     for name, value in approach3["parameters"].items():
-        bounds = intervals.get(name)
-        interval = [] if not bootstrap else ["" if bounds is None else f"{bounds[0]:.4g} .. {bounds[1]:.4g}"]
-        table.add_row(name, f"{value:.6g}", *interval)
+        cells = [name, f"{value:.6g}"]
+        if bootstrap:
+            bounds = intervals.get(name)
+            cells.append("" if bounds is None else f"{bounds[0]:.4g} .. {bounds[1]:.4g}")
+        table.add_row(*cells)
     table.add_row("objective (sum of Huber losses)", f"{approach3['objective']:.6g}", *([""] if bootstrap else []))
     console = _console()
     console.print(table)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def cpu_model() -> str:
-    """Return the processor's model name from /proc/cpuinfo (Linux), else what `platform` knows, else "unknown"."""
+    """Return the processor's model name from /proc/cpuinfo (Linux), else what `platform` reports, else "unknown"."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

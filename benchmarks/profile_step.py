@@ -1,8 +1,8 @@
 """Where one training step's time goes on CPU: XLA's kernels grouped by the model part they come from.
 
-Traces a few calls of the compiled step of the throughput benchmark's model (`scaling.train.Trainer`,
-4 layers, heads of 32, vocabulary 256, batch 8 x 256) with `jax.profiler`, reads the trace back, and
-sums each kernel's time under the `op_name` that XLA's optimized HLO records for it, such as
+The script traces a few calls of the compiled step of the throughput benchmark's model
+(`scaling.train.Trainer`, 4 layers, heads of 32, vocabulary 256, batch 8 x 256) with `jax.profiler`.
+It then sums each kernel's time under the `op_name` that XLA's optimized HLO records for it, such as
 "block_N/attention" or "block_N/mlp/up". The backward pass's kernels are those under "transpose(...)".
 Times are thread time: on 2 cores a step's wall time is about half their sum.
 

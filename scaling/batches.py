@@ -1,7 +1,7 @@
 """Batches cut from a prepared corpus's tokens: random training windows and fixed validation windows.
 
 Training batches are random windows whose starts depend only on (seed, step), so a run resumed at step k
-sees the same batches as one that never stopped, and the data position needs no checkpoint of its own.
+gets the same batches as one that never stopped, and the data position needs no checkpoint of its own.
 Validation uses a fixed set of windows from the start of the validation split. Bits per byte of a window
 come from the tokenizer's `token_byte_lengths`.
 """

@@ -11,8 +11,9 @@ KeyboardInterrupt itself when a signal was dropped.
 A Ctrl-C in a terminal, or `timeout -s INT`, reaches the launcher and its workers together, and the
 launcher then stops its workers again, so a second signal can arrive while a worker records the first.
 A training process therefore passes `once=True`: a signal that follows the first within
-DUPLICATE_WINDOW_S is only recorded, because the process is already stopping. `stop_signals_deferred()` also protects the few writes that
-record an interrupt: inside that block a signal is only recorded, whatever the mode.
+DUPLICATE_WINDOW_S is only recorded, because the process is already stopping. `stop_signals_deferred()`
+also protects the few writes that record an interrupt: inside that block a signal is only recorded,
+whatever the mode.
 """
 
 from __future__ import annotations
@@ -74,10 +75,10 @@ def interrupts_on_stop_signals(*, once: bool = False):
     """Raise KeyboardInterrupt on SIGINT and SIGTERM inside the block, and remember that one arrived.
 
     With `once`, a signal within DUPLICATE_WINDOW_S of the first is only recorded, so that the code
-    handling the first (a run writing its "interrupted" summary) is not cut short: `timeout -s INT` signals
-    a launcher's whole process group, and the launcher stops each worker again, so a worker can get two
-    signals within milliseconds. A later signal raises again, so a second Ctrl-C still stops a process
-    that hangs while it shuts down.
+    handling the first (a run writing its "interrupted" summary) is not cut short. Such duplicates happen:
+    `timeout -s INT` signals a launcher's whole process group, and the launcher then stops each worker
+    again, so a worker can get two signals within milliseconds. A later signal raises again, so a second
+    Ctrl-C still stops a process that hangs while it shuts down.
     """
     global _requested, _first_at
     if threading.current_thread() is not threading.main_thread():

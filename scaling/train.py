@@ -410,7 +410,7 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
 
 @dataclass(frozen=True)
 class _Run:
-    """What the training loop of one run works with, built by `_train_locked`."""
+    """The objects the training loop of one run works with, built by `_train_locked`."""
 
     config: TrainConfig
     record: dict[str, Any]  # config.json

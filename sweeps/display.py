@@ -1,4 +1,4 @@
-"""What a sweep launch shows: a progress bar for the sweep and one per active run, and the table of outcomes.
+"""The display of a sweep launch: a progress bar for the sweep and one per active run, and the table of outcomes.
 
 The bars read each active run's progress from the tail of its metrics.jsonl, so the launcher needs no
 channel from its workers beyond their one reply per run. `entry` arguments are the launcher's records of

@@ -1,4 +1,4 @@
-"""How a run of a sweep ended, read the same way by every backend (local workers, Ray tasks, SLURM jobs).
+"""The end state of a sweep's run, read the same way by every backend (local workers, Ray tasks, SLURM jobs).
 
 A worker writes the run's summary.json as it goes. When the worker's run ends, the backend reads it back:
 `completed`, `diverged` and `interrupted` are the run's own word. Anything else (a user error, a killed
@@ -70,7 +70,7 @@ def ended_outcome(run: Any, root: Path, returncode: int, *, reason: str, wall_s:
                   message: str | None = None, where: str = "") -> RunOutcome:
     """Return the outcome of `run` after its worker reported `returncode`, from the run's summary.json.
 
-    `reason` says how the worker ended ("worker killed by SIGKILL on node7"); `message` is the worker's
+    `reason` describes how the worker ended ("worker killed by SIGKILL on node7"); `message` is the worker's
     one-line explanation, when it gave one; `where` names the machine in log lines (" on node7").
     A failure the worker could not record itself is written to summary.json here.
     """
@@ -93,7 +93,10 @@ def ended_outcome(run: Any, root: Path, returncode: int, *, reason: str, wall_s:
         return failed_outcome(run, root, f"run is being trained by another process; see {log_path}",
                               wall_s=wall_s, cpu_s=cpu_s, write=False)
     error = (summary or {}).get("error") or message
-    error = reason if not error else error if reason in error else f"{error} ({reason})"
+    if not error:
+        error = reason
+    elif reason not in error:
+        error = f"{error} ({reason})"
     # A killed worker leaves "running" behind. Record the failure, so the store does not show a live run.
     return failed_outcome(run, root, error, wall_s=wall_s, cpu_s=cpu_s, write=status in (None, "running"))
 

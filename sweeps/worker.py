@@ -145,7 +145,7 @@ def _serve_one(request: dict[str, Any], cores: tuple[int, ...] | None, replies: 
     try:
         replies.write(json.dumps(reply) + "\n")
     except BrokenPipeError:
-        # The launcher has exited, for instance after an interrupt. The run's summary.json says how it ended.
+        # The launcher has exited, for instance after an interrupt. The run's summary.json records how it ended.
         # Later flushes of the replies go to /dev/null, so that exiting prints no second traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), replies.fileno())
         log.warning("run %s: the launcher is gone, so the worker exits without replying", reply["run_id"])

@@ -195,11 +195,12 @@ def test_kaplan_fits_show_published_exponents(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     _print_fit(record, tmp_path / "out")
     row = next(line for line in capsys.readouterr().out.splitlines() if "L(D)" in line)
-    assert f"{fitted:.4f}" in row and "0.095" in row
+    assert f"{fitted:.4f}" in row
+    assert "0.095" in row
 
 
 def test_kaplan_2020_compute_law_in_flops():
-    """Equation 1.3 of Kaplan et al. 2020 gives C_c^min in PF-days; the law holds it in FLOPs."""
+    """Equation 1.3 of Kaplan et al. 2020 gives C_c^min in PF-days; the law stores it in FLOPs."""
     from analysis.laws import KAPLAN_2020_COMPUTE, PF_DAY_FLOPS
 
     assert KAPLAN_2020_COMPUTE.loss(3.1e8 * PF_DAY_FLOPS) == pytest.approx(1.0)

@@ -37,7 +37,7 @@ def test_sweep_folder_reads_like_root(tmp_path):
     assert {r.run_id for r in load_runs(tmp_path / "grid").rows} == {"run0", "run1", "run2"}
 
 
-def test_runs_of_several_sweeps_are_fitted_with_a_warning(tmp_path, caplog):
+def test_mixed_sweeps_warn(tmp_path, caplog):
     """The RUNS root may hold sweeps trained with other settings; fitting them together is named, not silent."""
     _write_sweep(tmp_path, "demo", count=3)
     _write_sweep(tmp_path, "adhoc", count=1)

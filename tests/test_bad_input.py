@@ -94,7 +94,7 @@ def test_runs_folder_that_is_a_file(command, capsys, tmp_path, monkeypatch):
     assert sorted(tmp_path.iterdir()) == [taken]
 
 
-def test_runs_folder_inside_a_file_or_beside_a_given_sweep(capsys, tmp_path):
+def test_runs_folder_inside_file(capsys, tmp_path):
     """A --runs path below a file, and --runs beside an explicit RUNS for fit or with train: one line each."""
     taken = tmp_path / "notes.txt"
     taken.write_text("not a runs folder\n")

@@ -21,7 +21,8 @@ def test_tiny_run_reports_every_layout():
     for row in report["rows"]:
         assert len(row["ms"]) == len(row["gflops_per_s"]) == 2
         for ms, rate in zip(row["ms"], row["gflops_per_s"]):
-            assert ms > 0 and rate >= 0
+            assert ms > 0
+            assert rate >= 0
 
 
 def test_profile_step_attributes_kernels_to_model_parts():
@@ -32,5 +33,6 @@ def test_profile_step_attributes_kernels_to_model_parts():
     lines = done.stdout.splitlines()
     assert lines[0].startswith("d_model 32, 1 layers: step")
     parts = [line.split("kernels", 1)[1].strip() for line in lines[1:]]
-    assert "fwd block_N/attention" in parts and "bwd block_N/attention" in parts
+    assert "fwd block_N/attention" in parts
+    assert "bwd block_N/attention" in parts
     assert any(part.startswith("fwd block_N/mlp") for part in parts)

@@ -278,7 +278,7 @@ def test_plan_without_probe_prints_every_run_and_totals(corpus_dir, tmp_path, ca
     assert plan["totals"]["wall_seconds"] <= plan["totals"]["seconds_one_worker"]
 
 
-def test_plan_state_is_the_checkpoint_a_run_resumes_from(corpus_dir, tmp_path):
+def test_plan_state_resume_step(corpus_dir, tmp_path):
     """An interrupted run's metric rows go past its newest checkpoint; the plan shows where it resumes."""
     from scaling.run_store import RunDir, initial_summary
     from sweeps.plan import run_state
