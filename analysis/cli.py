@@ -260,13 +260,14 @@ def _kaplan_table(kaplan: dict[str, Any]):
                   + (f", {level} intervals from {summary['replicates']} bootstraps" if summary else ""))
     published = kaplan.get("published", {})
     columns = ("law", "exponent", f"{level} interval", "Kaplan 2020", "x_c", f"{level} interval", "E", "points")
-    keep = [bool(summary) or "interval" not in column for column in columns]  # no interval columns unbootstrapped
+    # Without a bootstrap the interval columns are left out rather than filled with dashes.
+    shown = [bool(summary) or "interval" not in column for column in columns]
 
     def add_row(*cells: str) -> None:
-        table.add_row(*(cell for cell, kept in zip(cells, keep) if kept))
+        table.add_row(*(cell for cell, is_shown in zip(cells, shown) if is_shown))
 
-    for column, kept in zip(columns, keep):
-        if kept:
+    for column, is_shown in zip(columns, shown):
+        if is_shown:
             table.add_column(column, overflow="fold")
     for name, fit in kaplan["fits"].items():
         their = f"{published[name]['exponent']:.3f}" if name in published else "-"

@@ -156,12 +156,12 @@ def _bounds(bounds: list[float] | None, spec: str) -> str:
 def _table(headers: list[str], rows: list[list[str]], *, intervals: bool) -> list[str]:
     """Return the lines of a Markdown table. Without `intervals` (no bootstrap was run), the columns whose
     header names an interval are left out rather than filled with dashes."""
-    keep = [intervals or "interval" not in header for header in headers]
+    shown = [intervals or "interval" not in header for header in headers]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell for cell, kept in zip(cells, keep) if kept) + " |"
+        return "| " + " | ".join(cell for cell, is_shown in zip(cells, shown) if is_shown) + " |"
 
-    return [line(headers), "|" + " --- |" * sum(keep), *(line(row) for row in rows)]
+    return [line(headers), "|" + " --- |" * sum(shown), *(line(row) for row in rows)]
 
 
 def _kaplan_section(fit: dict[str, Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Where one training step's time goes on CPU: XLA's kernels grouped by the model part they come from.
+"""A profile of one training step on CPU: XLA's kernel time, grouped by the model part each kernel comes from.
 
 The script traces a few calls of the compiled step of the throughput benchmark's model
 (`scaling.train.Trainer`, 4 layers, heads of 32, vocabulary 256, batch 8 x 256) with `jax.profiler`.

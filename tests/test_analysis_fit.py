@@ -214,7 +214,7 @@ def test_progress_counts_every_step(tmp_path, monkeypatch, bootstraps, methods, 
     import analysis.fit
     from analysis.progress import StepProgress
 
-    shown = []
+    steps_seen = []
 
     class Recording(StepProgress):
         def __init__(self, total, enabled=True):
@@ -222,21 +222,21 @@ def test_progress_counts_every_step(tmp_path, monkeypatch, bootstraps, methods, 
             self.total = total
 
         def step(self, description):
-            shown.append(description)
+            steps_seen.append(description)
             return super().step(description)
 
         def __exit__(self, *exc_info):
-            shown.append(self._bar.tasks[0].completed == self.total)
+            steps_seen.append(self._bar.tasks[0].completed == self.total)
             super().__exit__(*exc_info)
 
     monkeypatch.setattr(analysis.fit, "StepProgress", Recording)
     _write_isoflop_sweep(tmp_path / "runs", noise=0.01)
     fit_runs(tmp_path / "runs", tmp_path / "out", starts=16, bootstraps=bootstraps, plot=plot, methods=methods,
              progress=True)
-    assert shown[-1] is True
-    assert shown[0].startswith("approach 3 from 16")
-    assert ("plots" in shown) == plot
-    assert any("bootstrap" in step for step in shown[:-1]) == bool(bootstraps)
+    assert steps_seen[-1] is True  # the line ended full
+    assert steps_seen[0].startswith("approach 3 from 16")
+    assert ("plots" in steps_seen) == plot
+    assert any("bootstrap" in step for step in steps_seen[:-1]) == bool(bootstraps)
 
 
 def test_no_bootstrap_means_no_intervals(tmp_path, capsys, monkeypatch):
