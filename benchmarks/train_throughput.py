@@ -63,8 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every engine (default 2)")
     parser.add_argument("--compute-dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                         help="activation dtype of both engines; auto: bfloat16 on a GPU or TPU, float32 on CPU")
-    parser.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn"),
-                        help="JAX attention; auto: cuDNN flash attention on an NVIDIA GPU in bfloat16, else XLA")
+    parser.add_argument("--attention", default="auto", choices=("auto", "xla", "fused", "cudnn"),
+                        help="JAX attention; auto: cuDNN flash attention on an NVIDIA GPU in bfloat16, the fused "
+                             "CPU kernel on a CPU in float32, else XLA")
+    parser.add_argument("--compare-attention", choices=("xla", "fused"), default=None,
+                        help="also time the JAX trainer with this attention, interleaved with the others")
     parser.add_argument("--peak-flops", type=float,
                         help="the chip's peak FLOP/s for MFU, for an accelerator that scaling.accelerators "
                              "does not know (default: its published dense bfloat16 peak)")
@@ -89,6 +92,7 @@ from scaling.accounting import parameter_counts, training_flops_per_token  # noq
 from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig  # noqa: E402
 from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory  # noqa: E402
 from scaling.schedule import schedule_values  # noqa: E402
+from models import fused_attention  # noqa: E402
 from models.attention import check_cudnn_available  # noqa: E402
 from scaling.accelerators import known_parts, published_bf16_peak  # noqa: E402
 from scaling.errors import UserError  # noqa: E402
@@ -107,7 +111,18 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.compute_dtype = "bfloat16" if ON_ACCELERATOR else "float32"
     if args.attention == "auto":
         nvidia = jax.default_backend() == "gpu" and "nvidia" in jax.devices()[0].device_kind.lower()
-        args.attention = "cudnn" if nvidia and args.compute_dtype == "bfloat16" else "xla"
+        if nvidia and args.compute_dtype == "bfloat16":
+            args.attention = "cudnn"
+        elif args.compute_dtype == "float32" and fused_attention.auto_uses_kernel():
+            args.attention = "fused"
+        else:
+            args.attention = "xla"
+    for choice in {args.attention, args.compare_attention} & {"fused"}:
+        reason = fused_attention.unavailable_reason()
+        if args.compute_dtype != "float32":
+            reason = f"it computes in float32 only, not {args.compute_dtype}"
+        if reason is not None:
+            raise UserError(f"attention {choice} cannot run: {reason}; pass --attention xla")
     if args.attention == "cudnn":
         try:  # a clear error now, not after the first size
             check_cudnn_available(jnp.dtype(args.compute_dtype))
@@ -119,10 +134,10 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def model_config(d_model: int, args: argparse.Namespace) -> ModelConfig:
+def model_config(d_model: int, args: argparse.Namespace, attention: str | None = None) -> ModelConfig:
     return ModelConfig(vocab_size=args.vocab, d_model=d_model, n_layers=args.layers,
                        n_heads=max(1, d_model // args.head_dim), max_seq_len=args.seq_len,
-                       compute_dtype=args.compute_dtype, attention_impl=args.attention)
+                       compute_dtype=args.compute_dtype, attention_impl=attention or args.attention)
 
 
 def train_config(model: ModelConfig, args: argparse.Namespace, steps: int) -> TrainConfig:
@@ -389,6 +404,9 @@ def measure(args: argparse.Namespace) -> dict:
         rate_guess = published_peak or measured_peak
         steps = args.steps or max(2, round(2.0 * rate_guess * 0.4 / (flops_per_token * tokens_per_step)))
         engines = {"jax": JaxRunner(model, args, steps)}
+        compared = f"jax_{args.compare_attention}_attention"
+        if args.compare_attention:
+            engines[compared] = JaxRunner(model_config(d_model, args, args.compare_attention), args, steps)
         errors = {}
         if use_torch:
             engines["torch_eager"] = torch_runner(model, args, steps, compiled=False, device=torch_device)
@@ -414,6 +432,9 @@ def measure(args: argparse.Namespace) -> dict:
             "tokens_per_s": round(rates["jax"], 1),
             "mfu": None,  # filled in below, once the run's best matrix multiply is known
         }
+        if args.compare_attention:
+            row[f"{compared}_tokens_per_s"] = round(rates[compared], 1)
+            row[f"ratio_vs_{compared}"] = round(rates["jax"] / rates[compared], 3)
         if use_torch:
             row["torch_eager_tokens_per_s"] = round(rates["torch_eager"], 1)
             row["ratio_vs_torch_eager"] = round(rates["jax"] / rates["torch_eager"], 3)

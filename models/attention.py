@@ -6,8 +6,12 @@ h reads key/value head h // (H // K): consecutive query heads share one key/valu
 as `jax.nn.dot_product_attention`.
 
 Implementations, chosen by `ModelConfig.attention_impl`:
-- "xla": the score matrix [L, S] in full, then a float32 softmax. The CPU default. For training (no cache, no
-  padding) it runs over blocks of queries, each reading only the keys up to its last query.
+- "auto" (the default): "fused" for float32 training on a one-device CPU process where its kernel builds,
+  else "xla".
+- "xla": the score matrix [L, S] in full, then a float32 softmax. For training (no cache, no padding) it
+  runs over blocks of queries, each reading only the keys up to its last query.
+- "fused": training attention (no cache, no padding) from a C++ kernel that computes each block of queries
+  in one pass, forward and backward (`models.fused_attention`); float32 on the CPU only.
 - "blockwise": an online softmax over blocks of keys (Milakov & Gimelshein 2018, arXiv:1805.02867;
   Rabe & Staats 2021, arXiv:2112.05682). It keeps a running maximum, normaliser and weighted sum per query,
   so memory grows with L x block instead of L x S, and the backward pass recomputes each block.
@@ -30,8 +34,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from models import fused_attention
 from scaling.errors import UserError
 
+IMPLEMENTATIONS = ("auto", "xla", "fused", "cudnn", "blockwise")
 DEFAULT_KEY_BLOCK = 128  # keys per block of the blockwise implementation
 # Query positions per block of the "xla" training path. 64 ran fastest of 32, 64 and 128 on 2 CPU cores at
 # d_model 64 and 512 (docs/benchmarks.md, "Training throughput").
@@ -67,14 +73,15 @@ def attention(
     query_index_L: jax.Array | None = None,
     key_valid_BxS: jax.Array | None = None,
     causal: bool = True,
-    implementation: str = "xla",
+    implementation: str = "auto",
     key_block: int = DEFAULT_KEY_BLOCK,
 ) -> jax.Array:
     """Return the attention output [B, L, H, E] in the dtype of `q_BxLxHxE`.
 
     Defaults describe self-attention without a cache: query i sits in slot i and every key is real.
-    "cudnn" runs only in that case (no cache, no padding). With a cache or padding the XLA implementation
-    runs instead, because single-token decode reads the cache once and gains nothing from a fused kernel.
+    "cudnn" and "fused" run only in that case (no cache, no padding). With a cache or padding the XLA
+    implementation runs instead, because single-token decode reads the cache once and gains nothing from a
+    fused kernel.
     """
     batch, length = q_BxLxHxE.shape[:2]
     keys = k_BxSxKxE.shape[1]
@@ -84,15 +91,18 @@ def attention(
     if key_valid_BxS is None:
         key_valid_BxS = jnp.ones((batch, keys), bool)
 
-    if implementation == "cudnn" and plain_self_attention and causal:
-        return attention_cudnn(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)
-    if implementation == "xla" and plain_self_attention and causal:
-        return causal_attention_xla(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)
+    if implementation not in IMPLEMENTATIONS:
+        raise UserError(f"attention_impl={implementation!r} is not one of: {', '.join(IMPLEMENTATIONS)}")
+    if plain_self_attention and causal:
+        if implementation == "cudnn":
+            return attention_cudnn(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)
+        if implementation == "fused" or (implementation == "auto" and _auto_fused(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)):
+            return attention_fused(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)
+        if implementation in ("xla", "auto"):
+            return causal_attention_xla(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)
     if implementation == "blockwise":
         return attention_blockwise(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, query_index_L, key_valid_BxS, causal, key_block)
-    if implementation in ("xla", "cudnn"):
-        return attention_xla(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, query_index_L, key_valid_BxS, causal)
-    raise UserError(f"attention_impl={implementation!r} is not one of: xla, cudnn, blockwise")
+    return attention_xla(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, query_index_L, key_valid_BxS, causal)
 
 
 def _group_queries(q_BxLxHxE: jax.Array, kv_heads: int) -> jax.Array:
@@ -327,6 +337,27 @@ def attention_blockwise(
     out_BxKxGxLxE = sum_BxKxGxLxE / norm_BxKxGxL[..., None]
     out_BxLxKxGxE = jnp.moveaxis(out_BxKxGxLxE, 3, 1)
     return out_BxLxKxGxE.reshape(batch, length, heads, head_dim).astype(q_BxLxHxE.dtype)
+
+
+def _float32(*arrays: jax.Array) -> bool:
+    return all(x.dtype == jnp.float32 for x in arrays)
+
+
+def _auto_fused(*arrays: jax.Array) -> bool:
+    return _float32(*arrays) and fused_attention.auto_uses_kernel()
+
+
+def attention_fused(q_BxLxHxE: jax.Array, k_BxLxKxE: jax.Array, v_BxLxKxE: jax.Array) -> jax.Array:
+    """Return causal self-attention from the fused CPU kernel; raise UserError where it cannot run."""
+    if not _float32(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE):
+        raise UserError(
+            f"attention_impl='fused' needs float32 activations, not {q_BxLxHxE.dtype.name}; "
+            "set compute_dtype='float32' (or 'auto' on CPU) or use attention_impl='xla'"
+        )
+    reason = fused_attention.unavailable_reason()
+    if reason is not None:
+        raise UserError(f"attention_impl='fused' cannot run: {reason}; use attention_impl='auto' or 'xla'")
+    return fused_attention.causal_attention_fused(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE)
 
 
 def attention_cudnn(q_BxLxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array) -> jax.Array:

@@ -19,7 +19,7 @@ from scaling.numbers import parse_number
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "gelu")
 POSITIONS = ("rope", "learned")
-ATTENTION_IMPLS = ("xla", "cudnn", "blockwise")
+ATTENTION_IMPLS = ("auto", "xla", "fused", "cudnn", "blockwise")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "linear")
 WANDB_MODES = ("online", "offline", "disabled", "auto")
@@ -30,6 +30,10 @@ _MESH_TEXT = re.compile(rf"^({'|'.join(MESH_LAYOUTS)})(?:=(\d+|all))?$")
 # TrainConfig fields that lay a run out on devices without changing what it computes. They are left out
 # when a run's recorded config is compared with a new one, so a run may resume under another layout.
 LAYOUT_FIELDS = ("mesh",)
+# ModelConfig fields that choose how the model is computed, not what: every attention implementation gives
+# the same function up to float32 rounding. Left out of the comparison too, so that a run started before
+# "auto" existed (recorded as "xla") resumes under the default.
+EXECUTION_FIELDS = ("attention_impl",)
 
 
 def swiglu_hidden_size(d_model: int, multiple_of: int = 32) -> int:
@@ -103,7 +107,7 @@ class ModelConfig:
     positions: str = "rope"  # "rope" or "learned"
     rope_base: float = 10000.0  # RoPE frequency base (theta)
     tie_embeddings: bool = True  # share the token embedding with the output head
-    attention_impl: str = "xla"  # "xla", "cudnn" (NVIDIA GPUs) or "blockwise" (memory-efficient, plain JAX)
+    attention_impl: str = "auto"  # "auto", "xla", "fused" (CPU), "cudnn" (NVIDIA GPUs) or "blockwise" (low memory)
     z_loss: float = 0.0  # weight of the log(Z)^2 auxiliary loss on the output logits; 0 disables it
     compute_dtype: str = "auto"  # activations: "auto" (bfloat16 on GPU/TPU, float32 on CPU), "float32", "bfloat16", "float16"; parameters stay float32
 
@@ -267,8 +271,8 @@ class TrainConfig:
 
 
 def run_identity(raw: dict[str, Any]) -> dict[str, Any]:
-    """Return a config dict (`TrainConfig.to_dict()` or one read from config.json) without its layout fields
-    and without `data.path`.
+    """Return a config dict (`TrainConfig.to_dict()` or one read from config.json) without its layout and
+    execution fields and without `data.path`.
 
     Two configs with equal identities train the same model on the same data to the same losses, so they
     are one run however it is spread over devices. The corpus is identified by its fingerprint, which
@@ -276,6 +280,8 @@ def run_identity(raw: dict[str, Any]) -> dict[str, Any]:
     path may resume with the absolute one, or after its corpus folder moved.
     """
     identity = {key: value for key, value in raw.items() if key not in LAYOUT_FIELDS}
+    if isinstance(identity.get("model"), dict):
+        identity["model"] = {key: value for key, value in identity["model"].items() if key not in EXECUTION_FIELDS}
     if isinstance(identity.get("data"), dict):
         identity["data"] = {key: value for key, value in identity["data"].items() if key != "path"}
     return identity

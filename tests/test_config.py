@@ -1,5 +1,6 @@
 """Configs reject invalid shapes and unknown keys with one-line errors that name the value."""
 
+import dataclasses
 import re
 
 import pytest
@@ -80,6 +81,16 @@ def test_run_identity_drops_only_layout_fields():
     identity = run_identity(raw)
     assert "mesh" not in identity
     assert set(raw) - set(identity) == set(LAYOUT_FIELDS)
+
+
+def test_same_run_under_another_attention():
+    # A run recorded with "xla" (the default before "auto") resumes under "auto": both compute the same model.
+    config = TrainConfig(tokens=123456)
+    recorded = config.replace(model=dataclasses.replace(config.model, attention_impl="xla")).to_dict()
+    assert config.model.attention_impl == "auto"
+    assert same_run(recorded, config)
+    assert "attention_impl" not in run_identity(recorded)["model"]
+    assert not same_run(recorded, config.replace(model=dataclasses.replace(config.model, d_model=96)))
 
 
 def test_same_run_under_another_corpus_path():

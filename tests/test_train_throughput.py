@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from models import fused_attention
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
 TINY = ["--sizes", "32", "--layers", "1", "--seq-len", "16", "--batch", "2", "--repeats", "1", "--steps", "2",
@@ -33,7 +35,9 @@ def test_tiny_run_reports_every_key(dtype):
 
     assert report["backend"] == "cpu"
     assert report["compute_dtype"] == dtype
-    assert report["attention_impl"] == "xla"
+    # "auto" runs the fused CPU kernel in float32 where it builds (models.fused_attention), else XLA's path.
+    fused_here = dtype == "float32" and fused_attention.unavailable_reason() is None
+    assert report["attention_impl"] == ("fused" if fused_here else "xla")
     assert report["mfu_peak_source"] == "measured"
     assert report["mfu_peak_flops"] == report["matmul_peak_flops"] > 0
     assert report["matmul_peak_flops"] == pytest.approx(max(report["matmul_rates"].values()))  # rates are rounded
@@ -60,8 +64,21 @@ def test_tiny_run_beside_torch_eager():
                                                         rel=1e-2)
 
 
+def test_compare_attention_times_both_paths():
+    if fused_attention.unavailable_reason() is not None:
+        pytest.skip(f"fused kernel unavailable: {fused_attention.unavailable_reason()}")
+    done = run_benchmark(*TINY, "--no-torch", "--attention", "fused", "--compare-attention", "xla")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(done.stdout)["sizes"]
+    assert row["jax_xla_attention_tokens_per_s"] > 0
+    assert row["ratio_vs_jax_xla_attention"] == pytest.approx(
+        row["tokens_per_s"] / row["jax_xla_attention_tokens_per_s"], rel=1e-2)
+
+
 @pytest.mark.parametrize("options, message", [
     (["--attention", "cudnn"], "--attention cudnn cannot run"),
+    (["--attention", "fused", "--compute-dtype", "bfloat16"],
+     "attention fused cannot run: it computes in float32 only, not bfloat16"),
     (["--peak-flops", "-1"], "--peak-flops -1.0 must be positive"),
 ])
 def test_impossible_option_exits_2(options, message):

@@ -1,0 +1,416 @@
+// Fused causal self-attention for the CPU, forward and backward, called from JAX through XLA's FFI.
+//
+// XLA:CPU runs attention as about ten separate kernels per block of queries (score product, maximum,
+// exponent, sum, scaling, value product, and as many again in the backward pass), each writing its result
+// to memory. Here one task per (batch row, key/value head) keeps its keys and values in contiguous buffers,
+// and each block of 64 queries goes from scores to output while the scores are still in cache
+// (docs/benchmarks.md, "Training throughput", finding 17).
+//
+// The backward pass recomputes the softmax weights from the saved log-sum-exp of each query's scores and
+// uses dS = P (dP - D), D = rowsum(dO * O) (Dao et al. 2022, arXiv:2205.14135, appendix B.2).
+//
+// Layouts are the model's: q and out [B, L, H, E], k and v [B, L, K, E], log-sum-exp [B, H, L], all
+// float32 and row-major. Query head h reads key/value head h / G with G = H / K.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Queries per block. A block's scores take 64 x keys x 4 bytes: 64 KB at 256 keys, 1 MB at 4,096.
+constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kRows = 8;         // rows of the register tile in `Product`
+constexpr int64_t kLanes = 16;       // floats in one vector of `Vec`
+
+// 16 floats; on CPUs without 512-bit vectors the compiler splits each operation in two.
+typedef float Vec __attribute__((vector_size(64), aligned(4)));
+
+inline Vec Zero() { return Vec{}; }
+inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
+inline void Store(float* p, Vec v) { *reinterpret_cast<Vec*>(p) = v; }
+
+// exp(x) within 2 ulp, for x <= 0: x = n ln 2 + r with |r| <= ln 2 / 2, exp(r) from a degree 6 polynomial
+// (the Cephes expf coefficients), 2^n written into the exponent bits. Below -87, where float32 underflows,
+// the result is 0. Written on whole vectors because the C library's expf is a function call per element.
+inline Vec Exp(Vec x) {
+  const Vec low = Zero() - 87.0f;
+  const Vec clamped = x < low ? low : x;
+  // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer in float arithmetic.
+  const Vec n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  Vec r = clamped - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  Vec p = Zero() + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  typedef int32_t IntVec __attribute__((vector_size(64)));
+  const IntVec bits = (__builtin_convertvector(n, IntVec) + 127) << 23;
+  Vec two_to_n;
+  std::memcpy(&two_to_n, &bits, sizeof(two_to_n));
+  return x < low ? Zero() : p * two_to_n;
+}
+
+// Horizontal sum and maximum of one vector, halving it three times (a chain of 15 scalar operations was a
+// visible cost on rows of 64 keys).
+typedef float Half __attribute__((vector_size(32)));
+typedef float Quarter __attribute__((vector_size(16)));
+
+inline Quarter FoldToQuarter(Vec v, bool maximum) {
+  Half low, high;
+  std::memcpy(&low, &v, sizeof(low));
+  std::memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof(low), sizeof(high));
+  const Half half = maximum ? (low > high ? low : high) : low + high;
+  Quarter a, b;
+  std::memcpy(&a, &half, sizeof(a));
+  std::memcpy(&b, reinterpret_cast<const char*>(&half) + sizeof(a), sizeof(b));
+  return maximum ? (a > b ? a : b) : a + b;
+}
+
+inline float ReduceSum(Vec v) {
+  const Quarter q = FoldToQuarter(v, false);
+  return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
+inline float ReduceMax(Vec v) {
+  const Quarter q = FoldToQuarter(v, true);
+  return std::max(std::max(q[0], q[2]), std::max(q[1], q[3]));
+}
+
+float Max(const float* x, int64_t n) {  // n a multiple of 16
+  Vec acc = Load(x);
+  for (int64_t j = kLanes; j < n; j += kLanes) {
+    const Vec v = Load(x + j);
+    acc = v > acc ? v : acc;
+  }
+  return ReduceMax(acc);
+}
+
+// Sets row[j] = exp(row[j] - shift) for the visible keys j < visible and 0 after them, and returns the sum
+// of the row; n is a multiple of 16.
+float ExpRow(float* row, int64_t visible, int64_t n, float shift) {
+  for (int64_t j = visible; j < n; ++j) row[j] = -std::numeric_limits<float>::infinity();
+  Vec sum = Zero();
+  for (int64_t j = 0; j < n; j += kLanes) {
+    const Vec e = Exp(Load(row + j) - shift);
+    Store(row + j, e);
+    sum += e;
+  }
+  return ReduceSum(sum);
+}
+
+// Returns the dot product of two rows of n floats, n a multiple of 16.
+float Dot(const float* x, const float* y, int64_t n) {
+  Vec acc = Zero();
+  for (int64_t j = 0; j < n; j += kLanes) acc += Load(x + j) * Load(y + j);
+  return ReduceSum(acc);
+}
+
+int64_t RoundUp(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// Buffers padded with zeros to whole tiles, so that the inner loops have no edge cases.
+struct Padded {
+  int64_t rows = 0, cols = 0;
+  std::vector<float> data;
+  void Reset(int64_t r, int64_t c) {
+    rows = r;
+    cols = c;
+    data.assign(static_cast<size_t>(r * c), 0.0f);
+  }
+  // The same shape without clearing, for buffers that a product or a copy overwrites whole.
+  void Resize(int64_t r, int64_t c) {
+    rows = r;
+    cols = c;
+    if (data.size() < static_cast<size_t>(r * c)) data.resize(static_cast<size_t>(r * c));
+  }
+  float* Row(int64_t r) { return data.data() + r * cols; }
+};
+
+// C[8 x 16 NV] (+)= alpha * A[4 x depth] B[depth x 16 NV], with 8 NV vector accumulators in registers.
+template <int NV>
+inline void Tile(int64_t depth, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                 float alpha, bool accumulate) {
+  Vec acc[kRows][NV] = {};
+  for (int64_t p = 0; p < depth; ++p) {
+    Vec bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = *reinterpret_cast<const Vec*>(b + p * ldb + kLanes * v);
+    for (int r = 0; r < kRows; ++r) {
+      const float s = a[r * lda + p];
+      for (int v = 0; v < NV; ++v) acc[r][v] += s * bv[v];
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int v = 0; v < NV; ++v) {
+      Vec* out = reinterpret_cast<Vec*>(c + r * ldc + kLanes * v);
+      *out = accumulate ? *out + alpha * acc[r][v] : alpha * acc[r][v];
+    }
+  }
+}
+
+// C[m x n] (+)= alpha * A[m x depth] B[depth x n], row-major, m a multiple of 8 and n of 16.
+void Product(int64_t m, int64_t n, int64_t depth, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+             int64_t ldc, float alpha, bool accumulate) {
+  for (int64_t i = 0; i < m; i += kRows) {
+    int64_t j = 0;
+    for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
+      Tile<2>(depth, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, alpha, accumulate);
+    }
+    if (j < n) Tile<1>(depth, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, alpha, accumulate);
+  }
+}
+
+// dst[c][r] = src[r][c] for the first `rows` rows and `cols` columns.
+void Transpose(int64_t rows, int64_t cols, const float* src, int64_t lds, float* dst, int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+}
+
+// Runs fn(0) .. fn(n - 1) on the calling thread and on helpers from XLA's thread pool. Tasks are claimed
+// from a shared counter, so the caller never waits for a helper that has not started: a helper that starts
+// after all tasks are claimed returns at once. That keeps two such calls on a two-thread pool from each
+// waiting for the other's helper.
+template <typename F>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, F fn) {
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::mutex mutex;
+    std::condition_variable all_done;
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, n, &fn]() {
+    for (int64_t i = state->next++; i < n; i = state->next++) {
+      fn(i);
+      if (++state->done == n) {
+        std::lock_guard<std::mutex> lock(state->mutex);
+        state->all_done.notify_all();
+      }
+    }
+  };
+  // Helpers that start late never call fn (the counter is past n), so capturing fn by reference is safe.
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  for (int64_t i = 0; i < helpers; ++i) {
+    auto helper = work;
+    pool.Schedule(std::move(helper));
+  }
+  work();
+  std::unique_lock<std::mutex> lock(state->mutex);
+  state->all_done.wait(lock, [&] { return state->done.load() == n; });
+}
+
+struct Shape {
+  int64_t batch, length, heads, kv_heads, head_dim;
+  int64_t groups() const { return heads / kv_heads; }
+  int64_t q_offset(int64_t b, int64_t t, int64_t h) const { return ((b * length + t) * heads + h) * head_dim; }
+  int64_t kv_offset(int64_t b, int64_t t, int64_t k) const { return ((b * length + t) * kv_heads + k) * head_dim; }
+};
+
+ffi::Error ReadShape(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k, Shape* shape) {
+  auto qd = q.dimensions();
+  auto kd = k.dimensions();
+  if (qd.size() != 4 || kd.size() != 4) return ffi::Error::InvalidArgument("attention inputs must be 4-D");
+  *shape = Shape{qd[0], qd[1], qd[2], kd[2], qd[3]};
+  if (kd[0] != qd[0] || kd[1] != qd[1] || kd[3] != qd[3] || shape->heads % shape->kv_heads != 0) {
+    return ffi::Error::InvalidArgument("keys must be [B, L, K, E] with K dividing the query heads");
+  }
+  return ffi::Error::Success();
+}
+
+// Keys or values of one (batch row, key/value head): as rows [Lp x Ep] or transposed [E x Lp].
+void GatherRows(const Shape& s, const float* x, int64_t b, int64_t kh, Padded* rows) {
+  rows->Reset(RoundUp(s.length, 2 * kLanes), RoundUp(s.head_dim, kLanes));
+  for (int64_t t = 0; t < s.length; ++t) std::memcpy(rows->Row(t), x + s.kv_offset(b, t, kh), s.head_dim * 4);
+}
+
+void GatherColumns(const Shape& s, const float* x, int64_t b, int64_t kh, Padded* cols) {
+  cols->Reset(s.head_dim, RoundUp(s.length, 2 * kLanes));
+  for (int64_t t = 0; t < s.length; ++t) {
+    const float* src = x + s.kv_offset(b, t, kh);
+    for (int64_t e = 0; e < s.head_dim; ++e) cols->Row(e)[t] = src[e];
+  }
+}
+
+// Queries start .. start + rows - 1 of head h, as rows [Rp x Ep].
+void GatherQueries(const Shape& s, const float* x, int64_t b, int64_t h, int64_t start, int64_t rows, Padded* out) {
+  out->Reset(RoundUp(rows, kRows), RoundUp(s.head_dim, kLanes));
+  for (int64_t i = 0; i < rows; ++i) std::memcpy(out->Row(i), x + s.q_offset(b, start + i, h), s.head_dim * 4);
+}
+
+// Scores of a query block against keys 0 .. keys - 1, scaled by 1/sqrt(E), into `scores` [Rp x keys_p].
+void BlockScores(const Shape& s, const Padded& queries, const Padded& keys_t, int64_t keys, Padded* scores) {
+  const int64_t keys_p = RoundUp(keys, kLanes);
+  scores->Resize(queries.rows, keys_p);
+  Product(queries.rows, keys_p, s.head_dim, queries.data.data(), queries.cols, keys_t.data.data(), keys_t.cols,
+          scores->data.data(), keys_p, 1.0f / std::sqrt(static_cast<float>(s.head_dim)), false);
+}
+
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                       ffi::Buffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+  Shape s;
+  if (ffi::Error error = ReadShape(q, k, &s); error.failure()) return error;
+  const float* qp = q.typed_data();
+  const float* kp = k.typed_data();
+  const float* vp = v.typed_data();
+  float* op = out->typed_data();
+  float* lp = lse->typed_data();
+
+  ParallelFor(pool, s.batch * s.kv_heads, [&](int64_t task) {
+    const int64_t b = task / s.kv_heads, kh = task % s.kv_heads;
+    Padded keys_t, values, queries, weights, block_out;
+    GatherColumns(s, kp, b, kh, &keys_t);
+    GatherRows(s, vp, b, kh, &values);
+    for (int64_t h = kh * s.groups(); h < (kh + 1) * s.groups(); ++h) {
+      for (int64_t start = 0; start < s.length; start += kQueryBlock) {
+        const int64_t rows = std::min(kQueryBlock, s.length - start), keys = start + rows;
+        GatherQueries(s, qp, b, h, start, rows, &queries);
+        BlockScores(s, queries, keys_t, keys, &weights);
+
+        // Softmax of each query's visible scores; later keys (and padding rows) get weight 0.
+        std::vector<float> inverse_sum(queries.rows, 0.0f);
+        for (int64_t i = 0; i < rows; ++i) {
+          float* row = weights.Row(i);
+          const int64_t visible = start + i + 1;
+          std::fill(row + visible, row + weights.cols, -std::numeric_limits<float>::infinity());
+          const float max = Max(row, weights.cols);
+          const float sum = ExpRow(row, visible, weights.cols, max);
+          inverse_sum[i] = 1.0f / sum;
+          lp[(b * s.heads + h) * s.length + start + i] = max + std::log(sum);
+        }
+        for (int64_t i = rows; i < queries.rows; ++i) std::fill(weights.Row(i), weights.Row(i) + weights.cols, 0.0f);
+
+        block_out.Resize(queries.rows, values.cols);
+        Product(queries.rows, values.cols, weights.cols, weights.data.data(), weights.cols, values.data.data(),
+                values.cols, block_out.data.data(), block_out.cols, 1.0f, false);
+        for (int64_t i = 0; i < rows; ++i) {
+          float* dst = op + s.q_offset(b, start + i, h);
+          for (int64_t e = 0; e < s.head_dim; ++e) dst[e] = block_out.Row(i)[e] * inverse_sum[i];
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                        ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse,
+                        ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
+                        ffi::ResultBuffer<ffi::F32> dv) {
+  Shape s;
+  if (ffi::Error error = ReadShape(q, k, &s); error.failure()) return error;
+  const float* qp = q.typed_data();
+  const float* kp = k.typed_data();
+  const float* vp = v.typed_data();
+  const float* op = out.typed_data();
+  const float* lp = lse.typed_data();
+  const float* dop = dout.typed_data();
+  float* dqp = dq->typed_data();
+  float* dkp = dk->typed_data();
+  float* dvp = dv->typed_data();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+
+  ParallelFor(pool, s.batch * s.kv_heads, [&](int64_t task) {
+    const int64_t b = task / s.kv_heads, kh = task % s.kv_heads;
+    // dK and dV are accumulated transposed, [Ep x Lp], so that each block adds a product whose small factor
+    // (the block's Q^T or dO^T, [Ep x R]) is the one transposed, not the [R x keys] weights.
+    Padded keys_t, keys, values_t, dkeys_t, dvalues_t, queries, outs, douts, weights, dweights, transposed, block_dq;
+    GatherColumns(s, kp, b, kh, &keys_t);
+    GatherRows(s, kp, b, kh, &keys);
+    GatherColumns(s, vp, b, kh, &values_t);
+    dkeys_t.Reset(RoundUp(s.head_dim, kRows), keys.rows);
+    dvalues_t.Reset(RoundUp(s.head_dim, kRows), keys.rows);
+
+    for (int64_t h = kh * s.groups(); h < (kh + 1) * s.groups(); ++h) {
+      for (int64_t start = 0; start < s.length; start += kQueryBlock) {
+        const int64_t rows = std::min(kQueryBlock, s.length - start), visible_keys = start + rows;
+        GatherQueries(s, qp, b, h, start, rows, &queries);
+        GatherQueries(s, op, b, h, start, rows, &outs);
+        GatherQueries(s, dop, b, h, start, rows, &douts);
+        BlockScores(s, queries, keys_t, visible_keys, &weights);
+        const int64_t cols = weights.cols;
+
+        // P from the saved log-sum-exp, and D = rowsum(dO * O).
+        std::vector<float> delta(queries.rows, 0.0f);
+        for (int64_t i = 0; i < rows; ++i) {
+          float* row = weights.Row(i);
+          const int64_t visible = start + i + 1;
+          const float log_sum = lp[(b * s.heads + h) * s.length + start + i];
+          ExpRow(row, visible, cols, log_sum);
+          delta[i] = Dot(douts.Row(i), outs.Row(i), douts.cols);
+        }
+
+        // dS = P (dO V^T - D), kept in `dweights`.
+        dweights.Resize(queries.rows, cols);
+        Product(queries.rows, cols, s.head_dim, douts.data.data(), douts.cols, values_t.data.data(), values_t.cols,
+                dweights.data.data(), cols, 1.0f, false);
+        for (int64_t i = 0; i < queries.rows; ++i) {
+          float* ds = dweights.Row(i);
+          const float* p = weights.Row(i);
+          for (int64_t j = 0; j < cols; ++j) ds[j] = p[j] * (ds[j] - delta[i]);
+        }
+
+        // dQ = scale dS K.
+        block_dq.Resize(queries.rows, keys.cols);
+        Product(queries.rows, keys.cols, cols, dweights.data.data(), cols, keys.data.data(), keys.cols,
+                block_dq.data.data(), block_dq.cols, scale, false);
+        for (int64_t i = 0; i < rows; ++i) std::memcpy(dqp + s.q_offset(b, start + i, h), block_dq.Row(i), s.head_dim * 4);
+
+        // dV += P^T dO and dK += scale dS^T Q over the block's keys.
+        transposed.Reset(dkeys_t.rows, queries.rows);
+        Transpose(queries.rows, s.head_dim, douts.data.data(), douts.cols, transposed.data.data(), queries.rows);
+        Product(dvalues_t.rows, cols, queries.rows, transposed.data.data(), queries.rows, weights.data.data(), cols,
+                dvalues_t.data.data(), dvalues_t.cols, 1.0f, true);
+        Transpose(queries.rows, s.head_dim, queries.data.data(), queries.cols, transposed.data.data(), queries.rows);
+        Product(dkeys_t.rows, cols, queries.rows, transposed.data.data(), queries.rows, dweights.data.data(), cols,
+                dkeys_t.data.data(), dkeys_t.cols, scale, true);
+      }
+    }
+    for (int64_t t = 0; t < s.length; ++t) {
+      float* dk_row = dkp + s.kv_offset(b, t, kh);
+      float* dv_row = dvp + s.kv_offset(b, t, kh);
+      for (int64_t e = 0; e < s.head_dim; ++e) {
+        dk_row[e] = dkeys_t.Row(e)[t];
+        dv_row[e] = dvalues_t.Row(e)[t];
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ScalingCausalAttentionForward, ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ScalingCausalAttentionBackward, BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

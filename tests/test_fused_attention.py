@@ -1,0 +1,209 @@
+"""The fused CPU attention kernel: same values and gradients as XLA's path, causal, chosen by "auto", and
+a clear fallback or error where it cannot be built."""
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models import fused_attention
+from models.attention import attention, attention_xla
+from models.transformer import Transformer
+from scaling.config import ModelConfig
+from scaling.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+KERNEL_REASON = fused_attention.unavailable_reason()
+needs_kernel = pytest.mark.skipif(KERNEL_REASON is not None, reason=f"fused kernel unavailable: {KERNEL_REASON}")
+# The kernel builds wherever a C++ compiler is on PATH; there a failure to build is a bug, not a skip.
+COMPILER_HERE = bool(os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++"))
+
+
+def random_qkv(batch, length, heads, kv_heads, head_dim, seed=0):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((batch, length, heads, head_dim)).astype(np.float32)
+    k = rng.standard_normal((batch, length, kv_heads, head_dim)).astype(np.float32)
+    v = rng.standard_normal((batch, length, kv_heads, head_dim)).astype(np.float32)
+    return jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+
+
+def values_and_grads(fn, q, k, v, cotangent):
+    out, pullback = jax.vjp(fn, q, k, v)
+    return out, pullback(cotangent)
+
+
+def full_scores(q, k, v):
+    """XLA's attention from the whole [L, L] score matrix: the reference the fused kernel must match."""
+    length = q.shape[1]
+    return attention_xla(q, k, v, jnp.arange(length), jnp.ones((q.shape[0], length), bool))
+
+
+def test_compiler_present_means_kernel_builds():
+    if COMPILER_HERE and jax.default_backend() == "cpu":
+        assert KERNEL_REASON is None, KERNEL_REASON
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch,length,heads,kv_heads,head_dim", [
+    (2, 1, 2, 2, 16),     # one position, which attends only to itself
+    (2, 10, 4, 4, 8),     # head_dim below one vector of 16 floats
+    (3, 77, 6, 2, 24),    # grouped-query, length and head_dim that fill no whole tile
+    (1, 130, 4, 1, 32),   # multi-query, three blocks of 64 queries with a short last one
+    (2, 256, 2, 2, 64),   # the benchmark's length, four whole blocks
+])
+def test_fused_matches_full_scores(batch, length, heads, kv_heads, head_dim):
+    q, k, v = random_qkv(batch, length, heads, kv_heads, head_dim)
+    cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), jnp.float32)
+    expected_out, expected_grads = jax.jit(lambda: values_and_grads(full_scores, q, k, v, cotangent))()
+    fused_out, fused_grads = jax.jit(lambda: values_and_grads(
+        fused_attention.causal_attention_fused, q, k, v, cotangent))()
+
+    np.testing.assert_allclose(np.asarray(fused_out), np.asarray(expected_out), atol=1e-5, rtol=0)
+    for name, fused_grad, expected_grad in zip("qkv", fused_grads, expected_grads):
+        np.testing.assert_allclose(np.asarray(fused_grad), np.asarray(expected_grad), atol=2e-5, rtol=0,
+                                   err_msg=f"gradient of {name}")
+
+
+@needs_kernel
+def test_fused_is_causal():
+    # Changing positions 40 and later must leave every output before 40 bit for bit the same.
+    q, k, v = random_qkv(2, 100, 4, 2, 32, seed=2)
+    changed = [x.at[:, 40:].set(x[:, 40:] * -3.0 + 1.0) for x in (q, k, v)]
+    out = np.asarray(fused_attention.causal_attention_fused(q, k, v))
+    out_changed = np.asarray(fused_attention.causal_attention_fused(*changed))
+    np.testing.assert_array_equal(out_changed[:, :40], out[:, :40])
+    assert np.abs(out_changed[:, 40:] - out[:, 40:]).max() > 1e-2
+
+
+@needs_kernel
+def test_fused_is_deterministic():
+    # One task per (batch row, key/value head) whichever thread runs it: no result depends on the schedule.
+    q, k, v = random_qkv(4, 200, 4, 2, 32, seed=3)
+    grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(fused_attention.causal_attention_fused(q, k, v))),
+                            argnums=(0, 1, 2)))
+    first, second = grad(q, k, v), grad(q, k, v)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+SMALL = ModelConfig(vocab_size=50, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=96)
+
+
+def model_params(model: ModelConfig, seed: int = 0) -> dict:
+    shapes = jax.eval_shape(lambda: Transformer(model).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), jnp.float32), shapes["params"])
+
+
+@needs_kernel
+def test_model_gradients_match_xla():
+    params = model_params(SMALL)
+    tokens = jax.random.randint(jax.random.key(1), (2, 96), 0, SMALL.vocab_size)
+
+    def loss_and_grads(implementation):
+        model = Transformer(dataclasses.replace(SMALL, attention_impl=implementation))
+        loss = lambda p: jnp.mean(jax.nn.logsumexp(model.apply({"params": p}, tokens), axis=-1))
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    xla_loss, xla_grads = loss_and_grads("xla")
+    fused_loss, fused_grads = loss_and_grads("fused")
+    assert abs(float(fused_loss) - float(xla_loss)) < 1e-5
+    for fused_grad, xla_grad in zip(jax.tree.leaves(fused_grads), jax.tree.leaves(xla_grads)):
+        scale = float(jnp.abs(xla_grad).max())
+        assert float(jnp.abs(fused_grad - xla_grad).max()) <= 1e-5 * max(scale, 1.0)
+
+
+def custom_calls(implementation: str, dtype: str = "float32") -> int:
+    model = Transformer(dataclasses.replace(SMALL, attention_impl=implementation, compute_dtype=dtype))
+    params = model_params(SMALL)
+    tokens = jnp.zeros((1, 32), jnp.int32)
+    text = jax.jit(lambda p: model.apply({"params": p}, tokens)).lower(params).as_text()
+    return text.count(fused_attention.FORWARD_TARGET)
+
+
+@needs_kernel
+def test_auto_picks_fused_on_cpu():
+    # "auto" runs the kernel for float32 in a one-device CPU process, and XLA's path for bfloat16.
+    assert jax.device_count() == 1
+    assert custom_calls("auto") == SMALL.n_layers
+    assert custom_calls("fused") == SMALL.n_layers
+    assert custom_calls("xla") == 0
+    assert custom_calls("auto", "bfloat16") == 0  # the kernel is float32 only; "auto" keeps XLA's path
+
+
+@needs_kernel
+def test_fused_rejects_bfloat16():
+    with pytest.raises(UserError, match="attention_impl='fused' needs float32 activations, not bfloat16"):
+        custom_calls("fused", "bfloat16")
+
+
+def run_python(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+USE_ATTENTION = """
+    import logging, sys
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s")
+    import jax, jax.numpy as jnp
+    from models.attention import attention
+    from scaling.errors import UserError
+    q = jnp.ones((1, 8, 2, 16), jnp.float32)
+    print("auto", float(attention(q, q, q, implementation="auto").sum()))
+    try:
+        attention(q, q, q, implementation="fused")
+    except UserError as error:
+        print("fused error:", error)
+"""
+
+
+def test_no_compiler_fallback_and_error(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path / "empty-bin"), "SCALING_KERNEL_CACHE": str(tmp_path / "cache"),
+           "JAX_PLATFORMS": "cpu"}
+    env.pop("CXX", None)
+    result = run_python(USE_ATTENTION, env)
+    assert result.returncode == 0, result.stderr
+    assert "auto 256.0" in result.stdout  # all-ones inputs: every output is 1
+    assert "fused CPU attention is unavailable, so training attention runs on XLA's path: no C++ compiler" \
+        in result.stdout
+    assert "fused error: attention_impl='fused' cannot run: no C++ compiler found" in result.stdout
+    assert not list((tmp_path / "cache").glob("*.so"))
+
+
+def test_switch_keeps_auto_on_xla(tmp_path):
+    env = {**os.environ, "SCALING_FUSED_ATTENTION": "0", "JAX_PLATFORMS": "cpu"}
+    code = """
+        import jax.numpy as jnp
+        from models import fused_attention
+        from models.attention import attention
+        print("auto uses kernel:", fused_attention.auto_uses_kernel())
+    """
+    result = run_python(code, env)
+    assert result.returncode == 0, result.stderr
+    assert "auto uses kernel: False" in result.stdout
+
+
+@needs_kernel
+@pytest.mark.slow
+def test_two_processes_build_into_one_cache(tmp_path):
+    # Two sweep workers may start at once on a fresh machine: both must build or find the library and run.
+    env = {**os.environ, "SCALING_KERNEL_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"}
+    code = USE_ATTENTION.replace('implementation="fused")', 'implementation="fused"); print("fused ran")')
+    workers = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for worker in workers:
+        stdout, stderr = worker.communicate(timeout=300)
+        assert worker.returncode == 0, stderr
+        assert "auto 256.0" in stdout
+        assert "fused ran" in stdout
+    libraries = list((tmp_path / "cache").iterdir())
+    assert len(libraries) == 1  # no temporary file left behind
+    assert libraries[0].suffix == ".so"
