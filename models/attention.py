@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from models import fused_attention
+from models.rope import rotate_pairs
 from scaling.errors import UserError
 
 IMPLEMENTATIONS = ("auto", "xla", "fused", "cudnn", "blockwise")
@@ -75,6 +76,7 @@ def attention(
     causal: bool = True,
     implementation: str = "auto",
     key_block: int = DEFAULT_KEY_BLOCK,
+    rope: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
     """Return the attention output [B, L, H, E] in the dtype of `q_BxLxHxE`.
 
@@ -82,6 +84,9 @@ def attention(
     "cudnn" and "fused" run only in that case (no cache, no padding). With a cache or padding the XLA
     implementation runs instead, because single-token decode reads the cache once and gains nothing from a
     fused kernel.
+
+    `rope` = (cos, sin) tables [B, L, E/2] (`models.rope.rope_tables`) rotates queries and keys first: inside
+    the fused kernel when it runs, else with `models.rope.rotate_pairs`.
     """
     batch, length = q_BxLxHxE.shape[:2]
     keys = k_BxSxKxE.shape[1]
@@ -93,13 +98,19 @@ def attention(
 
     if implementation not in IMPLEMENTATIONS:
         raise UserError(f"attention_impl={implementation!r} is not one of: {', '.join(IMPLEMENTATIONS)}")
-    if plain_self_attention and causal:
-        if implementation == "cudnn":
-            return attention_cudnn(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)
-        if implementation == "fused" or (implementation == "auto" and _auto_fused(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)):
-            return attention_fused(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)
-        if implementation in ("xla", "auto"):
-            return causal_attention_xla(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)
+    if rope is not None and keys != length:
+        raise ValueError(f"rope tables cover {length} positions but there are {keys} keys; rotate cached keys first")
+    training = plain_self_attention and causal
+    if training and (implementation == "fused" or (
+            implementation == "auto" and _auto_fused(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE))):
+        return attention_fused(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, rope)
+
+    if rope is not None:
+        q_BxLxHxE, k_BxSxKxE = rotate_pairs(q_BxLxHxE, *rope), rotate_pairs(k_BxSxKxE, *rope)
+    if training and implementation == "cudnn":
+        return attention_cudnn(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)
+    if training and implementation in ("xla", "auto"):
+        return causal_attention_xla(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE)
     if implementation == "blockwise":
         return attention_blockwise(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, query_index_L, key_valid_BxS, causal, key_block)
     return attention_xla(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, query_index_L, key_valid_BxS, causal)
@@ -347,7 +358,9 @@ def _auto_fused(*arrays: jax.Array) -> bool:
     return _float32(*arrays) and fused_attention.auto_uses_kernel()
 
 
-def attention_fused(q_BxLxHxE: jax.Array, k_BxLxKxE: jax.Array, v_BxLxKxE: jax.Array) -> jax.Array:
+def attention_fused(
+    q_BxLxHxE: jax.Array, k_BxLxKxE: jax.Array, v_BxLxKxE: jax.Array, rope: tuple[jax.Array, jax.Array] | None = None
+) -> jax.Array:
     """Return causal self-attention from the fused CPU kernel; raise UserError where it cannot run."""
     if not _float32(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE):
         raise UserError(
@@ -357,7 +370,7 @@ def attention_fused(q_BxLxHxE: jax.Array, k_BxLxKxE: jax.Array, v_BxLxKxE: jax.A
     reason = fused_attention.unavailable_reason()
     if reason is not None:
         raise UserError(f"attention_impl='fused' cannot run: {reason}; use attention_impl='auto' or 'xla'")
-    return fused_attention.causal_attention_fused(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE)
+    return fused_attention.causal_attention_fused(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, rope)
 
 
 def attention_cudnn(q_BxLxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array) -> jax.Array:

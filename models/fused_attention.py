@@ -170,41 +170,58 @@ def auto_uses_kernel() -> bool:
     return True
 
 
-def causal_attention_fused(q_BxLxHxE: jax.Array, k_BxLxKxE: jax.Array, v_BxLxKxE: jax.Array) -> jax.Array:
+def causal_attention_fused(
+    q_BxLxHxE: jax.Array,
+    k_BxLxKxE: jax.Array,
+    v_BxLxKxE: jax.Array,
+    rope: tuple[jax.Array, jax.Array] | None = None,
+) -> jax.Array:
     """Return causal self-attention (query i attends to keys 0..i) from the fused kernel, float32 in and out.
 
-    The same result as `models.attention.causal_attention_xla` up to float32 rounding; the kernel must be
-    loaded (`load_kernel`).
+    `rope` = (cos, sin) tables [B, L, E/2] (`models.rope.rope_tables`) makes the kernel rotate queries and
+    keys as it loads them, so that no rotated copy is written to memory. The result equals
+    `models.attention.causal_attention_xla` on rotated inputs up to float32 rounding. Raises
+    KernelUnavailable where the kernel cannot be built.
     """
-    return _fused(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE)
+    load_kernel()
+    if rope is None:
+        no_table = jnp.zeros((0,), jnp.float32)
+        rope = (no_table, no_table)
+    cos_BxLxE2, sin_BxLxE2 = (table.astype(jnp.float32) for table in rope)
+    return _fused(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, cos_BxLxE2, sin_BxLxE2)
 
 
-def _forward(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE):
+def _forward(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, cos_BxLxE2, sin_BxLxE2):
     batch, length, heads, _ = q_BxLxHxE.shape
     out_types = (jax.ShapeDtypeStruct(q_BxLxHxE.shape, jnp.float32),
                  jax.ShapeDtypeStruct((batch, heads, length), jnp.float32))
     call = jax.ffi.ffi_call(FORWARD_TARGET, out_types, vmap_method="sequential")
-    out_BxLxHxE, log_sum_exp_BxHxL = call(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE)
+    out_BxLxHxE, log_sum_exp_BxHxL = call(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, cos_BxLxE2, sin_BxLxE2)
     return out_BxLxHxE, log_sum_exp_BxHxL
 
 
 @jax.custom_vjp
-def _fused(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE):
-    return _forward(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE)[0]
+def _fused(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, cos_BxLxE2, sin_BxLxE2):
+    return _forward(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, cos_BxLxE2, sin_BxLxE2)[0]
 
 
-def _fused_fwd(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE):
-    out_BxLxHxE, log_sum_exp_BxHxL = _forward(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE)
-    return out_BxLxHxE, (q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, out_BxLxHxE, log_sum_exp_BxHxL)
+def _fused_fwd(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, cos_BxLxE2, sin_BxLxE2):
+    out_BxLxHxE, log_sum_exp_BxHxL = _forward(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, cos_BxLxE2, sin_BxLxE2)
+    return out_BxLxHxE, (q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, cos_BxLxE2, sin_BxLxE2, out_BxLxHxE, log_sum_exp_BxHxL)
 
 
 def _fused_bwd(residuals, dout_BxLxHxE):
-    """Return dq, dk and dv. The kernel recomputes the softmax weights from each query's saved log-sum-exp."""
-    q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, out_BxLxHxE, log_sum_exp_BxHxL = residuals
+    """Return the gradients of q, k and v, and zeros for the RoPE tables.
+
+    The kernel recomputes the softmax weights from each query's saved log-sum-exp. The tables come from
+    integer positions, so nothing upstream needs their gradient.
+    """
+    q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, cos_BxLxE2, sin_BxLxE2, out_BxLxHxE, log_sum_exp_BxHxL = residuals
     out_types = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q_BxLxHxE, k_BxLxKxE, v_BxLxKxE))
     call = jax.ffi.ffi_call(BACKWARD_TARGET, out_types, vmap_method="sequential")
-    return tuple(call(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, out_BxLxHxE, log_sum_exp_BxHxL,
-                      dout_BxLxHxE.astype(jnp.float32)))
+    dq_BxLxHxE, dk_BxLxKxE, dv_BxLxKxE = call(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, cos_BxLxE2, sin_BxLxE2, out_BxLxHxE,
+                                              log_sum_exp_BxHxL, dout_BxLxHxE.astype(jnp.float32))
+    return dq_BxLxHxE, dk_BxLxKxE, dv_BxLxKxE, jnp.zeros_like(cos_BxLxE2), jnp.zeros_like(sin_BxLxE2)
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from models.attention import attention
 from models.dtypes import resolve_compute_dtype
 from models.kv_cache import CacheFullError, KVCache
+from models.rope import rope_tables, rotate_pairs
 from scaling.config import ModelConfig
 
 INIT_STD = 0.02  # GPT-2's scale for every weight matrix; output projections divide it by sqrt(2 n_layers)
@@ -34,26 +35,6 @@ def make_norm(config: ModelConfig, name: str) -> nn.Module:
     if config.norm == "rmsnorm":
         return nn.RMSNorm(epsilon=1e-6, dtype=dtype, name=name)
     return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name)
-
-
-def rope_frequencies(head_dim: int, base: float) -> jax.Array:
-    """Return the E/2 rotation frequencies theta_i = base^(-2i/E) of RoPE (Su et al. 2021, eq. 15)."""
-    return base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-
-
-def apply_rope(x_BxLxHxE: jax.Array, positions_BxL: jax.Array, base: float) -> jax.Array:
-    """Rotate each pair (x[2i], x[2i+1]) of every head by angle position * theta_i."""
-    head_dim = x_BxLxHxE.shape[-1]
-    angles_BxLxE2 = positions_BxL[..., None].astype(jnp.float32) * rope_frequencies(head_dim, base)
-    sin_BxLx1xE2 = jnp.sin(angles_BxLxE2)[:, :, None, :]
-    cos_BxLx1xE2 = jnp.cos(angles_BxLxE2)[:, :, None, :]
-
-    x = x_BxLxHxE.astype(jnp.float32)
-    even, odd = x[..., 0::2], x[..., 1::2]
-    rotated_even = even * cos_BxLx1xE2 - odd * sin_BxLx1xE2
-    rotated_odd = even * sin_BxLx1xE2 + odd * cos_BxLx1xE2
-    rotated = jnp.stack([rotated_even, rotated_odd], axis=-1).reshape(x.shape)
-    return rotated.astype(x_BxLxHxE.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -101,9 +82,12 @@ class CausalSelfAttention(nn.Module):
         v_BxLxKxE = dense((config.kv_heads, head_dim), "value", INIT_STD)(x_NxD).reshape(
             batch, length, config.kv_heads, head_dim)
 
-        if config.positions == "rope":
-            q_BxLxHxE = apply_rope(q_BxLxHxE, positions_BxL, config.rope_base)
-            k_BxLxKxE = apply_rope(k_BxLxKxE, positions_BxL, config.rope_base)
+        # Without a cache the rotation goes to `attention`, so that the fused CPU kernel can apply it as it
+        # loads queries and keys. With a cache, keys are stored rotated.
+        rope = rope_tables(positions_BxL, head_dim, config.rope_base) if config.positions == "rope" else None
+        if rope is not None and layer_cache is not None:
+            q_BxLxHxE, k_BxLxKxE = rotate_pairs(q_BxLxHxE, *rope), rotate_pairs(k_BxLxKxE, *rope)
+            rope = None
 
         new_cache = None
         k_BxSxKxE, v_BxSxKxE = k_BxLxKxE, v_BxLxKxE
@@ -121,6 +105,7 @@ class CausalSelfAttention(nn.Module):
             key_valid_BxS=key_valid_BxS,
             causal=self.causal,
             implementation=config.attention_impl,
+            rope=rope,
         )
 
         # Residual-branch outputs are scaled down by sqrt(2 n_layers) so the residual stream's variance

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from models import fused_attention
-from models.attention import attention, attention_xla
+from models.attention import attention_xla
+from models.rope import rope_tables, rotate_pairs
 from models.transformer import Transformer
 from scaling.config import ModelConfig
 from scaling.errors import UserError
@@ -70,6 +71,34 @@ def test_fused_matches_full_scores(batch, length, heads, kv_heads, head_dim):
     for name, fused_grad, expected_grad in zip("qkv", fused_grads, expected_grads):
         np.testing.assert_allclose(np.asarray(fused_grad), np.asarray(expected_grad), atol=2e-5, rtol=0,
                                    err_msg=f"gradient of {name}")
+
+
+@needs_kernel
+@pytest.mark.parametrize("kv_heads", [1, 2, 6])
+def test_fused_rope_matches_rotated_inputs(kv_heads):
+    # The kernel rotates queries and keys as it loads them and rotates their gradients back: the same as
+    # rotating in XLA first. Positions are arbitrary and differ per batch row, as with packed documents.
+    q, k, v = random_qkv(3, 77, 6, kv_heads, 24, seed=5)
+    positions = jnp.asarray(np.random.default_rng(6).integers(0, 5000, (3, 77)))
+    rope = rope_tables(positions, 24, 10000.0)
+    cotangent = jnp.asarray(np.random.default_rng(7).standard_normal(q.shape), jnp.float32)
+    rotated_first = lambda q, k, v: full_scores(rotate_pairs(q, *rope), rotate_pairs(k, *rope), v)  # noqa: E731
+    in_kernel = lambda q, k, v: fused_attention.causal_attention_fused(q, k, v, rope)  # noqa: E731
+    expected_out, expected_grads = jax.jit(lambda: values_and_grads(rotated_first, q, k, v, cotangent))()
+    fused_out, fused_grads = jax.jit(lambda: values_and_grads(in_kernel, q, k, v, cotangent))()
+
+    np.testing.assert_allclose(np.asarray(fused_out), np.asarray(expected_out), atol=1e-5, rtol=0)
+    for name, fused_grad, expected_grad in zip("qkv", fused_grads, expected_grads):
+        np.testing.assert_allclose(np.asarray(fused_grad), np.asarray(expected_grad), atol=2e-5, rtol=0,
+                                   err_msg=f"gradient of {name}")
+
+
+@needs_kernel
+def test_fused_rejects_mismatched_rope_tables():
+    q, k, v = random_qkv(2, 16, 2, 2, 8)
+    cos, sin = rope_tables(jnp.zeros((2, 16), jnp.int32), 6, 10000.0)  # tables for head_dim 6, not 8
+    with pytest.raises(Exception, match="RoPE tables must be"):
+        jax.block_until_ready(fused_attention.causal_attention_fused(q, k, v, (cos, sin)))
 
 
 @needs_kernel

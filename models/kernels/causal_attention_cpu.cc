@@ -9,8 +9,8 @@
 // The backward pass recomputes the softmax weights from the saved log-sum-exp of each query's scores and
 // uses dS = P (dP - D), D = rowsum(dO * O) (Dao et al. 2022, arXiv:2205.14135, appendix B.2).
 //
-// Layouts are the model's: q and out [B, L, H, E], k and v [B, L, K, E], log-sum-exp [B, H, L], all
-// float32 and row-major. Query head h reads key/value head h / G with G = H / K.
+// Layouts are the model's: q and out [B, L, H, E], k and v [B, L, K, E], RoPE cosines and sines [B, L, E/2]
+// (empty without RoPE), log-sum-exp [B, H, L], all float32 and row-major. Query head h reads key/value head h / G with G = H / K.
 
 #include <algorithm>
 #include <atomic>
@@ -231,24 +231,79 @@ ffi::Error ReadShape(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>
   return ffi::Error::Success();
 }
 
-// Keys or values of one (batch row, key/value head): as rows [Lp x Ep] or transposed [E x Lp].
-void GatherRows(const Shape& s, const float* x, int64_t b, int64_t kh, Padded* rows) {
-  rows->Reset(RoundUp(s.length, 2 * kLanes), RoundUp(s.head_dim, kLanes));
-  for (int64_t t = 0; t < s.length; ++t) std::memcpy(rows->Row(t), x + s.kv_offset(b, t, kh), s.head_dim * 4);
+// Rotary position embeddings (RoPE): cosines and sines [B, L, E/2] of each position's angles, or none.
+// Queries and keys are rotated as they are loaded, and their gradients rotated back as they are written,
+// which is the rotation's transpose (the rotation by minus the angle).
+struct Rope {
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  int64_t length = 0, head_dim = 0, half = 0;
+
+  bool on() const { return cos != nullptr; }
+
+  // Writes the E values x of position t in batch row b into out, rotated by the angle (sign 1) or by minus
+  // the angle (sign -1); without RoPE, copies them.
+  void Rotate(const float* x, int64_t b, int64_t t, float sign, float* out) const {
+    if (!on()) {
+      std::memcpy(out, x, head_dim * sizeof(float));
+      return;
+    }
+    const float* c = cos + (b * length + t) * half;
+    const float* sn = sin + (b * length + t) * half;
+    for (int64_t p = 0; p < half; ++p) {
+      const float even = x[2 * p], odd = x[2 * p + 1], signed_sin = sign * sn[p];
+      out[2 * p] = even * c[p] - odd * signed_sin;
+      out[2 * p + 1] = even * signed_sin + odd * c[p];
+    }
+  }
+};
+
+// No rotation, for values, outputs and their gradients.
+Rope Plain(const Shape& s) {
+  Rope rope;
+  rope.length = s.length;
+  rope.head_dim = s.head_dim;
+  return rope;
 }
 
-void GatherColumns(const Shape& s, const float* x, int64_t b, int64_t kh, Padded* cols) {
+ffi::Error ReadRope(const ffi::Buffer<ffi::F32>& cos, const ffi::Buffer<ffi::F32>& sin, const Shape& s, Rope* rope) {
+  rope->length = s.length;
+  rope->head_dim = s.head_dim;
+  rope->half = s.head_dim / 2;
+  if (cos.element_count() == 0) return ffi::Error::Success();  // a model without RoPE passes empty tables
+  auto cd = cos.dimensions();
+  auto sd = sin.dimensions();
+  const bool matches = s.head_dim % 2 == 0 && cd.size() == 3 && sd.size() == 3 && cd[0] == s.batch &&
+                       cd[1] == s.length && cd[2] == s.head_dim / 2 && sd[0] == cd[0] && sd[1] == cd[1] &&
+                       sd[2] == cd[2];
+  if (!matches) return ffi::Error::InvalidArgument("RoPE tables must be [B, L, E/2] with an even head_dim");
+  rope->cos = cos.typed_data();
+  rope->sin = sin.typed_data();
+  return ffi::Error::Success();
+}
+
+// Keys or values of one (batch row, key/value head), rotated by `rope`: as rows [Lp x Ep] or transposed
+// [E x Lp].
+void GatherRows(const Shape& s, const float* x, int64_t b, int64_t kh, const Rope& rope, Padded* rows) {
+  rows->Reset(RoundUp(s.length, 2 * kLanes), RoundUp(s.head_dim, kLanes));
+  for (int64_t t = 0; t < s.length; ++t) rope.Rotate(x + s.kv_offset(b, t, kh), b, t, 1.0f, rows->Row(t));
+}
+
+void GatherColumns(const Shape& s, const float* x, int64_t b, int64_t kh, const Rope& rope, Padded* cols) {
   cols->Reset(s.head_dim, RoundUp(s.length, 2 * kLanes));
+  std::vector<float> row(s.head_dim);
   for (int64_t t = 0; t < s.length; ++t) {
-    const float* src = x + s.kv_offset(b, t, kh);
-    for (int64_t e = 0; e < s.head_dim; ++e) cols->Row(e)[t] = src[e];
+    rope.Rotate(x + s.kv_offset(b, t, kh), b, t, 1.0f, row.data());
+    for (int64_t e = 0; e < s.head_dim; ++e) cols->Row(e)[t] = row[e];
   }
 }
 
-// Queries start .. start + rows - 1 of head h, as rows [Rp x Ep].
-void GatherQueries(const Shape& s, const float* x, int64_t b, int64_t h, int64_t start, int64_t rows, Padded* out) {
+// Queries (or outputs, or their gradients) start .. start + rows - 1 of head h, rotated by `rope`, as rows
+// [Rp x Ep].
+void GatherQueries(const Shape& s, const float* x, int64_t b, int64_t h, int64_t start, int64_t rows,
+                   const Rope& rope, Padded* out) {
   out->Reset(RoundUp(rows, kRows), RoundUp(s.head_dim, kLanes));
-  for (int64_t i = 0; i < rows; ++i) std::memcpy(out->Row(i), x + s.q_offset(b, start + i, h), s.head_dim * 4);
+  for (int64_t i = 0; i < rows; ++i) rope.Rotate(x + s.q_offset(b, start + i, h), b, start + i, 1.0f, out->Row(i));
 }
 
 // Scores of a query block against keys 0 .. keys - 1, scaled by 1/sqrt(E), into `scores` [Rp x keys_p].
@@ -260,9 +315,13 @@ void BlockScores(const Shape& s, const Padded& queries, const Padded& keys_t, in
 }
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                       ffi::Buffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+                       ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
+                       ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
   Shape s;
   if (ffi::Error error = ReadShape(q, k, &s); error.failure()) return error;
+  Rope rope;
+  if (ffi::Error error = ReadRope(cos, sin, s, &rope); error.failure()) return error;
+  const Rope plain = Plain(s);
   const float* qp = q.typed_data();
   const float* kp = k.typed_data();
   const float* vp = v.typed_data();
@@ -272,12 +331,12 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffe
   ParallelFor(pool, s.batch * s.kv_heads, [&](int64_t task) {
     const int64_t b = task / s.kv_heads, kh = task % s.kv_heads;
     Padded keys_t, values, queries, weights, block_out;
-    GatherColumns(s, kp, b, kh, &keys_t);
-    GatherRows(s, vp, b, kh, &values);
+    GatherColumns(s, kp, b, kh, rope, &keys_t);
+    GatherRows(s, vp, b, kh, plain, &values);
     for (int64_t h = kh * s.groups(); h < (kh + 1) * s.groups(); ++h) {
       for (int64_t start = 0; start < s.length; start += kQueryBlock) {
         const int64_t rows = std::min(kQueryBlock, s.length - start), keys = start + rows;
-        GatherQueries(s, qp, b, h, start, rows, &queries);
+        GatherQueries(s, qp, b, h, start, rows, rope, &queries);
         BlockScores(s, queries, keys_t, keys, &weights);
 
         // Softmax of each query's visible scores; later keys (and padding rows) get weight 0.
@@ -307,11 +366,14 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffe
 }
 
 ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                        ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse,
-                        ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
-                        ffi::ResultBuffer<ffi::F32> dv) {
+                        ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
+                        ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
+                        ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv) {
   Shape s;
   if (ffi::Error error = ReadShape(q, k, &s); error.failure()) return error;
+  Rope rope;
+  if (ffi::Error error = ReadRope(cos, sin, s, &rope); error.failure()) return error;
+  const Rope plain = Plain(s);
   const float* qp = q.typed_data();
   const float* kp = k.typed_data();
   const float* vp = v.typed_data();
@@ -328,18 +390,18 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
     // dK and dV are accumulated transposed, [Ep x Lp], so that each block adds a product whose small factor
     // (the block's Q^T or dO^T, [Ep x R]) is the one transposed, not the [R x keys] weights.
     Padded keys_t, keys, values_t, dkeys_t, dvalues_t, queries, outs, douts, weights, dweights, transposed, block_dq;
-    GatherColumns(s, kp, b, kh, &keys_t);
-    GatherRows(s, kp, b, kh, &keys);
-    GatherColumns(s, vp, b, kh, &values_t);
+    GatherColumns(s, kp, b, kh, rope, &keys_t);
+    GatherRows(s, kp, b, kh, rope, &keys);
+    GatherColumns(s, vp, b, kh, plain, &values_t);
     dkeys_t.Reset(RoundUp(s.head_dim, kRows), keys.rows);
     dvalues_t.Reset(RoundUp(s.head_dim, kRows), keys.rows);
 
     for (int64_t h = kh * s.groups(); h < (kh + 1) * s.groups(); ++h) {
       for (int64_t start = 0; start < s.length; start += kQueryBlock) {
         const int64_t rows = std::min(kQueryBlock, s.length - start), visible_keys = start + rows;
-        GatherQueries(s, qp, b, h, start, rows, &queries);
-        GatherQueries(s, op, b, h, start, rows, &outs);
-        GatherQueries(s, dop, b, h, start, rows, &douts);
+        GatherQueries(s, qp, b, h, start, rows, rope, &queries);
+        GatherQueries(s, op, b, h, start, rows, plain, &outs);
+        GatherQueries(s, dop, b, h, start, rows, plain, &douts);
         BlockScores(s, queries, keys_t, visible_keys, &weights);
         const int64_t cols = weights.cols;
 
@@ -367,7 +429,9 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
         block_dq.Resize(queries.rows, keys.cols);
         Product(queries.rows, keys.cols, cols, dweights.data.data(), cols, keys.data.data(), keys.cols,
                 block_dq.data.data(), block_dq.cols, scale, false);
-        for (int64_t i = 0; i < rows; ++i) std::memcpy(dqp + s.q_offset(b, start + i, h), block_dq.Row(i), s.head_dim * 4);
+        for (int64_t i = 0; i < rows; ++i) {
+          rope.Rotate(block_dq.Row(i), b, start + i, -1.0f, dqp + s.q_offset(b, start + i, h));
+        }
 
         // dV += P^T dO and dK += scale dS^T Q over the block's keys.
         transposed.Reset(dkeys_t.rows, queries.rows);
@@ -379,13 +443,14 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
                 dkeys_t.data.data(), dkeys_t.cols, scale, true);
       }
     }
+    std::vector<float> dk_row(s.head_dim);
     for (int64_t t = 0; t < s.length; ++t) {
-      float* dk_row = dkp + s.kv_offset(b, t, kh);
       float* dv_row = dvp + s.kv_offset(b, t, kh);
       for (int64_t e = 0; e < s.head_dim; ++e) {
         dk_row[e] = dkeys_t.Row(e)[t];
         dv_row[e] = dvalues_t.Row(e)[t];
       }
+      rope.Rotate(dk_row.data(), b, t, -1.0f, dkp + s.kv_offset(b, t, kh));
     }
   });
   return ffi::Error::Success();
@@ -399,12 +464,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ScalingCausalAttentionForward, ForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ScalingCausalAttentionBackward, BackwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
