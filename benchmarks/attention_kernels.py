@@ -44,7 +44,8 @@ def parse_shapes(text: str) -> list[tuple[int, ...]]:
         except ValueError:
             shape = ()
         if len(shape) != 5 or min(shape) < 1 or shape[2] % shape[3]:
-            raise UserError(f"--shapes item {item!r} is not BxLxHxKxE with K dividing H, e.g. 8x256x4x2x32")
+            raise UserError(f"--shapes item {item!r} is not BxLxHxKxE of positive sizes with K dividing H, "
+                            "e.g. 8x256x4x2x32")
         shapes.append(shape)
     return shapes
 

@@ -99,8 +99,12 @@ def library_path(compiler: str) -> Path:
 
 def _build(compiler: str, target: Path) -> None:
     """Compile the kernel into `target`, through a temporary file renamed into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    except OSError as error:
+        raise KernelUnavailable(f"cannot write the kernel cache {target.parent} ({error.strerror}); "
+                                f"set {CACHE_ENV} to a writable folder") from error
     os.close(handle)
     command = [compiler, *COMPILE_FLAGS, f"-I{jax.ffi.include_dir()}", str(KERNEL_SOURCE), "-o", temporary]
     started = time.perf_counter()
@@ -108,7 +112,8 @@ def _build(compiler: str, target: Path) -> None:
         result = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         if result.returncode != 0:
             lines = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
-            raise KernelUnavailable(f"compiling {KERNEL_SOURCE.name} failed: {lines[0] if lines else 'no output'}")
+            first = lines[0] if lines else f"exit status {result.returncode}, no output"
+            raise KernelUnavailable(f"compiling {KERNEL_SOURCE.name} with {compiler} failed: {first}")
         os.replace(temporary, target)
     except subprocess.TimeoutExpired as error:
         raise KernelUnavailable(f"compiling {KERNEL_SOURCE.name} took over {COMPILE_TIMEOUT_S} s") from error
@@ -118,13 +123,12 @@ def _build(compiler: str, target: Path) -> None:
     log.info("compiled the fused CPU attention kernel in %.1f s: %s", time.perf_counter() - started, target)
 
 
-@functools.cache
-def load_kernel() -> Path:
-    """Build the kernel (once per machine), register it with XLA and return the library's path.
+_load_failure: KernelUnavailable | None = None
 
-    Raises KernelUnavailable with the reason when that fails. The result, or the failure, is kept for the
-    process, so a failed build is not retried on every trace.
-    """
+
+@functools.cache
+def _loaded_library() -> Path:
+    """Build the kernel (once per machine), register it with XLA and return the library's path."""
     if not all(hasattr(jax, "ffi") and hasattr(jax.ffi, name)
                for name in ("ffi_call", "register_ffi_target", "include_dir", "pycapsule")):
         raise KernelUnavailable(f"JAX {jax.__version__} has no jax.ffi module; update JAX")
@@ -140,7 +144,24 @@ def load_kernel() -> Path:
                                 platform="cpu")
     jax.ffi.register_ffi_target(BACKWARD_TARGET, jax.ffi.pycapsule(library.ScalingCausalAttentionBackward),
                                 platform="cpu")
+    log.info("training attention runs in the fused CPU kernel %s", path)
     return path
+
+
+def load_kernel() -> Path:
+    """Build the kernel (once per machine), register it with XLA and return the library's path.
+
+    Raises KernelUnavailable with the reason when that fails. The library, or the failure, is kept for the
+    process, so a failed build is not retried on every trace.
+    """
+    global _load_failure
+    if _load_failure is not None:
+        raise _load_failure
+    try:
+        return _loaded_library()
+    except KernelUnavailable as error:
+        _load_failure = error
+        raise
 
 
 def unavailable_reason() -> str | None:
@@ -187,6 +208,14 @@ def causal_attention_fused(
     if rope is None:
         no_table = jnp.zeros((0,), jnp.float32)
         rope = (no_table, no_table)
+    else:  # tables shared by all rows ([1, L, E/2]) are broadcast, as on XLA's path
+        batch, length, _, head_dim = q_BxLxHxE.shape
+        expected = (batch, length, head_dim // 2)
+        for table in rope:
+            if table.ndim != 3 or table.shape[0] not in (1, batch) or table.shape[1:] != expected[1:]:
+                raise ValueError(f"RoPE tables must be [B, L, E/2] = {list(expected)} (or [1, L, E/2]), "
+                                 f"not {list(table.shape)}")
+        rope = tuple(jnp.broadcast_to(table, expected) for table in rope)
     cos_BxLxE2, sin_BxLxE2 = (table.astype(jnp.float32) for table in rope)
     return _fused(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, cos_BxLxE2, sin_BxLxE2)
 

@@ -3,6 +3,7 @@ a clear fallback or error where it cannot be built."""
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,8 +98,27 @@ def test_fused_rope_matches_rotated_inputs(kv_heads):
 def test_fused_rejects_mismatched_rope_tables():
     q, k, v = random_qkv(2, 16, 2, 2, 8)
     cos, sin = rope_tables(jnp.zeros((2, 16), jnp.int32), 6, 10000.0)  # tables for head_dim 6, not 8
-    with pytest.raises(Exception, match="RoPE tables must be"):
-        jax.block_until_ready(fused_attention.causal_attention_fused(q, k, v, (cos, sin)))
+    with pytest.raises(ValueError, match=re.escape("RoPE tables must be [B, L, E/2] = [2, 16, 4] (or [1, L, E/2]), "
+                                                   "not [2, 16, 3]")):
+        fused_attention.causal_attention_fused(q, k, v, (cos, sin))
+
+
+@needs_kernel
+def test_rope_tables_shared_by_rows():
+    # Tables of shape [1, L, E/2] apply to every batch row, as broadcasting does on XLA's path.
+    q, k, v = random_qkv(3, 40, 4, 2, 16, seed=8)
+    shared = rope_tables(jnp.arange(40)[None], 16, 10000.0)
+    per_row = tuple(jnp.broadcast_to(table, (3, 40, 8)) for table in shared)
+    np.testing.assert_array_equal(np.asarray(fused_attention.causal_attention_fused(q, k, v, shared)),
+                                  np.asarray(fused_attention.causal_attention_fused(q, k, v, per_row)))
+
+
+@needs_kernel
+def test_fused_rejects_values_of_another_shape():
+    q, k, _ = random_qkv(1, 64, 2, 2, 64)
+    v = k[..., :8]  # head_dim 8 against 64: reading it as 64 would run past the buffer
+    with pytest.raises(Exception, match="k and v must both be"):
+        jax.block_until_ready(fused_attention.causal_attention_fused(q, k, v))
 
 
 @needs_kernel
@@ -205,6 +225,24 @@ def test_no_compiler_fallback_and_error(tmp_path):
         in result.stdout
     assert "fused error: attention_impl='fused' cannot run: no C++ compiler found" in result.stdout
     assert not list((tmp_path / "cache").glob("*.so"))
+
+
+def test_failed_build_is_not_retried(tmp_path):
+    # A compiler that fails, and logs each call: three traces in one process must compile once.
+    calls = tmp_path / "calls.txt"
+    compiler = tmp_path / "failing-c++"
+    compiler.write_text(f"#!/bin/sh\necho called >> {calls}\necho 'error: broken compiler' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    env = {**os.environ, "CXX": str(compiler), "SCALING_KERNEL_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"}
+    code = """
+        from models import fused_attention
+        for _ in range(3):
+            print(fused_attention.unavailable_reason())
+    """
+    result = run_python(code, env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(f"compiling causal_attention_cpu.cc with {compiler} failed: error: broken compiler") == 3
+    assert calls.read_text().count("called") == 1
 
 
 def test_switch_keeps_auto_on_xla(tmp_path):

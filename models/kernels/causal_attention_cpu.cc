@@ -18,9 +18,11 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -140,7 +142,7 @@ struct Padded {
   float* Row(int64_t r) { return data.data() + r * cols; }
 };
 
-// C[8 x 16 NV] (+)= alpha * A[4 x depth] B[depth x 16 NV], with 8 NV vector accumulators in registers.
+// C[8 x 16 NV] (+)= alpha * A[8 x depth] B[depth x 16 NV], with 8 NV vector accumulators in registers.
 template <int NV>
 inline void Tile(int64_t depth, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
                  float alpha, bool accumulate) {
@@ -220,13 +222,29 @@ struct Shape {
   int64_t kv_offset(int64_t b, int64_t t, int64_t k) const { return ((b * length + t) * kv_heads + k) * head_dim; }
 };
 
-ffi::Error ReadShape(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k, Shape* shape) {
+ffi::Error ReadShape(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k, const ffi::Buffer<ffi::F32>& v,
+                     Shape* shape) {
   auto qd = q.dimensions();
   auto kd = k.dimensions();
-  if (qd.size() != 4 || kd.size() != 4) return ffi::Error::InvalidArgument("attention inputs must be 4-D");
+  auto vd = v.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4) {
+    return ffi::Error::InvalidArgument("attention inputs must be 4-D: q [B, L, H, E], k and v [B, L, K, E]");
+  }
   *shape = Shape{qd[0], qd[1], qd[2], kd[2], qd[3]};
-  if (kd[0] != qd[0] || kd[1] != qd[1] || kd[3] != qd[3] || shape->heads % shape->kv_heads != 0) {
-    return ffi::Error::InvalidArgument("keys must be [B, L, K, E] with K dividing the query heads");
+  const bool keys_match = kd[0] == qd[0] && kd[1] == qd[1] && kd[3] == qd[3] && kd[2] > 0 &&
+                          shape->heads % shape->kv_heads == 0;
+  const bool values_match = vd[0] == kd[0] && vd[1] == kd[1] && vd[2] == kd[2] && vd[3] == kd[3];
+  if (!keys_match || !values_match) {
+    return ffi::Error::InvalidArgument("k and v must both be [B, L, K, E] with K dividing the query heads");
+  }
+  return ffi::Error::Success();
+}
+
+// Checks that a backward-pass input has the shape the forward pass gave it.
+ffi::Error CheckSame(const ffi::Buffer<ffi::F32>& x, std::initializer_list<int64_t> expected, const char* name) {
+  auto dims = x.dimensions();
+  if (dims.size() != expected.size() || !std::equal(expected.begin(), expected.end(), dims.begin())) {
+    return ffi::Error::InvalidArgument(std::string(name) + " does not have the shape of the forward pass's output");
   }
   return ffi::Error::Success();
 }
@@ -318,7 +336,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffe
                        ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
                        ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
   Shape s;
-  if (ffi::Error error = ReadShape(q, k, &s); error.failure()) return error;
+  if (ffi::Error error = ReadShape(q, k, v, &s); error.failure()) return error;
   Rope rope;
   if (ffi::Error error = ReadRope(cos, sin, s, &rope); error.failure()) return error;
   const Rope plain = Plain(s);
@@ -370,10 +388,15 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
                         ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
                         ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv) {
   Shape s;
-  if (ffi::Error error = ReadShape(q, k, &s); error.failure()) return error;
+  if (ffi::Error error = ReadShape(q, k, v, &s); error.failure()) return error;
   Rope rope;
   if (ffi::Error error = ReadRope(cos, sin, s, &rope); error.failure()) return error;
   const Rope plain = Plain(s);
+  for (ffi::Error error : {CheckSame(out, {s.batch, s.length, s.heads, s.head_dim}, "out"),
+                           CheckSame(dout, {s.batch, s.length, s.heads, s.head_dim}, "dout"),
+                           CheckSame(lse, {s.batch, s.heads, s.length}, "the log-sum-exp")}) {
+    if (error.failure()) return error;
+  }
   const float* qp = q.typed_data();
   const float* kp = k.typed_data();
   const float* vp = v.typed_data();
