@@ -36,9 +36,9 @@ import jax.numpy as jnp
 
 from models import fused_attention
 from models.rope import rotate_pairs
+from scaling.config import ATTENTION_IMPLS
 from scaling.errors import UserError
 
-IMPLEMENTATIONS = ("auto", "xla", "fused", "cudnn", "blockwise")
 DEFAULT_KEY_BLOCK = 128  # keys per block of the blockwise implementation
 # Query positions per block of the "xla" training path. 64 ran fastest of 32, 64 and 128 on 2 CPU cores at
 # d_model 64 and 512 (docs/benchmarks.md, "Training throughput").
@@ -96,8 +96,8 @@ def attention(
     if key_valid_BxS is None:
         key_valid_BxS = jnp.ones((batch, keys), bool)
 
-    if implementation not in IMPLEMENTATIONS:
-        raise UserError(f"attention_impl={implementation!r} is not one of: {', '.join(IMPLEMENTATIONS)}")
+    if implementation not in ATTENTION_IMPLS:
+        raise UserError(f"attention_impl={implementation!r} is not one of: {', '.join(ATTENTION_IMPLS)}")
     if rope is not None and keys != length:
         raise ValueError(f"rope tables cover {length} positions but there are {keys} keys; rotate cached keys first")
     training = plain_self_attention and causal
