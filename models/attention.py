@@ -35,8 +35,9 @@ import jax
 import jax.numpy as jnp
 
 from models import fused_attention
+from models.dtypes import resolve_compute_dtype
 from models.rope import rotate_pairs
-from scaling.config import ATTENTION_IMPLS
+from scaling.config import ATTENTION_IMPLS, ModelConfig
 from scaling.errors import UserError
 
 DEFAULT_KEY_BLOCK = 128  # keys per block of the blockwise implementation
@@ -348,6 +349,15 @@ def attention_blockwise(
     out_BxKxGxLxE = sum_BxKxGxLxE / norm_BxKxGxL[..., None]
     out_BxLxKxGxE = jnp.moveaxis(out_BxKxGxLxE, 3, 1)
     return out_BxLxKxGxE.reshape(batch, length, heads, head_dim).astype(q_BxLxHxE.dtype)
+
+
+def training_attention(model: ModelConfig) -> str:
+    """Return the implementation that computes a model's training attention in this process: its
+    `attention_impl`, with "auto" resolved ("fused" or "xla")."""
+    if model.attention_impl != "auto":
+        return model.attention_impl
+    float32 = resolve_compute_dtype(model.compute_dtype) == jnp.float32
+    return "fused" if float32 and fused_attention.auto_uses_kernel() else "xla"
 
 
 def _float32(*arrays: jax.Array) -> bool:

@@ -32,6 +32,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from models.attention import training_attention
 from models.transformer import Transformer, next_token_loss, token_nats
 from scaling.accelerators import devices_peak_flops
 from scaling.accounting import parameter_counts, training_flops_per_token
@@ -358,13 +359,13 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     if restored is not None:
         start_step, state = restored
         dropped = run_dir.truncate_metrics_after(start_step)
-        log.info("run %s resumes from step %d (dropped %d metric rows past it) on %s", config.run_id, start_step,
-                 dropped, _layout(trainer))
+        log.info("run %s resumes from step %d (dropped %d metric rows past it) on %s, %s attention", config.run_id,
+                 start_step, dropped, _layout(trainer), training_attention(config.model))
     else:
         start_step = 0
         run_dir.truncate_metrics_after(-1)
-        if trainer.mesh.size > 1:
-            log.info("run %s starts on %s", config.run_id, _layout(trainer))
+        log.info("run %s starts on %s, %s attention", config.run_id, _layout(trainer),
+                 training_attention(config.model))
 
     tracker = Tracker(
         mode=config.wandb_mode,

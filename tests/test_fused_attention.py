@@ -2,6 +2,7 @@
 a clear fallback or error where it cannot be built."""
 
 import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -274,3 +275,17 @@ def test_two_processes_build_into_one_cache(tmp_path):
     libraries = list((tmp_path / "cache").iterdir())
     assert len(libraries) == 1  # no temporary file left behind
     assert libraries[0].suffix == ".so"
+
+
+@needs_kernel
+def test_run_log_names_attention(small_corpus, tmp_path, caplog):
+    # "auto" leaves the choice to the process, so the run's log says which attention trained it.
+    from scaling.train import train
+    from tests.test_train import tiny_config
+
+    with caplog.at_level(logging.INFO):
+        train(tiny_config(small_corpus, tokens=10 * 32 * 8), tmp_path, progress=False)
+        train(tiny_config(small_corpus, tokens=10 * 32 * 8, run_id="plain", model=dataclasses.replace(
+            tiny_config(small_corpus).model, attention_impl="xla")), tmp_path, progress=False)
+    assert "run tiny starts on 1 cpu device, fused attention" in caplog.text
+    assert "run plain starts on 1 cpu device, xla attention" in caplog.text
