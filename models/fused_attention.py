@@ -183,6 +183,7 @@ def auto_uses_kernel() -> bool:
     With several devices XLA would gather every device's batch to call the kernel on all of it, so "auto"
     keeps the XLA path there. A failure to build is logged once, with the fallback.
     """
+    # NOTE: a shard_map over the mesh's data axis would let each device run the kernel on its own rows.
     if switched_off() or jax.default_backend() != "cpu" or jax.device_count() != 1:
         return False
     reason = unavailable_reason()
