@@ -279,7 +279,7 @@ def test_two_processes_build_into_one_cache(tmp_path):
 
 @needs_kernel
 def test_run_log_names_attention(small_corpus, tmp_path, caplog):
-    # "auto" leaves the choice to the process, so the run's log says which attention trained it.
+    # "auto" leaves the choice to the process, so the run's log names the attention that trained it.
     from scaling.train import train
     from tests.test_train import tiny_config
 

@@ -266,8 +266,8 @@ struct Rope {
 
   bool on() const { return cos != nullptr; }
 
-  // Writes the E values x of position t in batch row b into out, rotated by the angle (sign 1) or by minus
-  // the angle (sign -1); without RoPE, copies them.
+  // Writes the E values x of position t in batch row b into out, rotated by the angle (sign 1) or by
+  // minus the angle (sign -1). Without RoPE it copies them.
   void Rotate(const float* x, int64_t b, int64_t t, float sign, float* out) const {
     if (!on()) {
       std::memcpy(out, x, head_dim * sizeof(float));
