@@ -97,7 +97,8 @@ def measure(shape: tuple[int, ...], repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", default=DEFAULT_SHAPES, help=f"BxLxHxKxE, comma-separated (default {DEFAULT_SHAPES})")
+    parser.add_argument("--shapes", default=DEFAULT_SHAPES,
+                        help=f"BxLxHxKxE, comma-separated (default {DEFAULT_SHAPES})")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per engine (the fastest counts)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of one line per shape")
     args = parser.parse_args(argv)

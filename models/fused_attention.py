@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 
 KERNEL_SOURCE = Path(__file__).parent / "kernels" / "causal_attention_cpu.cc"
 # -ffp-contract=fast lets the compiler fuse multiply-adds, which ISO C++ mode otherwise forbids. It made no
-# measurable difference to the kernel's speed with g++ 12 here. It stays because results, and the README's
-# demo numbers, depend on the rounding it gives.
+# measurable difference to the kernel's speed with g++ 12 here. It stays because the README's demo numbers
+# were measured with it, and dropping it may change the rounding.
 COMPILE_FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC")
 COMPILE_TIMEOUT_S = 300
 CACHE_ENV = "SCALING_KERNEL_CACHE"
@@ -104,7 +104,7 @@ def _build(compiler: str, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
     except OSError as error:
-        raise KernelUnavailable(f"cannot write the kernel cache {target.parent} ({error.strerror}); "
+        raise KernelUnavailable(f"writing to the kernel cache {target.parent} failed ({error.strerror}); "
                                 f"set {CACHE_ENV} to a writable folder") from error
     os.close(handle)
     command = [compiler, *COMPILE_FLAGS, f"-I{jax.ffi.include_dir()}", str(KERNEL_SOURCE), "-o", temporary]
@@ -145,7 +145,7 @@ def _loaded_library() -> Path:
                                 platform="cpu")
     jax.ffi.register_ffi_target(BACKWARD_TARGET, jax.ffi.pycapsule(library.ScalingCausalAttentionBackward),
                                 platform="cpu")
-    log.info("training attention runs in the fused CPU kernel %s", path)
+    log.info("loaded the fused CPU attention kernel %s", path)
     return path
 
 

@@ -10,7 +10,8 @@
 // uses dS = P (dP - D), D = rowsum(dO * O) (Dao et al. 2022, arXiv:2205.14135, appendix B.2).
 //
 // Layouts are the model's: q and out [B, L, H, E], k and v [B, L, K, E], RoPE cosines and sines [B, L, E/2]
-// (empty without RoPE), log-sum-exp [B, H, L], all float32 and row-major. Query head h reads key/value head h / G with G = H / K.
+// (empty without RoPE), log-sum-exp [B, H, L], all float32 and row-major. Query head h reads key/value
+// head h / G, with G = H / K.
 
 #include <algorithm>
 #include <atomic>
@@ -189,10 +190,9 @@ void Transpose(int64_t rows, int64_t cols, const float* src, int64_t lds, float*
   }
 }
 
-// Runs fn(0) .. fn(n - 1) on the calling thread and on helpers from XLA's thread pool. Tasks are claimed
-// from a shared counter, so the caller never waits for a helper that has not started: a helper that starts
-// after all tasks are claimed returns at once. That keeps two such calls on a two-thread pool from each
-// waiting for the other's helper.
+// Runs fn(0) .. fn(n - 1) on the calling thread and on helpers from XLA's thread pool. Each thread claims
+// tasks from a shared counter, and the caller waits only for tasks already claimed, because it runs every
+// unclaimed task itself. So two such calls on a two-thread pool cannot wait for each other's helpers.
 template <typename F>
 void ParallelFor(ffi::ThreadPool& pool, int64_t n, F fn) {
   struct State {
@@ -393,7 +393,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffe
 ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                         ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
                         ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
-                        ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv) {
+                        ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
+                        ffi::ResultBuffer<ffi::F32> dv) {
   Shape s;
   if (ffi::Error error = ReadShape(q, k, v, &s); error.failure()) return error;
   Rope rope;
