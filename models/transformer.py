@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from models.attention import attention
+from models.initializers import Constant, Normal
 from models.dtypes import resolve_compute_dtype
 from models.kv_cache import CacheFullError, KVCache
 from models.rope import rope_tables, rotate_pairs
@@ -33,8 +34,8 @@ INIT_STD = 0.02  # GPT-2's scale for every weight matrix; output projections div
 def make_norm(config: ModelConfig, name: str) -> nn.Module:
     dtype = resolve_compute_dtype(config.compute_dtype)
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(epsilon=1e-6, dtype=dtype, name=name)
-    return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name)
+        return nn.RMSNorm(epsilon=1e-6, dtype=dtype, scale_init=Constant(1.0), name=name)
+    return nn.LayerNorm(epsilon=1e-6, dtype=dtype, scale_init=Constant(1.0), bias_init=Constant(0.0), name=name)
 
 
 class CausalSelfAttention(nn.Module):
@@ -70,7 +71,7 @@ class CausalSelfAttention(nn.Module):
             features,
             use_bias=False,
             dtype=dtype,
-            kernel_init=nn.initializers.normal(std),
+            kernel_init=Normal(std),
             name=name,
         )
         batch, length = x_BxLxD.shape[:2]
@@ -116,7 +117,7 @@ class CausalSelfAttention(nn.Module):
             axis=(-2, -1),
             use_bias=False,
             dtype=dtype,
-            kernel_init=nn.initializers.normal(out_std),
+            kernel_init=Normal(out_std),
             name="out",
         )(flatten_tokens(out_BxLxHxE))
         return out_NxD.reshape(batch, length, config.d_model), new_cache
@@ -169,7 +170,7 @@ class Mlp(nn.Module):
             features,
             use_bias=False,
             dtype=resolve_compute_dtype(config.compute_dtype),
-            kernel_init=nn.initializers.normal(std),
+            kernel_init=Normal(std),
             name=name,
         )
         x_NxD = flatten_tokens(x_BxLxD)
@@ -268,7 +269,7 @@ class Transformer(nn.Module):
         embed = nn.Embed(
             config.vocab_size,
             config.d_model,
-            embedding_init=nn.initializers.normal(INIT_STD),
+            embedding_init=Normal(INIT_STD),
             dtype=dtype,
             name="embed",
         )
@@ -277,7 +278,7 @@ class Transformer(nn.Module):
             position_embed = nn.Embed(
                 config.max_seq_len,
                 config.d_model,
-                embedding_init=nn.initializers.normal(INIT_STD),
+                embedding_init=Normal(INIT_STD),
                 dtype=dtype,
                 name="position_embed",
             )
@@ -299,7 +300,7 @@ class Transformer(nn.Module):
                 config.vocab_size,
                 use_bias=False,
                 dtype=dtype,
-                kernel_init=nn.initializers.normal(INIT_STD),
+                kernel_init=Normal(INIT_STD),
                 name="head",
             )(x_NxD)
         logits_BxLxV = logits_NxV.reshape(batch, length, config.vocab_size).astype(jnp.float32)

@@ -76,7 +76,7 @@ def _restore_params(path: Path, config: TrainConfig) -> tuple[int, dict]:
         raise UserError(f"run {path} has no checkpoint in {checkpoint_dir}; train it first (`scaling train`)")
 
     # scaling.train owns the layout of the training state, so the restore target comes from its Trainer.
-    abstract_state = jax.eval_shape(Trainer(config).init_state, config.seed)
+    abstract_state = Trainer(config).abstract_state()
     checkpointer = Checkpointer(checkpoint_dir, keep=config.keep_checkpoints)
     try:
         restored = checkpointer.restore_latest(abstract_state)

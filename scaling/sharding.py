@@ -115,6 +115,12 @@ def put_batch(batch: np.ndarray, sharding: NamedSharding) -> np.ndarray | jax.Ar
     return jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
 
 
+def put_array(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Return the host array `array` on the devices of `sharding`; each process places only its own slices,
+    so every process must pass the same values."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
 CLUSTER_VARIABLES = {
     "explicit": ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"),
     "slurm": ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"),

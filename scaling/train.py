@@ -14,6 +14,7 @@ The flow of `train(config)`:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -30,13 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.core import meta
 from jax.sharding import NamedSharding, PartitionSpec
 
 from models.attention import training_attention
+from models.initializers import draw_params, parameter_initializers
 from models.transformer import Transformer, next_token_loss, token_nats
 from scaling.accelerators import devices_peak_flops
 from scaling.accounting import parameter_counts, training_flops_per_token
-from scaling.checkpoint import Checkpointer, abstract_like
+from scaling.checkpoint import Checkpointer
 from scaling.config import PROGRAMS_KEPT, TrainConfig, config_differences, program_identity, same_run
 from scaling.batches import batch_at, predicted_bytes, validation_windows
 from scaling.data import PreparedCorpus, check_epochs
@@ -48,7 +51,7 @@ from scaling.run_lock import RunLock
 from scaling.run_store import RunDir, initial_summary
 from scaling.schedule import schedule_values, scheduled_lr
 from scaling.sharding import (DATA_AXIS, check_batch_divides, initialize_distributed, is_primary,
-                              make_mesh, put_batch, resolve_plan, state_shardings)
+                              make_mesh, put_array, put_batch, resolve_plan, state_shardings)
 from scaling.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -180,7 +183,7 @@ class Trainer:
         self.schedule_kind = config.optimizer.schedule
         self.fsdp = self.plan.fsdp and self.mesh.size > 1
         # Without FSDP one replicated sharding covers the whole state, the program every run had before meshes.
-        self.state_sharding = (state_shardings(self._abstract_state(), self.mesh, self.fsdp) if self.fsdp
+        self.state_sharding = (state_shardings(self._state_shapes(), self.mesh, self.fsdp) if self.fsdp
                                else self.replicated)
         self.params_sharding = self.state_sharding["params"] if self.fsdp else self.replicated
 
@@ -195,31 +198,53 @@ class Trainer:
             in_shardings=(self.params_sharding, self.batch_sharding, self.batch_sharding),
             out_shardings=self.replicated,
         )
-        # The keys are arguments, not constants, so runs with other seeds reuse the compiled program.
-        self.init_fn = jax.jit(self._init, out_shardings=self.state_sharding)
+        # The parameters are drawn on the host by a program that every shape shares (models/initializers.py);
+        # the optimizer's state is the only initialisation program compiled per shape.
+        self.opt_init_fn = jax.jit(self.optimizer.init,
+                                   out_shardings=self.state_sharding["opt_state"] if self.fsdp else self.replicated)
 
-    def _init(self, init_key, state_key) -> dict[str, Any]:
-        """Build the state: parameters drawn with `init_key`, their optimizer state, step 0, `state_key`'s data."""
-        dummy_BxL = jnp.zeros((1, self.config.data.seq_len), jnp.int32)
-        params = self.model.init(init_key, dummy_BxL)["params"]
-        return {
-            "params": params,
-            "opt_state": self.optimizer.init(params),
-            "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(state_key),
-        }
+    @functools.cached_property
+    def param_initializers(self) -> dict[str, Any]:
+        """The model's parameters (shapes and dtypes) with the initializer of each, traced once per Trainer."""
+        return parameter_initializers(self.model, jnp.zeros((1, self.config.data.seq_len), jnp.int32))
 
     @staticmethod
     def _keys(seed):
         return jax.random.split(jax.random.key(seed))
 
-    def _abstract_state(self) -> dict[str, Any]:
-        return jax.eval_shape(lambda: self._init(*self._keys(0)))
+    def _state_shapes(self) -> dict[str, Any]:
+        params = meta.unbox(self.param_initializers)
+        return {
+            "params": params,
+            "opt_state": jax.eval_shape(self.optimizer.init, params),
+            "step": jax.ShapeDtypeStruct((), jnp.int32),
+            "rng": jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
+        }
+
+    def abstract_state(self) -> dict[str, Any]:
+        """Return the state as `init_state` builds it, as shapes, dtypes and shardings only (the restore
+        target of a checkpoint); nothing is computed."""
+        shapes = self._state_shapes()
+        shardings = self.state_sharding if self.fsdp else jax.tree.map(lambda _: self.replicated, shapes)
+        return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                            shapes, shardings)
 
     def init_state(self, seed: int) -> dict[str, Any]:
-        """Return the initial state: parameters, optimizer state, step 0 and the RNG key data."""
+        """Return the initial state: parameters, optimizer state, step 0 and the RNG key data.
+
+        The parameters depend on the seed only, not on the mesh or the platform: every process draws all of
+        them on the host and hands its devices their slices.
+        """
         init_key, state_key = self._keys(seed)
-        return self.init_fn(init_key, state_key)
+        host_params = draw_params(self.param_initializers, init_key)
+        shardings = self.params_sharding if self.fsdp else jax.tree.map(lambda _: self.replicated, host_params)
+        params = jax.tree.map(put_array, host_params, shardings)
+        return {
+            "params": params,
+            "opt_state": self.opt_init_fn(params),
+            "step": put_array(np.zeros((), np.int32), self.replicated),
+            "rng": put_array(np.asarray(jax.random.key_data(state_key)), self.replicated),
+        }
 
     def put_batch(self, batch_BxL1: np.ndarray):
         """Return a host batch ready for `step_fn` and `eval_fn` (in several processes, a global array)."""
@@ -347,10 +372,9 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     enable_compilation_cache(root)
 
     trainer = trainer_for(config)
-    state = trainer.init_state(config.seed)
     checkpointer = Checkpointer(run_dir.checkpoint_dir, keep=config.keep_checkpoints)
     try:
-        restored = checkpointer.restore_latest(abstract_like(state), set_aside=True)
+        restored = checkpointer.restore_latest(trainer.abstract_state(), set_aside=True)
     except BaseException:  # a checkpoint of another model: leave the run as it was
         checkpointer.close()
         raise
@@ -362,7 +386,7 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
         log.info("run %s resumes from step %d (dropped %d metric rows past it) on %s, %s attention", config.run_id,
                  start_step, dropped, _layout(trainer), training_attention(config.model))
     else:
-        start_step = 0
+        start_step, state = 0, trainer.init_state(config.seed)
         run_dir.truncate_metrics_after(-1)
         log.info("run %s starts on %s, %s attention", config.run_id, _layout(trainer),
                  training_attention(config.model))

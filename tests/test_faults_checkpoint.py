@@ -103,7 +103,7 @@ def two_layer_checkpoint(tmp_path_factory) -> Path:
 def test_restore_into_wrong_model_names_first_mismatch(model, message, two_layer_checkpoint):
     """A 2-layer state restored into another shape raises a UserError naming the first differing
     parameter and both shapes. The checkpoint stays where it was."""
-    other = jax.eval_shape(lambda: Trainer(tiny(**model)).init_state(0))  # shapes only: nothing compiled
+    other = Trainer(tiny(**model)).abstract_state()  # shapes only: nothing compiled
     with pytest.raises(UserError, match=message):
         Checkpointer(two_layer_checkpoint).restore_latest(other)
     assert sorted(path.name for path in two_layer_checkpoint.iterdir()) == ["3"]
