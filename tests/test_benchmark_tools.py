@@ -1,4 +1,5 @@
-"""The small benchmark tools: the product-layout timer and the step profiler, each on a tiny shape."""
+"""The small benchmark tools: the product-layout timer, the step profiler and the initial-state timer, each
+on a tiny shape."""
 
 from __future__ import annotations
 
@@ -36,3 +37,22 @@ def test_profile_step_attributes_kernels_to_model_parts():
     assert "fwd block_N/attention" in parts
     assert "bwd block_N/attention" in parts
     assert any(part.startswith("fwd block_N/mlp") for part in parts)
+
+
+def test_init_compile_times_both_paths():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "init_compile.py"), "--shapes", "16x1,32x1",
+                           "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert [(row["d_model"], row["n_layers"]) for row in report["shapes"]] == [(16, 1), (32, 1)]
+    assert [row["includes_shared_programs"] for row in report["shapes"]] == [True, False]
+    for row in report["shapes"]:
+        assert row["jitted_model_init_s"] > 0
+        assert row["host_draw_init_state_s"] > 0
+
+
+def test_init_compile_rejects_bad_shape():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "init_compile.py"), "--shapes", "20x1"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2
+    assert "--shapes item '20x1'" in done.stderr
