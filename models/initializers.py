@@ -10,14 +10,20 @@ with them as with `nn.initializers.normal(std)`, `ones` and `zeros`. They also r
    standard normal blocks of `BLOCK` values, keyed by the seed's key and the parameter's path, and scales
    them by its std.
 
-Why: a jitted `model.init` is one program per model shape, and with threefry and the normal transform
-inlined for every parameter it took 1.5 s to compile for a 2-layer model of 60 K parameters on one core,
-longer than such a model trains in a sweep (docs/benchmarks.md, "Sweep overhead"). The block program here
-has the same shape for every model, so a process compiles it once, whatever the sweep's sizes.
+Why: a jitted `model.init` is one program per model shape, with threefry and the normal transform inlined
+for every parameter. For a 2-layer model of 68 K parameters it took 1.6 s to compile on one core, half the
+time that model trains for in the demo sweep (docs/benchmarks.md, "Sweep overhead"). The block programs
+here have the same shapes for every model, so a process compiles them once, whatever the sweep's sizes.
 
-Each parameter's values depend only on the seed and its own path, so adding a layer leaves the others'
-initial values as they were. They differ from `model.init`'s values for the same seed; the distributions
-are the same.
+Each parameter's values depend only on the seed, its own path and its std. So adding a layer leaves the
+other layers' values as they were, except that the output projections, whose std is 0.02 / sqrt(2 n_layers),
+scale with depth. They differ from `model.init`'s values for the same seed; the distributions are the same.
+
+Cost: the host holds every parameter in float32 before the devices get them, and each process of a
+several-host run draws them all. On this project's 2-core reference machine a model of 101 M parameters
+took 1.5 s in all (a jitted `model.init` 3.2 s, compiling included), and the host's page faults made the
+rate vary from 20 to 100 M values/s. NOTE: for models far beyond what a CPU trains, drawing
+the blocks on the accelerator and shaping them there would avoid the host copies.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import numpy as np
 from flax.core import meta
 
 BLOCK = 1 << 16  # values per drawn block: 256 KB of float32, small enough that tiny parameters waste little
+GROUP = 64  # blocks per call for parameters of at least 4 M values, so that large models draw at full speed
 
 _recording = contextvars.ContextVar("recording_initializers", default=False)
 
@@ -73,8 +80,10 @@ class Normal:
         value = jax.random.normal(key, shape, dtype) * jnp.asarray(self.std, dtype)
         return _maybe_record(value, self)
 
-    def from_standard_normal(self, z: np.ndarray) -> np.ndarray:
-        return z * np.asarray(self.std, z.dtype)
+    def scale_in_place(self, z: np.ndarray) -> np.ndarray:
+        """Return `z` (float32 standard normal values) multiplied by std in place."""
+        z *= np.float32(self.std)
+        return z
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,28 +128,50 @@ def draw_params(initializers: dict[str, Any], key: jax.Array) -> dict[str, Any]:
         initializer = recorded.initializer
         if isinstance(initializer, Constant):
             return np.full(shape, initializer.value, dtype)
-        z = standard_normal(key, _path_text(path), math.prod(shape)).reshape(shape).astype(dtype)
-        return initializer.from_standard_normal(z)
+        # Scaled in float32 and rounded once to the parameter's dtype, in place where it is float32.
+        z = standard_normal(key, _path_text(path), math.prod(shape)).reshape(shape)
+        return initializer.scale_in_place(z).astype(dtype, copy=False)
 
     return jax.tree_util.tree_map_with_path(draw, initializers, is_leaf=_is_recorded)
 
 
-@jax.jit
-def _normal_block(key: jax.Array, stream: jax.Array, index: jax.Array) -> jax.Array:
+def _block(key: jax.Array, stream: jax.Array, index: jax.Array) -> jax.Array:
     return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, stream), index), (BLOCK,), jnp.float32)
+
+
+_normal_block = jax.jit(_block)
+
+
+@jax.jit
+def _normal_group(key: jax.Array, stream: jax.Array, first: jax.Array) -> jax.Array:
+    """Return blocks first .. first + GROUP - 1 as one [GROUP, BLOCK] array, equal to drawing each alone."""
+    return jax.vmap(_block, in_axes=(None, None, 0))(key, stream, first + jnp.arange(GROUP, dtype=jnp.uint32))
 
 
 def standard_normal(key: jax.Array, name: str, count: int) -> np.ndarray:
     """Return `count` float32 standard normal values of the stream that `key` and `name` select.
 
-    The stream is blocks of `BLOCK` values, block i drawn with key fold_in(fold_in(key, crc32(name)), i),
-    so the values depend on the key, the name and nothing else, and one compiled program serves every count.
+    The stream is blocks of `BLOCK` values, block i drawn with key fold_in(fold_in(key, crc32(name)), i).
+    So the values depend on the key and the name only, and two compiled programs serve every count: GROUP
+    blocks per call while that many remain, then one block per call.
     """
     stream = np.uint32(zlib.crc32(name.encode()))
-    blocks = [_normal_block(key, stream, np.uint32(index)) for index in range(-(-count // BLOCK))]
-    if not blocks:
-        return np.zeros((0,), np.float32)
-    return np.concatenate([np.asarray(block) for block in blocks])[:count]
+    n_blocks = -(-count // BLOCK)
+    drawn, index = [], 0
+    while index < n_blocks:  # every call is dispatched before the first result is read back
+        if n_blocks - index >= GROUP:
+            drawn.append(_normal_group(key, stream, np.uint32(index)))
+            index += GROUP
+        else:
+            drawn.append(_normal_block(key, stream, np.uint32(index)))
+            index += 1
+    values = np.empty((count,), np.float32)
+    filled = 0
+    for blocks in drawn:
+        flat = np.asarray(blocks).reshape(-1)[:count - filled]
+        values[filled:filled + flat.size] = flat
+        filled += flat.size
+    return values
 
 
 def _is_recorded(leaf: Any) -> bool:

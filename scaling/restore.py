@@ -76,7 +76,9 @@ def _restore_params(path: Path, config: TrainConfig) -> tuple[int, dict]:
         raise UserError(f"run {path} has no checkpoint in {checkpoint_dir}; train it first (`scaling train`)")
 
     # scaling.train owns the layout of the training state, so the restore target comes from its Trainer.
-    abstract_state = Trainer(config).abstract_state()
+    # On this process's first device: the layout a run trained on (`mesh`, e.g. fsdp=4) may need devices
+    # this machine lacks, and a checkpoint restores into any layout.
+    abstract_state = Trainer(config.replace(mesh=""), devices=jax.devices()[:1]).abstract_state()
     checkpointer = Checkpointer(checkpoint_dir, keep=config.keep_checkpoints)
     try:
         restored = checkpointer.restore_latest(abstract_state)

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import jax
 import pytest
 
 from models.generate import Generator, Sampling, UncachedGreedy
@@ -121,3 +122,17 @@ def test_cli_rejects_prompt_filling_cache(trained_run, capsys):
     status = main(["generate", str(trained_run), "--prompt", "x" * 40, "--max-new-tokens", "3"])
     assert status == 2
     assert "no room to generate" in _error_line(capsys)
+
+
+def test_run_trained_on_more_devices_loads(trained_run, tmp_path):
+    """A run recorded with a layout over 4 devices restores on a machine with one."""
+    copy = tmp_path / "tiny-generate"
+    shutil.copytree(trained_run, copy)
+    record = json.loads((copy / "config.json").read_text())
+    record["config"]["mesh"] = "fsdp=4"
+    (copy / "config.json").write_text(json.dumps(record))
+
+    run, original = load_trained_run(copy), load_trained_run(trained_run)
+    assert run.config.mesh == "fsdp=4"
+    assert run.step == original.step
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), run.params, original.params))

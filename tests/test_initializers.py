@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.initializers import BLOCK, Constant, Normal, Recorded, draw_params, parameter_initializers, standard_normal
+from models.initializers import (BLOCK, GROUP, Constant, Normal, Recorded, draw_params, parameter_initializers,
+                                 standard_normal)
 from models.transformer import INIT_STD, Transformer
 from scaling.config import DataConfig, ModelConfig, TrainConfig
 from scaling.train import Trainer
@@ -109,6 +110,8 @@ def test_standard_normal_streams_blocks():
     assert long.shape == (BLOCK + 10,)
     assert long.dtype == np.float32
     assert np.array_equal(standard_normal(key, "a", 10), long[:10])
+    grouped = standard_normal(key, "a", GROUP * BLOCK + BLOCK + 1)  # one call for GROUP blocks, then two alone
+    assert np.array_equal(grouped[:BLOCK + 10], long)
     assert not np.array_equal(standard_normal(key, "b", 10), long[:10])
     assert not np.array_equal(long[:10], long[BLOCK:])
     assert standard_normal(key, "a", 0).shape == (0,)
