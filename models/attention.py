@@ -6,8 +6,9 @@ h reads key/value head h // (H // K): consecutive query heads share one key/valu
 as `jax.nn.dot_product_attention`.
 
 Implementations, chosen by `ModelConfig.attention_impl`:
-- "auto" (the default): "fused" for float32 training on a one-device CPU process where its kernel builds,
-  else "xla".
+- "auto" (the default): "fused" for float32 training on the CPU where its kernel builds, else "xla". With
+  several devices it is "fused" only inside `batch_split_over(mesh)`, where each device runs the kernel on
+  its own rows. The Trainer traces its steps in that context.
 - "xla": the score matrix [L, S] in full, then a float32 softmax. For training (no cache, no padding) it
   runs over blocks of queries, each reading only the keys up to its last query.
 - "fused": training attention (no cache, no padding) from a C++ kernel that computes each block of queries
@@ -28,11 +29,14 @@ G query heads per key/value head (H = K G), E head_dim.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 
 from models import fused_attention
 from models.dtypes import resolve_compute_dtype
@@ -352,7 +356,7 @@ def attention_blockwise(
 
 
 def training_attention(model: ModelConfig) -> str:
-    """Return the implementation that computes a model's training attention in this process: its
+    """Return the implementation that computes a model's attention in a Trainer's steps in this process: its
     `attention_impl`, with "auto" resolved ("fused" or "xla")."""
     if model.attention_impl != "auto":
         return model.attention_impl
@@ -365,7 +369,25 @@ def _float32(*arrays: jax.Array) -> bool:
 
 
 def _auto_fused(*arrays: jax.Array) -> bool:
-    return _float32(*arrays) and fused_attention.auto_uses_kernel()
+    batch_split = jax.device_count() == 1 or _batch_mesh.get() is not None
+    return _float32(*arrays) and batch_split and fused_attention.auto_uses_kernel()
+
+
+_batch_mesh: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("attention_batch_mesh", default=None)
+
+
+@contextlib.contextmanager
+def batch_split_over(mesh: Mesh):
+    """Trace training attention inside this context with the batch split over `mesh`'s first axis.
+
+    The fused kernel then runs on each device's own rows (a `shard_map`). Outside it, XLA would gather the
+    whole batch onto every device to call the kernel once.
+    """
+    token = _batch_mesh.set(mesh)
+    try:
+        yield
+    finally:
+        _batch_mesh.reset(token)
 
 
 def attention_fused(
@@ -380,7 +402,19 @@ def attention_fused(
     reason = fused_attention.unavailable_reason()
     if reason is not None:
         raise UserError(f"attention_impl='fused' cannot run: {reason}; use attention_impl='auto' or 'xla'")
-    return fused_attention.causal_attention_fused(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, rope)
+    mesh = _batch_mesh.get()
+    if mesh is None or mesh.size == 1:
+        return fused_attention.causal_attention_fused(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, rope)
+
+    rows = PartitionSpec(mesh.axis_names[0])
+    if rope is None:
+        per_device = jax.shard_map(fused_attention.causal_attention_fused, mesh=mesh, in_specs=(rows, rows, rows),
+                                   out_specs=rows, check_vma=False)
+        return per_device(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE)
+    tables = rows if rope[0].shape[0] > 1 else PartitionSpec()  # [1, L, E/2] tables serve every row
+    per_device = jax.shard_map(fused_attention.causal_attention_fused, mesh=mesh,
+                               in_specs=(rows, rows, rows, (tables, tables)), out_specs=rows, check_vma=False)
+    return per_device(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, rope)
 
 
 def attention_cudnn(q_BxLxHxE: jax.Array, k_BxSxKxE: jax.Array, v_BxSxKxE: jax.Array) -> jax.Array:

@@ -178,13 +178,12 @@ def unavailable_reason() -> str | None:
 
 @functools.cache
 def auto_uses_kernel() -> bool:
-    """Return whether attention_impl="auto" runs the kernel: on a one-device CPU process where it builds.
+    """Return whether attention_impl="auto" may run the kernel: on the CPU where it builds.
 
-    With several devices XLA would gather every device's batch to call the kernel on all of it, so "auto"
-    keeps the XLA path there. A failure to build is logged once, with the fallback.
+    With several devices, `models.attention` also requires the batch split of `batch_split_over`. A
+    failure to build is logged once, with the fallback.
     """
-    # NOTE: a shard_map over the mesh's data axis would let each device run the kernel on its own rows.
-    if switched_off() or jax.default_backend() != "cpu" or jax.device_count() != 1:
+    if switched_off() or jax.default_backend() != "cpu":
         return False
     reason = unavailable_reason()
     if reason is not None:

@@ -34,7 +34,7 @@ import optax
 from flax.core import meta
 from jax.sharding import NamedSharding, PartitionSpec
 
-from models.attention import training_attention
+from models.attention import batch_split_over, training_attention
 from models.initializers import draw_params, parameter_initializers
 from models.transformer import Transformer, next_token_loss, token_nats
 from scaling.accelerators import devices_peak_flops
@@ -256,7 +256,8 @@ class Trainer:
         def objective(params):
             if self.fsdp:  # gather the whole parameters for the pass; each device stores only its slice
                 params = jax.lax.with_sharding_constraint(params, self.replicated)
-            logits_BxLxV = self.model.apply({"params": params}, inputs_BxL)
+            with batch_split_over(self.mesh):
+                logits_BxLxV = self.model.apply({"params": params}, inputs_BxL)
             loss, total = next_token_loss(logits_BxLxV, targets_BxL, z_loss=self.config.model.z_loss)
             return total, loss
 
@@ -274,7 +275,8 @@ class Trainer:
         """Return the summed nats of predicting every token of the weighted windows."""
         if self.fsdp:
             params = jax.lax.with_sharding_constraint(params, self.replicated)
-        logits_BxLxV = self.model.apply({"params": params}, windows_BxL1[:, :-1])
+        with batch_split_over(self.mesh):
+            logits_BxLxV = self.model.apply({"params": params}, windows_BxL1[:, :-1])
         nats_BxL, _ = token_nats(logits_BxLxV, windows_BxL1[:, 1:])
         return (nats_BxL.sum(axis=-1) * weights_B).sum()
 

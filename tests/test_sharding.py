@@ -27,8 +27,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 STEPS = 12
 
 CHILD = r"""
-import json, os, sys
+import json, os, re, sys
 import jax, jax.numpy as jnp, numpy as np
+from models import fused_attention
 from scaling.checkpoint import Checkpointer, abstract_like
 from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
 from scaling.batches import batch_at
@@ -47,12 +48,16 @@ tokens = np.random.default_rng(0).integers(0, 16, size=50_000).astype(np.uint16)
 schedule = {k: jnp.asarray(v, jnp.float32) for k, v in schedule_values(config.optimizer, steps).items()}
 windows = np.stack([tokens[i * 33:(i + 1) * 33] for i in range(12)]).astype(np.int32)  # 1.5 batches
 
-out = {"devices": jax.device_count()}
+out = {"devices": jax.device_count(), "kernel_builds": fused_attention.unavailable_reason() is None}
 for name, devices, mesh in [("one", jax.devices()[:1], ""), ("data", None, "data=4"), ("fsdp", None, "fsdp=4")]:
     trainer = Trainer(config.replace(mesh=mesh), devices=devices)
     state = trainer.init_state(0)
     # Summed on the host in float64: a sum on the devices would follow each layout's reduction order.
     initial = float(np.sum(np.asarray(state["params"]["block_0"]["mlp"]["up"]["kernel"]), dtype=np.float64))
+    # The batch rows of each fused-attention call, from the log-sum-exp output [rows, heads, positions].
+    text = trainer.step_fn.lower(state, batch_at(tokens, 0, batch_size=8, seq_len=32, seed=0), schedule).compile().as_text()
+    kernel_rows = sorted({int(rows) for rows in re.findall(
+        r"f32\[(\d+),\d+,\d+\]\{2,1,0\}\) custom-call\([^\n]*scaling_causal_attention_forward", text)})
     losses = []
     for step in range(steps):
         batch = batch_at(tokens, step, batch_size=8, seq_len=32, seed=0)
@@ -71,6 +76,7 @@ for name, devices, mesh in [("one", jax.devices()[:1], ""), ("data", None, "data
         "initial_sum": initial,
         "eval_nats": trainer.evaluate(state["params"], windows),
         "mesh_devices": trainer.mesh.size,
+        "kernel_rows": kernel_rows,
         "leaves": {path: {"spec": [None if a is None else str(a) for a in leaf.sharding.spec],
                           "shape": list(leaf.shape),
                           "shard_shapes": [list(s.data.shape) for s in leaf.addressable_shards],
@@ -132,6 +138,15 @@ def test_same_losses_on_one_and_four_devices(four_devices):
         assert run["initial_sum"] == one["initial_sum"]  # the same initial parameters, bit for bit
         np.testing.assert_allclose(run["losses"], one["losses"], rtol=0, atol=1e-5)
         assert run["eval_nats"] == pytest.approx(one["eval_nats"], rel=1e-5)
+
+
+def test_fused_attention_runs_on_each_devices_rows(four_devices):
+    """Attention "auto" on 4 CPU devices calls the fused kernel on each device's 2 of the 8 rows."""
+    if not four_devices["kernel_builds"]:
+        pytest.skip("the fused CPU attention kernel does not build here (no C++ compiler)")
+    assert four_devices["one"]["kernel_rows"] == [8]
+    assert four_devices["data"]["kernel_rows"] == [2]
+    assert four_devices["fsdp"]["kernel_rows"] == [2]
 
 
 def test_data_parallel_replicates_the_state(four_devices):
