@@ -1,5 +1,5 @@
-"""The small benchmark tools: the product-layout timer, the step profiler and the initial-state timer, each
-on a tiny shape."""
+"""The small benchmark tools: the product-layout timer, the step profiler, the initial-state timer and the
+mesh attention timer, each on a tiny shape."""
 
 from __future__ import annotations
 
@@ -56,3 +56,23 @@ def test_init_compile_rejects_bad_shape():
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2
     assert "--shapes item '20x1'" in done.stderr
+
+
+def test_mesh_attention_times_both_paths_on_two_devices():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mesh_attention.py"), "--sizes", "32",
+                           "--layers", "1", "--seq-len", "32", "--steps", "2", "--rounds", "1", "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(done.stdout)["rows"]
+    assert row["devices"] == 2
+    assert row["auto_resolves_to"] in ("fused", "xla")  # "xla" where no C++ compiler builds the kernel
+    assert row["xla_attention_tokens_per_s"] > 0
+    assert row["fused_attention_tokens_per_s"] > 0
+    assert row["one_device_fused_tokens_per_s"] > 0
+
+
+def test_mesh_attention_rejects_batch_not_divisible():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mesh_attention.py"), "--devices", "3"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2
+    assert "--devices 3 must be at least 1 and divide --batch 8" in done.stderr
