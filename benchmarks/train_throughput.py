@@ -19,6 +19,8 @@ SETTLE_S before each so that the previous engine's threads have stopped spinning
 run is reported: other processes on a shared machine can only slow a run down, never speed it up. The
 spread (slowest over fastest) is printed beside it.
 Set XLA_FLAGS before starting to compare XLA settings: the script records the flags it ran with.
+`--cpu-devices N` splits the host into N XLA CPU devices and trains JAX data-parallel over them (finding 18
+of docs/benchmarks.md), and the output records it.
 The script keeps freed host memory in the heap for the whole process, PyTorch included, when the largest
 size's step needs it, as `scaling.train.train` does (scaling/host_memory.py). SCALING_KEEP_FREED_MEMORY=0
 measures both engines with glibc's defaults instead, and `kept_freed_memory` in the output records which ran.
@@ -71,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peak-flops", type=float,
                         help="the chip's peak FLOP/s for MFU, for an accelerator that scaling.accelerators "
                              "does not know (default: its published dense bfloat16 peak)")
+    parser.add_argument("--cpu-devices", type=int, default=1,
+                        help="split the host into this many XLA CPU devices and train JAX with mesh data=N "
+                             "(default 1); PyTorch is unaffected")
     parser.add_argument("--no-torch", action="store_true", help="time the JAX trainer only")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -80,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # Parsed before JAX and PyTorch are imported, because their thread pools read these variables at import.
 ARGS = parse_args()
 os.environ.setdefault("OMP_NUM_THREADS", str(ARGS.threads))
+if ARGS.cpu_devices > 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={ARGS.cpu_devices}").strip()
 # On a GPU, JAX would otherwise reserve 75% of its memory at start and leave PyTorch's peer too little.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
@@ -129,6 +137,11 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         except UserError as error:
             reason = str(error).split("; ")[0]  # keep the reason only, because the fix here is an option
             raise UserError(f"--attention cudnn cannot run: {reason}; pass --attention xla") from None
+    if args.cpu_devices < 1 or args.batch % args.cpu_devices:
+        raise UserError(f"--cpu-devices {args.cpu_devices} must be at least 1 and divide --batch {args.batch}")
+    if args.cpu_devices > 1 and ON_ACCELERATOR:
+        raise UserError(f"--cpu-devices {args.cpu_devices} splits a CPU, but JAX runs on {jax.default_backend()}; "
+                        "leave it at 1")
     if args.peak_flops is not None and not args.peak_flops > 0:
         raise UserError(f"--peak-flops {args.peak_flops} must be positive, in FLOP/s (an H100 SXM's is 989.5e12)")
     return args
@@ -143,7 +156,8 @@ def model_config(d_model: int, args: argparse.Namespace, attention: str | None =
 def train_config(model: ModelConfig, args: argparse.Namespace, steps: int) -> TrainConfig:
     return TrainConfig(model=model, optimizer=OptimizerConfig(warmup_steps=2),
                        data=DataConfig(path="unused", seq_len=args.seq_len, batch_size=args.batch),
-                       tokens=steps * args.seq_len * args.batch, wandb_mode="disabled")
+                       tokens=steps * args.seq_len * args.batch, wandb_mode="disabled",
+                       mesh=f"data={args.cpu_devices}" if args.cpu_devices > 1 else "")
 
 
 def random_batches(count: int, args: argparse.Namespace, seed: int = 0) -> np.ndarray:
@@ -463,6 +477,7 @@ def measure(args: argparse.Namespace) -> dict:
         "machine": machine_name(),
         "backend": jax.default_backend(),
         "threads": args.threads,
+        "cpu_devices": args.cpu_devices,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "kept_freed_memory": keep_freed_memory() if not ON_ACCELERATOR else False,
         "jax": jax.__version__,

@@ -75,8 +75,19 @@ def test_compare_attention_times_both_paths():
         row["tokens_per_s"] / row["jax_xla_attention_tokens_per_s"], rel=1e-2)
 
 
+def test_cpu_devices_trains_on_a_mesh():
+    done = run_benchmark(*TINY, "--no-torch", "--cpu-devices", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["cpu_devices"] == 2
+    assert "--xla_force_host_platform_device_count=2" in report["xla_flags"]
+    (row,) = report["sizes"]
+    assert row["tokens_per_s"] > 0
+
+
 @pytest.mark.parametrize("options, message", [
     (["--attention", "cudnn"], "--attention cudnn cannot run"),
+    (["--cpu-devices", "3"], "--cpu-devices 3 must be at least 1 and divide --batch 2"),
     (["--attention", "fused", "--compute-dtype", "bfloat16"],
      "attention fused cannot run: it computes in float32 only, not bfloat16"),
     (["--peak-flops", "-1"], "--peak-flops -1.0 must be positive"),
