@@ -3,8 +3,9 @@ kernel that each device runs on its own rows (`models.attention.batch_split_over
 
 The host's cores are split into `--devices` XLA CPU devices (`--xla_force_host_platform_device_count`),
 and the Trainer lays the batch out over them with `mesh=data=N`. A third trainer runs the fused kernel on
-the first device alone, the layout of a one-device process. All three are timed in one process, in
-alternating rounds; each number is the best round, since other processes can only slow a round down.
+the first device alone. All three are timed in one process, in alternating rounds; each number is the
+best round, since other processes can only slow a round down. Freed host memory is kept as training keeps
+it for the largest size (scaling/host_memory.py).
 
     python benchmarks/mesh_attention.py --devices 2 --sizes 128,512 --json
 """
@@ -62,9 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     from models.attention import training_attention
     from scaling.batches import batch_at
     from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
+    from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory
     from scaling.schedule import schedule_values
     from scaling.train import Trainer
 
+    def train_config(d_model: int, impl: str, mesh: str) -> TrainConfig:
+        model = ModelConfig(d_model=d_model, n_layers=args.layers, n_heads=d_model // 32, max_seq_len=args.seq_len,
+                            attention_impl=impl)
+        return TrainConfig(model=model, optimizer=OptimizerConfig(peak_lr=1e-3, warmup_steps=2),
+                           data=DataConfig(path="unused", seq_len=args.seq_len, batch_size=args.batch),
+                           tokens=10**9, wandb_mode="disabled", mesh=mesh)
+
+    # As `scaling.train.train` does for a step of this size, before XLA's threads start (scaling/host_memory.py).
+    kept_freed_memory = keep_freed_memory(max(estimated_step_temp_bytes(train_config(d, "auto", ""))
+                                              for d in args.sizes))
     tokens = np.random.default_rng(0).integers(0, 256, size=500_000).astype(np.uint16)
 
     def batch(step: int) -> np.ndarray:
@@ -75,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         trainers = {}
         variants = {"xla": ("xla", None), "auto": ("auto", None), "one_device": ("auto", jax.devices()[:1])}
         for name, (impl, devices) in variants.items():
-            model = ModelConfig(d_model=d_model, n_layers=args.layers, n_heads=d_model // 32,
-                                max_seq_len=args.seq_len, attention_impl=impl)
-            mesh = "" if devices is not None else f"data={args.devices}"
-            config = TrainConfig(model=model, optimizer=OptimizerConfig(peak_lr=1e-3, warmup_steps=2),
-                                 data=DataConfig(path="unused", seq_len=args.seq_len, batch_size=args.batch),
-                                 tokens=10**9, wandb_mode="disabled", mesh=mesh)
+            config = train_config(d_model, impl, "" if devices is not None else f"data={args.devices}")
             trainer = Trainer(config, devices=devices)
             schedule = {k: jnp.asarray(v, jnp.float32) for k, v in schedule_values(config.optimizer, 10**6).items()}
             trainers[name] = (trainer, trainer.init_state(0), schedule)
@@ -119,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         print(json.dumps({"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "jax": jax.__version__,
-                          "batch": args.batch, "seq_len": args.seq_len, "rows": rows}, indent=2))
+                          "batch": args.batch, "seq_len": args.seq_len, "kept_freed_memory": kept_freed_memory,
+                          "rows": rows}, indent=2))
     return 0
 
 

@@ -106,6 +106,21 @@ from scaling.accelerators import known_parts, published_bf16_peak  # noqa: E402
 from scaling.errors import UserError  # noqa: E402
 from scaling.train import Trainer  # noqa: E402
 
+
+
+def largest_step_temp_bytes(args: argparse.Namespace) -> int:
+    """Return the temporaries of the ladder's largest step, with the CPU ladder's shape for unset options."""
+    shape = {name: getattr(args, name) or value for name, value in CPU_DEFAULTS.items()}
+    return max(estimated_step_temp_bytes(TrainConfig(
+        model=ModelConfig(vocab_size=args.vocab, d_model=int(size), n_layers=shape["layers"],
+                          n_heads=max(1, int(size) // args.head_dim), max_seq_len=shape["seq_len"]),
+        data=DataConfig(path="unused", seq_len=shape["seq_len"], batch_size=shape["batch"])))
+        for size in shape["sizes"].split(","))
+
+
+# train() decides this before JAX starts its threads, because an arena, once given to a thread, stays with
+# it (scaling/host_memory.py). So the benchmark decides here, before its first call to the backend.
+KEPT_FREED_MEMORY = keep_freed_memory(largest_step_temp_bytes(ARGS))
 ON_ACCELERATOR = jax.default_backend() in ("gpu", "tpu")
 
 
@@ -406,8 +421,6 @@ def measure(args: argparse.Namespace) -> dict:
     use_torch = torch_device is not None
     published_peak, peak_source = mfu_peak(args)  # fails here, before any timing, on an unknown chip
     sizes = [int(size) for size in args.sizes.split(",")]
-    if not ON_ACCELERATOR:  # before the first JAX computation starts XLA's threads
-        keep_freed_memory(max(estimated_step_temp_bytes(train_config(model_config(d, args), args, 1)) for d in sizes))
     peaks = matmul_peak(args, torch_device)
     measured_peak = max(peaks.values())
     results = []
@@ -479,7 +492,7 @@ def measure(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "cpu_devices": args.cpu_devices,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "kept_freed_memory": keep_freed_memory() if not ON_ACCELERATOR else False,
+        "kept_freed_memory": KEPT_FREED_MEMORY,
         "jax": jax.__version__,
         "torch": _torch_version() if use_torch else None,
         "torch_device": torch_device,

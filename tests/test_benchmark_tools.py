@@ -1,5 +1,5 @@
-"""The small benchmark tools: the product-layout timer, the step profiler, the initial-state timer and the
-mesh attention timer, each on a tiny shape."""
+"""The small benchmark tools, each on a tiny shape: the product-layout timer, the step profiler, the
+initial-state timer, the mesh attention timer and the malloc settings timer."""
 
 from __future__ import annotations
 
@@ -76,3 +76,20 @@ def test_mesh_attention_rejects_batch_not_divisible():
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2
     assert "--devices 3 must be at least 1 and divide --batch 8" in done.stderr
+
+
+def test_malloc_arenas_reports_every_setting():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "malloc_arenas.py"), "--sizes", "32",
+                           "--steps", "1", "--json"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(done.stdout)["rows"]
+    for setting in ("none", "one-arena", "arena-per-thread", "after-threads"):
+        assert row[setting]["tokens_per_s"] > 0, setting
+        assert row[setting]["faults_per_step"] >= 0, setting
+
+
+def test_malloc_arenas_rejects_bad_size():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "malloc_arenas.py"), "--sizes", "48"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2
+    assert "--sizes '48' must list multiples of 32" in done.stderr
