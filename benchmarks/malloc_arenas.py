@@ -23,6 +23,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.widths import parse_widths  # noqa: E402
+
 SETTINGS = ("none", "one-arena", "arena-per-thread", "after-threads")
 
 CHILD = r"""
@@ -73,11 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
-        sizes = [int(size) for size in args.sizes.split(",")]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 32 or any(size % 32 for size in sizes):
-        parser.error(f"--sizes {args.sizes!r} must list multiples of 32 (heads of 32), e.g. 64,512")
+        sizes = parse_widths(args.sizes)
+    except ValueError as error:
+        parser.error(str(error))
 
     rows = []
     for d_model in sizes:

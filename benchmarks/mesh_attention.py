@@ -22,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.widths import parse_widths  # noqa: E402
+
 SETTLE_S = 0.5  # pause before each timed round, so the previous engine's threads stop spinning
 
 
@@ -37,11 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
-        sizes = [int(size) for size in args.sizes.split(",")]
-    except ValueError:
-        sizes = []
-    if not sizes or any(size < 32 or size % 32 for size in sizes):
-        parser.error(f"--sizes {args.sizes!r} must list multiples of 32 (heads of 32), e.g. 128,512")
+        sizes = parse_widths(args.sizes)
+    except ValueError as error:
+        parser.error(str(error))
     if args.devices < 1 or args.batch % args.devices:
         parser.error(f"--devices {args.devices} must be at least 1 and divide --batch {args.batch}")
     args.sizes = sizes

@@ -11,10 +11,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_tool(script: str, *options: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *options], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
 def test_tiny_run_reports_every_layout():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "matmul_layouts.py"), "--tokens", "64",
-                           "--d-model", "32", "--hidden", "48", "--rounds", "2", "--repeats", "2", "--json"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = run_tool("matmul_layouts.py", "--tokens", "64", "--d-model", "32", "--hidden", "48", "--rounds", "2",
+                    "--repeats", "2", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     assert report["shape"] == {"tokens": 64, "d_model": 32, "hidden": 48}
@@ -27,9 +31,7 @@ def test_tiny_run_reports_every_layout():
 
 
 def test_profile_step_attributes_kernels_to_model_parts():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--d-model", "32",
-                           "--layers", "1", "--steps", "2", "--top", "40"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = run_tool("profile_step.py", "--d-model", "32", "--layers", "1", "--steps", "2", "--top", "40")
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("d_model 32, 1 layers: step")
@@ -40,8 +42,7 @@ def test_profile_step_attributes_kernels_to_model_parts():
 
 
 def test_init_compile_times_both_paths():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "init_compile.py"), "--shapes", "16x1,32x1",
-                           "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = run_tool("init_compile.py", "--shapes", "16x1,32x1", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     assert [(row["d_model"], row["n_layers"]) for row in report["shapes"]] == [(16, 1), (32, 1)]
@@ -52,16 +53,14 @@ def test_init_compile_times_both_paths():
 
 
 def test_init_compile_rejects_bad_shape():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "init_compile.py"), "--shapes", "20x1"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = run_tool("init_compile.py", "--shapes", "20x1", timeout=120)
     assert done.returncode == 2
     assert "--shapes item '20x1'" in done.stderr
 
 
 def test_mesh_attention_times_both_paths_on_two_devices():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mesh_attention.py"), "--sizes", "32",
-                           "--layers", "1", "--seq-len", "32", "--steps", "2", "--rounds", "1", "--json"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = run_tool("mesh_attention.py", "--sizes", "32", "--layers", "1", "--seq-len", "32", "--steps", "2",
+                    "--rounds", "1", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     (row,) = json.loads(done.stdout)["rows"]
     assert row["devices"] == 2
@@ -72,15 +71,13 @@ def test_mesh_attention_times_both_paths_on_two_devices():
 
 
 def test_mesh_attention_rejects_batch_not_divisible():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mesh_attention.py"), "--devices", "3"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = run_tool("mesh_attention.py", "--devices", "3", timeout=120)
     assert done.returncode == 2
     assert "--devices 3 must be at least 1 and divide --batch 8" in done.stderr
 
 
 def test_malloc_arenas_reports_every_setting():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "malloc_arenas.py"), "--sizes", "32",
-                           "--steps", "1", "--json"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    done = run_tool("malloc_arenas.py", "--sizes", "32", "--steps", "1", "--json", timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     (row,) = json.loads(done.stdout)["rows"]
     for setting in ("none", "one-arena", "arena-per-thread", "after-threads"):
@@ -89,7 +86,6 @@ def test_malloc_arenas_reports_every_setting():
 
 
 def test_malloc_arenas_rejects_bad_size():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "malloc_arenas.py"), "--sizes", "48"],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    done = run_tool("malloc_arenas.py", "--sizes", "48", timeout=60)
     assert done.returncode == 2
     assert "--sizes '48' must list multiples of 32" in done.stderr
