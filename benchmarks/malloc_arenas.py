@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = parse_widths(args.sizes)
     except ValueError as error:
         parser.error(str(error))
+    if args.steps < 0:
+        parser.error(f"--steps {args.steps} must be at least 0 (0: about 2 s worth)")
 
     rows = []
     for d_model in sizes:
