@@ -232,8 +232,8 @@ class Trainer:
     def init_state(self, seed: int) -> dict[str, Any]:
         """Return the initial state: parameters, optimizer state, step 0 and the RNG key data.
 
-        The parameters depend on the seed only, not on the mesh or the platform: every process draws all of
-        them on the host and hands its devices their slices.
+        The parameters depend on the seed and the model's shape only, not on the mesh: every process draws
+        all of them on the host and hands its devices their slices.
         """
         init_key, state_key = self._keys(seed)
         host_params = draw_params(self.param_initializers, init_key)
