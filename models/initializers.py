@@ -19,7 +19,7 @@ Each parameter's values depend only on the seed, its own path and its std. So ad
 other layers' values as they were, except that the output projections, whose std is 0.02 / sqrt(2 n_layers),
 scale with depth. They differ from `model.init`'s values for the same seed; the distributions are the same.
 
-Cost: the host holds every parameter in float32 before the devices get them, and each process of a
+Cost: the host keeps every parameter in float32 before the devices get them, and each process of a
 several-host run draws them all. On this project's 2-core reference machine a model of 101 M parameters
 took 1.5 s in all (a jitted `model.init` 3.2 s, compiling included), and the host's page faults made the
 rate vary from 20 to 100 M values/s. NOTE: for models far beyond what a CPU trains, drawing

@@ -198,8 +198,8 @@ class Trainer:
             in_shardings=(self.params_sharding, self.batch_sharding, self.batch_sharding),
             out_shardings=self.replicated,
         )
-        # The parameters are drawn on the host by a program that every shape shares (models/initializers.py);
-        # the optimizer's state is the only initialisation program compiled per shape.
+        # The parameters are drawn on the host by a program that every shape shares (models/initializers.py).
+        # So the optimizer's state is the only initialisation program compiled per shape.
         self.opt_init_fn = jax.jit(self.optimizer.init,
                                    out_shardings=self.state_sharding["opt_state"] if self.fsdp else self.replicated)
 
