@@ -6,7 +6,7 @@ parameters on the host (models/initializers.py) and compiles only the optimizer 
 Both run in one process, one shape after another, with JAX's persistent compilation cache off, so each
 number includes compiling. The shapes default to the demo sweep's six (heads of 16, 8 x 64 tokens).
 The first shape of `init_state` also compiles the programs every shape shares (the normal block, key
-splitting), once per process; its row says so.
+splitting), once per process. Its row is marked `includes_shared_programs`.
 
     python benchmarks/init_compile.py --json
 """

@@ -72,7 +72,7 @@ def _maybe_record(value: jax.Array, initializer: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class Normal:
-    """Draw from a normal distribution with mean 0 and standard deviation `std`."""
+    """Initializer drawing from a normal distribution with mean 0 and standard deviation `std`."""
 
     std: float
 
@@ -88,7 +88,7 @@ class Normal:
 
 @dataclasses.dataclass(frozen=True)
 class Constant:
-    """Fill with `value` (1.0 for norm scales, 0.0 for biases)."""
+    """Initializer filling with `value` (1.0 for norm scales, 0.0 for biases)."""
 
     value: float
 
