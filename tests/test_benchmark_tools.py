@@ -1,5 +1,5 @@
 """The small benchmark tools, each on a tiny shape: the product-layout timer, the step profiler, the
-initial-state timer, the mesh attention timer and the malloc settings timer."""
+initial-state timer, the step compile timer, the mesh attention timer and the malloc settings timer."""
 
 from __future__ import annotations
 
@@ -56,6 +56,27 @@ def test_init_compile_rejects_bad_shape():
     done = run_tool("init_compile.py", "--shapes", "20x1", timeout=120)
     assert done.returncode == 2
     assert "--shapes item '20x1'" in done.stderr
+
+
+def test_step_compile_times_each_stage_with_an_option():
+    done = run_tool("step_compile.py", "--shapes", "16x1", "--option", "xla_backend_optimization_level=1", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["options"] == {"xla_backend_optimization_level": 1}
+    rows = {row["stage"]: row for row in report["rows"]}
+    assert list(rows) == ["forward", "gradient", "gradient_norm", "step", "eval"]
+    for row in rows.values():
+        assert (row["d_model"], row["n_layers"]) == (16, 1)
+        assert row["compile_s"] > 0
+    # Each stage contains the one before it, so its program has at least as many fusions.
+    assert rows["forward"]["fusions"] < rows["gradient"]["fusions"] <= rows["gradient_norm"]["fusions"]
+    assert rows["gradient_norm"]["fusions"] < rows["step"]["fusions"]
+
+
+def test_step_compile_rejects_bad_option():
+    done = run_tool("step_compile.py", "--option", "optimization_level", timeout=120)
+    assert done.returncode == 2
+    assert "--option 'optimization_level'" in done.stderr
 
 
 def test_mesh_attention_times_both_paths_on_two_devices():
