@@ -40,13 +40,14 @@ from models.transformer import Transformer, next_token_loss, token_nats
 from scaling.accelerators import devices_peak_flops
 from scaling.accounting import parameter_counts, training_flops_per_token
 from scaling.checkpoint import Checkpointer
-from scaling.config import PROGRAMS_KEPT, TrainConfig, config_differences, program_identity, same_run
+from scaling.config import PROGRAMS_KEPT, TrainConfig, program_identity
 from scaling.batches import batch_at, predicted_bytes, validation_windows
 from scaling.data import PreparedCorpus, check_epochs
 from scaling.errors import UserError
 from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory, release_freed_memory
 from scaling.interrupts import stop_requested, stop_signals_deferred
 from scaling.paths import runs_root as resolve_runs_root
+from scaling.run_checks import corpus_size_problem, folder_conflict
 from scaling.run_lock import RunLock
 from scaling.run_store import RunDir, initial_summary
 from scaling.schedule import schedule_values, scheduled_lr
@@ -353,16 +354,22 @@ class _SecondaryRunDir(RunDir):
 
 def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bool) -> dict[str, Any]:
     entered = time.time()
+    corpus = PreparedCorpus.load(config.data.path)
+    # A finished run on another corpus is not this run: skipping it would report its loss as this run's.
+    conflict = folder_conflict(run_dir, config, corpus.fingerprint)
+    if conflict:
+        raise UserError(f"run folder {run_dir.path} contains {conflict}; prepare the original corpus again, "
+                        "or choose another run_id or sweep")
     previous = run_dir.summary() if run_dir.summary_path.exists() else None
     if previous and previous.get("status") in ("completed", "diverged"):
         # A diverged run is final too: resuming it would repeat the same steps and diverge again.
         log.info("run %s/%s already %s; skipping", config.sweep, config.run_id, previous["status"])
         return previous
 
-    corpus = PreparedCorpus.load(config.data.path)
     _check_vocabulary(config, corpus)
-    _check_corpus_size(config, corpus)
-    _check_same_corpus(run_dir, corpus)
+    problem = corpus_size_problem(config.data, len(corpus.train), len(corpus.val))
+    if problem:
+        raise UserError(problem)
     epochs = check_epochs(config.run_id, config.tokens_trained, corpus, config.max_epochs)
     if epochs > 1:
         log.warning(
@@ -610,44 +617,12 @@ def _check_vocabulary(config: TrainConfig, corpus: PreparedCorpus) -> None:
         )
 
 
-def _check_corpus_size(config: TrainConfig, corpus: PreparedCorpus) -> None:
-    """Reject a corpus whose training split holds less than one batch, or whose validation split holds
-    less than one sequence, before anything of the run is written."""
-    data = config.data
-    batch = data.batch_size * data.seq_len + 1  # one batch of windows laid end to end, sharing boundary tokens
-    if len(corpus.train) < batch:
-        raise UserError(
-            f"corpus at {data.path} has {len(corpus.train)} training tokens, fewer than one batch of "
-            f"batch_size * seq_len + 1 = {batch}; prepare a larger corpus, or lower batch_size or seq_len"
-        )
-    if len(corpus.val) < data.seq_len + 1:
-        raise UserError(
-            f"corpus at {data.path} has {len(corpus.val)} validation tokens, fewer than one sequence of "
-            f"seq_len + 1 = {data.seq_len + 1}; prepare it again with a larger --val-fraction, or lower seq_len"
-        )
-
-
-def _check_same_corpus(run_dir: RunDir, corpus: PreparedCorpus) -> None:
-    """Reject resuming a run on a corpus other than the one it started on (prepared again with other text)."""
-    if not run_dir.config_path.exists():
-        return
-    started_on = (run_dir.config().get("corpus") or {}).get("fingerprint")
-    if started_on is not None and started_on != corpus.fingerprint:
-        raise UserError(
-            f"run folder {run_dir.path} was started on corpus fingerprint {started_on}, but the corpus at "
-            f"{corpus.path} now has fingerprint {corpus.fingerprint}; prepare the original corpus again, "
-            "or start a new run_id"
-        )
-
-
 def _check_same_config(run_dir: RunDir, config: TrainConfig) -> None:
     """Reject starting a run whose folder already records a different config (the mesh may differ)."""
-    if run_dir.config_path.exists() and not same_run(run_dir.config().get("config"), config):
-        raise UserError(
-            f"run folder {run_dir.path} contains a run with a different config "
-            f"({config_differences(run_dir.config().get('config'), config)}); "
-            "choose another run_id or sweep, or delete that folder"
-        )
+    conflict = folder_conflict(run_dir, config, fingerprint=None)  # the corpus is compared once it is open
+    if conflict:
+        raise UserError(f"run folder {run_dir.path} contains {conflict}; choose another run_id or sweep, or delete "
+                        "that folder")
 
 
 class _NoBar:

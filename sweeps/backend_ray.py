@@ -24,7 +24,7 @@ from pathlib import Path
 from scaling.errors import UserError
 from scaling.paths import runs_root as resolve_runs_root
 from sweeps.backends import RunResources, outcome_from_exit, project_root, run_worker_process
-from sweeps.launcher import check_existing_configs
+from sweeps.launcher import check_existing_runs
 from sweeps.outcomes import RunOutcome, failed_outcome, split_completed
 from sweeps.spec import SweepSpec, expand
 
@@ -54,7 +54,7 @@ def run_sweep_ray(spec: SweepSpec, runs_root: str | Path | None = None, *, addre
 
     root = Path(resolve_runs_root(runs_root)).absolute()
     runs = expand(spec, root)
-    check_existing_configs(runs, root)
+    check_existing_runs(runs, root)
     resources = resources or RunResources.from_spec(spec)
     outcomes, todo = split_completed(runs, root)
 

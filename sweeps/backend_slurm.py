@@ -23,7 +23,7 @@ from typing import Any
 from scaling.errors import UserError
 from scaling.paths import runs_root as resolve_runs_root
 from sweeps.backends import RunResources, outcome_from_exit, run_worker_process
-from sweeps.launcher import check_existing_configs
+from sweeps.launcher import check_existing_runs
 from sweeps.outcomes import RunOutcome, failed_outcome, split_completed
 from sweeps.spec import SweepSpec, expand
 
@@ -122,7 +122,7 @@ def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
     executor.update_parameters(**_for_executor(options.submitit_parameters(resources, f"sweep-{spec.name}"),
                                                options.executor))
     runs = expand(spec, root)
-    check_existing_configs(runs, root)
+    check_existing_runs(runs, root)
     outcomes, todo = split_completed(runs, root)
 
     env = resources.threads_env()

@@ -36,11 +36,12 @@ from rich import get_console
 from rich.console import Console
 from rich.progress import TaskID
 
-from scaling.config import PROGRAMS_KEPT, config_differences, parse_mesh, program_identity, same_run
+from scaling.config import PROGRAMS_KEPT, parse_mesh, program_identity
 from scaling.errors import UserError
 from scaling.host_memory import switch_setting
 from scaling.paths import runs_root as resolve_runs_root
-from scaling.run_store import RunDir, read_json
+from scaling.run_checks import corpus_size_problem, folder_conflict, prepared_meta
+from scaling.run_store import RunDir
 from scaling.interrupts import interrupts_on_stop_signals, stop_requested
 from sweeps.display import SweepProgress, outcomes_table
 from sweeps.outcomes import RunOutcome, ended_outcome, exit_reason, run_log_path, split_completed
@@ -244,24 +245,29 @@ def check_meshes_fit(runs: list[PlannedRun], slot: WorkerSlot) -> None:
                             f"worker sees {count} ({platform}); lower train.mesh or launch where the devices are{hint}")
 
 
-def check_existing_configs(runs: list[PlannedRun], runs_root: Path) -> None:
-    """Raise UserError when a run folder already contains a run with another config (the spec changed).
+def check_existing_runs(runs: list[PlannedRun], runs_root: Path) -> None:
+    """Raise UserError when a run of the sweep cannot train as the spec now gives it: its corpus holds less
+    than one batch, or its folder already contains another run (the spec or its corpus changed).
 
-    scaling.train would refuse such a run too, but only inside its worker; checking here stops the sweep
-    before anything runs and names the folder. A change of `train.mesh` alone is allowed, because it lays
-    the run out differently but trains the same model.
+    scaling.train would refuse such a run too, but only inside its worker, and a completed run would be
+    skipped as if it were the new one. Checking here stops the sweep before anything runs and names the
+    folder. A change of `train.mesh` alone is allowed, because it lays the run out differently but trains
+    the same model.
     """
+    metas: dict[str, dict[str, Any]] = {}
     for run in runs:
+        path = str(run.config.data.path)
+        meta = metas.setdefault(path, prepared_meta(path))
+        tokens = meta.get("tokens") or {}
+        if "train" in tokens and "val" in tokens:
+            problem = corpus_size_problem(run.config.data, int(tokens["train"]), int(tokens["val"]))
+            if problem:
+                raise UserError(f"run {run.run_id}: {problem}")
         run_dir = RunDir.at(runs_root, run.config.sweep, run.run_id)
-        if not run_dir.config_path.is_file():
-            continue
-        recorded = read_json(run_dir.config_path).get("config")
-        if not same_run(recorded, run.config):
-            raise UserError(
-                f"run folder {run_dir.path} contains run {run.run_id} with a different config than the spec "
-                f"now gives ({config_differences(recorded, run.config)}); rename the sweep (name:) or delete "
-                "that folder"
-            )
+        conflict = folder_conflict(run_dir, run.config, meta.get("fingerprint"))
+        if conflict:
+            raise UserError(f"run folder {run_dir.path} contains {conflict}, not the run {run.run_id} that the spec "
+                            "now gives; rename the sweep (name:) or delete that folder")
 
 
 def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int = 2, progress: bool = True,
@@ -274,7 +280,7 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
         raise UserError(f"--workers {workers} must be at least 1")
     root = resolve_runs_root(runs_root)
     runs = expand(spec, root, progress=progress)
-    check_existing_configs(runs, root)
+    check_existing_runs(runs, root)
     console = console or get_console()  # the console logging's RichHandler uses, so logs print above the bars
 
     outcomes, todo = split_completed(runs, root)

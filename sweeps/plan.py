@@ -28,7 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from scaling.accounting import training_flops_per_token
+from scaling.errors import UserError
 from scaling.paths import runs_root as resolve_runs_root
+from scaling.run_checks import corpus_size_problem, folder_conflict
 from scaling.run_store import RunDir
 from scaling.numbers import format_count, human_count
 from sweeps.resources import split_cores
@@ -173,9 +175,10 @@ class PlanRow:
 
     run: PlannedRun
     seconds: float  # estimated seconds on one worker for the whole run
-    state: str  # "new", "completed", or "<status> <steps of the newest checkpoint>/<steps>" from summary.json
-    remaining_s: float  # estimated seconds still to run (0 when completed)
+    state: str  # "new", "completed", "<status> <steps of the newest checkpoint>/<steps>", or "conflict"
+    remaining_s: float  # estimated seconds still to run (0 when completed or in conflict)
     epochs: float  # passes over the corpus's training tokens
+    conflict: str | None = None  # what the run folder holds instead of this run; a launch refuses the sweep
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,8 @@ class Plan:
             "runs": [_row_dict(row) for row in self.rows],
             "totals": {
                 "runs": len(self.rows),
-                "runs_to_do": sum(1 for row in self.rows if row.state != "completed"),
+                "runs_to_do": sum(1 for row in self.rows if row.state not in ("completed", "conflict")),
+                "runs_in_conflict": sum(1 for row in self.rows if row.conflict),
                 "tokens": sum(row.run.tokens for row in self.rows),
                 "flops": sum(row.run.flops for row in self.rows),
                 "seconds_one_worker": self.one_worker_seconds(),
@@ -272,6 +276,12 @@ class Plan:
         console.print(f"time estimate: {self.cost.method}")
         console.print(f"remaining: {totals['runs_to_do']} runs, {_duration(totals['remaining_seconds_one_worker'])} "
                       f"on one worker, about {_duration(totals['wall_seconds'])} wall with {self.workers} workers")
+        conflicts = [row for row in self.rows if row.conflict]
+        if conflicts:
+            console.print(f"conflict: {len(conflicts)} run folders hold other runs than this spec gives, so "
+                          "`scaling sweep launch` refuses the sweep; rename the sweep (name:) or delete those folders:")
+            for row in conflicts:
+                console.print(f"  {row.run.run_id}: {row.conflict}", markup=False)
 
 
 def _row_dict(row: PlanRow) -> dict[str, Any]:
@@ -295,6 +305,7 @@ def _row_dict(row: PlanRow) -> dict[str, Any]:
         "estimated_seconds": row.seconds,
         "remaining_seconds": row.remaining_s,
         "state": row.state,
+        "conflict": row.conflict,
     }
 
 
@@ -308,7 +319,10 @@ def _duration(seconds: float) -> str:
 
 
 def run_state(runs_root: Path, run: PlannedRun) -> tuple[str, float]:
-    """Return the run's state in the store and the fraction of its steps already done."""
+    """Return the run's state in the store and the fraction of its steps already done.
+
+    A folder that holds another run ("conflict", see `folder_conflict`) is reported by `make_plan`.
+    """
     run_dir = RunDir.at(runs_root, run.config.sweep, run.run_id)
     summary = run_dir.summary() if run_dir.summary_path.exists() else None
     if summary is None:
@@ -329,11 +343,19 @@ def make_plan(spec: SweepSpec, runs_root: str | Path | None = None, probe: bool 
     runs = expand(spec, root, data=data)
     cost = probe_cost_model(runs, root, workers) if probe else assumed_cost_model()
     train_tokens = int(data.meta["tokens"]["train"])
+    for run in runs:  # `scaling sweep launch` refuses such a sweep too (sweeps.launcher.check_existing_runs)
+        problem = corpus_size_problem(run.config.data, train_tokens, int(data.meta["tokens"]["val"]))
+        if problem:
+            raise UserError(f"run {run.run_id}: {problem}")
     rows = []
     for run in runs:
         seconds = cost.run_seconds(run)
         state, done = run_state(root, run)
+        conflict = folder_conflict(RunDir.at(root, run.config.sweep, run.run_id), run.config,
+                                   data.meta.get("fingerprint"))
+        if conflict:
+            state, done = "conflict", 1.0
         remaining = 0.0 if state == "completed" else seconds * (1 - done)
         rows.append(PlanRow(run=run, seconds=seconds, state=state, remaining_s=remaining,
-                            epochs=run.tokens / train_tokens))
+                            epochs=run.tokens / train_tokens, conflict=conflict))
     return Plan(spec=spec, rows=tuple(rows), cost=cost, workers=workers, data=data)

@@ -198,8 +198,10 @@ def test_token_budget_above_max_epochs_is_refused(capsys, tmp_path, text_corpus)
     assert not (tmp_path / "runs").exists()
 
 
-def test_resume_on_another_corpus_is_refused(capsys, tmp_path):
-    """A killed run whose corpus folder was prepared again from other text must not resume on it."""
+@pytest.mark.parametrize("status", ["running", "completed"])
+def test_resume_on_another_corpus_is_refused(capsys, tmp_path, status):
+    """A killed run whose corpus folder was prepared again from other text must not resume on it, and a
+    completed one must not be skipped as if its loss were measured on the new text."""
     from scaling.config import TrainConfig
     from scaling.data import PreparedCorpus
     from scaling.train import run_record
@@ -211,13 +213,13 @@ def test_resume_on_another_corpus_is_refused(capsys, tmp_path):
     raw = train_config(corpus, "moved")
     run = RunDir.at(tmp_path / "runs", "bad", "moved")
     run.write_config(run_record(TrainConfig.from_dict(raw), PreparedCorpus.load(corpus).meta))
-    run.write_summary({"status": "running"})  # as a run killed midway leaves it
+    run.write_summary({"status": status})  # "running" is what a run killed midway leaves
     before = snapshot(run.path)
 
     text.write_text("other text now, prepared again in place\n" * 400)
     assert main(["data", "prepare", str(text.parent), "--out", str(corpus)]) == 0
-    status, stderr = cli(capsys, "train", write_config(tmp_path / "c.json", **raw), "--runs", tmp_path / "runs")
-    assert_user_error(status, stderr, "was started on corpus fingerprint", "start a new run_id")
+    exit_status, stderr = cli(capsys, "train", write_config(tmp_path / "c.json", **raw), "--runs", tmp_path / "runs")
+    assert_user_error(exit_status, stderr, "trained on corpus fingerprint", "prepare the original corpus again")
     assert snapshot(run.path) == before
 
 

@@ -221,7 +221,7 @@ def test_mesh_larger_than_the_machine_is_refused():
 def test_sweep_spec_mesh_reaches_every_run(tmp_path):
     """`train.mesh` in a spec sets every run's mesh, leaves the run ids alone, and may change between launches."""
     from scaling.run_store import RunDir
-    from sweeps.launcher import check_existing_configs
+    from sweeps.launcher import check_existing_runs
     from sweeps.spec import PreparedData, expand, parse_spec
 
     raw = {"name": "meshed", "model": {"aspect_ratio": 20, "head_dim": 16},
@@ -236,10 +236,10 @@ def test_sweep_spec_mesh_reaches_every_run(tmp_path):
 
     for run in default:  # the sweep first launched with the default mesh
         RunDir.at(tmp_path / "runs", "meshed", run.run_id).write_config({"config": run.config.to_dict()})
-    check_existing_configs(runs, tmp_path / "runs")  # relaunched with train.mesh: accepted
+    check_existing_runs(runs, tmp_path / "runs")  # relaunched with train.mesh: accepted
     reseeded = expand(parse_spec({**raw, "train": {**raw["train"], "seed": 1}}), tmp_path / "runs", data=data)
-    with pytest.raises(UserError, match=r"with a different config than the spec now gives \(seed 0 -> 1\)"):
-        check_existing_configs(reseeded, tmp_path / "runs")
+    with pytest.raises(UserError, match=r"a run with a different config \(seed 0 -> 1\), not the run"):
+        check_existing_runs(reseeded, tmp_path / "runs")
 
 
 def test_cluster_detection_from_environment():

@@ -293,6 +293,63 @@ def test_plan_state_resume_step(corpus_dir, tmp_path):
     assert done == pytest.approx(4 / run.steps)
 
 
+def record_completed_runs(runs: list, root: Path) -> None:
+    """Write config.json and a completed summary.json for each run, as a finished sweep leaves them."""
+    from scaling.config import TrainConfig
+    from scaling.data import PreparedCorpus
+    from scaling.run_store import RunDir, initial_summary
+    from scaling.train import run_record
+
+    for run in runs:
+        run_dir = RunDir.at(root, run.config.sweep, run.run_id)
+        run_dir.write_config(run_record(TrainConfig.from_dict(run.config.to_dict()),
+                                        PreparedCorpus.load(run.config.data.path).meta))
+        run_dir.write_summary({**initial_summary(run.run_id, run.config.sweep, "completed"), "final_val_loss": 2.5})
+
+
+def test_plan_and_launch_refuse_folders_that_hold_other_runs(corpus_dir, tmp_path, capsys):
+    """Completed runs of another corpus or config are neither skipped nor shown as completed."""
+    from sweeps.launcher import check_existing_runs
+
+    root = tmp_path / "runs"
+    spec = parse_spec(tiny_raw(corpus_dir))
+    record_completed_runs(expand(spec, root), root)
+    plan = make_plan(spec, root, probe=False)
+    assert [row.state for row in plan.rows] == ["completed", "completed"]
+    assert plan.to_dict()["totals"]["runs_in_conflict"] == 0
+
+    other_text = tmp_path / "other"
+    other_text.mkdir()
+    (other_text / "a.txt").write_text("a different corpus, with other words in it\n" * 300)
+    for changed, named in ((tiny_raw(other_text), "trained on corpus fingerprint"),
+                           (tiny_raw(corpus_dir, optimizer={"peak_lr": "3e-2", "warmup_steps": 5}),
+                            "optimizer.peak_lr 0.01 -> 0.03")):
+        changed_spec = parse_spec(changed)
+        plan = make_plan(changed_spec, root, probe=False)
+        assert [row.state for row in plan.rows] == ["conflict", "conflict"]
+        assert all(named in row.conflict for row in plan.rows)
+        totals = plan.to_dict()["totals"]
+        assert (totals["runs_to_do"], totals["runs_in_conflict"]) == (0, 2)
+        plan.print()
+        assert "`scaling sweep launch` refuses the sweep" in capsys.readouterr().out
+        with pytest.raises(UserError, match=named):
+            check_existing_runs(expand(changed_spec, root), root)
+        with pytest.raises(UserError, match=named):
+            run_sweep(changed_spec, root, workers=1, progress=False)
+    assert not (root / "tiny" / LOGS_FOLDER).exists()  # no worker was started
+
+
+def test_plan_and_launch_refuse_a_corpus_smaller_than_one_batch(tmp_path):
+    text = tmp_path / "tiny_text"
+    text.mkdir()
+    (text / "a.txt").write_text("hello world\nsecond line\nthird line\n")
+    spec = parse_spec(tiny_raw(text))
+    for attempt in (lambda: make_plan(spec, tmp_path / "runs", probe=False),
+                    lambda: run_sweep(spec, tmp_path / "runs", workers=1, progress=False)):
+        with pytest.raises(UserError, match=r"training tokens, fewer than one batch of batch_size \* seq_len \+ 1 = 129"):
+            attempt()
+
+
 def test_plan_worker_start_once(corpus_dir, tmp_path):
     from dataclasses import replace
 
