@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
+import stat
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -31,7 +31,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from scaling import paths
-from scaling.corpus import PYTHON_STDLIB, Corpus, Document, assign_validation, source_slug, split_single_document
+from scaling.corpus import (
+    PYTHON_STDLIB,
+    Corpus,
+    Document,
+    Split,
+    balanced_split,
+    far_from_request,
+    source_slug,
+    split_single_document,
+)
 from scaling.errors import UserError
 from scaling.tokenizer import (
     BpeTokenizer,
@@ -45,14 +54,16 @@ from scaling.tokenizer import (
 
 log = logging.getLogger(__name__)
 
-FEW_VALIDATION_DOCUMENTS = 10  # below this, a skewed validation share is warned about (many documents average out)
-
 FORMAT_VERSION = 1  # bump when the files' layout or meaning changes, so old folders are prepared again
 META_FILE = "meta.json"
 TRAIN_FILE = "train.bin"
 VAL_FILE = "val.bin"
 PREPARE_HINT = "run `scaling data prepare` first"
 BPE_BATCH_CHARS = 4_000_000  # characters of text handed to the BPE encoder at once (its threads share them)
+# Added to the settings, and so to the fingerprint, only where `balanced_split` changed the split, so only those
+# corpora are prepared again and every other one keeps its fingerprint. Bump it when the balancing rule changes.
+SPLIT_BALANCE_VERSION = 1
+NAMED_DOCUMENTS = 5  # a message about the split names up to this many validation documents
 
 
 def default_data_dir(
@@ -70,6 +81,7 @@ class _Scan:
     """Result of one reading pass over the source, made before anything is tokenized."""
 
     keys: list[str]  # keys of the non-empty documents, in order
+    sizes: list[int]  # their UTF-8 lengths in bytes, aligned with keys
     digest: str  # SHA-256 hex over the keys and texts of those documents
     empty: int  # documents skipped because their text is empty
     invalid_utf8: int  # documents whose bytes needed U+FFFD replacement
@@ -91,8 +103,11 @@ def prepare(
 
     `source` is `python-stdlib`, a text file, a folder, a glob pattern or a JSONL file (its text in
     `text_field`); see scaling.corpus. Documents are split by a hash of their keys: about `val_fraction` go to
-    validation, with at least one document in each split. A source with a single document is split by lines
-    instead: its last `val_fraction` of lines (at least one) is the validation text.
+    validation, with at least one document in each split. When few documents are expected in validation and
+    the hash puts a byte share far from `val_fraction` there, documents are moved in hash order towards it
+    (`scaling.corpus.balanced_split`); a share still far from the request is logged as a warning. A source
+    with a single document is split by lines instead: its last `val_fraction` of lines (at least one) is the
+    validation text.
     `vocab_size` applies to `tokenizer="bpe"` only, which trains on the training split.
     When `out_dir` already contains a corpus prepared from the same content with the same settings, it is
     reused unless `force` is set. The folder is written under a temporary name and renamed when complete,
@@ -115,19 +130,26 @@ def prepare(
         "vocab_size": vocab_size if tokenizer == "bpe" else ByteTokenizer().vocab_size,
         "val_fraction": float(val_fraction),
     }
+    plan = _plan_split(corpus, scan, val_fraction)
+    if plan is not None and plan.balanced:
+        settings["split_balance"] = SPLIT_BALANCE_VERSION
     fingerprint = _fingerprint(settings, scan.digest)
 
     if not force:
         existing = _reusable_meta(out, fingerprint)
         if existing is not None:
             log.info("reusing prepared corpus at %s (fingerprint %s)", out, fingerprint)
+            _open_private_folder(out)
             return existing
     _check_replaceable(out)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    # A plain mkdir under a unique name, not tempfile.mkdtemp: mkdtemp makes the folder private (0700), and
+    # the rename would carry that to the prepared corpus, which other users of a shared run store must read.
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
     try:
-        meta = _write_prepared(corpus, scan, staging, tokenizer, vocab_size, val_fraction, progress)
+        meta = _write_prepared(corpus, scan, plan, staging, tokenizer, vocab_size, val_fraction, progress)
         meta.update(fingerprint=fingerprint, settings=settings)
         _write_json(staging / META_FILE, meta)  # written last: its presence marks a complete folder
         _install(staging, out)
@@ -222,6 +244,7 @@ def _scan(corpus: Corpus) -> _Scan:
     """Read every document once: keys, the content digest and counts of the replacements made."""
     digest = hashlib.sha256()
     keys: list[str] = []
+    sizes: list[int] = []
     empty = invalid_utf8 = had_nul = 0
     for document in corpus.documents():
         if not document.text:
@@ -233,6 +256,7 @@ def _scan(corpus: Corpus) -> _Scan:
         digest.update(len(key).to_bytes(8, "little") + key + len(data).to_bytes(8, "little"))
         digest.update(data)
         keys.append(document.key)
+        sizes.append(len(data))
         invalid_utf8 += document.invalid_utf8
         had_nul += document.had_nul
 
@@ -247,7 +271,8 @@ def _scan(corpus: Corpus) -> _Scan:
                     had_nul, corpus.source)
     if empty:
         log.debug("skipped %d empty documents of %s", empty, corpus.source)
-    return _Scan(keys=keys, digest=digest.hexdigest(), empty=empty, invalid_utf8=invalid_utf8, had_nul=had_nul)
+    return _Scan(keys=keys, sizes=sizes, digest=digest.hexdigest(), empty=empty, invalid_utf8=invalid_utf8,
+                 had_nul=had_nul)
 
 
 def _fingerprint(settings: dict[str, Any], content_digest: str) -> str:
@@ -255,9 +280,49 @@ def _fingerprint(settings: dict[str, Any], content_digest: str) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
-def _split_documents(corpus: Corpus, scan: _Scan, val_fraction: float) -> tuple[Iterator[tuple[Document, bool]], str]:
-    """Return an iterator of (document, is_validation) over the non-empty documents, and the split method."""
+def _plan_split(corpus: Corpus, scan: _Scan, val_fraction: float) -> Split | None:
+    """Return the document split of a multi-document source (None for a single document), logging how it went.
+
+    Balancing is logged with the documents it moved. A byte share that stays far from `val_fraction` is
+    logged as a warning with the documents in validation and what to change.
+    """
     if len(scan.keys) == 1:
+        return None
+    split = balanced_split(scan.keys, scan.sizes, val_fraction)
+    n_val = sum(split.in_val)
+    if split.balanced:
+        log.info(
+            "the key hash put %s of the bytes of %s in validation, far from the requested %s, so documents were "
+            "taken in hash order while they brought it closer: %d moved into validation (%s), %d out (%s). "
+            "Validation now contains %s of the bytes in %d of %d documents",
+            _percent(split.hashed_share), corpus.source, _percent(val_fraction), len(split.moved_in),
+            _names(split.moved_in), len(split.moved_out), _names(split.moved_out), _percent(split.share), n_val,
+            len(scan.keys),
+        )
+    if far_from_request(split.share, val_fraction):
+        val_keys = [key for key, is_val in zip(scan.keys, split.in_val) if is_val]
+        alternative = ""
+        # A rebuilt split already aims at the request, so there another --val-fraction helps less than smaller files.
+        if not split.balanced:
+            alternative = f", or {'raise' if split.share < val_fraction else 'lower'} --val-fraction"
+        log.warning(
+            "the validation split of %s contains %s of its bytes, far from the requested %s: it keeps documents whole, "
+            "and %d of %d are in validation (%s). Split the corpus into more, smaller files (a book per chapter, "
+            "say)%s",
+            corpus.source, _percent(split.share), _percent(val_fraction), n_val, len(scan.keys), _names(val_keys),
+            alternative,
+        )
+    return split
+
+
+def _split_documents(
+    corpus: Corpus, scan: _Scan, plan: Split | None, val_fraction: float
+) -> tuple[Iterator[tuple[Document, bool]], str]:
+    """Return an iterator of (document, is_validation) over the non-empty documents, and the split method.
+
+    `plan` is `_plan_split`'s result, None for a source with a single document.
+    """
+    if plan is None:
         log.info("%s has a single document: its last %.0f%% of lines become the validation text",
                  corpus.source, 100 * val_fraction)
 
@@ -269,35 +334,52 @@ def _split_documents(corpus: Corpus, scan: _Scan, val_fraction: float) -> tuple[
 
         return halves(), "tail of the single document's lines"
 
-    in_val = dict(zip(scan.keys, assign_validation(scan.keys, val_fraction)))
+    in_val = dict(zip(scan.keys, plan.in_val))
 
     def by_key() -> Iterator[tuple[Document, bool]]:
         for document in corpus.documents():
             if document.text:
                 yield document, in_val[document.key]
 
-    return by_key(), "documents by SHA-256 of their keys"
+    method = "documents by SHA-256 of their keys"
+    if plan.balanced:
+        method += ", rebuilt in that order towards the requested share of bytes"
+    return by_key(), method
 
 
-def _build_tokenizer(name: str, vocab_size: int, corpus: Corpus, scan: _Scan, val_fraction: float) -> Tokenizer:
+def _percent(share: float) -> str:
+    """Format a share as a percentage with two significant digits, so 0.00088 reads 0.088% and 0.101 reads 10%."""
+    percent = 100 * share
+    return f"{percent:.0f}%" if percent >= 10 else f"{percent:.2g}%"  # .2g alone would print 100 as 1e+02
+
+
+def _names(keys: list[str]) -> str:
+    """Return up to NAMED_DOCUMENTS keys joined by commas, with how many more there are, or "none"."""
+    listed = ", ".join(keys[:NAMED_DOCUMENTS]) or "none"
+    return listed if len(keys) <= NAMED_DOCUMENTS else f"{listed} and {len(keys) - NAMED_DOCUMENTS} more"
+
+
+def _build_tokenizer(
+    name: str, vocab_size: int, corpus: Corpus, scan: _Scan, plan: Split | None, val_fraction: float
+) -> Tokenizer:
     if name == "bytes":
         return ByteTokenizer()
-    documents, _ = _split_documents(corpus, scan, val_fraction)
+    documents, _ = _split_documents(corpus, scan, plan, val_fraction)
     training_texts = (document.text for document, is_val in documents if not is_val)
     log.info("training byte-level BPE with %d tokens on the training split of %s", vocab_size, corpus.source)
     return BpeTokenizer.train(training_texts, vocab_size, length=len(scan.keys))
 
 
 def _write_prepared(
-    corpus: Corpus, scan: _Scan, folder: Path, tokenizer_name: str, vocab_size: int, val_fraction: float,
-    progress: bool,
+    corpus: Corpus, scan: _Scan, plan: Split | None, folder: Path, tokenizer_name: str, vocab_size: int,
+    val_fraction: float, progress: bool,
 ) -> dict[str, Any]:
     """Tokenize every document into folder/train.bin and folder/val.bin, save the tokenizer, return the meta."""
-    tokenizer = _build_tokenizer(tokenizer_name, vocab_size, corpus, scan, val_fraction)
+    tokenizer = _build_tokenizer(tokenizer_name, vocab_size, corpus, scan, plan, val_fraction)
     tokenizer.save(folder)
     dtype = token_dtype(tokenizer.vocab_size)
     eot = np.asarray([tokenizer.eot_id], dtype=dtype)
-    documents, split_method = _split_documents(corpus, scan, val_fraction)
+    documents, split_method = _split_documents(corpus, scan, plan, val_fraction)
 
     counts = {split: {"documents": 0, "bytes": 0, "tokens": 0} for split in ("train", "val")}
     n_documents = len(scan.keys) if len(scan.keys) > 1 else 2
@@ -319,22 +401,16 @@ def _write_prepared(
                 counts[split]["tokens"] += len(ids) + 1
             bar.advance(task, len(chunk))
 
-    total_tokens = counts["train"]["tokens"] + counts["val"]["tokens"]
-    val_share = counts["val"]["tokens"] / max(total_tokens, 1)
-    # Whole documents go to one side, so with few of them in validation its share can be far from the request.
-    if val_share > 2 * val_fraction and counts["val"]["documents"] < FEW_VALIDATION_DOCUMENTS:
-        log.warning("the validation split contains %.0f%% of the tokens (%d of %d documents), not the requested %.0f%%: the "
-                    "split is by document, and this corpus has few. Use more, smaller documents, or a lower "
-                    "--val-fraction", 100 * val_share, counts["val"]["documents"],
-                    counts["train"]["documents"] + counts["val"]["documents"], 100 * val_fraction)
-
+    split_meta: dict[str, Any] = {"method": split_method, "val_fraction": float(val_fraction)}
+    if plan is not None and plan.balanced:  # only then, so the meta of every other corpus reads as before
+        split_meta.update(moved_to_validation=plan.moved_in, moved_to_training=plan.moved_out)
     return {
         "format": FORMAT_VERSION,
         "source": corpus.source,
         "source_kind": corpus.kind,
         "source_root": str(corpus.root.absolute()),
         "text_field": corpus.text_field,
-        "split": {"method": split_method, "val_fraction": float(val_fraction)},
+        "split": split_meta,
         "documents": {split: counts[split]["documents"] for split in counts},
         "bytes": {split: counts[split]["bytes"] for split in counts},
         "tokens": {split: counts[split]["tokens"] for split in counts},
@@ -434,6 +510,41 @@ def _install(staging: Path, out: Path) -> None:
     if retired is not None:
         # Processes that still map the old token files keep reading them: unlinked files live until closed.
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def _umask() -> int | None:
+    """Return this process's umask from /proc/self/status (Linux), or None where that file does not report it.
+
+    Setting a new umask to learn the old one would change it for every thread for a moment.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _open_private_folder(folder: Path) -> None:
+    """Give a reused folder that earlier versions left at mode 0700 the mode the umask gives a new folder.
+
+    Those versions staged the folder with tempfile.mkdtemp, which made it private regardless of the umask.
+    """
+    umask = _umask()
+    if umask is None or stat.S_IMODE(folder.stat().st_mode) != 0o700:
+        return
+    mode = 0o777 & ~umask
+    if mode == 0o700:
+        return
+    try:
+        folder.chmod(mode)
+    except OSError as error:
+        log.warning("prepared corpus at %s is readable by its owner only (mode 0700) and could not be changed to "
+                    "%04o (%s); run `chmod %04o %s`", folder, mode, error, mode, folder)
+        return
+    log.info("changed the mode of prepared corpus folder %s from 0700 to %04o, as the umask %04o gives new folders",
+             folder, mode, umask)
 
 
 def _write_json(path: Path, payload: Any) -> None:
