@@ -120,11 +120,13 @@ class Split:
     share: float  # validation's share of the bytes in this split
     moved_in: list[str]  # keys that balancing moved into validation, in order of validation_score
     moved_out: list[str]  # keys that balancing moved out of validation, in order of validation_score
+    tail_of: str | None = None  # the document whose last lines are validation, when whole documents could not be
+    tail_fraction: float = 0.0  # the share of that document's lines in its validation tail
 
     @property
     def balanced(self) -> bool:
-        """Whether balancing moved any document across."""
-        return bool(self.moved_in or self.moved_out)
+        """Whether balancing moved any document across or split one."""
+        return bool(self.moved_in or self.moved_out or self.tail_of)
 
 
 def far_from_request(share: float, val_fraction: float) -> bool:
@@ -140,8 +142,10 @@ def balanced_split(keys: list[str], sizes: list[int], val_fraction: float) -> Sp
     `far_from_request`. Then validation is rebuilt from the documents in order of `validation_score`, which is
     the order in which the hash admits them as `val_fraction` grows. Each document joins if that brings
     validation's bytes closer to `val_fraction` of the total. Joining stops once validation's bytes reach that
-    or when one training document is left. When no document is small enough to join, the smallest one alone
-    is validation. The result depends on keys and sizes alone, never on their order.
+    or when one training document is left. When no choice of whole documents comes within `FAR_FACTOR` of the
+    request, the largest document is split instead: its last lines, about `val_fraction` of the corpus's
+    bytes, are validation (`tail_of`), and every other document trains. The result depends on keys and sizes
+    alone, never on their order.
     """
     in_val = assign_validation(keys, val_fraction)
     total = sum(sizes)
@@ -163,9 +167,13 @@ def balanced_split(keys: list[str], sizes: list[int], val_fraction: float) -> Sp
         if sizes[index] < 2 * (target - val_bytes):
             chosen.append(index)
             val_bytes += sizes[index]
-    if not chosen:
-        smallest = min(order, key=lambda index: sizes[index])  # min keeps the first of equal sizes: hash order
-        chosen, val_bytes = [smallest], sizes[smallest]
+    if not chosen or far_from_request(val_bytes / total, val_fraction):
+        # Whole documents cannot come near the request: one document holds most of the text (a book beside
+        # its licence file, say). Its last lines become validation, as for a source of a single document.
+        largest = max(range(len(keys)), key=lambda index: (sizes[index], keys[index]))
+        return Split(in_val=[False] * len(keys), hashed_share=hashed_share, share=target / total,
+                     moved_in=[], moved_out=[keys[index] for index in order if in_val[index]],
+                     tail_of=keys[largest], tail_fraction=min(target / sizes[largest], 0.5))
     rebuilt = [False] * len(keys)
     for index in chosen:
         rebuilt[index] = True

@@ -290,7 +290,12 @@ def _plan_split(corpus: Corpus, scan: _Scan, val_fraction: float) -> Split | Non
         return None
     split = balanced_split(scan.keys, scan.sizes, val_fraction)
     n_val = sum(split.in_val)
-    if split.balanced:
+    if split.tail_of:
+        log.info("no choice of whole documents of %s puts near the requested %s of its bytes in validation, so the "
+                 "last %.2g%% of the lines of its largest document, %s, are validation, and the other %d documents "
+                 "train", corpus.source, _percent(val_fraction), 100 * split.tail_fraction, split.tail_of,
+                 len(scan.keys) - 1)
+    elif split.balanced:
         log.info(
             "the key hash put %s of the bytes of %s in validation, far from the requested %s, so documents were "
             "taken in hash order while they brought it closer: %d moved into validation (%s), %d out (%s). "
@@ -338,11 +343,19 @@ def _split_documents(
 
     def by_key() -> Iterator[tuple[Document, bool]]:
         for document in corpus.documents():
-            if document.text:
+            if not document.text:
+                continue
+            if document.key == plan.tail_of:
+                train, val = split_single_document(document, plan.tail_fraction)
+                yield train, False
+                yield val, True
+            else:
                 yield document, in_val[document.key]
 
     method = "documents by SHA-256 of their keys"
-    if plan.balanced:
+    if plan.tail_of:
+        method = "tail of the largest document's lines; other documents train"
+    elif plan.balanced:
         method += ", rebuilt in that order towards the requested share of bytes"
     return by_key(), method
 
@@ -382,7 +395,7 @@ def _write_prepared(
     documents, split_method = _split_documents(corpus, scan, plan, val_fraction)
 
     counts = {split: {"documents": 0, "bytes": 0, "tokens": 0} for split in ("train", "val")}
-    n_documents = len(scan.keys) if len(scan.keys) > 1 else 2
+    n_documents = len(scan.keys) + 1 if plan is None or plan.tail_of else len(scan.keys)  # a split one counts twice
     columns = (TextColumn("tokenizing documents"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with (
         open(folder / TRAIN_FILE, "wb") as train_file,
@@ -404,6 +417,8 @@ def _write_prepared(
     split_meta: dict[str, Any] = {"method": split_method, "val_fraction": float(val_fraction)}
     if plan is not None and plan.balanced:  # only then, so the meta of every other corpus reads as before
         split_meta.update(moved_to_validation=plan.moved_in, moved_to_training=plan.moved_out)
+        if plan.tail_of:
+            split_meta["validation_tail_of"] = plan.tail_of
     return {
         "format": FORMAT_VERSION,
         "source": corpus.source,

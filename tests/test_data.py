@@ -125,11 +125,13 @@ def test_split_val_fraction_respected(tmp_path: Path):
     assert meta["documents"]["train"] + meta["documents"]["val"] == 400
 
 
-def test_split_two_documents_one_each(tmp_path: Path):
+def test_split_of_two_documents_takes_a_tail_of_one(tmp_path: Path):
+    # A whole document would be half of the corpus: the last lines of the larger one are validation instead.
     source = write_documents(tmp_path / "two", 2)
     meta = prepared(source, tmp_path / "out")
 
-    assert meta["documents"] == {"train": 1, "val": 1}
+    assert meta["documents"] == {"train": 2, "val": 1}
+    assert meta["split"]["method"] == "tail of the largest document's lines; other documents train"
 
 
 def test_assign_validation_keeps_both_splits():
@@ -558,10 +560,9 @@ def test_runs_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert runs_root("relative") == tmp_path / "relative"
 
 
-@pytest.mark.parametrize("documents, val_fraction, warned", [(3, 0.05, True), (40, 0.25, False)],
-                         ids=["three_documents", "forty_documents"])
-def test_skewed_split_is_warned(documents, val_fraction, warned, tmp_path: Path, caplog):
-    # Whole documents go to one side: with 3 of equal size, validation gets at least a third of the tokens.
+@pytest.mark.parametrize("documents, val_fraction", [(3, 0.05), (40, 0.25)], ids=["three_documents", "forty_documents"])
+def test_few_equal_documents_split_near_request(documents, val_fraction, tmp_path: Path, caplog):
+    # A whole one of 3 equal documents would be a third of the bytes, so the tail of one is validation instead.
     source = tmp_path / "docs"
     source.mkdir()
     for index in range(documents):
@@ -571,8 +572,8 @@ def test_skewed_split_is_warned(documents, val_fraction, warned, tmp_path: Path,
 
     share = meta["bytes"]["val"] / (meta["bytes"]["train"] + meta["bytes"]["val"])
     messages = [record.getMessage() for record in caplog.records if "validation split of" in record.getMessage()]
-    assert far_from_request(share, val_fraction) == warned
-    assert len(messages) == (1 if warned else 0)
+    assert not far_from_request(share, val_fraction)
+    assert messages == []
 
 
 def test_logs_in_a_pipe_are_one_line_each(tmp_path):

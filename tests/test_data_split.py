@@ -80,8 +80,9 @@ def test_rebuilt_split_ignores_order_and_location(tmp_path: Path):
     assert {keys[i]: flag for i, flag in zip(order, shuffled.in_val)} == dict(zip(keys, in_order.in_val))
 
 
-def test_huge_validation_document_returns_to_training(tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    # One large text beside a small note: validation must not take the text and leave the note to train on.
+def test_large_document_beside_a_note_gives_its_tail(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    # One large text beside a small note: neither whole file is near 5% of the bytes, so validation is the
+    # last lines of the text, and the note trains.
     names = next((big, small) for big, small in (("input.txt", f"note{i}.txt") for i in range(100))
                  if assign_validation([big, small], 0.05) == [True, False])
     source = write_sized(tmp_path / "two", {names[0]: 100_000, names[1]: 900})
@@ -89,15 +90,11 @@ def test_huge_validation_document_returns_to_training(tmp_path: Path, caplog: py
 
     meta = prepare(str(source), tmp_path / "out", progress=False)
 
-    assert meta["bytes"] == {"train": 100_000, "val": 900}
+    assert meta["documents"] == {"train": 2, "val": 1}
+    assert meta["split"]["validation_tail_of"] == names[0]
     assert meta["split"]["moved_to_training"] == [names[0]]
-    warnings = split_warnings(caplog)
-    assert len(warnings) == 1
-    assert "0.89%" in warnings[0]
-    assert "requested 5%" in warnings[0]
-    assert names[1] in warnings[0]
-    assert "smaller files" in warnings[0]
-    assert "\n" not in warnings[0]
+    assert val_share(meta) == pytest.approx(0.05, rel=0.05)
+    assert split_warnings(caplog) == []
 
 
 def test_many_documents_keep_hashed_split(tmp_path: Path, caplog: pytest.LogCaptureFixture):
