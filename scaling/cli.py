@@ -135,8 +135,10 @@ def _train(args: argparse.Namespace) -> int:
 def _read_config_file(path: Path) -> dict:
     import yaml
 
+    from scaling.yaml_text import load_yaml
+
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise UserError(f"config file {path} is not valid JSON or YAML: {yaml_problem(error)}") from None
     if not isinstance(raw, dict):

@@ -31,6 +31,7 @@ from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
 from scaling.errors import UserError, yaml_problem
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.numbers import format_count, parse_count, parse_number
+from scaling.yaml_text import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def load_spec(path_or_name: str | Path) -> SweepSpec:
                 f"give a YAML path or one of: {', '.join(packaged_specs())}"
             )
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise UserError(f"sweep spec {path} is not valid YAML: {yaml_problem(error)}") from None
     except OSError as error:

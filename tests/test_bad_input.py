@@ -343,7 +343,10 @@ def test_bad_sweep_spec(body, fragments, capsys, tmp_path):
     ("", ["is empty", "start from one of: demo"]),
     (SPEC_HEAD.replace("head_dim: 16", "head_dim: 7") + "isoflop: {budgets: [1e10], params: [1e4, 2e4]}\n",
      ["model.head_dim=7 is odd"]),
-], ids=["unclosed_bracket", "empty", "odd_head_dim"])
+    # YAML itself would keep the second 1e10 and drop the first budget's sizes without a word.
+    (SPEC_HEAD + "isoflop:\n  params:\n    1e10: [1e4, 2e4]\n    1e10: [2e4, 4e4]\n",
+     ["is not valid YAML", "key '1e10' appears again (first on line", "merge the two entries"]),
+], ids=["unclosed_bracket", "empty", "odd_head_dim", "repeated_budget_key"])
 def test_unreadable_sweep_spec(text, fragments, capsys, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(text)
@@ -355,7 +358,8 @@ def test_unreadable_sweep_spec(text, fragments, capsys, tmp_path):
 @pytest.mark.parametrize("text, fragment", [
     ("# nothing yet\n", "c.yaml is empty; start from examples/train_small.yaml"),
     ("run_id: x\nmodel: {d_model: 3\n", "is not valid JSON or YAML: line 3, column 1"),
-], ids=["empty", "unclosed_brace"])
+    ("run_id: x\nmodel: {d_model: 64}\nmodel: {d_model: 32}\n", "line 3, column 1: the key 'model' appears again"),
+], ids=["empty", "unclosed_brace", "repeated_section"])
 def test_unreadable_config_file(text, fragment, capsys, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(text)

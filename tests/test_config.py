@@ -164,3 +164,15 @@ def test_invalid_value_named_by_config_key(raw, key):
     with pytest.raises(UserError, match=re.escape(key)) as error:
         TrainConfig.from_dict({"data": {"path": "x"}, **raw})
     assert "Config." not in str(error.value)
+
+
+def test_yaml_repeated_key_is_refused_but_merge_override_is_kept():
+    """A repeated key names both lines; overriding a key merged from an anchor is intended and allowed."""
+    import yaml
+
+    from scaling.yaml_text import load_yaml
+
+    with pytest.raises(yaml.YAMLError, match=r"the key 'peak_lr' appears again \(first on line 1\)"):
+        load_yaml("peak_lr: 3e-3\npeak_lr: 1e-3\n")
+    merged = load_yaml("base: &base {seq_len: 64, batch_size: 8}\ntrain:\n  <<: *base\n  batch_size: 16\n")
+    assert merged["train"] == {"seq_len": 64, "batch_size": 16}
