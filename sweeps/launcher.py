@@ -365,6 +365,9 @@ def _collect(worker: WorkerProcess, runs_root: Path) -> list[tuple[_Active, RunO
             log.warning("worker %d replied for run %s, which it was not training; ignoring the reply",
                         worker.pid, reply.get("run_id"))
             continue
+        if "warning" in reply:  # a warning the run logged; the run goes on
+            log.warning("run %s: %s", entry.run.run_id, reply["warning"])
+            continue
         worker.active = None
         status = int(reply["exit_status"])
         cpu_s = float(reply.get("cpu_s", 0.0))

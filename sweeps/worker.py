@@ -9,8 +9,10 @@ XLA_FLAGS already in its environment. Two modes:
 - `python -m sweeps.worker --serve` (the local launcher, one long-lived process per worker slot) reads
   one request per line, {"config": ..., "runs_root": ..., "log_path": path}, and trains the runs one after
   another. For each run it points file descriptors 1 and 2 at `log_path` (appending), so the run's
-  logging, warnings and native output (XLA, tracebacks) go to that run's log. When the run ends it writes
-  one JSON line to the stdout it started with: {"run_id", "exit_status", "cpu_s", "wall_s"}, where
+  logging, warnings and native output (XLA, tracebacks) go to that run's log. Each warning this project's
+  code logs during the run is also written, as it happens, as a JSON line {"run_id", "warning"} to the
+  stdout the worker started with. When the run ends it writes
+  one JSON line to that stdout: {"run_id", "exit_status", "cpu_s", "wall_s"}, where
   `cpu_s` is the user plus system CPU time of this process and its reaped children during the run
   (resource.getrusage deltas). It exits at the end of stdin (status 0), after an interrupted run (130),
   and after a run that failed with an unexpected exception (1), so that the next run gets a clean process.
@@ -48,6 +50,7 @@ EXIT_INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
 
 # Statuses after which a serving worker exits instead of taking the next run.
 EXIT_AFTER = (EXIT_FAILED, EXIT_INTERRUPTED)
+RELAYED_LOGGERS = ("scaling.", "models.", "analysis.")  # whose warnings a serving worker also sends the launcher
 
 log = logging.getLogger("sweeps.worker")
 
@@ -132,12 +135,39 @@ def serve(cores: tuple[int, ...] | None) -> int:
     return EXIT_COMPLETED
 
 
+class _RelayWarnings(logging.Handler):
+    """Writes each warning that this project's code logs during a run to the replies, as it happens.
+
+    The run's log has every message. These reach the launcher's console too, where the person who started
+    the sweep reads them: a clipped warmup, a corpus seen more than once, a checkpoint set aside.
+    """
+
+    def __init__(self, run_id: str, replies: IO[str]):
+        super().__init__(level=logging.WARNING)
+        self.run_id = run_id
+        self.replies = replies
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Errors end the run, and the final reply carries them; the worker's own warnings repeat the outcome.
+        if record.levelno != logging.WARNING or not record.name.startswith(RELAYED_LOGGERS):
+            return
+        try:
+            self.replies.write(json.dumps({"run_id": self.run_id, "warning": record.getMessage()}) + "\n")
+        except (OSError, ValueError):  # the launcher is gone; the run's log keeps the message
+            pass
+
+
 def _serve_one(request: dict[str, Any], cores: tuple[int, ...] | None, replies: IO[str]) -> int:
     """Train one request with descriptors 1 and 2 on its log; write its reply; return its exit status."""
     _redirect_output(request["log_path"])
     started = time.time()
     cpu_before = _cpu_seconds()
-    status, error = train_request(request, cores)
+    relay = _RelayWarnings(request["config"]["run_id"], replies)
+    logging.getLogger().addHandler(relay)
+    try:
+        status, error = train_request(request, cores)
+    finally:
+        logging.getLogger().removeHandler(relay)
     reply = {"run_id": request["config"]["run_id"], "exit_status": status, "error": error,
              "cpu_s": round(_cpu_seconds() - cpu_before, 3), "wall_s": round(time.time() - started, 3)}
     sys.stdout.flush()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import signal
@@ -439,6 +440,20 @@ def test_launch_completes_runs_then_skips_them(corpus_dir, tmp_path):
     assert [o.status for o in again] == ["skipped", "skipped"]
     assert [o.summary for o in again] == [o.summary for o in outcomes]
     assert {path: path.read_text() for path in logs} == logs  # no worker was started
+
+
+def test_launch_relays_the_warnings_runs_log(corpus_dir, tmp_path, caplog):
+    """A warning logged inside a worker (here: a warmup longer than a fifth of the run) reaches the launcher's
+    log as it happens, named by run, and stays in the run's own log."""
+    spec = parse_spec(tiny_raw(corpus_dir, grid={"params": ["4K"], "tokens": ["20K"]},
+                               optimizer={"peak_lr": "1e-2", "warmup_steps": 5000}))
+    caplog.set_level(logging.WARNING, logger="sweeps.launcher")
+    (outcome,) = run_sweep(spec, tmp_path / "runs", workers=1, progress=False)
+    assert outcome.status == "completed"
+    relayed = [record.getMessage() for record in caplog.records if record.name == "sweeps.launcher"]
+    expected = f"run {outcome.run.run_id}: warmup_steps=5000 exceeds 20% of the run's {outcome.run.steps} steps"
+    assert [message for message in relayed if message.startswith(expected)], relayed
+    assert "warmup_steps=5000 exceeds" in outcome.log_path.read_text()
 
 
 def test_launch_reports_failed_run_and_finishes_others(corpus_dir, tmp_path, capsys):

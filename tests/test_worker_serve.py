@@ -305,5 +305,6 @@ def test_interrupted_worker_run_resumes(stop_signal, corpus_dir, tmp_path):  # n
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     assert f"resumes from step {summary['steps_done']}" in log_path.read_text()
     logged = " ".join(relaunch.stderr.split())  # rich wraps long log lines
-    assert f"run {run.run_id} was interrupted; it resumes from its checkpoint at step {summary['steps_done']}" in logged
+    assert (f"run {run.run_id} was interrupted after its checkpoint at step {summary['steps_done']}; it resumes from "
+            "its newest readable checkpoint") in logged
     assert RunDir.at(runs, "one", run.run_id).status() == "completed"
