@@ -21,7 +21,10 @@ FLOPS_PER_PARAM_TOKEN = 6.0  # C = 6 N D: forward (2) plus backward (4) FLOPs pe
 def allocation_constant(a_coef: float, b_coef: float, alpha: float, beta: float) -> float:
     """Return G = (alpha A / (beta B))^(1 / (alpha + beta)), in parameters per (FLOPs/6)^(beta/(alpha+beta))."""
     _check_exponents(alpha, beta)
-    return float((alpha * a_coef / (beta * b_coef)) ** (1.0 / (alpha + beta)))
+    # In numpy rather than Python floats: a fitted A or B far from the data makes G overflow, which a
+    # Python power raises as OverflowError and numpy returns as infinity (or 0) for the caller to report.
+    with np.errstate(over="ignore", divide="ignore", under="ignore"):
+        return float(np.power(np.float64(alpha) * a_coef / (np.float64(beta) * b_coef), 1.0 / (alpha + beta)))
 
 
 def optimal_params(flops: ArrayLike, a_coef: float, b_coef: float, alpha: float, beta: float) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 from scaling.errors import UserError
 
 from analysis.allocation import FLOPS_PER_PARAM_TOKEN
-from analysis.bootstrap import percentile
+from analysis.bootstrap import interval_note, percentile_interval, too_few_replicates
 from analysis.fit import read_fit
 from analysis.laws import Law, ParametricLaw, PowerLawAllocation, all_laws, get_law
 from analysis.query import Query, parse_query
@@ -67,7 +67,8 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
     if query.kind == "kv_cache":
         if fit is not None or law_keys:
             raise UserError("a kv cache question uses no scaling law or fit; drop --law and --fit")
-        return Answer(query, tuple(kv_cache_rows(query)))
+        rows = kv_cache_rows(query)
+        return Answer(query, tuple(rows), tuple(kv_cache_notes(query, rows)))
     laws: list[Law] = [get_law(key) for key in law_keys] if law_keys else all_laws()
     rows = [answer_row(law, query) for law in laws]
     if query.kind == "loss_at" and not law_keys:
@@ -93,6 +94,10 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
         notes[:0] = [f"your fit: {warning}" for warning in record.get("warnings", [])]
         quantity = _ASKED[query.kind]
         overflowed = [row["law"] for row in own_rows if row[quantity] is not None and not math.isfinite(row[quantity])]
+        for row in own_rows:
+            missing = (row["interval"] or {}).get("note")
+            if missing:
+                notes.append(f"{row['law']}: no {100 * row['interval']['level']:.0f}% interval: {missing}")
         if overflowed:
             notes.append(f"{', '.join(overflowed)} gives no finite {quantity}: the fitted exponents put the answer "
                          "beyond a float, so this fit cannot answer the question")
@@ -109,12 +114,35 @@ def kv_cache_rows(query: Query) -> list[dict[str, Any]]:
     from models.kv_cache import kv_cache_comparison  # imports JAX, so it loads only for this question
 
     shape = query.kv_cache
+    if shape.gqa_kv_heads is not None and shape.gqa_kv_heads < 1:
+        raise UserError(f"gqa {shape.gqa_kv_heads}: grouped-query attention needs at least 1 key/value head; "
+                        f"pick a divisor of the {shape.n_heads} query heads")
     rows = kv_cache_comparison(shape.n_layers, shape.n_heads, shape.head_dim, shape.context, shape.batch_size,
                                shape.bytes_per_value, gqa_kv_heads=shape.gqa_kv_heads)
+    if shape.gqa_kv_heads is not None and not any(row["attention"] == "GQA" for row in rows):
+        # The comparison leaves out a GQA row equal to MHA (G = heads) or MQA (G = 1). The user asked for that
+        # G, so its row is shown between them, and kv_cache_notes states which one it equals.
+        same = next(row for row in rows if row["kv_heads"] == shape.gqa_kv_heads)
+        rows.insert(1, {**same, "attention": "GQA"})
     common = {"n_layers": shape.n_layers, "n_heads": shape.n_heads, "head_dim": shape.head_dim,
               "context": shape.context, "batch_size": shape.batch_size, "bytes_per_value": shape.bytes_per_value,
               "source": shape.source}
     return [{key: {**row, **common}[key] for key in KV_ROW_KEYS} for row in rows]
+
+
+def kv_cache_notes(query: Query, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Return notes on a grouped-query row that equals another variant or is missing."""
+    shape = query.kv_cache
+    gqa = [row for row in rows if row["attention"] == "GQA"]
+    if not gqa:
+        return [f"no grouped-query row: {shape.n_heads} query head(s) have no divisor strictly between 1 and "
+                f"{shape.n_heads}, so any grouping equals multi-head or multi-query attention"]
+    kv_heads = gqa[0]["kv_heads"]
+    if kv_heads == shape.n_heads:
+        return [f"gqa {kv_heads} keeps a key/value head per query head, so it equals multi-head attention (MHA)"]
+    if kv_heads == 1:
+        return ["gqa 1 shares one key/value head across all query heads, so it equals multi-query attention (MQA)"]
+    return []
 
 
 def fitted_law(record: dict[str, Any], source: str = "your fit.json") -> ParametricLaw:
@@ -156,7 +184,8 @@ def _runs_used(record: dict[str, Any], approach: str) -> str:
 
 def allocation_interval(record: dict[str, Any], approach: str, query: Query) -> dict[str, Any] | None:
     """Return percentile intervals of approach 1's or 2's result over its bootstrap replicates, or None."""
-    samples = ((record.get(approach) or {}).get("bootstrap") or {}).get("samples")
+    bootstrap = (record.get(approach) or {}).get("bootstrap") or {}
+    samples = bootstrap.get("samples")
     if not samples:
         return None
     names = samples["names"]
@@ -166,7 +195,7 @@ def allocation_interval(record: dict[str, Any], approach: str, query: Query) -> 
         if named.get("a") is not None and named.get("params_coefficient") is not None:
             laws.append(PowerLawAllocation("replicate", "replicate", "bootstrap", named["a"],
                                            named["params_coefficient"]))
-    return _interval_over(laws, query, float(record[approach]["bootstrap"]["level"]))
+    return _interval_over(laws, query, float(bootstrap["level"]), len(samples["values"]))
 
 
 def answer_row(law: Law, query: Query) -> dict[str, Any]:
@@ -222,26 +251,35 @@ def bootstrap_interval(record: dict[str, Any], query: Query) -> dict[str, Any] |
         log_a, log_b, log_e, alpha, beta = theta
         laws.append(ParametricLaw.from_logs("replicate", "replicate", "bootstrap", log_a=log_a, log_b=log_b,
                                             log_e=log_e, alpha=alpha, beta=beta))
-    return _interval_over(laws, query, float(bootstrap["level"]))
+    return _interval_over(laws, query, float(bootstrap["level"]), len(samples["values"]))
 
 
-def _interval_over(laws: Sequence[Law], query: Query, level: float) -> dict[str, Any] | None:
+def _interval_over(laws: Sequence[Law], query: Query, level: float, requested: int) -> dict[str, Any] | None:
     """Return the central `level` percentile interval of each of INTERVAL_KEYS over the laws' rows.
 
-    A replicate far from the data (a single compute budget, say) can overflow: its values count as
+    `laws` are the usable ones of `requested` replicates. With too few of them (the rule of `scaling fit`,
+    analysis.bootstrap.MIN_USABLE_FRACTION), or where they all agree, a key's interval is None and "note"
+    says why. A replicate far from the data (a single compute budget, say) can overflow: its values count as
     infinite, so the interval's bound becomes infinite ("inf" in tables, null in JSON) instead of an error.
     """
+    if not laws:
+        return None
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         replicate_rows = [_replicate_row(law, query) for law in laws]
-    if len(replicate_rows) < 2:
-        return None
-    tail = 100 * (1 - level) / 2
     interval: dict[str, Any] = {"level": level, "replicates": len(replicate_rows)}
+    samples = {}
     for key in INTERVAL_KEYS:
         values = np.array([row[key] for row in replicate_rows if row[key] is not None], dtype=float)
-        values = values[~np.isnan(values)]
-        interval[key] = None if values.size < 2 else [percentile(values, tail), percentile(values, 100 - tail)]
+        samples[key] = values[~np.isnan(values)]
+        too_few = too_few_replicates(samples[key].size, requested)
+        interval[key] = None if too_few else _listed(percentile_interval(samples[key], level))
+    asked = _ASKED[query.kind]
+    interval["note"] = interval_note({asked: samples[asked]}, requested) if asked in samples else None
     return interval
+
+
+def _listed(bounds: tuple[float, float] | None) -> list[float] | None:
+    return None if bounds is None else list(bounds)
 
 
 def _replicate_row(law: Law, query: Query) -> dict[str, Any]:

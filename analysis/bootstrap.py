@@ -27,6 +27,11 @@ from analysis.fit_parametric import Approach3Options, ParametricFit, _lbfgs, _lo
 logger = logging.getLogger(__name__)
 
 START_OBJECTIVE_FACTOR = 1.5  # full-data end points this close to the best objective seed every replicate
+# Every bootstrap here (approaches 1, 2 and 3, the Kaplan-style fits, and `scaling ask`) reports an interval
+# only when at least this fraction of the requested replicates could be fitted. Below it, the fit fails on
+# most resamples, and the few that succeed are those that happen to look like the full data. Their spread
+# then understates the uncertainty: 6 usable replicates of 200 gave a 95% interval of zero width.
+MIN_USABLE_FRACTION = 0.5
 DERIVED_NAMES = ("E", "A", "B", "alpha", "beta", "a", "b")
 
 
@@ -52,17 +57,23 @@ class BootstrapResult:
                 "alpha": alpha, "beta": beta, "a": beta / (alpha + beta), "b": alpha / (alpha + beta),
             }
 
-    def intervals(self) -> dict[str, tuple[float, float]]:
-        """Return the central percentile interval of each parameter at `level`; empty when none converged."""
-        if not self.converged.any():
-            return {}
-        tail = 100 * (1 - self.level) / 2
-        return {name: (percentile(values, tail), percentile(values, 100 - tail))
-                for name, values in self.parameter_samples().items()}
+    def intervals(self) -> dict[str, tuple[float, float] | None]:
+        """Return the central percentile interval of each parameter at `level`, None where it is not estimable.
+
+        See `interval_note` for why an interval is missing.
+        """
+        samples = self.parameter_samples()
+        if too_few_replicates(int(self.converged.sum()), self.converged.size):
+            return {name: None for name in samples}
+        return {name: percentile_interval(values, self.level) for name, values in samples.items()}
+
+    def interval_note(self) -> str | None:
+        """Return why some or all intervals are missing, or None when every parameter has one."""
+        return interval_note(self.parameter_samples(), self.converged.size, "converged")
 
     def standard_errors(self) -> dict[str, float]:
-        """Return the standard deviation of each parameter over converged replicates; empty when fewer than 2."""
-        if self.converged.sum() < 2:
+        """Return the standard deviation of each parameter over converged replicates; empty when too few converged."""
+        if too_few_replicates(int(self.converged.sum()), self.converged.size):
             return {}
         with np.errstate(invalid="ignore", over="ignore"):  # an infinite sample makes the error infinite or NaN
             return {name: float(np.std(values, ddof=1)) for name, values in self.parameter_samples().items()}
@@ -77,11 +88,53 @@ class BootstrapResult:
             "seed": self.seed,
             "starts_per_replicate": self.starts_per_replicate,
             "solver": self.solver,
-            "intervals": {name: list(bounds) for name, bounds in self.intervals().items()},
+            "intervals": {name: None if bounds is None else list(bounds)
+                          for name, bounds in self.intervals().items()},
+            "interval_note": self.interval_note(),
             "standard_errors": self.standard_errors(),
             "samples": {"parameters": ["log_a", "log_b", "log_e", "alpha", "beta"],
                         "values": self.samples.tolist(), "converged": self.converged.tolist()},
         }
+
+
+def min_usable_replicates(requested: int) -> int:
+    """Return how many of `requested` replicates must be usable for an interval (at least 2)."""
+    return max(2, math.ceil(MIN_USABLE_FRACTION * requested))
+
+
+def too_few_replicates(usable: int, requested: int, fitted: str = "could be fitted") -> str | None:
+    """Return why `usable` of `requested` replicates give no interval, or None when they are enough."""
+    needed = min_usable_replicates(requested)
+    if usable >= needed:
+        return None
+    return (f"only {usable} of {requested} bootstrap replicates {fitted}, and an interval needs at least "
+            f"{needed}, so none is reported")
+
+
+def percentile_interval(values: ArrayLike, level: float) -> tuple[float, float] | None:
+    """Return the central `level` percentile interval of `values`, or None when they have no spread.
+
+    Replicates that all agree carry no information about the uncertainty (each one repeats the same few
+    budgets, say), so a zero-width interval would claim a precision the data do not have.
+    """
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size < 2 or np.all(values == values[0]):
+        return None
+    tail = 100 * (1 - level) / 2
+    return percentile(values, tail), percentile(values, 100 - tail)
+
+
+def interval_note(samples: dict[str, np.ndarray], requested: int, fitted: str = "could be fitted") -> str | None:
+    """Return why intervals over `samples` (usable replicates per name) are missing, or None when none is."""
+    usable = min((np.asarray(values).size for values in samples.values()), default=0)
+    reason = too_few_replicates(usable, requested, fitted)
+    if reason:
+        return reason
+    flat = [name for name, values in samples.items() if percentile_interval(values, 0.95) is None]
+    if flat:
+        return f"every usable bootstrap replicate gives the same {', '.join(flat)}, so no interval is reported for it"
+    return None
 
 
 def percentile(values: ArrayLike, percent: float) -> float:

@@ -1,8 +1,10 @@
 """Bootstrap intervals for approaches 1 and 2 and the Kaplan-style fits.
 
 Intervals are percentiles over the replicates (95% by default), as for approach 3 in `analysis.bootstrap`.
-A replicate whose data cannot support the fit (too few distinct sizes, token counts or usable budgets) is
-counted and left out of the intervals.
+A replicate whose data cannot support the fit (too few distinct sizes, token counts or usable budgets, or a
+power law beyond floating point) is counted and left out of the intervals. When fewer than half the
+replicates are usable (`analysis.bootstrap.MIN_USABLE_FRACTION`), or they all agree, no interval is
+reported and `interval_note` says why.
 
 Approaches 1 and 2 keep the sweep's sizes and budgets, since those are its design rather than a sample, and
 resample what varies between runs: each run's luck (`resample="luck"`, the default for both).
@@ -44,6 +46,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+from analysis.bootstrap import interval_note, percentile_interval, too_few_replicates
 from analysis.defaults import DEFAULT_BOOTSTRAPS, RESAMPLING
 from analysis.fit_envelope import fit_envelope
 from analysis.fit_isoflop import fit_isoflop
@@ -75,14 +78,25 @@ class Replicates:
         """Return which replicates could be fitted, as a bool array."""
         return np.all(np.isfinite(self.values), axis=1)
 
-    def intervals(self) -> dict[str, tuple[float, float]]:
-        """Return the central percentile interval of each value at `level`; empty with fewer than 2 valid replicates."""
+    @property
+    def enough(self) -> bool:
+        """Return whether enough replicates could be fitted for intervals (see MIN_USABLE_FRACTION)."""
+        return too_few_replicates(int(self.valid.sum()), self.values.shape[0]) is None
+
+    def intervals(self) -> dict[str, tuple[float, float] | None]:
+        """Return the central percentile interval of each value at `level`, None where it is not estimable.
+
+        See `interval_note` for why an interval is missing.
+        """
+        if not self.enough:
+            return {name: None for name in self.names}
         kept = self.values[self.valid]
-        if kept.shape[0] < 2:
-            return {}
-        tail = 100 * (1 - self.level) / 2
-        return {name: (float(np.percentile(kept[:, i], tail)), float(np.percentile(kept[:, i], 100 - tail)))
-                for i, name in enumerate(self.names)}
+        return {name: percentile_interval(kept[:, i], self.level) for i, name in enumerate(self.names)}
+
+    def interval_note(self) -> str | None:
+        """Return why some or all intervals are missing, or None when every value has one."""
+        usable = self.values[self.valid]
+        return interval_note({name: usable[:, i] for i, name in enumerate(self.names)}, self.values.shape[0])
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict; "samples" contains every replicate (null where it could not be fitted)."""
@@ -92,7 +106,9 @@ class Replicates:
             "valid_replicates": int(self.valid.sum()),
             "level": self.level,
             "seed": self.seed,
-            "intervals": {name: list(bounds) for name, bounds in self.intervals().items()},
+            "intervals": {name: None if bounds is None else list(bounds)
+                          for name, bounds in self.intervals().items()},
+            "interval_note": self.interval_note(),
             "samples": {"names": list(self.names),
                         "values": [[float(v) if np.isfinite(v) else None for v in row] for row in self.values]},
         }
@@ -137,7 +153,7 @@ def bootstrap_isoflop(params: ArrayLike, losses: ArrayLike, budgets: ArrayLike, 
                           f"{method}; no replicates: the fit has no power laws")
     rows = np.full((count, len(ALLOCATION_NAMES)), np.nan)
     for row in rows:
-        values = refit(fitted * (1.0 + rng.choice(residuals, fitted.size)))
+        values = _usable(refit, fitted * (1.0 + rng.choice(residuals, fitted.size)))
         if values is not None:
             row[:] = _reflect(values, estimate, estimate)
     return Replicates(ALLOCATION_NAMES, rows, level, seed, method)
@@ -182,7 +198,7 @@ def bootstrap_envelope(params: Sequence[float], curves: Sequence[Sequence[tuple[
     centred = (luck - luck.mean()) * np.sqrt(luck.size / (luck.size - 1))
     rows = np.full((count, len(ALLOCATION_NAMES)), np.nan)
     for row in rows:
-        values = _envelope_values(params, arrays, rng.choice(centred, luck.size) - luck)
+        values = _usable(_envelope_values, params, arrays, rng.choice(centred, luck.size) - luck)
         if values is not None:
             row[:] = _reflect(values, estimate, reference)
     return Replicates(ALLOCATION_NAMES, rows, level, seed, method)
@@ -232,10 +248,23 @@ def _replicates(refit: Callable[[np.ndarray], dict[str, float] | None], draws: l
                 names: tuple[str, ...], level: float, seed: int, method: str) -> Replicates:
     rows = np.full((len(draws), len(names)), np.nan)
     for row, indices in zip(rows, draws):
-        values = refit(np.asarray(indices))
+        values = _usable(refit, np.asarray(indices))
         if values is not None:
             row[:] = [values[name] for name in names]
     return Replicates(names, rows, level, seed, method)
+
+
+def _usable(refit: Callable[..., dict[str, float] | None], *args: Any) -> dict[str, float] | None:
+    """Return one replicate's refit, or None when its arithmetic fails.
+
+    The fits return None for data they cannot fit; this also covers a failure none of them foresaw (a least-
+    squares solve that does not converge, a value beyond a float), so that one odd resample costs one
+    replicate, counted as unusable, rather than the whole `scaling fit`.
+    """
+    try:
+        return refit(*args)
+    except (ArithmeticError, np.linalg.LinAlgError):
+        return None
 
 
 def _parabola_residuals(params: np.ndarray, losses: np.ndarray,
@@ -285,7 +314,8 @@ def _reflect(replicate: dict[str, float], estimate: dict[str, float], reference:
     row = []
     for name in ALLOCATION_NAMES:
         if name.endswith("coefficient"):
-            row.append(float(np.exp(np.log(estimate[name]) - np.log(replicate[name]) + np.log(reference[name]))))
+            with np.errstate(over="ignore"):  # a reflection beyond a float is infinite: an unusable replicate
+                row.append(float(np.exp(np.log(estimate[name]) - np.log(replicate[name]) + np.log(reference[name]))))
         else:
             row.append(estimate[name] - replicate[name] + reference[name])
     return row

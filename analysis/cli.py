@@ -207,12 +207,14 @@ def _print_fit(record: dict[str, Any], out: Path) -> None:
         cells = [name, f"{value:.6g}"]
         if bootstrap:
             bounds = intervals.get(name)
-            cells.append("" if bounds is None else f"{bounds[0]:.4g} .. {bounds[1]:.4g}")
+            cells.append("-" if bounds is None else f"{bounds[0]:.4g} .. {bounds[1]:.4g}")
         table.add_row(*cells)
     table.add_row("objective (sum of Huber losses)", f"{approach3['objective']:.6g}", *([""] if bootstrap else []))
     console = _console()
     console.print(table)
     console.print(f"status: {approach3['status']}")
+    if bootstrap.get("interval_note"):
+        console.print(f"approach 3 intervals: {bootstrap['interval_note']}", markup=False, highlight=False)
     approach1 = record.get("approach1") or {}
     if approach1.get("a") is not None:
         console.print(f"approach 1: {_allocation_text(approach1)} (envelope of learning curves)")
@@ -246,7 +248,12 @@ def _allocation_text(fit: dict[str, Any]) -> str:
     level = bootstrap.get("level", 0.95)
     usable = (f", {bootstrap['valid_replicates']} of {bootstrap['replicates']} replicates usable"
               if "valid_replicates" in bootstrap else "")
-    note = f" ({100 * level:.0f}% bootstrap intervals in brackets{usable})" if intervals else ""
+    any_interval = any(bounds is not None for bounds in intervals.values())
+    note = f" ({100 * level:.0f}% bootstrap intervals in brackets{usable})" if any_interval else ""
+    if bootstrap.get("interval_note"):
+        # Older fit.json files have no interval_note, so for them only the brackets present are printed.
+        missing = "some values have no" if any_interval else "no"
+        note += f" ({missing} {100 * level:.0f}% interval: {bootstrap['interval_note']})"
     return (f"N_opt = {value('params_coefficient', '.3g')} C^{value('a', '.4f')}, "
             f"D_opt = {value('tokens_coefficient', '.3g')} C^{value('b', '.4f')}{note}")
 
@@ -335,6 +342,8 @@ def _print_kv_cache(answer) -> None:
                   f"{shape.context} tokens, batch {shape.batch_size}, {shape.bytes_per_value} byte(s) per value",
                   markup=False, highlight=False)
     console.print(f"source: {shape.source}", markup=False, highlight=False)
+    for note in answer.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
 
 
 def _interval_text(interval: dict[str, Any] | None, kind: str) -> str:

@@ -87,6 +87,8 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
                                                 seed=seed, options=approach3_options)
                 logger.info("bootstrap: %d replicates, %d converged (%.1f s)", bootstraps,
                             int(bootstrap.converged.sum()), time.perf_counter() - started)
+                if bootstrap.interval_note():
+                    logger.warning("approach 3: %s", bootstrap.interval_note())
 
         record = _record(table, convention, approach3, params, tokens, losses)
         record["bootstrap"] = None if bootstrap is None else bootstrap.to_dict()
@@ -205,10 +207,9 @@ def _kaplan_section(record: dict[str, Any], params: np.ndarray, tokens: np.ndarr
 
 
 def _warn_if_few_replicates(name: str, replicates: Replicates) -> None:
-    if replicates.valid.sum() < replicates.values.shape[0] / 2:
-        logger.warning("%s: only %d of %d bootstrap replicates could be fitted, so its intervals rest on "
-                       "those few; add sizes per budget or budgets for steadier intervals", name,
-                       int(replicates.valid.sum()), replicates.values.shape[0])
+    note = replicates.interval_note()
+    if note:
+        logger.warning("%s: %s; add sizes per budget or budgets for intervals", name, note)
 
 
 E_AT_ZERO = 1e-3  # nats/token: an irreducible loss below this means the fit pushed E to its bound
@@ -335,7 +336,10 @@ def _add_kaplan_intervals(kaplan: dict[str, Any], replicates: dict[str, Replicat
         if fit is not None and name in replicates:
             summary = replicates[name].to_dict()
             fit["intervals"] = summary["intervals"]
+            fit["interval_note"] = summary["interval_note"]
             fit["valid_replicates"] = summary["valid_replicates"]
+            if summary["interval_note"]:
+                logger.warning("Kaplan-style %s: %s", name, summary["interval_note"])
     if replicates:
         summary = next(iter(replicates.values())).to_dict()
         kaplan["bootstrap"] = {key: summary[key] for key in ("method", "replicates", "level", "seed")}

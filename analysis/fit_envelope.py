@@ -43,7 +43,7 @@ class EnvelopeFit:
     loss: tuple[float, ...]  # envelope loss, nats/token
     interior: tuple[bool, ...]  # the budget is won by neither the smallest nor the largest size
     fitted: tuple[bool, ...]  # the budget entered the power laws (interior, and inside the edge margin)
-    params_law: PowerLaw | None  # None when fewer than 2 interior sizes win
+    params_law: PowerLaw | None  # None when fewer than 2 interior sizes win, or no finite law fits them
     tokens_law: PowerLaw | None
     distinct_sizes: int  # sizes that win somewhere inside the size range
     budgets_fitted: int  # envelope budgets that entered the power laws
@@ -68,10 +68,20 @@ class EnvelopeFit:
             "distinct_sizes_on_envelope": self.distinct_sizes,
             "budgets_fitted": self.budgets_fitted,
             "edge_margin": self.edge_margin,
+            "note": self.note(),
             "envelope": {"flops": list(self.flops), "params_opt": list(self.params_opt),
                          "tokens_opt": list(self.tokens_opt), "loss": list(self.loss),
                          "interior": list(self.interior), "fitted": list(self.fitted)},
         }
+
+    def note(self) -> str | None:
+        """Return why there are no power laws, or None when there are."""
+        if self.params_law is not None:
+            return None
+        if self.distinct_sizes < 2:
+            return f"{self.distinct_sizes} size(s) win inside the size range; the power laws need 2"
+        return ("no finite power law fits the envelope's budgets: they span too little compute for the "
+                "change in the winning size, so the coefficient lies beyond floating point")
 
     def interior_frontier(self) -> tuple[np.ndarray, np.ndarray]:
         """Return (budgets in FLOPs, envelope loss) where neither the smallest nor the largest size wins.
@@ -132,6 +142,10 @@ def fit_envelope(params: Sequence[float], curves: Sequence[Sequence[tuple[float,
         fitted, margin = _trim_to_margin(grid, best_params, interior, smallest, largest, edge_margin)
         params_law = fit_power_law(np.exp(grid[fitted]), best_params[fitted])
         tokens_law = fit_power_law(np.exp(grid[fitted]), best_tokens[fitted])
+        if params_law is None or tokens_law is None:
+            # Winners packed into a narrow span of budgets can give a slope so steep that the coefficient
+            # leaves floating point. Such an envelope has no usable allocation, as with fewer than 2 sizes.
+            params_law = tokens_law = None
     return EnvelopeFit(tuple(flops.tolist()), tuple(best_params[covered].tolist()),
                        tuple(best_tokens[covered].tolist()), tuple(best_loss[covered].tolist()),
                        tuple(interior[covered].tolist()), tuple(fitted[covered].tolist()), params_law, tokens_law,

@@ -68,7 +68,7 @@ class IsoFlopFit:
     """Result of approach 2: the per-budget profiles and the power laws through their vertices."""
 
     profiles: tuple[IsoFlopProfile, ...]
-    params_law: PowerLaw | None  # N_opt(C); None when fewer than 2 budgets could be used
+    params_law: PowerLaw | None  # N_opt(C); None when fewer than 2 budgets could be used or no law fits them
     tokens_law: PowerLaw | None  # D_opt(C)
     budgets_used: tuple[float, ...]
     warnings: tuple[str, ...]
@@ -122,6 +122,32 @@ def fit_profile(flops: float, params: ArrayLike, losses: ArrayLike) -> IsoFlopPr
         coefficients=(float(c2), float(c1), float(c0)), params_opt=params_opt,
         tokens_opt=flops / (6.0 * params_opt) if params_opt > 0 else math.inf, loss_opt=float(c0 - c1**2 / (4 * c2)), at_edge=at_edge,
     )
+
+
+def edge_reason(profile: IsoFlopProfile) -> str:
+    """Return which test flagged a profile "optimum at edge", and which sizes to add.
+
+    Either test can fire alone. The lowest loss may be at the smallest size while the parabola's vertex
+    lies just inside it, so the message names the test (or both) that fired.
+    """
+    smallest, largest = profile.params[0], profile.params[-1]
+    span = f"{smallest:.3g}..{largest:.3g} parameters"
+    lowest = profile.params[int(np.argmin(profile.losses))]
+    reasons, add = [], []
+    if lowest in (smallest, largest):
+        end = "smallest" if lowest == smallest else "largest"
+        reasons.append(f"lowest loss at the {end} size {lowest:.3g} of {span}")
+        add.append("below" if lowest == smallest else "above")
+    if not smallest < profile.params_opt < largest:
+        side = "below the smallest" if profile.params_opt <= smallest else "above the largest"
+        reasons.append(f"parabola vertex {profile.params_opt:.3g} {side} size of {span}")
+        add.append("below" if profile.params_opt <= smallest else "above")
+    else:
+        reasons.append(f"parabola vertex {profile.params_opt:.3g} lies inside that range")
+    if not add:  # a vertex within rounding of an end size: flagged in ln N, inside after exp
+        return f"{'; '.join(reasons)}; add sizes beyond {smallest:.3g} or {largest:.3g}"
+    edge = smallest if add[0] == "below" else largest
+    return f"{'; '.join(reasons)}; add sizes {add[0]} {edge:.3g}"
 
 
 def group_by_budget(flops: ArrayLike, budgets: ArrayLike | None = None,
@@ -187,9 +213,7 @@ def fit_isoflop(params: ArrayLike, flops: ArrayLike, losses: ArrayLike, budgets:
             warnings.append(f"skipped: {error}")
             continue
         if profile.at_edge:
-            warnings.append(f"budget {budget:.3g} FLOPs: optimum at edge of the sampled sizes "
-                            f"({profile.params[0]:.3g}..{profile.params[-1]:.3g} parameters, vertex "
-                            f"{profile.params_opt:.3g}); add sizes beyond it")
+            warnings.append(f"budget {budget:.3g} FLOPs: optimum at edge of the sampled sizes: {edge_reason(profile)}")
         profiles.append(profile)
 
     if too_small:
@@ -202,6 +226,12 @@ def fit_isoflop(params: ArrayLike, flops: ArrayLike, losses: ArrayLike, budgets:
         budget_flops = np.array([p.flops for p in used])
         params_law = fit_power_law(budget_flops, [p.params_opt for p in used])
         tokens_law = fit_power_law(budget_flops, [p.tokens_opt for p in used])
+        if params_law is None or tokens_law is None:
+            # The two laws describe one allocation (D_opt = C / 6 N_opt): without one the other is not reported.
+            params_law = tokens_law = None
+            warnings.append(f"approach 2 power laws could not be fitted through the vertices of {len(used)} "
+                            "budgets: their coefficient lies beyond floating point or a vertex is not finite; "
+                            "add budgets spread further apart")
     else:
         warnings.append(f"approach 2 power laws need 2 usable budgets, found {len(used)}")
     for message in warnings if log_warnings else ():
@@ -209,7 +239,22 @@ def fit_isoflop(params: ArrayLike, flops: ArrayLike, losses: ArrayLike, budgets:
     return IsoFlopFit(tuple(profiles), params_law, tokens_law, tuple(p.flops for p in used), tuple(warnings))
 
 
-def fit_power_law(flops: ArrayLike, values: ArrayLike) -> PowerLaw:
-    """Fit values = k C^e by least squares on (ln C, ln values)."""
-    exponent, intercept = np.polyfit(np.log(np.asarray(flops, dtype=float)), np.log(np.asarray(values, dtype=float)), 1)
+def fit_power_law(flops: ArrayLike, values: ArrayLike) -> PowerLaw | None:
+    """Fit values = k C^e by least squares on (ln C, ln values); return None when no such law can be stated.
+
+    That happens when a value is not a positive finite number, when fewer than 2 distinct budgets remain, or
+    when k lies beyond the range of a float. Budgets close together with very different optima give a slope
+    of tens and ln k of hundreds. No caller can use such a law, so callers treat None as "no law".
+    """
+    flops = np.asarray(flops, dtype=float)
+    values = np.asarray(values, dtype=float)
+    usable = np.all(np.isfinite(flops) & np.isfinite(values) & (flops > 0) & (values > 0))
+    if not usable or np.unique(flops).size < 2:
+        return None
+    exponent, intercept = np.polyfit(np.log(flops), np.log(values), 1)
+    if not (math.isfinite(exponent) and math.isfinite(intercept)):
+        return None
+    tiniest, largest = np.finfo(float).tiny, np.finfo(float).max
+    if not math.log(tiniest) < intercept < math.log(largest):
+        return None
     return PowerLaw(float(exponent), float(math.exp(intercept)))

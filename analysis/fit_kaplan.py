@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import least_squares
 
-from analysis.laws import KAPLAN_2020_BY_VARIABLE
+from analysis.laws import KAPLAN_2020_BY_VARIABLE, exp_or_inf
 
 
 @dataclass(frozen=True)
@@ -46,18 +46,23 @@ def fit_single_power_law(values: ArrayLike, losses: ArrayLike, variable: str, ir
                          weights: ArrayLike | None = None) -> PowerLawFit | None:
     """Fit L = [E +] (x_c / x)^alpha to points; return None with fewer than 2 distinct x (3 with E).
 
+    Also None for a point that is not positive and finite, or when the form with E cannot be solved.
+
     `weights` multiply each point's squared log residual (bootstrap multiplicities); None gives each weight 1.
     """
     x = np.asarray(values, dtype=float)
     y = np.asarray(losses, dtype=float)
     if np.unique(x).size < (3 if irreducible else 2):
         return None
+    if not np.all(np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)):
+        return None  # a power law in logs cannot pass through a zero, negative or infinite point
     root_weights = np.ones_like(x) if weights is None else np.sqrt(np.asarray(weights, dtype=float))
     slope, intercept = np.polyfit(np.log(x), np.log(y), 1, w=root_weights)
     exponent = -slope
-    scale = _exp_or_inf(intercept / exponent if exponent != 0 else math.inf)
+    scale = exp_or_inf(intercept / exponent if exponent != 0 else math.inf)
     fit = PowerLawFit(variable, float(exponent), float(scale), 0.0, int(x.size), _rms(x, y, exponent, scale, 0.0))
-    if not irreducible or not (exponent > 0 and math.isfinite(scale)):
+    # The form with E starts from the pure fit, so it needs a scale whose log is finite (not 0, not inf).
+    if not irreducible or not (exponent > 0 and 0 < scale < math.inf):
         return fit
 
     def residuals(theta: np.ndarray) -> np.ndarray:
@@ -65,9 +70,16 @@ def fit_single_power_law(values: ArrayLike, losses: ArrayLike, variable: str, ir
         return root_weights * (np.log(np.exp(log_e) + np.exp(alpha * (log_scale - np.log(x)))) - np.log(y))
 
     start = np.array([math.log(0.5 * y.min()), exponent, math.log(scale)])
-    result = least_squares(residuals, start, method="lm", xtol=1e-14, ftol=1e-14, gtol=1e-14, max_nfev=20000)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            result = least_squares(residuals, start, method="lm", xtol=1e-14, ftol=1e-14, gtol=1e-14,
+                                   max_nfev=20000)
+        except ValueError:
+            return None  # the residuals stopped being finite, so this fit (or bootstrap replicate) has no solution
+    if not np.all(np.isfinite(result.x)):
+        return None
     log_e, alpha, log_scale = result.x
-    scale, irreducible_loss = _exp_or_inf(log_scale), _exp_or_inf(log_e)
+    scale, irreducible_loss = exp_or_inf(log_scale), exp_or_inf(log_e)
     return PowerLawFit(variable, float(alpha), scale, irreducible_loss, int(x.size),
                        _rms(x, y, alpha, scale, irreducible_loss))
 
@@ -116,8 +128,3 @@ def _rms(x: np.ndarray, y: np.ndarray, exponent: float, scale: float, irreducibl
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         predicted = irreducible + (scale / x) ** exponent
         return float(np.sqrt(np.mean((np.log(predicted) - np.log(y)) ** 2)))
-
-
-def _exp_or_inf(log_value: float) -> float:
-    # A nearly flat trend puts x_c beyond the largest float: it is reported as infinite rather than failing.
-    return math.exp(log_value) if log_value < math.log(np.finfo(float).max) else math.inf

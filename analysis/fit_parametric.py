@@ -33,7 +33,7 @@ from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 
 from analysis.defaults import DEFAULT_FIT_STARTS
-from analysis.laws import ParametricLaw
+from analysis.laws import ParametricLaw, exp_or_inf
 
 logger = logging.getLogger(__name__)
 
@@ -120,14 +120,17 @@ class ParametricFit:
 
     def parameters(self) -> dict[str, float]:
         """Return E, A, B, alpha, beta and the derived allocation exponents a and b."""
+        # The Newton steps are unbounded, so a fit that trades one term away can end with a log beyond a
+        # float (infinite coefficient) or with alpha + beta = 0 (no allocation: NaN), never with an exception.
+        total = self.alpha + self.beta
         return {
-            "E": math.exp(self.log_e),
-            "A": math.exp(self.log_a),
-            "B": math.exp(self.log_b),
+            "E": exp_or_inf(self.log_e),
+            "A": exp_or_inf(self.log_a),
+            "B": exp_or_inf(self.log_b),
             "alpha": self.alpha,
             "beta": self.beta,
-            "a": self.beta / (self.alpha + self.beta),
-            "b": self.alpha / (self.alpha + self.beta),
+            "a": self.beta / total if total != 0 else math.nan,
+            "b": self.alpha / total if total != 0 else math.nan,
         }
 
     def law(self, key: str = "fit", name: str = "your fit (approach 3)", citation: str = "this study",

@@ -53,7 +53,7 @@ class Law(Protocol):
         ...
 
 
-def _exp(value: float) -> float:
+def exp_or_inf(value: float) -> float:
     """Return e**value, or infinity where that exceeds the largest float."""
     try:
         return math.exp(value)
@@ -82,7 +82,8 @@ class ParametricLaw:
 
         A log too large for a float (a bootstrap replicate far from the data) gives an infinite coefficient.
         """
-        return cls(key, name, citation, _exp(log_e), _exp(log_a), _exp(log_b), alpha, beta, convention)
+        return cls(key, name, citation, exp_or_inf(log_e), exp_or_inf(log_a), exp_or_inf(log_b), alpha, beta,
+                   convention)
 
     def compute_optimal(self, flops: float) -> tuple[float, float]:
         params = float(allocation.optimal_params(flops, self.a_coef, self.b_coef, self.alpha, self.beta))
@@ -95,7 +96,12 @@ class ParametricLaw:
         return float(allocation.flops_for_params(params, self.a_coef, self.b_coef, self.alpha, self.beta))
 
     def loss(self, params: float, tokens: float) -> float | None:
-        return self.e_coef + self.a_coef / params**self.alpha + self.b_coef / tokens**self.beta
+        # numpy powers: a fitted exponent of tens makes N^alpha overflow, which numpy turns into a vanishing
+        # term where a Python float power would raise OverflowError.
+        with np.errstate(over="ignore"):
+            value = (self.e_coef + self.a_coef / np.power(np.asarray(params, dtype=float), self.alpha)
+                     + self.b_coef / np.power(np.asarray(tokens, dtype=float), self.beta))
+        return float(value) if np.ndim(value) == 0 else value
 
     def parameters(self) -> dict[str, float]:
         """Return the five constants by name: E, A, B, alpha, beta."""

@@ -232,9 +232,12 @@ def plot_residuals(law: ParametricLaw, params: np.ndarray, tokens: np.ndarray, l
 
 def _bootstrap_band(bootstrap, flops: np.ndarray) -> tuple[np.ndarray, ...] | None:
     """Return 2.5 and 97.5 percentiles of N_opt(C) and D_opt(C) over converged replicates, or None."""
-    if bootstrap is None or bootstrap.converged.sum() < 2:
-        return None
     from analysis import allocation
+    from analysis.bootstrap import too_few_replicates
+
+    # The same rule as the intervals in fit.json: no band from a few surviving replicates.
+    if bootstrap is None or too_few_replicates(int(bootstrap.converged.sum()), bootstrap.converged.size):
+        return None
 
     params_rows, tokens_rows = [], []
     for log_a, log_b, _, alpha, beta in bootstrap.samples[bootstrap.converged]:
@@ -246,7 +249,7 @@ def _bootstrap_band(bootstrap, flops: np.ndarray) -> tuple[np.ndarray, ...] | No
             continue  # a replicate whose allocation overflows has no curve to draw
         params_rows.append(n_opt)
         tokens_rows.append(flops / (6 * n_opt))
-    if len(params_rows) < 2:
+    if too_few_replicates(len(params_rows), bootstrap.converged.size):
         return None
     params_rows, tokens_rows = np.array(params_rows), np.array(tokens_rows)
     tail = 100 * (1 - bootstrap.level) / 2
@@ -264,7 +267,7 @@ def _limit_to_lines(axes, margin: float = 30.0) -> None:
 
 def _allocation_band(replicates, flops: np.ndarray) -> tuple[np.ndarray, ...] | None:
     """Return the percentile band of N_opt = k C^a and D_opt = k' C^b over valid replicates, or None."""
-    if replicates is None or replicates.valid.sum() < 2:
+    if replicates is None or not replicates.enough:  # the rule of the intervals in fit.json
         return None
     columns = {name: replicates.values[replicates.valid, i] for i, name in enumerate(replicates.names)}
     params_rows = columns["params_coefficient"][:, None] * flops[None, :] ** columns["a"][:, None]

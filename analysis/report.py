@@ -85,6 +85,8 @@ def _approach3_section(fit: dict[str, Any]) -> list[str]:
     if bootstrap:
         lines += ["", f"Intervals: {bootstrap['method']}; {bootstrap['converged_replicates']} of "
                   f"{bootstrap['replicates']} replicates converged (seed {bootstrap['seed']})."]
+        if bootstrap.get("interval_note"):
+            lines += ["", f"Missing intervals: {bootstrap['interval_note']}."]
     else:
         lines += ["", "No bootstrap was run, so the values above come without intervals."]
     lines += ["", f"a = beta / (alpha + beta) is the exponent of N_opt(C), b = alpha / (alpha + beta) that of "
@@ -144,6 +146,8 @@ def _allocation_table(method: dict[str, Any]) -> list[str]:
     if bootstrap:
         lines += ["", f"Intervals: {bootstrap['method']}; {bootstrap['valid_replicates']} of "
                   f"{bootstrap['replicates']} replicates could be fitted (seed {bootstrap['seed']})."]
+        if bootstrap.get("interval_note"):
+            lines += ["", f"Missing intervals: {bootstrap['interval_note']}."]
     else:
         lines += ["", "No bootstrap was run, so these values come without intervals."]
     return lines
@@ -188,6 +192,8 @@ def _kaplan_section(fit: dict[str, Any]) -> list[str]:
     if bootstrap:
         lines += ["", f"Intervals: {bootstrap['method']}; {bootstrap['replicates']} replicates (seed "
                   f"{bootstrap['seed']}); each fit's count of usable replicates is in fit.json."]
+        lines += [f"- {name}: {law['interval_note']}." for name, law in kaplan["fits"].items()
+                  if law is not None and law.get("interval_note")]
     else:
         lines += ["", "No bootstrap was run, so these values come without intervals."]
     sources = sorted({entry["citation"] for entry in published.values()})

@@ -65,7 +65,7 @@ def test_approach2_intervals_cover_truth():
 def test_three_sizes_fall_back_to_runs():
     # Parabolas through exactly 3 sizes leave no residuals, so runs are drawn. A draw that repeats a size
     # leaves its budget with too few sizes. Replicates left with fewer than 2 usable budgets are counted and
-    # kept out of the intervals.
+    # kept out of the intervals; with fewer than half of them usable no interval is reported at all.
     params, tokens, budgets = isoflop_grid(LAW, BUDGETS, 3, 4)
     losses = law_losses(LAW, params, tokens, noise=NOISE, seed=SEED)
     result = bootstrap_isoflop(params, losses, budgets, n_bootstraps=50, seed=0)
@@ -75,6 +75,10 @@ def test_three_sizes_fall_back_to_runs():
     assert np.isnan(result.values[~result.valid]).any(axis=1).all()
     record = result.to_dict()
     assert (record["replicates"], record["valid_replicates"]) == (50, valid)
+    if valid < 25:
+        assert all(bounds is None for bounds in record["intervals"].values())
+        assert f"only {valid} of 50 bootstrap replicates could be fitted" in record["interval_note"]
+        return
     for low, high in record["intervals"].values():
         assert np.isfinite(low)
         assert np.isfinite(high)
