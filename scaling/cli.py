@@ -14,6 +14,8 @@ from pathlib import Path
 
 from scaling.errors import UserError, yaml_problem
 
+SWEEP_SECTIONS = frozenset({"grid", "isoflop"})  # top-level keys of a sweep spec that no run config has
+
 log = logging.getLogger("scaling")
 
 
@@ -116,6 +118,11 @@ def _train(args: argparse.Namespace) -> int:
     if not path.exists():
         raise UserError(f"config file {path} not found; pass a JSON or YAML TrainConfig")
     raw = _read_config_file(path)
+    sections = sorted(SWEEP_SECTIONS & set(raw))
+    if sections:
+        raise UserError(f"{path} is a sweep spec (it has {', '.join(sections)}:), not one run's config; run it with "
+                        f"`scaling sweep launch {path}`, or train one run from a config such as "
+                        "examples/train_small.yaml")
     config = TrainConfig.from_dict(raw.get("config", raw))  # accepts a run's own config.json too
     if args.max_epochs is not None:
         config = config.replace(max_epochs=args.max_epochs)

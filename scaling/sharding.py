@@ -55,13 +55,19 @@ def resolve_plan(configured: str = "") -> MeshPlan:
     return MeshPlan()
 
 
+def _at_most(plan: MeshPlan, available: int) -> str:
+    """Return the layouts that fit on `available` devices, as a fix to suggest: "data=1" or "fsdp=4 or fewer"."""
+    layout = "fsdp" if plan.fsdp else "data"
+    return f"{layout}={available}" if available == 1 else f"{layout}={available} or fewer"
+
+
 def make_mesh(plan: MeshPlan, devices: list | None = None) -> Mesh:
     """Return the one-axis mesh of `plan` over the first `plan.devices` of `devices` (default: all)."""
     available = list(devices) if devices is not None else jax.devices()
     count = plan.devices if plan.devices is not None else len(available)
     if count > len(available):
         raise UserError(f"mesh {plan} asks for {count} devices, but JAX sees {len(available)} "
-                        f"({available[0].platform}); use {'fsdp' if plan.fsdp else 'data'}={len(available)} or fewer")
+                        f"({available[0].platform}); use {_at_most(plan, len(available))}")
     return Mesh(np.array(available[:count]), (DATA_AXIS,))
 
 

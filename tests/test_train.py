@@ -189,3 +189,19 @@ def test_run_files_share_one_mode(small_corpus, tmp_path):
     modes = {name: (run.path / name).stat().st_mode & 0o777 for name in ("config.json", "summary.json", "metrics.jsonl")}
     assert modes["config.json"] == modes["metrics.jsonl"]
     assert modes["summary.json"] == modes["metrics.jsonl"]
+
+
+def test_eval_tokens_beyond_the_validation_split_is_warned(small_corpus, tmp_path, caplog):
+    """A request for more validation tokens than the corpus holds scores what there is, and says so."""
+    import logging
+
+    from scaling.data import PreparedCorpus
+
+    val_tokens = len(PreparedCorpus.load(small_corpus).val)
+    caplog.set_level(logging.WARNING, logger="scaling.train")
+    config = tiny_config(small_corpus, tokens=10 * 32 * 8, eval_interval=10, checkpoint_interval=10,
+                         data=DataConfig(path=str(small_corpus), seq_len=32, batch_size=8, eval_tokens=10**7))
+    assert train(config, tmp_path, progress=False)["status"] == "completed"
+    scored = (val_tokens - 1) // 32 * 32
+    assert any(f"asks for eval_tokens=10000000, but the validation split holds {scored // 32} windows of 32 tokens, "
+               f"so each evaluation scores {scored} tokens" in record.getMessage() for record in caplog.records)
