@@ -81,7 +81,8 @@ def _data_prepare(args: argparse.Namespace) -> int:
         raise UserError(f"--vocab-size {args.vocab_size} applies to --tokenizer bpe only; the bytes tokenizer "
                         "always has 256 tokens, so drop --vocab-size or add --tokenizer bpe")
     vocabulary = {} if args.vocab_size is None else {"vocab_size": args.vocab_size}  # else prepare's default
-    out = args.out or default_data_dir(args.source, args.tokenizer, runs_root=runs_root(args.runs), **vocabulary)
+    out = args.out or default_data_dir(args.source, args.tokenizer, runs_root=runs_root(args.runs), **vocabulary,
+                                       val_fraction=args.val_fraction, text_field=args.text_field)
     meta = prepare(
         args.source,
         out,

@@ -167,13 +167,17 @@ def balanced_split(keys: list[str], sizes: list[int], val_fraction: float) -> Sp
         if sizes[index] < 2 * (target - val_bytes):
             chosen.append(index)
             val_bytes += sizes[index]
-    if not chosen or far_from_request(val_bytes / total, val_fraction):
+    largest = max(range(len(keys)), key=lambda index: (sizes[index], keys[index]))
+    # A document of one byte cannot be split, so then the whole documents chosen stay (or the smallest one).
+    if (not chosen or far_from_request(val_bytes / total, val_fraction)) and sizes[largest] >= 2:
         # Whole documents cannot come near the request: one document holds most of the text (a book beside
         # its licence file, say). Its last lines become validation, as for a source of a single document.
-        largest = max(range(len(keys)), key=lambda index: (sizes[index], keys[index]))
         return Split(in_val=[False] * len(keys), hashed_share=hashed_share, share=target / total,
-                     moved_in=[], moved_out=[keys[index] for index in order if in_val[index]],
+                     moved_in=[], moved_out=[keys[index] for index in order if in_val[index] and index != largest],
                      tail_of=keys[largest], tail_fraction=min(target / sizes[largest], 0.5))
+    if not chosen:
+        smallest = min(order, key=lambda index: sizes[index])  # min keeps the first of equal sizes: hash order
+        chosen, val_bytes = [smallest], sizes[smallest]
     rebuilt = [False] * len(keys)
     for index in chosen:
         rebuilt[index] = True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 import stat
 import time
@@ -66,13 +67,28 @@ SPLIT_BALANCE_VERSION = 1
 NAMED_DOCUMENTS = 5  # a message about the split names up to this many validation documents
 
 
+DEFAULT_VAL_FRACTION = 0.05
+DEFAULT_TEXT_FIELD = "text"
+
+
 def default_data_dir(
-    source: str = PYTHON_STDLIB, tokenizer: str = "bytes", vocab_size: int = 4096, runs_root: str | Path | None = None
+    source: str = PYTHON_STDLIB, tokenizer: str = "bytes", vocab_size: int = 4096, runs_root: str | Path | None = None,
+    *, val_fraction: float = DEFAULT_VAL_FRACTION, text_field: str = DEFAULT_TEXT_FIELD,
 ) -> Path:
-    """Return `<runs_root>/_data/<slug>-<tokenizer>[-<vocab_size>]`; the vocabulary size is named for BPE only."""
+    """Return `<runs_root>/_data/<slug>-<tokenizer>[-<vocab_size>][-field-<text_field>][-val<val_fraction>]`.
+
+    The vocabulary size is named for BPE only, the text field and the validation share only when they are
+    not the defaults. Every setting that changes the prepared tokens is in the name, so two sweeps that
+    prepare one source differently get two folders, and neither prepares the other's folder again while
+    its runs read it.
+    """
     name = f"{source_slug(source)}-{tokenizer}"
     if tokenizer == "bpe":
         name += f"-{vocab_size}"
+    if text_field != DEFAULT_TEXT_FIELD:
+        name += f"-field-{re.sub(r'[^A-Za-z0-9_.-]+', '_', text_field)}"
+    if val_fraction != DEFAULT_VAL_FRACTION:
+        name += f"-val{val_fraction:g}"
     return paths.data_root(runs_root) / name
 
 
@@ -94,8 +110,8 @@ def prepare(
     *,
     tokenizer: str = "bytes",
     vocab_size: int = 4096,
-    text_field: str = "text",
-    val_fraction: float = 0.05,
+    text_field: str = DEFAULT_TEXT_FIELD,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     force: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -120,7 +136,8 @@ def prepare(
         raise UserError(f"val_fraction={val_fraction!r} must lie strictly between 0 and 1; try 0.05")
 
     corpus = Corpus(source, text_field)
-    out = Path(out_dir).expanduser() if out_dir is not None else default_data_dir(source, tokenizer, vocab_size)
+    out = (Path(out_dir).expanduser() if out_dir is not None
+           else default_data_dir(source, tokenizer, vocab_size, val_fraction=val_fraction, text_field=text_field))
     started = time.perf_counter()
 
     scan = _scan(corpus)
@@ -284,16 +301,16 @@ def _plan_split(corpus: Corpus, scan: _Scan, val_fraction: float) -> Split | Non
     """Return the document split of a multi-document source (None for a single document), logging how it went.
 
     Balancing is logged with the documents it moved. A byte share that stays far from `val_fraction` is
-    logged as a warning with the documents in validation and what to change.
+    warned about once the split is written (`_warn_if_far`).
     """
     if len(scan.keys) == 1:
         return None
     split = balanced_split(scan.keys, scan.sizes, val_fraction)
     n_val = sum(split.in_val)
     if split.tail_of:
-        log.info("no choice of whole documents of %s puts near the requested %s of its bytes in validation, so the "
-                 "last %.2g%% of the lines of its largest document, %s, are validation, and the other %d documents "
-                 "train", corpus.source, _percent(val_fraction), 100 * split.tail_fraction, split.tail_of,
+        log.info("no choice of whole documents of %s puts near the requested %s of its bytes in validation, so "
+                 "validation is the tail of the lines of its largest document, %s, sized to about that share; "
+                 "the other %d documents train", corpus.source, _percent(val_fraction), split.tail_of,
                  len(scan.keys) - 1)
     elif split.balanced:
         log.info(
@@ -303,19 +320,6 @@ def _plan_split(corpus: Corpus, scan: _Scan, val_fraction: float) -> Split | Non
             _percent(split.hashed_share), corpus.source, _percent(val_fraction), len(split.moved_in),
             _names(split.moved_in), len(split.moved_out), _names(split.moved_out), _percent(split.share), n_val,
             len(scan.keys),
-        )
-    if far_from_request(split.share, val_fraction):
-        val_keys = [key for key, is_val in zip(scan.keys, split.in_val) if is_val]
-        alternative = ""
-        # A rebuilt split already aims at the request, so there another --val-fraction helps less than smaller files.
-        if not split.balanced:
-            alternative = f", or {'raise' if split.share < val_fraction else 'lower'} --val-fraction"
-        log.warning(
-            "the validation split of %s contains %s of its bytes, far from the requested %s: it keeps documents whole, "
-            "and %d of %d are in validation (%s). Split the corpus into more, smaller files (a book per chapter, "
-            "say)%s",
-            corpus.source, _percent(split.share), _percent(val_fraction), n_val, len(scan.keys), _names(val_keys),
-            alternative,
         )
     return split
 
@@ -358,6 +362,30 @@ def _split_documents(
     elif plan.balanced:
         method += ", rebuilt in that order towards the requested share of bytes"
     return by_key(), method
+
+
+def _warn_if_far(corpus: Corpus, scan: _Scan, plan: Split | None, counts: dict[str, dict[str, int]],
+                 val_fraction: float) -> None:
+    """Warn when the validation share of the bytes written is far from `val_fraction`, with the fix.
+
+    Judged on what was written, since a split by lines can only approach the share its lines allow.
+    """
+    written = counts["train"]["bytes"] + counts["val"]["bytes"]
+    share = counts["val"]["bytes"] / written if written else 0.0
+    if not far_from_request(share, val_fraction):
+        return
+    if plan is None or plan.tail_of:
+        where = f"the last lines of {plan.tail_of if plan else scan.keys[0]}"
+        fix = "Use a longer text, with more lines, or another --val-fraction"
+    else:
+        val_keys = [key for key, is_val in zip(scan.keys, plan.in_val) if is_val]
+        where = f"{len(val_keys)} of {len(scan.keys)} whole documents ({_names(val_keys)})"
+        fix = "Split the corpus into more, smaller files (a book per chapter, say)"
+        # A rebuilt split already aims at the request, so there another --val-fraction helps less than smaller files.
+        if not plan.balanced:
+            fix += f", or {'raise' if share < val_fraction else 'lower'} --val-fraction"
+    log.warning("the validation split of %s contains %s of its bytes, far from the requested %s: it is %s. %s",
+                corpus.source, _percent(share), _percent(val_fraction), where, fix)
 
 
 def _percent(share: float) -> str:
@@ -414,6 +442,7 @@ def _write_prepared(
                 counts[split]["tokens"] += len(ids) + 1
             bar.advance(task, len(chunk))
 
+    _warn_if_far(corpus, scan, plan, counts, val_fraction)
     split_meta: dict[str, Any] = {"method": split_method, "val_fraction": float(val_fraction)}
     if plan is not None and plan.balanced:  # only then, so the meta of every other corpus reads as before
         split_meta.update(moved_to_validation=plan.moved_in, moved_to_training=plan.moved_out)

@@ -474,7 +474,8 @@ def prepare_data(spec: SweepSpec, runs_root: str | Path | None, *, progress: boo
     from scaling.data import default_data_dir, prepare
 
     data = spec.data
-    folder = default_data_dir(data.source, data.tokenizer, data.vocab_size, resolve_runs_root(runs_root))
+    folder = default_data_dir(data.source, data.tokenizer, data.vocab_size, resolve_runs_root(runs_root),
+                              val_fraction=data.val_fraction, text_field=data.text_field)
     meta = prepare(data.source, folder, tokenizer=data.tokenizer, vocab_size=data.vocab_size,
                    text_field=data.text_field, val_fraction=data.val_fraction, progress=progress)
     return PreparedData(path=folder, meta=meta)

@@ -535,6 +535,29 @@ def test_default_data_dir_names(tmp_path: Path):
     assert default_data_dir(PYTHON_STDLIB, "bpe", 4096, tmp_path) == tmp_path / "_data" / "python-stdlib-bpe-4096"
 
 
+def test_default_data_dir_names_every_setting_that_changes_the_tokens(tmp_path: Path):
+    """Two preparations of one source with other settings never share (and so never replace) one folder."""
+    assert default_data_dir(PYTHON_STDLIB, "bytes", 4096, tmp_path, val_fraction=0.3).name == "python-stdlib-bytes-val0.3"
+    assert default_data_dir("a.jsonl", "bytes", 4096, tmp_path, text_field="body text").name.startswith("a-")
+    assert default_data_dir("a.jsonl", "bytes", 4096, tmp_path, text_field="body text").name.endswith(
+        "-bytes-field-body_text")
+    assert default_data_dir(PYTHON_STDLIB, "bytes", 4096, tmp_path, val_fraction=0.05, text_field="text").name == (
+        "python-stdlib-bytes")
+
+
+def test_sweeps_with_other_validation_shares_prepare_separate_folders(tmp_path: Path):
+    from sweeps.spec import parse_spec, prepare_data
+
+    source = write_documents(tmp_path / "docs", 20)
+    raw = {"name": "v", "data": {"source": str(source), "tokenizer": "bytes"}, "model": {"head_dim": 8},
+           "train": {"seq_len": 16, "batch_size": 2, "eval_tokens": 64}, "grid": {"params": ["4K"], "tokens": ["8K"]}}
+    first = prepare_data(parse_spec(raw), tmp_path / "runs", progress=False)
+    second = prepare_data(parse_spec({**raw, "data": {**raw["data"], "val_fraction": 0.3}}), tmp_path / "runs",
+                          progress=False)
+    assert first.path != second.path
+    assert first.meta["fingerprint"] == json.loads((first.path / "meta.json").read_text())["fingerprint"]
+
+
 def test_default_data_dir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SCALING_RUNS", str(tmp_path / "env-runs"))
 

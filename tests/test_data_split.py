@@ -92,7 +92,7 @@ def test_large_document_beside_a_note_gives_its_tail(tmp_path: Path, caplog: pyt
 
     assert meta["documents"] == {"train": 2, "val": 1}
     assert meta["split"]["validation_tail_of"] == names[0]
-    assert meta["split"]["moved_to_training"] == [names[0]]
+    assert meta["split"]["moved_to_training"] == []  # its tail is validation, so it did not move out whole
     assert val_share(meta) == pytest.approx(0.05, rel=0.05)
     assert split_warnings(caplog) == []
 
@@ -161,3 +161,25 @@ def test_reused_private_folder_opened_to_umask(tmp_path: Path, caplog: pytest.Lo
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert "reusing prepared corpus" in caplog.text
     assert "from 0700 to 0755" in caplog.text
+
+
+def test_tail_of_a_short_document_is_warned_with_the_share_written(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    # No whole file is near 5% of the bytes, and the larger one has 2 lines, so its tail is one line: 29%.
+    source = tmp_path / "tiny"
+    source.mkdir()
+    (source / "a.txt").write_text("first line of file a\nsecond line, file a\n")
+    (source / "b.txt").write_text("a single line in file b of 30\n")
+    caplog.set_level(logging.WARNING)
+
+    meta = prepare(str(source), tmp_path / "out", progress=False)
+
+    warnings = split_warnings(caplog)
+    assert len(warnings) == 1
+    assert f"contains {100 * val_share(meta):.2g}% of its bytes, far from the requested 5%" in warnings[0]
+    assert "the last lines of a.txt" in warnings[0]
+
+
+def test_documents_of_one_byte_keep_a_whole_document_split(tmp_path: Path):
+    source = write_sized(tmp_path / "bytes", {"a.txt": 1, "b.txt": 1})
+    meta = prepare(str(source), tmp_path / "out", progress=False)
+    assert meta["documents"] == {"train": 1, "val": 1}
