@@ -271,10 +271,10 @@ def _interval_over(laws: Sequence[Law], query: Query, level: float, requested: i
     for key in INTERVAL_KEYS:
         values = np.array([row[key] for row in replicate_rows if row[key] is not None], dtype=float)
         samples[key] = values[~np.isnan(values)]
-        too_few = too_few_replicates(samples[key].size, requested)
+        too_few = too_few_replicates(samples[key].size, requested, level=level)
         interval[key] = None if too_few else _listed(percentile_interval(samples[key], level))
     asked = _ASKED[query.kind]
-    interval["note"] = interval_note({asked: samples[asked]}, requested) if asked in samples else None
+    interval["note"] = interval_note({asked: samples[asked]}, requested, level=level) if asked in samples else None
     return interval
 
 

@@ -63,17 +63,17 @@ class BootstrapResult:
         See `interval_note` for why an interval is missing.
         """
         samples = self.parameter_samples()
-        if too_few_replicates(int(self.converged.sum()), self.converged.size):
+        if too_few_replicates(int(self.converged.sum()), self.converged.size, level=self.level):
             return {name: None for name in samples}
         return {name: percentile_interval(values, self.level) for name, values in samples.items()}
 
     def interval_note(self) -> str | None:
         """Return why some or all intervals are missing, or None when every parameter has one."""
-        return interval_note(self.parameter_samples(), self.converged.size, "converged")
+        return interval_note(self.parameter_samples(), self.converged.size, "converged", self.level)
 
     def standard_errors(self) -> dict[str, float]:
         """Return the standard deviation of each parameter over converged replicates; empty when too few converged."""
-        if too_few_replicates(int(self.converged.sum()), self.converged.size):
+        if too_few_replicates(int(self.converged.sum()), self.converged.size, level=self.level):
             return {}
         with np.errstate(invalid="ignore", over="ignore"):  # an infinite sample makes the error infinite or NaN
             return {name: float(np.std(values, ddof=1)) for name, values in self.parameter_samples().items()}
@@ -97,18 +97,23 @@ class BootstrapResult:
         }
 
 
-def min_usable_replicates(requested: int) -> int:
-    """Return how many of `requested` replicates must be usable for an interval (at least 2)."""
-    return max(2, math.ceil(MIN_USABLE_FRACTION * requested))
+def min_usable_replicates(requested: int, level: float = 0.95) -> int:
+    """Return how many of `requested` replicates must be usable for a central `level` interval.
+
+    At least MIN_USABLE_FRACTION of them, and at least 2 / (1 - level) (40 for 95%): with fewer, each bound
+    is the most extreme replicate on its side, whatever the level asked for, so the interval says little.
+    """
+    return max(math.ceil(2 / (1 - level) - 1e-9), math.ceil(MIN_USABLE_FRACTION * requested))
 
 
-def too_few_replicates(usable: int, requested: int, fitted: str = "could be fitted") -> str | None:
+def too_few_replicates(usable: int, requested: int, fitted: str = "could be fitted",
+                       level: float = 0.95) -> str | None:
     """Return why `usable` of `requested` replicates give no interval, or None when they are enough."""
-    needed = min_usable_replicates(requested)
+    needed = min_usable_replicates(requested, level)
     if usable >= needed:
         return None
-    return (f"only {usable} of {requested} bootstrap replicates {fitted}, and an interval needs at least "
-            f"{needed}, so none is reported")
+    return (f"only {usable} of {requested} bootstrap replicates {fitted}, and a {100 * level:g}% interval needs at "
+            f"least {needed}, so none is reported")
 
 
 def percentile_interval(values: ArrayLike, level: float) -> tuple[float, float] | None:
@@ -125,13 +130,14 @@ def percentile_interval(values: ArrayLike, level: float) -> tuple[float, float] 
     return percentile(values, tail), percentile(values, 100 - tail)
 
 
-def interval_note(samples: dict[str, np.ndarray], requested: int, fitted: str = "could be fitted") -> str | None:
+def interval_note(samples: dict[str, np.ndarray], requested: int, fitted: str = "could be fitted",
+                  level: float = 0.95) -> str | None:
     """Return why intervals over `samples` (usable replicates per name) are missing, or None when none is."""
     usable = min((np.asarray(values).size for values in samples.values()), default=0)
-    reason = too_few_replicates(usable, requested, fitted)
+    reason = too_few_replicates(usable, requested, fitted, level)
     if reason:
         return reason
-    flat = [name for name, values in samples.items() if percentile_interval(values, 0.95) is None]
+    flat = [name for name, values in samples.items() if percentile_interval(values, level) is None]
     if flat:
         return f"every usable bootstrap replicate gives the same {', '.join(flat)}, so no interval is reported for it"
     return None

@@ -81,7 +81,7 @@ class Replicates:
     @property
     def enough(self) -> bool:
         """Return whether enough replicates could be fitted for intervals (see MIN_USABLE_FRACTION)."""
-        return too_few_replicates(int(self.valid.sum()), self.values.shape[0]) is None
+        return too_few_replicates(int(self.valid.sum()), self.values.shape[0], level=self.level) is None
 
     def intervals(self) -> dict[str, tuple[float, float] | None]:
         """Return the central percentile interval of each value at `level`, None where it is not estimable.
@@ -96,7 +96,8 @@ class Replicates:
     def interval_note(self) -> str | None:
         """Return why some or all intervals are missing, or None when every value has one."""
         usable = self.values[self.valid]
-        return interval_note({name: usable[:, i] for i, name in enumerate(self.names)}, self.values.shape[0])
+        return interval_note({name: usable[:, i] for i, name in enumerate(self.names)}, self.values.shape[0],
+                             level=self.level)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict; "samples" contains every replicate (null where it could not be fitted)."""

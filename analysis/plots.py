@@ -236,7 +236,8 @@ def _bootstrap_band(bootstrap, flops: np.ndarray) -> tuple[np.ndarray, ...] | No
     from analysis.bootstrap import too_few_replicates
 
     # The same rule as the intervals in fit.json: no band from a few surviving replicates.
-    if bootstrap is None or too_few_replicates(int(bootstrap.converged.sum()), bootstrap.converged.size):
+    if bootstrap is None or too_few_replicates(int(bootstrap.converged.sum()), bootstrap.converged.size,
+                                               level=bootstrap.level):
         return None
 
     params_rows, tokens_rows = [], []
@@ -249,7 +250,7 @@ def _bootstrap_band(bootstrap, flops: np.ndarray) -> tuple[np.ndarray, ...] | No
             continue  # a replicate whose allocation overflows has no curve to draw
         params_rows.append(n_opt)
         tokens_rows.append(flops / (6 * n_opt))
-    if too_few_replicates(len(params_rows), bootstrap.converged.size):
+    if too_few_replicates(len(params_rows), bootstrap.converged.size, level=bootstrap.level):
         return None
     params_rows, tokens_rows = np.array(params_rows), np.array(tokens_rows)
     tail = 100 * (1 - bootstrap.level) / 2

@@ -246,13 +246,13 @@ def test_small_exponent_gives_empty_row():
                             "converged": True}, "convention": "total", "n_runs": 12,
               "approach1": {"a": 0.01, "params_coefficient": 1e6, "bootstrap": {
                   "level": 0.95, "samples": {"names": ["a", "params_coefficient", "b", "tokens_coefficient"],
-                                             "values": [[0.01, 1e6, 0.99, 1e-7], [0.5, 1.0, 0.5, 0.1],
-                                                        [0.4, 10.0, 0.6, 0.01]]}}}}
+                                             "values": [[0.01, 1e6, 0.99, 1e-7]]
+                                             + [[0.5, 1.0, 0.5, 0.1], [0.4, 10.0, 0.6, 0.01]] * 20}}}}
     answer = ask("compute for 70B", fit=record)
     row = next(row for row in answer.rows if row["law"].startswith("your fit (approach 1"))
     assert row["tokens"] is None
     assert "overflows" in row["source"]
-    # The replicate that overflows gives no value; the other two bound the interval.
+    # The replicate that overflows gives no value; the 40 others, two laws alike, bound the interval.
     budgets = [(7e10 / 1.0) ** (1 / 0.5), (7e10 / 10.0) ** (1 / 0.4)]
     low, high = row["interval"]["flops"]
     assert min(budgets) * 0.999 < low < high < max(budgets) * 1.001

@@ -113,9 +113,12 @@ def test_kaplan_zero_scale_with_irreducible():
 # Too few usable replicates --------------------------------------------------------------------------------------
 
 
-def test_min_usable_replicates_is_half():
+def test_min_usable_replicates_is_half_and_enough_for_the_level():
+    # Half of the replicates, and at least 2 / (1 - level), so that a bound is not simply the extreme replicate.
     assert min_usable_replicates(200) == 100
-    assert min_usable_replicates(3) == 2
+    assert min_usable_replicates(60) == 40
+    assert min_usable_replicates(3) == 40
+    assert min_usable_replicates(60, level=0.9) == 30
 
 
 def test_few_identical_replicates_give_no_interval():
@@ -140,11 +143,11 @@ def test_agreeing_replicates_give_no_interval():
 
 
 def test_approach3_needs_half_converged():
-    samples = np.tile([5.0, 6.0, 0.5, 0.3, 0.3], (10, 1)) + np.linspace(0, 0.1, 10)[:, None]
-    converged = np.array([True] * 4 + [False] * 6)
-    result = BootstrapResult(samples, np.ones(10), converged, 0.95, 0, 1, "newton")
+    samples = np.tile([5.0, 6.0, 0.5, 0.3, 0.3], (100, 1)) + np.linspace(0, 0.1, 100)[:, None]
+    converged = np.array([True] * 45 + [False] * 55)
+    result = BootstrapResult(samples, np.ones(100), converged, 0.95, 0, 1, "newton")
     assert all(bounds is None for bounds in result.intervals().values())
-    assert "only 4 of 10 bootstrap replicates converged" in result.to_dict()["interval_note"]
+    assert "only 45 of 100 bootstrap replicates converged" in result.to_dict()["interval_note"]
     assert result.standard_errors() == {}
 
 

@@ -269,7 +269,8 @@ def test_report_answers_kv_cache_question(fitted):
 
 def test_ask_answers_with_each_approach_and_its_interval(tmp_path):
     _write_isoflop_sweep(tmp_path / "runs", noise=0.01)
-    fit_runs(tmp_path / "runs", tmp_path / "out", starts=32, bootstraps=40, seed=5, plot=False)
+    # 60 replicates: a 95% interval needs 40 usable ones (analysis.bootstrap.min_usable_replicates).
+    fit_runs(tmp_path / "runs", tmp_path / "out", starts=32, bootstraps=60, seed=5, plot=False)
     answer = ask("tokens for 7B", fit=tmp_path / "out" / "fit.json")
     names = [row["law"] for row in answer.rows[:3]]
     assert [name.split(",")[0] for name in names] == [
