@@ -43,21 +43,34 @@ def prepared_meta(path: str | Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def folder_conflict(run_dir: RunDir, config: TrainConfig, fingerprint: str | None) -> str | None:
-    """Return how the run already in `run_dir` differs from the run `config` describes on the corpus with
-    `fingerprint` ("a run with a different config (seed 0 -> 1)"), or None when the folder is new or contains
-    that run.
+def folder_conflict(run_dir: RunDir, config: TrainConfig, corpus_meta: dict[str, Any] | None) -> str | None:
+    """Return how the run already in `run_dir` differs from the run `config` describes on the corpus whose
+    meta.json is `corpus_meta` ("a run with a different config (seed 0 -> 1)"), or None when the folder is new
+    or contains that run.
 
     The device layout may differ (a run may resume on another mesh); so may the corpus's path, since the
-    corpus is identified by its fingerprint. A fingerprint of None is not compared.
+    corpus is identified by its fingerprint. A corpus without a fingerprint (or None) is not compared.
     """
     if not run_dir.config_path.is_file():
         return None
     recorded: dict[str, Any] = run_dir.config()
     if not same_run(recorded.get("config"), config):
         return f"a run with a different config ({config_differences(recorded.get('config'), config)})"
-    trained_on = (recorded.get("corpus") or {}).get("fingerprint")
-    if fingerprint is not None and trained_on is not None and trained_on != fingerprint:
-        return (f"a run trained on corpus fingerprint {trained_on}, while the corpus at {config.data.path} has "
-                f"fingerprint {fingerprint}")
+    trained_on = recorded.get("corpus") or {}
+    fingerprint = (corpus_meta or {}).get("fingerprint")
+    if fingerprint is not None and trained_on.get("fingerprint") not in (None, fingerprint):
+        return (f"a run trained on another corpus ({corpus_difference(trained_on, corpus_meta)}; fingerprint "
+                f"{trained_on['fingerprint']} -> {fingerprint} at {config.data.path})")
     return None
+
+
+def corpus_difference(recorded: dict[str, Any], current: dict[str, Any]) -> str:
+    """Return what differs between two prepared corpora's metas, as "source a.txt -> b.txt; val_fraction 0.05 ->
+    0.1", or that only their text did."""
+    changes = []
+    if recorded.get("source") != current.get("source"):
+        changes.append(f"source {recorded.get('source')} -> {current.get('source')}")
+    old, new = recorded.get("settings") or {}, current.get("settings") or {}
+    changes += [f"{key} {old.get(key, '(absent)')} -> {new.get(key, '(absent)')}"
+                for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    return "; ".join(changes) or "same source and settings, other text"

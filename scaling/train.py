@@ -356,7 +356,7 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     entered = time.time()
     corpus = PreparedCorpus.load(config.data.path)
     # A finished run on another corpus is not this run: skipping it would report its loss as this run's.
-    conflict = folder_conflict(run_dir, config, corpus.fingerprint)
+    conflict = folder_conflict(run_dir, config, corpus.meta)
     if conflict:
         raise UserError(f"run folder {run_dir.path} contains {conflict}; prepare the original corpus again, "
                         "or choose another run_id or sweep")
@@ -624,7 +624,7 @@ def _check_vocabulary(config: TrainConfig, corpus: PreparedCorpus) -> None:
 
 def _check_same_config(run_dir: RunDir, config: TrainConfig) -> None:
     """Reject starting a run whose folder already records a different config (the mesh may differ)."""
-    conflict = folder_conflict(run_dir, config, fingerprint=None)  # the corpus is compared once it is open
+    conflict = folder_conflict(run_dir, config, corpus_meta=None)  # the corpus is compared once it is open
     if conflict:
         raise UserError(f"run folder {run_dir.path} contains {conflict}; choose another run_id or sweep, or delete "
                         "that folder")

@@ -264,7 +264,7 @@ def check_existing_runs(runs: list[PlannedRun], runs_root: Path) -> None:
             if problem:
                 raise UserError(f"run {run.run_id}: {problem}")
         run_dir = RunDir.at(runs_root, run.config.sweep, run.run_id)
-        conflict = folder_conflict(run_dir, run.config, meta.get("fingerprint"))
+        conflict = folder_conflict(run_dir, run.config, meta)
         if conflict:
             raise UserError(f"run folder {run_dir.path} contains {conflict}, not the run {run.run_id} that the spec "
                             "now gives; rename the sweep (name:) or delete that folder")

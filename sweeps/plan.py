@@ -351,8 +351,7 @@ def make_plan(spec: SweepSpec, runs_root: str | Path | None = None, probe: bool 
     for run in runs:
         seconds = cost.run_seconds(run)
         state, done = run_state(root, run)
-        conflict = folder_conflict(RunDir.at(root, run.config.sweep, run.run_id), run.config,
-                                   data.meta.get("fingerprint"))
+        conflict = folder_conflict(RunDir.at(root, run.config.sweep, run.run_id), run.config, data.meta)
         if conflict:
             state, done = "conflict", 1.0
         remaining = 0.0 if state == "completed" else seconds * (1 - done)

@@ -219,7 +219,8 @@ def test_resume_on_another_corpus_is_refused(capsys, tmp_path, status):
     text.write_text("other text now, prepared again in place\n" * 400)
     assert main(["data", "prepare", str(text.parent), "--out", str(corpus)]) == 0
     exit_status, stderr = cli(capsys, "train", write_config(tmp_path / "c.json", **raw), "--runs", tmp_path / "runs")
-    assert_user_error(exit_status, stderr, "trained on corpus fingerprint", "prepare the original corpus again")
+    assert_user_error(exit_status, stderr, "trained on another corpus (same source and settings, other text; "
+                      "fingerprint ", "prepare the original corpus again")
     assert snapshot(run.path) == before
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -322,7 +323,7 @@ def test_plan_and_launch_refuse_folders_that_hold_other_runs(corpus_dir, tmp_pat
     other_text = tmp_path / "other"
     other_text.mkdir()
     (other_text / "a.txt").write_text("a different corpus, with other words in it\n" * 300)
-    for changed, named in ((tiny_raw(other_text), "trained on corpus fingerprint"),
+    for changed, named in ((tiny_raw(other_text), f"trained on another corpus (source {corpus_dir} -> {other_text}"),
                            (tiny_raw(corpus_dir, optimizer={"peak_lr": "3e-2", "warmup_steps": 5}),
                             "optimizer.peak_lr 0.01 -> 0.03")):
         changed_spec = parse_spec(changed)
@@ -333,9 +334,9 @@ def test_plan_and_launch_refuse_folders_that_hold_other_runs(corpus_dir, tmp_pat
         assert (totals["runs_to_do"], totals["runs_in_conflict"]) == (0, 2)
         plan.print()
         assert "`scaling sweep launch` refuses the sweep" in capsys.readouterr().out
-        with pytest.raises(UserError, match=named):
+        with pytest.raises(UserError, match=re.escape(named)):
             check_existing_runs(expand(changed_spec, root), root)
-        with pytest.raises(UserError, match=named):
+        with pytest.raises(UserError, match=re.escape(named)):
             run_sweep(changed_spec, root, workers=1, progress=False)
     assert not (root / "tiny" / LOGS_FOLDER).exists()  # no worker was started
 
@@ -547,3 +548,13 @@ def test_next_run_prefers_worker_programs_within_share():
     assert next_run_index(todo, worker(32), weights) == 1
     assert next_run_index(todo, worker(16), weights) == 0  # 2 s is below half of 10 s
     assert next_run_index(todo, worker(64, 32), weights) == 0
+
+
+def test_corpus_difference_names_the_changed_settings():
+    from scaling.run_checks import corpus_difference
+
+    old = {"source": "a.txt", "settings": {"tokenizer": "bytes", "val_fraction": 0.05}}
+    assert corpus_difference(old, {**old, "settings": {"tokenizer": "bytes", "val_fraction": 0.1}}) == (
+        "val_fraction 0.05 -> 0.1")
+    assert corpus_difference(old, {**old, "source": "b.txt"}) == "source a.txt -> b.txt"
+    assert corpus_difference(old, dict(old)) == "same source and settings, other text"
