@@ -287,6 +287,14 @@ def run_identity(raw: dict[str, Any]) -> dict[str, Any]:
     return identity
 
 
+MAX_WARMUP_FRACTION = 0.2  # warmup longer than this share of a run is clipped to it (scaling.schedule)
+
+
+def clipped_warmup(warmup_steps: int, total_steps: int) -> int:
+    """Return the warmup steps a run of `total_steps` uses: `warmup_steps`, at most a fifth of the run."""
+    return min(warmup_steps, int(MAX_WARMUP_FRACTION * total_steps))
+
+
 PROGRAMS_KEPT = 4  # run shapes whose compiled programs a training process keeps for later runs (scaling.train)
 
 

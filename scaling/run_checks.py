@@ -21,15 +21,22 @@ from scaling.data import META_FILE
 from scaling.run_store import RunDir
 
 
-def corpus_size_problem(data: DataConfig, train_tokens: int, val_tokens: int) -> str | None:
-    """Return why a corpus of `train_tokens` + `val_tokens` tokens cannot train `data`'s batches, or None."""
+def corpus_size_problem(data: DataConfig, train_tokens: int, val_tokens: int, *, in_spec: bool = False) -> str | None:
+    """Return why a corpus of `train_tokens` + `val_tokens` tokens cannot train `data`'s batches, or None.
+
+    `in_spec` words the fix for a sweep spec, whose corpus the sweep prepares with the spec's settings.
+    """
     batch = data.batch_size * data.seq_len + 1  # one batch of windows laid end to end, sharing boundary tokens
     if train_tokens < batch:
+        fix = ("use a larger data.source, or lower train.batch_size or train.seq_len in the spec" if in_spec
+               else "prepare a larger corpus, or lower batch_size or seq_len")
         return (f"corpus at {data.path} has {train_tokens} training tokens, fewer than one batch of "
-                f"batch_size * seq_len + 1 = {batch}; prepare a larger corpus, or lower batch_size or seq_len")
+                f"batch_size * seq_len + 1 = {batch}; {fix}")
     if val_tokens < data.seq_len + 1:
+        fix = ("raise data.val_fraction in the spec, or lower train.seq_len" if in_spec
+               else "prepare it again with a larger --val-fraction, or lower seq_len")
         return (f"corpus at {data.path} has {val_tokens} validation tokens, fewer than one sequence of "
-                f"seq_len + 1 = {data.seq_len + 1}; prepare it again with a larger --val-fraction, or lower seq_len")
+                f"seq_len + 1 = {data.seq_len + 1}; {fix}")
     return None
 
 

@@ -14,26 +14,23 @@ import logging
 
 import jax.numpy as jnp
 
-from scaling.config import OptimizerConfig
+from scaling.config import MAX_WARMUP_FRACTION, OptimizerConfig, clipped_warmup
 from scaling.errors import UserError
 
 log = logging.getLogger(__name__)
-
-MAX_WARMUP_FRACTION = 0.2  # warmup longer than this share of a run is clipped to it
 
 
 def resolve_warmup(warmup_steps: int, total_steps: int) -> int:
     """Return the warmup length for a run of `total_steps`, clipped to a fifth of the run with a warning."""
     if total_steps < 1:
         raise UserError(f"a run needs at least 1 optimizer step, got total_steps={total_steps}")
-    limit = int(MAX_WARMUP_FRACTION * total_steps)
-    if warmup_steps > limit:
+    used = clipped_warmup(warmup_steps, total_steps)
+    if used < warmup_steps:
         log.warning(
             "warmup_steps=%d exceeds %d%% of the run's %d steps; clipped to %d",
-            warmup_steps, int(100 * MAX_WARMUP_FRACTION), total_steps, limit,
+            warmup_steps, int(100 * MAX_WARMUP_FRACTION), total_steps, used,
         )
-        return limit
-    return warmup_steps
+    return used
 
 
 def schedule_values(optimizer: OptimizerConfig, total_steps: int) -> dict[str, float]:

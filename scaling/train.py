@@ -40,7 +40,7 @@ from models.transformer import Transformer, next_token_loss, token_nats
 from scaling.accelerators import devices_peak_flops
 from scaling.accounting import parameter_counts, training_flops_per_token
 from scaling.checkpoint import Checkpointer
-from scaling.config import PROGRAMS_KEPT, TrainConfig, program_identity
+from scaling.config import PROGRAMS_KEPT, TrainConfig, clipped_warmup, program_identity
 from scaling.batches import batch_at, predicted_bytes, validation_windows
 from scaling.data import PreparedCorpus, check_epochs
 from scaling.errors import UserError
@@ -110,6 +110,8 @@ def run_record(config: TrainConfig, corpus_meta: dict[str, Any]) -> dict[str, An
         "tokens_planned": config.tokens,
         "tokens": tokens,
         "steps": config.total_steps,
+        # The schedule as trained: a warmup longer than a fifth of the run is clipped (scaling.schedule).
+        "warmup_steps_used": clipped_warmup(config.optimizer.warmup_steps, config.total_steps),
         "flops": {
             "6ND_total": 6 * params["total"] * tokens,
             "6ND_non_embedding": 6 * params["non_embedding"] * tokens,

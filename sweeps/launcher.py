@@ -260,7 +260,7 @@ def check_existing_runs(runs: list[PlannedRun], runs_root: Path) -> None:
         meta = metas.setdefault(path, prepared_meta(path))
         tokens = meta.get("tokens") or {}
         if "train" in tokens and "val" in tokens:
-            problem = corpus_size_problem(run.config.data, int(tokens["train"]), int(tokens["val"]))
+            problem = corpus_size_problem(run.config.data, int(tokens["train"]), int(tokens["val"]), in_spec=True)
             if problem:
                 raise UserError(f"run {run.run_id}: {problem}")
         run_dir = RunDir.at(runs_root, run.config.sweep, run.run_id)

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scaling.accounting import training_flops_per_token
+from scaling.config import clipped_warmup
 from scaling.errors import UserError
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_checks import corpus_size_problem, folder_conflict
@@ -276,12 +277,30 @@ class Plan:
         console.print(f"time estimate: {self.cost.method}")
         console.print(f"remaining: {totals['runs_to_do']} runs, {_duration(totals['remaining_seconds_one_worker'])} "
                       f"on one worker, about {_duration(totals['wall_seconds'])} wall with {self.workers} workers")
+        clipped = [row for row in self.rows
+                   if clipped_warmup(row.run.config.optimizer.warmup_steps, row.run.steps)
+                   < row.run.config.optimizer.warmup_steps]
+        if clipped:
+            console.print(f"warning: optimizer.warmup_steps={self.spec.optimizer.warmup_steps} is more than a fifth of "
+                          f"{len(clipped)} runs ({_listed(clipped)}); each warms up for a fifth of its steps instead",
+                          markup=False)
+        repeated = [row for row in self.rows if row.epochs > 1]
+        if repeated:
+            console.print(f"warning: {len(repeated)} runs see their training data more than once (up to "
+                          f"{max(row.epochs for row in repeated):.2f} epochs: {_listed(repeated)}); use a larger "
+                          "corpus for budgets of that size", markup=False)
         conflicts = [row for row in self.rows if row.conflict]
         if conflicts:
             console.print(f"conflict: {len(conflicts)} run folders hold other runs than this spec gives, so "
                           "`scaling sweep launch` refuses the sweep; rename the sweep (name:) or delete those folders:")
             for row in conflicts:
                 console.print(f"  {row.run.run_id}: {row.conflict}", markup=False)
+
+
+def _listed(rows: list[PlanRow], limit: int = 3) -> str:
+    """Return the run ids of `rows` for a message: up to `limit` of them, and how many more."""
+    ids = ", ".join(row.run.run_id for row in rows[:limit])
+    return ids if len(rows) <= limit else f"{ids} and {len(rows) - limit} more"
 
 
 def _row_dict(row: PlanRow) -> dict[str, Any]:
@@ -344,7 +363,8 @@ def make_plan(spec: SweepSpec, runs_root: str | Path | None = None, probe: bool 
     cost = probe_cost_model(runs, root, workers) if probe else assumed_cost_model()
     train_tokens = int(data.meta["tokens"]["train"])
     for run in runs:  # `scaling sweep launch` refuses such a sweep too (sweeps.launcher.check_existing_runs)
-        problem = corpus_size_problem(run.config.data, train_tokens, int(data.meta["tokens"]["val"]))
+        problem = corpus_size_problem(run.config.data, train_tokens, int(data.meta["tokens"]["val"]),
+                                      in_spec=True)
         if problem:
             raise UserError(f"run {run.run_id}: {problem}")
     rows = []

@@ -199,7 +199,15 @@ def parse_spec(raw: Any, origin: str = "<spec>") -> SweepSpec:
         raise UserError(f"sweep spec {origin}: {error}") from None
 
 
+RUN_CONFIG_KEYS = frozenset({"run_id", "tokens", "seed"})  # top-level keys of one run's config, not of a spec
+
+
 def _parse(raw: Any, origin: str) -> SweepSpec:
+    run_keys = sorted(RUN_CONFIG_KEYS & set(raw)) if isinstance(raw, dict) else []
+    if run_keys and not {"grid", "isoflop"} & set(raw):
+        raise UserError(f"this is one run's config (it has {', '.join(key + ':' for key in run_keys)}), not a sweep "
+                        f"spec; train it with "
+                        f"`scaling train {origin}`, or describe a sweep with grid: or isoflop: (see sweeps/specs/)")
     top = _mapping(raw, "the spec", TOP_KEYS)
     name = top.get("name")
     if not isinstance(name, str) or not _SWEEP_NAME.match(name):

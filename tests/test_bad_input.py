@@ -347,7 +347,9 @@ def test_bad_sweep_spec(body, fragments, capsys, tmp_path):
     # YAML itself would keep the second 1e10 and drop the first budget's sizes without a word.
     (SPEC_HEAD + "isoflop:\n  params:\n    1e10: [1e4, 2e4]\n    1e10: [2e4, 4e4]\n",
      ["is not valid YAML", "key '1e10' appears again (first on line", "merge the two entries"]),
-], ids=["unclosed_bracket", "empty", "odd_head_dim", "repeated_budget_key"])
+    ("run_id: one\ntokens: 1e6\nmodel: {d_model: 64}\n",
+     ["this is one run's config (it has run_id:, tokens:), not a sweep spec; train it with `scaling train"]),
+], ids=["unclosed_bracket", "empty", "odd_head_dim", "repeated_budget_key", "run_config"])
 def test_unreadable_sweep_spec(text, fragments, capsys, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(text)

@@ -48,3 +48,10 @@ def test_tokens_trained_are_whole_batches():
 def test_budget_below_one_batch_rejected():
     with pytest.raises(UserError, match="smaller than one batch"):
         TrainConfig(data=DataConfig(seq_len=10, batch_size=4), tokens=39)
+
+
+def test_clipped_warmup_is_recorded_as_used():
+    from scaling.config import clipped_warmup
+
+    assert clipped_warmup(100, 195) == 39  # a fifth of 195 steps
+    assert clipped_warmup(10, 195) == 10

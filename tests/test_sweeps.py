@@ -348,7 +348,8 @@ def test_plan_and_launch_refuse_a_corpus_smaller_than_one_batch(tmp_path):
     spec = parse_spec(tiny_raw(text))
     for attempt in (lambda: make_plan(spec, tmp_path / "runs", probe=False),
                     lambda: run_sweep(spec, tmp_path / "runs", workers=1, progress=False)):
-        with pytest.raises(UserError, match=r"training tokens, fewer than one batch of batch_size \* seq_len \+ 1 = 129"):
+        with pytest.raises(UserError, match=r"fewer than one batch of batch_size \* seq_len \+ 1 = 129; use a larger "
+                                            r"data.source, or lower train.batch_size"):
             attempt()
 
 
@@ -558,3 +559,16 @@ def test_corpus_difference_names_the_changed_settings():
         "val_fraction 0.05 -> 0.1")
     assert corpus_difference(old, {**old, "source": "b.txt"}) == "source a.txt -> b.txt"
     assert corpus_difference(old, dict(old)) == "same source and settings, other text"
+
+
+def test_plan_warns_about_clipped_warmup_and_repeated_data(corpus_dir, tmp_path, capsys):
+    """What a launch would warn about run by run, the plan says once, before anything runs."""
+    spec = parse_spec(tiny_raw(corpus_dir, optimizer={"peak_lr": "1e-2", "warmup_steps": 5000},
+                               grid={"params": ["4K"], "tokens": ["20K", "2e5"]}))
+    plan = make_plan(spec, tmp_path / "runs", probe=False)
+    plan.print()
+    out = " ".join(capsys.readouterr().out.split())
+    assert "warning: optimizer.warmup_steps=5000 is more than a fifth of 2 runs" in out
+    repeated = [row for row in plan.rows if row.epochs > 1]
+    assert repeated
+    assert f"warning: {len(repeated)} runs see their training data more than once" in out

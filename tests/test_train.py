@@ -53,6 +53,7 @@ def test_run_record_and_summary(small_corpus, tmp_path):
     assert record["params"]["total"] == sum(record["params"][g] for g in
                                             ("embedding", "attention", "mlp", "norms", "head"))
     assert record["flops"]["6ND_total"] == 6 * record["params"]["total"] * record["tokens"]
+    assert record["warmup_steps_used"] == 5  # within a fifth of the 60 steps, so not clipped
     assert record["corpus"]["fingerprint"]
     assert set(record["software"]) >= {"jax", "flax", "optax", "orbax-checkpoint"}
     rows = run.metrics()
