@@ -49,6 +49,7 @@ class Document:
     text: str  # the text, with invalid UTF-8 and NUL characters replaced by U+FFFD
     invalid_utf8: bool = False  # the raw bytes were not valid UTF-8
     had_nul: bool = False  # the text contained NUL characters
+    binary: bool = False  # a file of binary data (an image, an archive): left out, so its text is empty
 
 
 class Corpus:
@@ -130,8 +131,15 @@ class Split:
 
 
 def far_from_request(share: float, val_fraction: float) -> bool:
-    """Return whether a validation byte share differs from `val_fraction` by more than `FAR_FACTOR` either way."""
-    return share < val_fraction / FAR_FACTOR or share > val_fraction * FAR_FACTOR
+    """Return whether a validation byte share differs from `val_fraction` by more than `FAR_FACTOR` either way,
+    or leaves training less than 1 / `FAR_FACTOR` of the share it was meant to keep.
+
+    The second test matters for large requests: at 0.5, a validation share of 0.9 is within a factor of 3
+    of the request, but leaves training a fifth of its bytes.
+    """
+    too_small = share < val_fraction / FAR_FACTOR
+    too_large = share > val_fraction * FAR_FACTOR or (1 - share) < (1 - val_fraction) / FAR_FACTOR
+    return too_small or too_large
 
 
 def balanced_split(keys: list[str], sizes: list[int], val_fraction: float) -> Split:
@@ -258,11 +266,18 @@ def _is_glob(text: str) -> bool:
     return any(char in text for char in "*?[")
 
 
+BINARY_SNIFF_BYTES = 8192  # how much of a file is searched for a NUL byte when it is not UTF-8
+
+
 def _make_document(key: str, raw: bytes) -> Document:
     try:
         text = raw.decode("utf-8")
         invalid = False
     except UnicodeDecodeError:
+        # Text in a legacy encoding has no NUL bytes; images and archives have them early. Those are left out
+        # rather than decoded into replacement characters that a model would learn.
+        if b"\0" in raw[:BINARY_SNIFF_BYTES]:
+            return Document(key=key, text="", binary=True)
         text = raw.decode("utf-8", errors="replace")
         invalid = True
     return _clean(key, text, invalid)

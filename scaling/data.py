@@ -263,7 +263,11 @@ def _scan(corpus: Corpus) -> _Scan:
     keys: list[str] = []
     sizes: list[int] = []
     empty = invalid_utf8 = had_nul = 0
+    binary: list[str] = []
     for document in corpus.documents():
+        if document.binary:
+            binary.append(document.key)
+            continue
         if not document.text:
             empty += 1
             continue
@@ -277,8 +281,13 @@ def _scan(corpus: Corpus) -> _Scan:
         invalid_utf8 += document.invalid_utf8
         had_nul += document.had_nul
 
+    if binary:
+        log.warning("left out %d binary files of %s (%s): they are not UTF-8 text and contain NUL bytes",
+                    len(binary), corpus.source, _names(binary))
     if not keys:
         detail = f"all {empty} documents are empty" if empty else "it yields no documents"
+        if binary:
+            detail = f"its {len(binary)} files are binary, not text" if not empty else detail
         raise UserError(f"corpus source {corpus.source!r} has no text ({detail}); point it at files that contain text")
     if invalid_utf8:
         log.warning("%d of %d documents of %s were not valid UTF-8; their invalid bytes were decoded as U+FFFD",

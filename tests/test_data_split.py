@@ -183,3 +183,23 @@ def test_documents_of_one_byte_keep_a_whole_document_split(tmp_path: Path):
     source = write_sized(tmp_path / "bytes", {"a.txt": 1, "b.txt": 1})
     meta = prepare(str(source), tmp_path / "out", progress=False)
     assert meta["documents"] == {"train": 1, "val": 1}
+
+
+def test_binary_files_are_left_out_with_their_names(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    source = write_sized(tmp_path / "mixed", {"a.txt": 4000, "b.txt": 3000})
+    (source / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8)
+    caplog.set_level(logging.WARNING)
+
+    meta = prepare(str(source), tmp_path / "out", progress=False)
+
+    assert meta["bytes"]["train"] + meta["bytes"]["val"] == 7000  # the two text files, nothing of the image
+    assert any("left out 1 binary files" in record.getMessage() and "image.png" in record.getMessage()
+               for record in caplog.records)
+
+
+def test_far_from_request_judges_the_training_share_too():
+    from scaling.corpus import far_from_request
+
+    assert far_from_request(0.9, 0.5)  # training keeps 10% of the bytes, not 50%
+    assert not far_from_request(0.379, 0.5)
+    assert far_from_request(0.01, 0.05) and not far_from_request(0.101, 0.05)
