@@ -70,11 +70,14 @@ def launch_command(args: argparse.Namespace) -> int:
     outcomes = run_with_backend(getattr(args, "backend", "local"), load_spec(args.spec), args.runs,
                                 workers=args.workers, address=getattr(args, "address", None),
                                 progress=not args.no_progress, show_table=True)
-    unfinished = [outcome.run.run_id for outcome in outcomes if not outcome.ok]
+    unfinished = [outcome.run.run_id for outcome in outcomes if not outcome.ok and outcome.status != "elsewhere"]
+    elsewhere = [outcome.run.run_id for outcome in outcomes if outcome.status == "elsewhere"]
+    if elsewhere:
+        log.warning("%d of %d runs are being trained by another process: %s", len(elsewhere), len(outcomes),
+                    ", ".join(elsewhere))
     if unfinished:
         log.error("%d of %d runs did not complete: %s", len(unfinished), len(outcomes), ", ".join(unfinished))
-        return 1
-    return 0
+    return 1 if unfinished or elsewhere else 0  # a run trained elsewhere is not known to be complete yet
 
 
 def _check_workers(workers: int) -> None:

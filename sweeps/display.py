@@ -105,10 +105,10 @@ def outcomes_table(spec: SweepSpec, outcomes: list[RunOutcome]) -> Table:
         summary = outcome.summary
         loss = summary.get("final_val_loss")
         wall = summary.get("wall_time_s") or (None if outcome.status == "skipped" else outcome.wall_s)
-        status = "done earlier" if outcome.status == "skipped" else outcome.status
+        status = {"skipped": "done earlier", "elsewhere": "training elsewhere"}.get(outcome.status, outcome.status)
         if outcome.status in ("failed", "diverged"):
             status = f"[bold red]{status}[/]"
-        elif outcome.status == "interrupted":
+        elif outcome.status in ("interrupted", "elsewhere"):
             status = f"[bold yellow]{status}[/]"
         table.add_row(outcome.run.run_id, human_count(outcome.run.params_total), human_count(outcome.run.tokens),
                       status, f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",

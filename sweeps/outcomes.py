@@ -29,7 +29,8 @@ class RunOutcome:
     """The end state of one run of the sweep in this launch."""
 
     run: Any  # sweeps.spec.PlannedRun
-    status: str  # "completed", "skipped" (completed before this launch), "diverged", "interrupted" or "failed"
+    status: str  # "completed", "skipped" (completed before this launch), "diverged", "interrupted", "failed", or
+    # "elsewhere" (another live process holds the run's lock and trains it)
     summary: dict[str, Any]  # the run's summary.json, or a stand-in when the worker could not write one
     wall_s: float  # seconds of this launch spent on the run (0 when skipped)
     log_path: Path | None  # the run's log, None when skipped
@@ -92,8 +93,13 @@ def ended_outcome(run: Any, root: Path, returncode: int, *, reason: str, wall_s:
         return RunOutcome(run, "interrupted", summary, wall_s, log_path, cpu_s)
     if returncode == EXIT_LOCKED:
         # Another live process owns the run and its summary: report it here, leave the store alone.
-        return failed_outcome(run, root, f"run is being trained by another process; see {log_path}",
-                              wall_s=wall_s, cpu_s=cpu_s, write=False)
+        # Another live process (a second launch of this sweep, say) owns the run and its summary: leave both
+        # to it. The run is not failed, only not this launch's to finish.
+        log.warning("run %s is being trained by another process, which keeps it; launch again after that process "
+                    "ends to see it in this table as done; log: %s", run.run_id, log_path)
+        held = read_summary(RunDir.at(root, run.config.sweep, run.run_id)) or initial_summary(
+            run.run_id, run.config.sweep, "running")
+        return RunOutcome(run, "elsewhere", held, wall_s, log_path, cpu_s)
     error = (summary or {}).get("error") or message
     if not error:
         error = reason

@@ -572,3 +572,21 @@ def test_plan_warns_about_clipped_warmup_and_repeated_data(corpus_dir, tmp_path,
     repeated = [row for row in plan.rows if row.epochs > 1]
     assert repeated
     assert f"warning: {len(repeated)} runs see their training data more than once" in out
+
+
+def test_run_held_by_another_process_is_left_to_it(corpus_dir, tmp_path):
+    """A second launch of a sweep reports the runs the first one holds as trained elsewhere, not failed."""
+    from scaling.run_lock import RunLock
+    from scaling.run_store import RunDir
+
+    spec = parse_spec(tiny_raw(corpus_dir))
+    runs = tmp_path / "runs"
+    held, free = expand(spec, runs)
+    held_dir = RunDir.at(runs, "tiny", held.run_id)
+    held_dir.path.mkdir(parents=True)
+    with RunLock(held_dir.path):  # as the first launch's worker holds it while it trains the run
+        outcomes = {outcome.run.run_id: outcome for outcome in run_sweep(spec, runs, workers=1, progress=False)}
+    assert outcomes[held.run_id].status == "elsewhere"
+    assert not outcomes[held.run_id].ok
+    assert held_dir.summary() is None  # its summary is left to the process that holds it
+    assert outcomes[free.run_id].status == "completed"
