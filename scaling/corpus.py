@@ -244,7 +244,8 @@ def _resolve(source: str) -> tuple[str, Path, list[Path]]:
             files = [match.absolute() for match in files]
             kind = "glob"
         else:
-            raise UserError(f"corpus source {source!r} was not found; {SOURCE_HELP}")
+            where = "" if path.is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
+            raise UserError(f"corpus source {source!r} was not found{where}; {SOURCE_HELP}")
     if not files:
         raise UserError(f"corpus source {source!r} contains no files; {SOURCE_HELP} that matches text files")
     return kind, root, files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 from pathlib import Path
@@ -240,9 +241,13 @@ def test_empty_files_rejected(tmp_path: Path):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_source_rejected(tmp_path: Path):
-    with pytest.raises(UserError, match="was not found"):
+def test_missing_source_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    with pytest.raises(UserError, match="was not found;"):
         prepared(tmp_path / "nowhere.txt", tmp_path / "out")
+    monkeypatch.chdir(tmp_path)  # a relative path names the folder it was read from
+    with pytest.raises(UserError, match=re.escape(f"was not found (a relative path is read from the current folder, "
+                                                   f"{tmp_path})")):
+        prepared(Path("nowhere.txt"), tmp_path / "out")
 
 
 def test_glob_without_matches_rejected(tmp_path: Path):
@@ -537,7 +542,8 @@ def test_default_data_dir_names(tmp_path: Path):
 
 def test_default_data_dir_names_every_setting_that_changes_the_tokens(tmp_path: Path):
     """Two preparations of one source with other settings never share (and so never replace) one folder."""
-    assert default_data_dir(PYTHON_STDLIB, "bytes", 4096, tmp_path, val_fraction=0.3).name == "python-stdlib-bytes-val0.3"
+    named = default_data_dir(PYTHON_STDLIB, "bytes", 4096, tmp_path, val_fraction=0.3).name
+    assert named == "python-stdlib-bytes-val0.3"
     assert default_data_dir("a.jsonl", "bytes", 4096, tmp_path, text_field="body text").name.startswith("a-")
     assert default_data_dir("a.jsonl", "bytes", 4096, tmp_path, text_field="body text").name.endswith(
         "-bytes-field-body_text")
