@@ -55,8 +55,8 @@ def _add_data_parser(commands) -> None:
     prepare = data_commands.add_parser("prepare", help="tokenize a corpus into train and validation arrays")
     prepare.add_argument(
         "source",
-        nargs="?",
-        default="python-stdlib",
+        nargs="*",  # one source; several are refused with a hint, since they are mostly a glob the shell expanded
+        default=["python-stdlib"],
         help="python-stdlib (default), a text file, a folder or glob of text files, or a .jsonl file",
     )
     prepare.add_argument("--out", metavar="DIR", help="output folder (default: RUNS/_data/<name>-<hash of its "
@@ -77,6 +77,11 @@ def _data_prepare(args: argparse.Namespace) -> int:
     from scaling.data import default_data_dir, prepare
     from scaling.paths import runs_root
 
+    if len(args.source) > 1:
+        raise UserError(f"data prepare takes one source, got {len(args.source)} ({', '.join(args.source[:3])}, ...); "
+                        "a glob pattern must be quoted so that the shell does not expand it, e.g. 'data/*.txt', or "
+                        "name the folder that holds the files")
+    args.source = args.source[0]
     if args.vocab_size is not None and args.tokenizer != "bpe":
         raise UserError(f"--vocab-size {args.vocab_size} applies to --tokenizer bpe only; the bytes tokenizer "
                         "always has 256 tokens, so drop --vocab-size or add --tokenizer bpe")

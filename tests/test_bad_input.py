@@ -503,3 +503,14 @@ def test_corpus_path_naming_a_file_of_it(capsys, tmp_path, text_corpus):
     status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress")
     assert_user_error(status, stderr, f"data.path {text_corpus / 'train.bin'} is a file of a prepared corpus",
                       f"set data.path to its folder {text_corpus}")
+
+
+def test_glob_expanded_by_the_shell_is_named(capsys, tmp_path):
+    """An unquoted glob reaches `data prepare` as many paths; the error says to quote it."""
+    paths = []
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (tmp_path / name).write_text("some text\n")
+        paths.append(tmp_path / name)
+    status, stderr = cli(capsys, "data", "prepare", *paths, "--runs", tmp_path / "runs")
+    assert_user_error(status, stderr, "data prepare takes one source, got 3", "a glob pattern must be quoted")
+    assert not (tmp_path / "runs").exists()
