@@ -25,9 +25,10 @@ from scaling.errors import UserError
 
 from analysis.allocation import FLOPS_PER_PARAM_TOKEN
 from analysis.bootstrap import interval_note, percentile_interval, too_few_replicates
-from analysis.fit import read_fit
+from analysis.defaults import DEFAULT_BOOTSTRAPS
+from analysis.fit import missing_result, read_fit
 from analysis.laws import Law, ParametricLaw, PowerLawAllocation, all_laws, get_law
-from analysis.query import Query, parse_query
+from analysis.query import Query, check_gqa_kv_heads, parse_query
 
 ROW_KEYS = ("law", "params", "tokens", "tokens_per_param", "flops", "loss", "source", "interval")
 KV_ROW_KEYS = ("attention", "kv_heads", "bytes", "gib", "n_layers", "n_heads", "head_dim", "context", "batch_size",
@@ -65,8 +66,9 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
     """
     query = question if isinstance(question, Query) else parse_query(question)
     if query.kind == "kv_cache":
-        if fit is not None or law_keys:
-            raise UserError("a kv cache question uses no scaling law or fit; drop --law and --fit")
+        passed = [option for option, value in (("--law", law_keys), ("--fit", fit is not None)) if value]
+        if passed:
+            raise UserError(f"a kv cache question uses no scaling law or fit; drop {' and '.join(passed)}")
         rows = kv_cache_rows(query)
         return Answer(query, tuple(rows), tuple(kv_cache_notes(query, rows)))
     laws: list[Law] = [get_law(key) for key in law_keys] if law_keys else all_laws()
@@ -91,7 +93,7 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
     rows = tuple(rows)
     notes = disagreement_notes(query, rows)
     if fit is not None:
-        notes[:0] = [f"your fit: {warning}" for warning in record.get("warnings", [])]
+        notes[:0] = fit_notes(record, query, own_rows, published=len(rows) > len(own_rows))
         quantity = _ASKED[query.kind]
         overflowed = [row["law"] for row in own_rows if row[quantity] is not None and not math.isfinite(row[quantity])]
         for row in own_rows:
@@ -114,9 +116,7 @@ def kv_cache_rows(query: Query) -> list[dict[str, Any]]:
     from models.kv_cache import kv_cache_comparison  # imports JAX, so it loads only for this question
 
     shape = query.kv_cache
-    if shape.gqa_kv_heads is not None and shape.gqa_kv_heads < 1:
-        raise UserError(f"gqa {shape.gqa_kv_heads}: grouped-query attention needs at least 1 key/value head; "
-                        f"pick a divisor of the {shape.n_heads} query heads")
+    check_gqa_kv_heads(shape.gqa_kv_heads, shape.n_heads)  # a Query built without parse_query is checked here
     rows = kv_cache_comparison(shape.n_layers, shape.n_heads, shape.head_dim, shape.context, shape.batch_size,
                                shape.bytes_per_value, gqa_kv_heads=shape.gqa_kv_heads)
     if shape.gqa_kv_heads is not None and not any(row["attention"] == "GQA" for row in rows):
@@ -134,8 +134,11 @@ def kv_cache_notes(query: Query, rows: Sequence[dict[str, Any]]) -> list[str]:
     """Return notes on a grouped-query row that equals another variant or is missing."""
     shape = query.kv_cache
     gqa = [row for row in rows if row["attention"] == "GQA"]
+    if shape.n_heads == 1:
+        return ["a single query head has a single key/value head in every variant, so multi-head and multi-query "
+                "attention coincide" + (", and gqa 1 equals both" if gqa else " and there is no grouped-query row")]
     if not gqa:
-        return [f"no grouped-query row: {shape.n_heads} query head(s) have no divisor strictly between 1 and "
+        return [f"no grouped-query row: {shape.n_heads} query heads have no divisor strictly between 1 and "
                 f"{shape.n_heads}, so any grouping equals multi-head or multi-query attention"]
     kv_heads = gqa[0]["kv_heads"]
     if kv_heads == shape.n_heads:
@@ -143,6 +146,42 @@ def kv_cache_notes(query: Query, rows: Sequence[dict[str, Any]]) -> list[str]:
     if kv_heads == 1:
         return ["gqa 1 shares one key/value head across all query heads, so it equals multi-query attention (MQA)"]
     return []
+
+
+def fit_notes(record: dict[str, Any], query: Query, own_rows: Sequence[dict[str, Any]],
+              published: bool) -> list[str]:
+    """Return the notes on a fit's own rows: its warnings, the approaches without a row, and missing intervals.
+
+    A warning is left out where the rows shown do not depend on it: the Kaplan-style fits always, and
+    approaches 1 and 2 for questions they do not answer. The fit's own interval notes are left out too,
+    because they concern its parameters, and `ask` notes the interval of the requested quantity per row.
+    `published` is whether rows of published laws follow the fit's own.
+    """
+    allocating = query.kind in _ALLOCATING
+    missing = {approach: missing_result(record, approach) for approach in ("approach2", "approach1")}
+    skipped_prefixes = ["Kaplan-style"]
+    for approach in ("approach2", "approach1"):
+        if not allocating or missing[approach]:
+            # A missing approach's own warnings are summarised by its note below.
+            skipped_prefixes.append(f"approach {approach[-1]}")
+    interval_notes = [note for note in (_bootstrap_note(record.get("bootstrap")),
+                                        _bootstrap_note((record.get("approach2") or {}).get("bootstrap")),
+                                        _bootstrap_note((record.get("approach1") or {}).get("bootstrap"))) if note]
+    notes = [f"your fit: {warning}" for warning in record.get("warnings", [])
+             if not warning.startswith(tuple(skipped_prefixes)) and not any(note in warning for note in interval_notes)]
+    if allocating:
+        notes += [f"your fit: {reason}" for reason in missing.values() if reason]
+    if record.get("bootstrap") is None:
+        notes.append("your fit was made with --bootstraps 0, so it has no intervals; refit without that option "
+                     f"({DEFAULT_BOOTSTRAPS} replicates by default) for them")
+    elif published and any(row["interval"] for row in own_rows):
+        notes.append("the published laws' rows have no interval, because each law is used at its published point "
+                     "estimate")
+    return notes
+
+
+def _bootstrap_note(bootstrap: dict[str, Any] | None) -> str | None:
+    return (bootstrap or {}).get("interval_note")
 
 
 def fitted_law(record: dict[str, Any], source: str = "your fit.json") -> ParametricLaw:
@@ -254,16 +293,17 @@ def bootstrap_interval(record: dict[str, Any], query: Query) -> dict[str, Any] |
     return _interval_over(laws, query, float(bootstrap["level"]), len(samples["values"]))
 
 
-def _interval_over(laws: Sequence[Law], query: Query, level: float, requested: int) -> dict[str, Any] | None:
+def _interval_over(laws: Sequence[Law], query: Query, level: float, requested: int) -> dict[str, Any]:
     """Return the central `level` percentile interval of each of INTERVAL_KEYS over the laws' rows.
 
-    `laws` are the usable ones of `requested` replicates. With too few of them (the rule of `scaling fit`,
-    analysis.bootstrap.MIN_USABLE_FRACTION), or where they all agree, a key's interval is None and "note"
-    says why. A replicate far from the data (a single compute budget, say) can overflow: its values count as
-    infinite, so the interval's bound becomes infinite ("inf" in tables, null in JSON) instead of an error.
+    `laws` are the usable ones of `requested` replicates, possibly none. With too few of them (the rule of
+    `scaling fit`, analysis.bootstrap.MIN_USABLE_FRACTION), or where they all agree, a key's interval is None
+    and "note" says why. A replicate far from the data (a single compute budget, say) can overflow: its values
+    count as infinite, so the interval's bound becomes infinite ("inf" in tables, null in JSON), not an error.
     """
     if not laws:
-        return None
+        return {"level": level, "replicates": 0, **{key: None for key in INTERVAL_KEYS},
+                "note": too_few_replicates(0, requested, level=level)}
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         replicate_rows = [_replicate_row(law, query) for law in laws]
     interval: dict[str, Any] = {"level": level, "replicates": len(replicate_rows)}

@@ -170,7 +170,7 @@ def bootstrap_approach3(params: ArrayLike, tokens: ArrayLike, loss: ArrayLike, f
     converged = np.array([_gradient_norm(t, w, log_n, log_d, log_l, options) <= options.converged_gradient
                           for t, w in zip(theta, counts)])
     if not converged.all():
-        logger.warning("bootstrap: %d of %d replicates did not converge and are left out of the intervals",
+        logger.warning("approach 3 bootstrap: %d of %d replicates did not converge and are left out of the intervals",
                        int((~converged).sum()), n_bootstraps)
     return BootstrapResult(theta, values, converged, level, seed, len(starts), options.solver)
 

@@ -40,7 +40,7 @@ distinct runs drawn.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -54,10 +54,13 @@ from analysis.fit_kaplan import fit_single_power_law
 from analysis.fit_parametric import Approach3Options, fit_approach3
 
 ALLOCATION_NAMES = ("a", "params_coefficient", "b", "tokens_coefficient")
-# L(C) gets no interval on C_c. Between sampled sizes the envelope lies above the true frontier, a bias that
-# resampling cannot see, and C_c = k^(1/alpha_C) magnifies a bias in the level k about 1/alpha_C times.
 KAPLAN_NAMES = {"L(N)": ("exponent", "scale"), "L(N) with E": ("exponent", "scale", "irreducible"),
                 "L(D)": ("exponent", "scale"), "L(C)": ("exponent",)}
+# Values a Kaplan-style fit reports without an interval whatever the runs, with the reason shown to the user.
+KAPLAN_NO_INTERVAL = {"L(C)": {"scale": (
+    "x_c (C_c) gets no interval by design: between sampled sizes the compute frontier of the learning curves "
+    "lies above the true frontier, a bias that resampling cannot see, and C_c = k^(1/exponent) magnifies a "
+    "bias in the loss level k about 1/exponent times")}}
 # Each method draws from its own stream of the seed, so adding a method never changes another's intervals.
 _STREAMS = {"approach2": 2, "approach1": 1, "kaplan": 4}
 SURFACE_STARTS = 256  # start grid of the L(N, D) fit that separates each run's luck from the size trend
@@ -72,6 +75,8 @@ class Replicates:
     level: float  # interval coverage, e.g. 0.95
     seed: int
     method: str  # how runs were drawn and refitted, in words
+    # Values of the fit that are not resampled, each with the reason; they are listed among the intervals as None.
+    no_interval: dict[str, str] = field(default_factory=dict)
 
     @property
     def valid(self) -> np.ndarray:
@@ -88,16 +93,23 @@ class Replicates:
 
         See `interval_note` for why an interval is missing.
         """
+        unestimated = {name: None for name in self.no_interval}
         if not self.enough:
-            return {name: None for name in self.names}
+            return {**{name: None for name in self.names}, **unestimated}
         kept = self.values[self.valid]
-        return {name: percentile_interval(kept[:, i], self.level) for i, name in enumerate(self.names)}
+        return {**{name: percentile_interval(kept[:, i], self.level) for i, name in enumerate(self.names)},
+                **unestimated}
 
-    def interval_note(self) -> str | None:
-        """Return why some or all intervals are missing, or None when every value has one."""
+    def sample_note(self) -> str | None:
+        """Return why the replicates give some or all of `names` no interval, or None when they give each one."""
         usable = self.values[self.valid]
         return interval_note({name: usable[:, i] for i, name in enumerate(self.names)}, self.values.shape[0],
                              level=self.level)
+
+    def interval_note(self) -> str | None:
+        """Return why some or all intervals are missing (`sample_note`, then `no_interval`), or None when none is."""
+        reasons = [self.sample_note(), *self.no_interval.values()]
+        return "; ".join(reason for reason in reasons if reason) or None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict; "samples" contains every replicate (null where it could not be fitted)."""
@@ -241,7 +253,8 @@ def bootstrap_kaplan(params: ArrayLike, tokens: ArrayLike, losses: ArrayLike,
     method = ("runs drawn with replacement; lowest loss per size (per token count) among the runs drawn, "
               "weighted by draws, or the envelope of the distinct runs drawn for L(C); percentile intervals "
               "over replicates with enough distinct points")
-    return {name: _replicates(refit, draws, KAPLAN_NAMES[name], level, seed, method)
+    return {name: replace(_replicates(refit, draws, KAPLAN_NAMES[name], level, seed, method),
+                          no_interval=KAPLAN_NO_INTERVAL.get(name, {}))
             for name, refit in refits.items()}
 
 

@@ -195,6 +195,8 @@ def _runs_path(runs: str | None) -> Path | str:
 def _print_fit(record: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
+    from analysis.fit import missing_result
+
     approach3 = record["approach3"]
     table = Table(title=f"approach 3 on {record['n_runs']} runs, N = {record['convention']} parameters")
     bootstrap = record.get("bootstrap") or {}
@@ -218,14 +220,21 @@ def _print_fit(record: dict[str, Any], out: Path) -> None:
     approach1 = record.get("approach1") or {}
     if approach1.get("a") is not None:
         console.print(f"approach 1: {_allocation_text(approach1)} (envelope of learning curves)")
+    elif missing_result(record, "approach1"):
+        console.print(missing_result(record, "approach1"), markup=False, highlight=False)
     approach2 = record.get("approach2")
     if approach2 and approach2.get("a") is not None:
         console.print(f"approach 2: {_allocation_text(approach2)} over {len(approach2['budgets_used'])} budgets")
-    elif record.get("approach2_note"):
-        console.print(record["approach2_note"])
+    elif missing_result(record, "approach2") or record.get("approach2_note"):
+        console.print(missing_result(record, "approach2") or record["approach2_note"], markup=False,
+                      highlight=False)
     kaplan = record.get("kaplan")
     if kaplan and any(kaplan["fits"].values()):
         console.print(_kaplan_table(kaplan))
+        for name, fit in kaplan["fits"].items():
+            if fit is not None and fit.get("interval_note"):
+                console.print(f"Kaplan-style {name} intervals: {fit['interval_note']}", markup=False,
+                              highlight=False)
     extrapolation = record.get("extrapolation") or {}
     if "mean_abs_relative_error" in extrapolation:
         console.print(f"extrapolation: refit without the {len(extrapolation['held_out'])} largest-compute run(s) "
@@ -307,16 +316,19 @@ def print_answer(answer) -> None:
         _print_kv_cache(answer)
         return
     table = Table(title=f"{answer.query.text}  (C = 6ND; loss in nats/token on each law's own data)")
+    # Without a bootstrapped fit no row has an interval, so the column is left out rather than filled with dashes.
+    intervals = any(row.get("interval") for row in answer.rows)
     for column in ("law", "N (params)", "D (tokens)", "D/N", "C (FLOPs)", "loss", "95% interval", "source"):
-        table.add_column(column, overflow="fold")
+        if intervals or column != "95% interval":
+            table.add_column(column, overflow="fold")
     sources: list[str] = []
     for row in answer.rows:
         if row["source"] not in sources:
             sources.append(row["source"])
+        interval = [_interval_text(row.get("interval"), answer.query.kind)] if intervals else []
         table.add_row(row["law"], _number(row["params"]), _number(row["tokens"]),
                       _number(row["tokens_per_param"], ".2f"), _number(row["flops"]), _number(row["loss"], ".4f"),
-                      _interval_text(row.get("interval"), answer.query.kind),
-                      f"[{sources.index(row['source']) + 1}]")
+                      *interval, f"[{sources.index(row['source']) + 1}]")
     console = _console()
     console.print(table)
     for number, source in enumerate(sources, start=1):

@@ -2,6 +2,12 @@
 
 Writes `fit.json` and PNG plots into an output folder. Every number in fit.json is written with Python's
 float repr, so each parameter reads back bit for bit (17 significant digits).
+
+fit.json's top-level "warnings" list contains every warning that the `analysis` modules logged during the
+fit, in the order logged and with the text printed: caveats about the runs read, approach 3's fit and
+bootstrap, approaches 1 and 2 (budgets dropped, or why an approach gives no power laws) and intervals that
+could not be reported. A warning about one method starts with its name ("approach 3: ...",
+"approach 1 has no power laws: ...", "Kaplan-style L(N): ...").
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from analysis.runs import CONVENTIONS, RunTable, load_runs
 from analysis.wandb_runs import is_wandb_source, load_wandb
 
 logger = logging.getLogger(__name__)
+# Warnings logged under this logger and its children during a fit are copied into fit.json.
+WARNING_LOGGER = "analysis"
+APPROACH2_NOT_REQUESTED = "approach 2 not requested"
 
 FIT_FILE = "fit.json"
 REPORT_FOLDER = "_report"  # a sweep's fit goes to RUNS/<sweep>/_report/ by default (scaling fit, scaling demo)
@@ -65,6 +74,43 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     size or token count.
     """
     _check_fit_arguments(convention, starts, holdout_fraction, resample, bootstraps, methods)
+    with _WarningLog() as warning_log:
+        record = _fit_runs(runs_path, out_dir, convention, starts, bootstraps, seed, allow_mixed, plot, options,
+                           methods, columns, filters, holdout_fraction, resample, progress)
+    record["warnings"] = list(warning_log.messages)
+    out = Path(out_dir)
+    replaced = (out / FIT_FILE).exists()
+    # An unbounded interval or standard error is written as null: fit.json stays valid JSON.
+    (out / FIT_FILE).write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
+    logger.info("wrote %s%s", out / FIT_FILE, ", replacing the earlier fit" if replaced else "")
+    return record
+
+
+class _WarningLog(logging.Handler):
+    """Collect the distinct warnings logged under WARNING_LOGGER while in a `with` block."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.messages:
+            self.messages.append(message)
+
+    def __enter__(self) -> "_WarningLog":
+        logging.getLogger(WARNING_LOGGER).addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        logging.getLogger(WARNING_LOGGER).removeHandler(self)
+
+
+def _fit_runs(runs_path: str | Path, out_dir: str | Path, convention: str, starts: int, bootstraps: int, seed: int,
+              allow_mixed: bool, plot: bool, options: Approach3Options | None, methods: tuple[str, ...],
+              columns: str | None, filters: list[str] | None, holdout_fraction: float, resample: str,
+              progress: bool) -> dict[str, Any]:
+    """Run every fit of `fit_runs` and draw the plots; return the record, without its warnings yet."""
     table = _load_table(runs_path, allow_mixed, columns, filters)
     params, tokens, losses = _points(table, convention)
     _check_enough(table, params, tokens)
@@ -92,10 +138,9 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
 
         record = _record(table, convention, approach3, params, tokens, losses)
         record["bootstrap"] = None if bootstrap is None else bootstrap.to_dict()
-        approach3_warnings = _approach3_warnings(approach3, params, tokens)
-        for warning in approach3_warnings:
+        for warning in _approach3_warnings(approach3, params, tokens):
             logger.warning("approach 3: %s", warning)
-        record["warnings"] = list(table.warnings) + approach3_warnings  # the first were logged when read
+        record["warnings"] = []  # fit_runs fills this with every warning logged, once all steps have run
 
         started = time.perf_counter()
         resampling = {"bootstraps": bootstraps, "seed": seed, "resample": resample}
@@ -105,12 +150,17 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
         envelope = fit_envelope(params, curves) if {"approach1", "kaplan"} & set(methods) else None
         with progress_line.step("approach 1" + (" and its bootstrap" if bootstraps else "")):
             approach1_replicates = _approach1_section(record, methods, params, curves, envelope, **resampling)
+        kaplan_replicates = False
         if "kaplan" in methods:
             with progress_line.step("Kaplan-style fits" + (" and their bootstrap" if bootstraps else "")):
-                _kaplan_section(record, params, tokens, losses, curves, envelope, bootstraps, seed)
-        if bootstraps and (approach2 is not None or {"approach1", "kaplan"} & set(methods)):
-            logger.info("bootstrap of approaches 1 and 2 and the Kaplan-style fits: %d replicates each (%.1f s)",
-                        bootstraps, time.perf_counter() - started)
+                kaplan_replicates = _kaplan_section(record, params, tokens, losses, curves, envelope, bootstraps,
+                                                    seed)
+        bootstrapped = [name for name, ran in (("approach 1", approach1_replicates is not None),
+                                               ("approach 2", approach2_replicates is not None),
+                                               ("the Kaplan-style fits", kaplan_replicates)) if ran]
+        if bootstrapped:
+            logger.info("bootstrap of %s: %d replicates each (%.1f s)", _join_names(bootstrapped), bootstraps,
+                        time.perf_counter() - started)
 
         if "extrapolation" in methods:
             with progress_line.step("extrapolation check"):
@@ -127,12 +177,32 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
             with progress_line.step("plots"):
                 record["plots"] = _draw(out, approach3, approach2, params, tokens, losses, budget_groups,
                                         convention, bootstrap, envelope, approach2_replicates, approach1_replicates)
-
-    replaced = (out / FIT_FILE).exists()
-    # An unbounded interval or standard error is written as null: fit.json stays valid JSON.
-    (out / FIT_FILE).write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
-    logger.info("wrote %s%s", out / FIT_FILE, ", replacing the earlier fit" if replaced else "")
     return record
+
+
+def _join_names(names: list[str]) -> str:
+    """Return "x", "x and y" or "x, y and z"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def missing_result(record: dict[str, Any], approach: str) -> str | None:
+    """Return why approach 1 or 2 ("approach1", "approach2") of a fit record gives no N_opt(C) power law.
+
+    Returns None when it gives one, and when it was not requested (`--method` left it out).
+    """
+    fitted = record.get(approach)
+    if fitted is not None and fitted.get("a") is not None:
+        return None
+    if approach == "approach2":
+        note = record.get("approach2_note")
+        if fitted is None:
+            return None if not note or note == APPROACH2_NOT_REQUESTED else note
+        return f"approach 2 has no power laws: {note or 'fewer than 2 budgets have a minimum inside their sizes'}"
+    if fitted is None:
+        return None
+    if "skipped" in fitted:
+        return fitted["skipped"]  # "approach 1 needs learning curves ..."
+    return f"approach 1 has no power laws: {fitted.get('note') or 'fewer than 2 sizes win inside the size range'}"
 
 
 def _check_fit_arguments(convention: str, starts: int, holdout_fraction: float, resample: str, bootstraps: int,
@@ -157,12 +227,14 @@ def _approach2_section(record: dict[str, Any], methods: tuple[str, ...], params:
                        budget_groups: list[tuple[float, np.ndarray]], bootstraps: int, seed: int,
                        resample: str) -> tuple[IsoFlopFit | None, Replicates | None]:
     """Fit approach 2 (one parabola per IsoFLOP budget) into `record`, with its bootstrap; return both."""
-    approach2, note = None, "approach 2 not requested"
+    approach2, note = None, APPROACH2_NOT_REQUESTED
     if "approach2" in methods:
         approach2, note = _try_approach2(params, losses, budget_groups)
     record["approach2"] = None if approach2 is None else approach2.to_dict()
     record["approach2_note"] = note
     if approach2 is None:
+        if "approach2" in methods:
+            logger.warning("%s", missing_result(record, "approach2"))
         return None, None
     record["approach2"]["bootstrap"] = None
     if not bootstraps or approach2.params_law is None:
@@ -184,9 +256,12 @@ def _approach1_section(record: dict[str, Any], methods: tuple[str, ...], params:
     if envelope is None:
         record["approach1"] = {
             "skipped": "approach 1 needs learning curves (val_loss rows in metrics.jsonl) from at least 2 runs"}
+        logger.warning("%s", missing_result(record, "approach1"))
         return None
     record["approach1"] = envelope.to_dict()
     record["approach1"]["bootstrap"] = None
+    if envelope.params_law is None:
+        logger.warning("%s", missing_result(record, "approach1"))
     if not bootstraps or envelope.params_law is None:
         return None
     replicates = bootstrap_envelope(params, curves, n_bootstraps=bootstraps, seed=seed, resample=resample)
@@ -196,14 +271,19 @@ def _approach1_section(record: dict[str, Any], methods: tuple[str, ...], params:
 
 
 def _kaplan_section(record: dict[str, Any], params: np.ndarray, tokens: np.ndarray, losses: np.ndarray,
-                    curves: list, envelope: EnvelopeFit | None, bootstraps: int, seed: int) -> None:
-    """Put the Kaplan-style single-variable fits into `record`, with intervals when `bootstraps` > 0."""
+                    curves: list, envelope: EnvelopeFit | None, bootstraps: int, seed: int) -> bool:
+    """Put the Kaplan-style single-variable fits into `record`, with intervals when `bootstraps` > 0.
+
+    Returns whether they were bootstrapped.
+    """
     frontier = (None, None) if envelope is None else envelope.interior_frontier()
     record["kaplan"] = fit_kaplan(params, tokens, losses, *frontier)
     record["kaplan"]["bootstrap"] = None
-    if bootstraps:
-        _add_kaplan_intervals(record["kaplan"], bootstrap_kaplan(
-            params, tokens, losses, None if envelope is None else curves, n_bootstraps=bootstraps, seed=seed))
+    if not bootstraps:
+        return False
+    _add_kaplan_intervals(record["kaplan"], bootstrap_kaplan(
+        params, tokens, losses, None if envelope is None else curves, n_bootstraps=bootstraps, seed=seed))
+    return True
 
 
 def _warn_if_few_replicates(name: str, replicates: Replicates) -> None:
@@ -338,8 +418,11 @@ def _add_kaplan_intervals(kaplan: dict[str, Any], replicates: dict[str, Replicat
             fit["intervals"] = summary["intervals"]
             fit["interval_note"] = summary["interval_note"]
             fit["valid_replicates"] = summary["valid_replicates"]
-            if summary["interval_note"]:
-                logger.warning("Kaplan-style %s: %s", name, summary["interval_note"])
+            # A value left out of the bootstrap by design (L(C)'s x_c) is noted in fit.json and beside the
+            # table, but is not a warning about these runs.
+            sample_note = replicates[name].sample_note()
+            if sample_note:
+                logger.warning("Kaplan-style %s: %s", name, sample_note)
     if replicates:
         summary = next(iter(replicates.values())).to_dict()
         kaplan["bootstrap"] = {key: summary[key] for key in ("method", "replicates", "level", "seed")}

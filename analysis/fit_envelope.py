@@ -79,7 +79,8 @@ class EnvelopeFit:
         if self.params_law is not None:
             return None
         if self.distinct_sizes < 2:
-            return f"{self.distinct_sizes} size(s) win inside the size range; the power laws need 2"
+            return (f"{self.distinct_sizes} size(s) win inside the size range; the power laws need 2, so add model "
+                    "sizes between the smallest and the largest")
         return ("no finite power law fits the envelope's budgets: they span too little compute for the "
                 "change in the winning size, so the coefficient lies beyond floating point")
 

@@ -14,7 +14,8 @@ notation such as 7e9):
 
 A KV-cache question may end with "batch B", "gqa G" (or "G kv heads") for the grouped-query row, and a
 value type: float32 or fp32 (4 bytes), bfloat16, bf16, float16 or fp16 (2 bytes, the default), int8 or
-fp8 (1 byte). Its counts are whole numbers without suffixes, so "4096 tokens" is never read as 4.096e3.
+fp8 (1 byte), each at most once. Its counts are whole numbers of at least 1 without suffixes, so
+"4096 tokens" is never read as 4.096e3, and G must divide the number of query heads.
 """
 
 from __future__ import annotations
@@ -62,11 +63,18 @@ _KV_CACHE = re.compile(r"^kv[ -]?cache\s+(?:for|of)\s+(?P<model>.+?)\s+at\s+(?P<
                        r"tokens?(?P<options>.*)$")
 _KV_SHAPE = re.compile(r"^(?P<layers>\d+)\s*layers?,?\s*(?P<heads>\d+)\s*heads?,?\s*(?P<head_dim>\d+)\s*"
                        r"(?:head[ _-]?dim(?:ension)?|dim)$")
+# Numbers are matched with a sign and decimals so that "gqa 4.5" or "batch -2" is rejected as a whole value,
+# not split into "gqa 4" and a leftover ".5". The lookbehind keeps "G kv heads" from starting inside a number.
+_KV_COUNT = r"(-?\d+(?:\.\d*)?)"
 _KV_OPTIONS = (
-    ("batch_size", re.compile(r"\bbatch(?:\s+size)?\s+(\d+)\b")),
-    ("gqa_kv_heads", re.compile(r"\b(?:gqa\s+(\d+)|(\d+)\s+kv\s+heads?)\b")),
+    ("batch_size", re.compile(rf"\bbatch(?:\s+size)?\s+{_KV_COUNT}(?![\w.])")),
+    ("gqa_kv_heads", re.compile(rf"(?:\bgqa\s+{_KV_COUNT}(?![\w.])|(?<![\w.-]){_KV_COUNT}\s+kv\s+heads?\b)")),
     ("dtype", re.compile(rf"\b(?:in\s+)?({'|'.join(BYTES_PER_VALUE)})\b")),
 )
+# Each option as messages name it, the quantity its number counts, and an example.
+_KV_OPTION_NAMES = {"batch_size": ("batch", "the batch size", "batch 8"),
+                    "gqa_kv_heads": ("gqa", "the number of key/value heads", "gqa 8"),
+                    "dtype": ("the value type", "", "bf16")}
 
 _PATTERNS = (
     ("tokens_per_param", re.compile(rf"^tokens?\s+per\s+param(?:eter)?s?\s+(?:at|for)\s+{_NUMBER}\s*flops?$")),
@@ -156,18 +164,67 @@ def _kv_cache_shape(match: re.Match) -> KVCacheShape:
     options: dict[str, int] = {}
     rest = match.group("options")
     for name, pattern in _KV_OPTIONS:
-        found = pattern.search(rest)
-        if found is None:
+        found = list(pattern.finditer(rest))
+        if not found:
             continue
-        value = next(group for group in found.groups() if group is not None)
-        options[name] = BYTES_PER_VALUE[value] if name == "dtype" else int(value)
-        rest = rest[:found.start()] + rest[found.end():]
+        if len(found) > 1:
+            option, _, example = _KV_OPTION_NAMES[name]
+            repeats = ", ".join(repr(item.group(0).strip()) for item in found)
+            times = "twice" if len(found) == 2 else f"{len(found)} times"
+            raise UserError(f"kv cache question: {option} is given {times} ({repeats}); give it once, "
+                            f"e.g. \"{example}\"")
+        [option_match] = found
+        value = next(group for group in option_match.groups() if group is not None)
+        if name == "dtype":
+            options[name] = BYTES_PER_VALUE[value]
+        else:
+            options[name] = _kv_count(option_match.group(0).strip(), value, name)
+        rest = rest[:option_match.start()] + rest[option_match.end():]
     leftover = rest.replace(",", " ").replace(" and ", " ").replace(" with ", " ").strip()
     if leftover:
         raise UserError(f"kv cache question: {leftover!r} is not understood; after the tokens it takes "
                         f"\"batch B\", \"gqa G\" and a value type ({', '.join(BYTES_PER_VALUE)})")
-    return KVCacheShape(layers, heads, head_dim, _context_tokens(match.group("context").strip()),
-                        options.get("batch_size", 1), options.get("dtype", 2), options.get("gqa_kv_heads"), source)
+    context = _context_tokens(match.group("context").strip())
+    batch = options.get("batch_size", 1)
+    for count, text in ((layers, f"{layers} layers"), (heads, f"{heads} heads"), (head_dim, f"{head_dim} head dim"),
+                        (context, f"at {context} tokens"), (batch, f"batch {batch}")):
+        if count < 1:
+            raise UserError(f"kv cache question: {text!r} must be at least 1; a KV cache needs at least one layer, "
+                            "head, head dimension, token and sequence")
+    check_gqa_kv_heads(options.get("gqa_kv_heads"), heads)
+    return KVCacheShape(layers, heads, head_dim, context, batch, options.get("dtype", 2), options.get("gqa_kv_heads"),
+                        source)
+
+
+def _kv_count(text: str, value: str, name: str) -> int:
+    """Return the whole number `value` of a KV-cache option; raise UserError naming `text` when it is not one."""
+    number = float(value)
+    if not number.is_integer():
+        _, quantity, example = _KV_OPTION_NAMES[name]
+        raise UserError(f"kv cache question: {text!r}: {quantity} must be a whole number, e.g. \"{example}\"")
+    return int(number)
+
+
+def check_gqa_kv_heads(kv_heads: int | None, n_heads: int) -> None:
+    """Raise UserError unless `kv_heads` divides the `n_heads` query heads.
+
+    `kv_heads` is the key/value head count of the grouped-query row, None for the default.
+    """
+    if kv_heads is None or n_heads < 1:  # a shape without heads is rejected by the shape's own check
+        return
+    if kv_heads < 1 or n_heads % kv_heads:
+        if n_heads == 1:
+            raise UserError(f"gqa {kv_heads}: a single query head has a single key/value head; use gqa 1 or leave "
+                            "gqa out")
+        raise UserError(f"gqa {kv_heads}: grouped-query attention splits the {n_heads} query heads into equal "
+                        f"groups, one per key/value head, so G must divide {n_heads}; choose one of "
+                        f"{', '.join(map(str, _divisors(n_heads)))}")
+
+
+def _divisors(number: int) -> list[int]:
+    """Return the positive divisors of `number` >= 1 in increasing order."""
+    small = [d for d in range(1, math.isqrt(number) + 1) if number % d == 0]
+    return small + [number // d for d in reversed(small) if d * d != number]
 
 
 def _context_tokens(text: str) -> int:

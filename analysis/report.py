@@ -37,6 +37,7 @@ def write_report(out_dir: str | Path, fit: dict[str, Any], answers: Sequence[Ans
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", ""]
     lines += _runs_section(fit)
+    lines += _warnings_section(fit)
     lines += _approach3_section(fit)
     lines += _approach2_section(fit)
     lines += _approach1_section(fit)
@@ -68,15 +69,21 @@ def _runs_section(fit: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _warnings_section(fit: dict[str, Any]) -> list[str]:
+    """Return the list of warnings `scaling fit` printed (fit.json's "warnings"), or nothing when there are none."""
+    warnings = fit.get("warnings") or []
+    if not warnings:
+        return []
+    return ["## Warnings", "", *[f"- {warning}" for warning in warnings], ""]
+
+
 def _approach3_section(fit: dict[str, Any]) -> list[str]:
     approach3 = fit["approach3"]
     values = approach3["parameters"]
     method = approach3["method"]
     lines = ["## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta", "",
              f"Status: **{approach3['status']}**. Objective (sum of Huber losses): {approach3['objective']:.6g} "
-             f"over {approach3['n_points']} runs.", "",
-             *[f"> Warning: {warning}" for warning in fit.get("warnings", [])],
-             *([""] if fit.get("warnings") else [])]
+             f"over {approach3['n_points']} runs.", ""]
     bootstrap = fit.get("bootstrap")
     intervals = (bootstrap or {}).get("intervals", {})
     lines += _table(["parameter", "value", "95% bootstrap interval"],
@@ -123,7 +130,8 @@ def _approach1_section(fit: dict[str, Any]) -> list[str]:
     if "skipped" in approach1:
         return lines + [approach1["skipped"], ""]
     if approach1.get("a") is None:
-        return lines + ["Fewer than 2 model sizes win inside the sampled range, so no power law was fitted.", ""]
+        reason = approach1.get("note") or "fewer than 2 model sizes win inside the sampled range"
+        return lines + [f"No power law was fitted: {reason}.", ""]
     return lines + [
         f"N_opt = {approach1['params_coefficient']:.4g} C^{approach1['a']:.4f}, "
         f"D_opt = {approach1['tokens_coefficient']:.4g} C^{approach1['b']:.4f} over "
@@ -228,16 +236,17 @@ def _plots_section(fit: dict[str, Any]) -> list[str]:
 def _answer_section(answer: Answer) -> list[str]:
     if answer.query.kind == "kv_cache":
         return _kv_cache_section(answer)
-    lines = [f"## Question: {answer.query.text}", "",
-             "| law | N (params) | D (tokens) | D/N | C = 6ND (FLOPs) | loss (nats/token) | 95% interval | source |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     key = asked_quantity(answer.query.kind)
+    rows = []
     for row in answer.rows:
         interval = (row.get("interval") or {}).get(key)
-        bounds = "-" if interval is None else f"{key} {interval[0]:.3g} .. {interval[1]:.3g}"
-        lines.append(f"| {row['law']} | {_cell(row['params'], '.4g')} | {_cell(row['tokens'], '.4g')} | "
-                     f"{_cell(row['tokens_per_param'], '.2f')} | {_cell(row['flops'], '.4g')} | "
-                     f"{_cell(row['loss'], '.4f')} | {bounds} | {row['source']} |")
+        rows.append([row["law"], _cell(row["params"], ".4g"), _cell(row["tokens"], ".4g"),
+                     _cell(row["tokens_per_param"], ".2f"), _cell(row["flops"], ".4g"), _cell(row["loss"], ".4f"),
+                     "-" if interval is None else f"{key} {interval[0]:.3g} .. {interval[1]:.3g}", row["source"]])
+    # Without a bootstrapped fit no row has an interval, so the column is left out, as `scaling ask` does.
+    lines = [f"## Question: {answer.query.text}", "",
+             *_table(["law", "N (params)", "D (tokens)", "D/N", "C = 6ND (FLOPs)", "loss (nats/token)",
+                      "95% interval", "source"], rows, intervals=any(row.get("interval") for row in answer.rows))]
     lines += [f"\n> {note}" for note in answer.notes]
     return lines + [""]
 

@@ -195,9 +195,9 @@ def test_kv_cache_errors_name_the_fix():
         parse_query("kv cache for 70B at 4096 tokens")
     with pytest.raises(UserError, match="'please' is not understood"):
         parse_query("kv cache for 7B at 4096 tokens please")
-    with pytest.raises(UserError, match="does not divide"):
+    with pytest.raises(UserError, match="so G must divide 32; choose one of 1, 2, 4, 8, 16, 32"):
         ask("kv cache for 7B at 4096 tokens gqa 5")
-    with pytest.raises(UserError, match="drop --law and --fit"):
+    with pytest.raises(UserError, match="drop --law$"):
         ask("kv cache for 7B at 4096 tokens", law_keys=["tokens-20"])
     # "2k" context is 2048 tokens in model cards but 2000 by the K suffix, so it is rejected, naming both.
     for context in ("2k", "2 k", "1.5"):

@@ -162,7 +162,9 @@ def test_kaplan_c_exponent_covers_truth():
     final = np.array([curve[-1][1] for curve in curves])
     fits = bootstrap_kaplan(sizes, np.full(sizes.size, 1e12), final, curves, seed=0)
     intervals = fits["L(C)"].intervals()
-    assert set(intervals) == {"exponent"}
+    assert set(intervals) == {"exponent", "scale"}
+    assert intervals["scale"] is None  # not resampled, so interval_note gives the reason
+    assert "x_c (C_c) gets no interval by design" in fits["L(C)"].interval_note()
     assert_covers(intervals, {"exponent": frontier_truth(LAW_WITHOUT_E)})
 
 

@@ -115,7 +115,7 @@ def test_one_budget_fit_warns_and_stays_valid_json(one_budget_fit):
 def test_ask_one_budget_notes_and_bounds(one_budget_fit):
     _, path = one_budget_fit
     answer = ask("tokens for 7B", fit=str(path), law_keys=["tokens-20"])
-    assert any(note.startswith("your fit: all 9 runs lie within") for note in answer.notes)
+    assert any(note.startswith("your fit: approach 3: all 9 runs lie within") for note in answer.notes)
 
     low, high = answer.rows[0]["interval"]["tokens"]
     assert low > 0
@@ -174,7 +174,7 @@ def test_implausible_exponent_is_warned(tmp_path):
     record = fit_runs(path, tmp_path / "fit", columns="N=N,D=D,L=loss", starts=64, bootstraps=0,
                       methods=(), plot=False)
     assert record["approach3"]["parameters"]["beta"] > 2.0
-    warned = [warning for warning in record["warnings"] if warning.startswith("beta = ")]
+    warned = [warning for warning in record["warnings"] if warning.startswith("approach 3: beta = ")]
     assert len(warned) == 1
     assert "do not pin down the D term" in warned[0]
-    assert not [warning for warning in record["warnings"] if warning.startswith("alpha = ")]
+    assert not [warning for warning in record["warnings"] if warning.startswith("approach 3: alpha = ")]

@@ -210,7 +210,7 @@ def test_gqa_one_equals_mqa():
 
 
 def test_gqa_zero_is_a_user_error():
-    with pytest.raises(UserError, match="at least 1 key/value head"):
+    with pytest.raises(UserError, match="gqa 0: .* so G must divide 32"):
         ask("kv cache for 7B at 4096 tokens gqa 0")
 
 

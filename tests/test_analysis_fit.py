@@ -155,7 +155,8 @@ def test_fit_reports_every_interval(tmp_path, capsys, monkeypatch):
     fits = record["kaplan"]["fits"]
     assert set(fits["L(N)"]["intervals"]) == {"exponent", "scale"}
     assert set(fits["L(N) with E"]["intervals"]) == {"exponent", "scale", "irreducible"}
-    assert set(fits["L(C)"]["intervals"]) == {"exponent"}
+    assert set(fits["L(C)"]["intervals"]) == {"exponent", "scale"}
+    assert fits["L(C)"]["intervals"]["scale"] is None  # by design, with the reason in its interval_note
     low, high = fits["L(D)"]["intervals"]["exponent"]
     assert low <= fits["L(D)"]["exponent"] <= high
     assert record["kaplan"]["bootstrap"]["replicates"] == 40
