@@ -97,8 +97,10 @@ class Checkpointer:
 
     def _skip(self, step: int, error: Exception, unreadable: list[int]) -> None:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if len(first_line) > 200:  # Orbax's messages can run to pages; a word boundary keeps the excerpt readable
+            first_line = first_line[:200].rsplit(" ", 1)[0] + " ..."
         log.warning("checkpoint at step %d in %s is unreadable (%s); trying an older one", step, self.directory,
-                    first_line[:200])
+                    first_line)
         unreadable.append(step)
         self._reopen()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import stat
@@ -317,10 +318,11 @@ def _plan_split(corpus: Corpus, scan: _Scan, val_fraction: float) -> Split | Non
     split = balanced_split(scan.keys, scan.sizes, val_fraction)
     n_val = sum(split.in_val)
     if split.tail_of:
+        others = len(scan.keys) - 1
         log.info("no choice of whole documents of %s puts near the requested %s of its bytes in validation, so "
-                 "validation is the tail of the lines of its largest document, %s, sized to about that share; "
-                 "the other %d documents train", corpus.source, _percent(val_fraction), split.tail_of,
-                 len(scan.keys) - 1)
+                 "validation is the tail of the lines of its largest document, %s, sized to about that share; %s",
+                 corpus.source, _percent(val_fraction), split.tail_of,
+                 "the other document trains" if others == 1 else f"the other {others} documents train")
     elif split.balanced:
         log.info(
             "the key hash put %s of the bytes of %s in validation, far from the requested %s, so documents were "
@@ -341,8 +343,8 @@ def _split_documents(
     `plan` is `_plan_split`'s result, None for a source with a single document.
     """
     if plan is None:
-        log.info("%s has a single document: its last %.0f%% of lines become the validation text",
-                 corpus.source, 100 * val_fraction)
+        log.info("%s has a single document: its last %s of lines become the validation text",
+                 corpus.source, _percent(val_fraction))
 
         def halves() -> Iterator[tuple[Document, bool]]:
             document = next(document for document in corpus.documents() if document.text)
@@ -461,7 +463,7 @@ def _write_prepared(
         "format": FORMAT_VERSION,
         "source": corpus.source,
         "source_kind": corpus.kind,
-        "source_root": str(corpus.root.absolute()),
+        "source_root": os.path.abspath(corpus.root),  # normalised: no "..", as a user would write the path
         "text_field": corpus.text_field,
         "split": split_meta,
         "documents": {split: counts[split]["documents"] for split in counts},

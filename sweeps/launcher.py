@@ -366,7 +366,9 @@ def _collect(worker: WorkerProcess, runs_root: Path) -> list[tuple[_Active, RunO
                         worker.pid, reply.get("run_id"))
             continue
         if "warning" in reply:  # a warning the run logged; the run goes on
-            log.warning("run %s: %s", entry.run.run_id, reply["warning"])
+            message = str(reply["warning"])
+            named = message.startswith(f"run {entry.run.run_id} ")  # most of train()'s warnings name their run
+            log.warning("%s", message if named else f"run {entry.run.run_id}: {message}")
             continue
         worker.active = None
         status = int(reply["exit_status"])
