@@ -191,6 +191,7 @@ class Plan:
     cost: CostModel
     workers: int
     data: PreparedData
+    other_runs: tuple[str, ...] = ()  # run folders of this sweep that the spec no longer gives (fit still reads them)
 
     @property
     def runs(self) -> list[PlannedRun]:
@@ -228,6 +229,7 @@ class Plan:
                        "train_tokens": self.data.meta["tokens"]["train"]},
             "estimate": {"method": self.cost.method, "workers": self.workers},
             "runs": [_row_dict(row) for row in self.rows],
+            "other_runs": list(self.other_runs),
             "totals": {
                 "runs": len(self.rows),
                 "runs_to_do": sum(1 for row in self.rows if row.state not in ("completed", "conflict")),
@@ -289,6 +291,12 @@ class Plan:
             console.print(f"warning: {len(repeated)} runs see their training data more than once (up to "
                           f"{max(row.epochs for row in repeated):.2f} epochs: {_listed(repeated)}); use a larger "
                           "corpus for budgets of that size", markup=False)
+        if self.other_runs:
+            more = len(self.other_runs) - 3
+            shown = ", ".join(self.other_runs[:3]) + (f" and {more} more" if more > 0 else "")
+            console.print(f"note: {len(self.other_runs)} run folders of sweep {self.spec.name} are not in this spec "
+                          f"({shown}); `scaling fit` on the sweep's folder still fits them, so move them elsewhere "
+                          "to leave them out", markup=False)
         conflicts = [row for row in self.rows if row.conflict]
         if conflicts:
             console.print(f"conflict: {len(conflicts)} run folders hold other runs than this spec gives, so "
@@ -377,4 +385,14 @@ def make_plan(spec: SweepSpec, runs_root: str | Path | None = None, probe: bool 
         remaining = 0.0 if state == "completed" else seconds * (1 - done)
         rows.append(PlanRow(run=run, seconds=seconds, state=state, remaining_s=remaining,
                             epochs=run.tokens / train_tokens, conflict=conflict))
-    return Plan(spec=spec, rows=tuple(rows), cost=cost, workers=workers, data=data)
+    return Plan(spec=spec, rows=tuple(rows), cost=cost, workers=workers, data=data,
+                other_runs=_other_runs(root, spec.name, {run.run_id for run in runs}))
+
+
+def _other_runs(root: Path, sweep: str, planned: set[str]) -> tuple[str, ...]:
+    """Return the ids of the run folders of `sweep` that are not among `planned` (the spec dropped them)."""
+    folder = root / sweep
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(path.name for path in folder.iterdir()
+                        if path.name not in planned and RunDir.at(root, sweep, path.name).config_path.is_file()))

@@ -590,3 +590,16 @@ def test_run_held_by_another_process_is_left_to_it(corpus_dir, tmp_path):
     assert not outcomes[held.run_id].ok
     assert held_dir.summary() is None  # its summary is left to the process that holds it
     assert outcomes[free.run_id].status == "completed"
+
+
+def test_plan_names_run_folders_the_spec_no_longer_gives(corpus_dir, tmp_path, capsys):
+    root = tmp_path / "runs"
+    spec = parse_spec(tiny_raw(corpus_dir))
+    record_completed_runs(expand(spec, root), root)
+    smaller = parse_spec(tiny_raw(corpus_dir, grid={"params": ["4K"], "tokens": ["20K"]}))
+    plan = make_plan(smaller, root, probe=False)
+    dropped = sorted({run.run_id for run in expand(spec, root)} - {row.run.run_id for row in plan.rows})
+    assert plan.to_dict()["other_runs"] == dropped
+    plan.print()
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"note: 1 run folders of sweep tiny are not in this spec ({dropped[0]})" in out
