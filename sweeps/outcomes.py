@@ -61,7 +61,7 @@ def split_completed(runs: list, root: Path) -> tuple[dict[str, RunOutcome], list
             outcomes[run.run_id] = RunOutcome(run, "skipped", summary, 0.0, None)
             continue
         if status in ("interrupted", "running") and summary.get("steps_done"):
-            # The run itself says where it resumes: a damaged checkpoint is set aside for the one before it.
+            # The run itself logs where it resumes: a damaged checkpoint is set aside for the one before it.
             log.info("run %s was %s after its checkpoint at step %d; it resumes from its newest readable "
                      "checkpoint", run.run_id, "interrupted" if status == "interrupted" else "killed",
                      summary["steps_done"])

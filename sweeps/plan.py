@@ -179,7 +179,7 @@ class PlanRow:
     state: str  # "new", "completed", "<status> <steps of the newest checkpoint>/<steps>", or "conflict"
     remaining_s: float  # estimated seconds still to run (0 when completed or in conflict)
     epochs: float  # passes over the corpus's training tokens
-    conflict: str | None = None  # what the run folder holds instead of this run; a launch refuses the sweep
+    conflict: str | None = None  # the other run in the run folder, described; a launch refuses the sweep
 
 
 @dataclass(frozen=True)
@@ -293,9 +293,9 @@ class Plan:
                           "corpus for budgets of that size", markup=False)
         if self.other_runs:
             more = len(self.other_runs) - 3
-            shown = ", ".join(self.other_runs[:3]) + (f" and {more} more" if more > 0 else "")
+            dropped_ids = ", ".join(self.other_runs[:3]) + (f" and {more} more" if more > 0 else "")
             console.print(f"note: {len(self.other_runs)} run folders of sweep {self.spec.name} are not in this spec "
-                          f"({shown}); `scaling fit` on the sweep's folder still fits them, so move them elsewhere "
+                          f"({dropped_ids}); `scaling fit` on the sweep's folder still fits them, so move them elsewhere "
                           "to leave them out", markup=False)
         conflicts = [row for row in self.rows if row.conflict]
         if conflicts:
@@ -348,7 +348,7 @@ def _duration(seconds: float) -> str:
 def run_state(runs_root: Path, run: PlannedRun) -> tuple[str, float]:
     """Return the run's state in the store and the fraction of its steps already done.
 
-    A folder that holds another run ("conflict", see `folder_conflict`) is reported by `make_plan`.
+    A folder that contains another run ("conflict", see `folder_conflict`) is reported by `make_plan`.
     """
     run_dir = RunDir.at(runs_root, run.config.sweep, run.run_id)
     summary = run_dir.summary() if run_dir.summary_path.exists() else None
