@@ -155,6 +155,8 @@ class _RelayWarnings(logging.Handler):
             self.replies.write(json.dumps({"run_id": self.run_id, "warning": record.getMessage()}) + "\n")
         except (OSError, ValueError):  # the launcher is gone; the run's log keeps the message
             pass
+        except Exception:  # a message that cannot be formatted: logging's own report, never a failed run
+            self.handleError(record)
 
 
 def _serve_one(request: dict[str, Any], cores: tuple[int, ...] | None, replies: IO[str]) -> int:
