@@ -257,7 +257,9 @@ def check_existing_runs(runs: list[PlannedRun], runs_root: Path) -> None:
     metas: dict[str, dict[str, Any]] = {}
     for run in runs:
         path = str(run.config.data.path)
-        meta = metas.setdefault(path, prepared_meta(path))
+        if path not in metas:  # every run of a spec shares one corpus: read its meta.json once
+            metas[path] = prepared_meta(path)
+        meta = metas[path]
         tokens = meta.get("tokens") or {}
         if "train" in tokens and "val" in tokens:
             problem = corpus_size_problem(run.config.data, int(tokens["train"]), int(tokens["val"]), in_spec=True)
