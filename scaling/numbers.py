@@ -66,3 +66,8 @@ def human_count(value: float) -> str:
         if abs(value) >= scale * (1 - 5e-4):
             return f"{value / scale:.3g}{suffix}"
     return f"{value:.3g}"
+
+
+def counted(count: int, noun: str) -> str:
+    """Return "1 run" or "3 runs": `count` with `noun`, plural by an added "s" unless the count is 1."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

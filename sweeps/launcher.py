@@ -39,6 +39,7 @@ from rich.progress import TaskID
 from scaling.config import PROGRAMS_KEPT, parse_mesh, program_identity
 from scaling.errors import UserError
 from scaling.host_memory import switch_setting
+from scaling.numbers import counted
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_checks import corpus_size_problem, folder_conflict, prepared_meta
 from scaling.run_store import RunDir
@@ -293,7 +294,8 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
     slots = split_cores(workers)
     check_meshes_fit(todo, slots[0])
     switch_setting()  # a bad SCALING_KEEP_FREED_MEMORY would fail every run in its worker
-    log.info("sweep %s: %d runs, %d to run on %d workers (cores %s)", spec.name, len(runs), len(todo), len(slots),
+    log.info("sweep %s: %s, %d to run on %s (cores %s)", spec.name, counted(len(runs), "run"), len(todo),
+             counted(len(slots), "worker"),
              " | ".join(",".join(map(str, slot.cores)) for slot in slots))
 
     bar = SweepProgress(console, enabled=progress, total_weight=sum(weights[run.run_id] for run in todo),

@@ -33,7 +33,7 @@ from scaling.errors import UserError
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_checks import corpus_size_problem, folder_conflict
 from scaling.run_store import RunDir
-from scaling.numbers import format_count, human_count
+from scaling.numbers import counted, format_count, human_count
 from sweeps.resources import split_cores
 from sweeps.spec import PlannedRun, PreparedData, SweepSpec, expand, prepare_data
 
@@ -284,19 +284,20 @@ class Plan:
                    < row.run.config.optimizer.warmup_steps]
         if clipped:
             console.print(f"warning: optimizer.warmup_steps={self.spec.optimizer.warmup_steps} is more than a fifth of "
-                          f"{len(clipped)} runs ({_listed(clipped)}); each warms up for a fifth of its steps instead",
+                          f"{counted(len(clipped), 'run')} ({_listed(clipped)}); each warms up for a fifth of its "
+                          "steps instead",
                           markup=False)
         repeated = [row for row in self.rows if row.epochs > 1]
         if repeated:
-            console.print(f"warning: {len(repeated)} runs see their training data more than once (up to "
+            console.print(f"warning: {counted(len(repeated), 'run')} will see training data more than once (up to "
                           f"{max(row.epochs for row in repeated):.2f} epochs: {_listed(repeated)}); use a larger "
                           "corpus for budgets of that size", markup=False)
         if self.other_runs:
             more = len(self.other_runs) - 3
             dropped_ids = ", ".join(self.other_runs[:3]) + (f" and {more} more" if more > 0 else "")
-            console.print(f"note: {len(self.other_runs)} run folders of sweep {self.spec.name} are not in this spec "
-                          f"({dropped_ids}); `scaling fit` on the sweep's folder still fits them, so move them elsewhere "
-                          "to leave them out", markup=False)
+            console.print(f"note: sweep {self.spec.name} has {counted(len(self.other_runs), 'run folder')} that this "
+                          f"spec no longer gives ({dropped_ids}); `scaling fit` on the sweep's folder still fits them, "
+                          "so move them elsewhere to leave them out", markup=False)
         conflicts = [row for row in self.rows if row.conflict]
         if conflicts:
             console.print(f"conflict: {len(conflicts)} run folders hold other runs than this spec gives, so "

@@ -60,3 +60,11 @@ def test_parse_number_takes_small_and_negative_values(text):
 def test_parse_number_names_the_key(text):
     with pytest.raises(UserError, match="x="):
         parse_number(text, "x")
+
+
+def test_counted_nouns():
+    from scaling.numbers import counted
+
+    assert counted(1, "run") == "1 run"
+    assert counted(0, "worker") == "0 workers"
+    assert counted(3, "run folder") == "3 run folders"

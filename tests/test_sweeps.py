@@ -571,7 +571,8 @@ def test_plan_warns_about_clipped_warmup_and_repeated_data(corpus_dir, tmp_path,
     assert "warning: optimizer.warmup_steps=5000 is more than a fifth of 2 runs" in out
     repeated = [row for row in plan.rows if row.epochs > 1]
     assert repeated
-    assert f"warning: {len(repeated)} runs see their training data more than once" in out
+    runs_word = "run" if len(repeated) == 1 else "runs"
+    assert f"warning: {len(repeated)} {runs_word} will see training data more than once" in out
 
 
 def test_run_held_by_another_process_is_left_to_it(corpus_dir, tmp_path):
@@ -602,4 +603,4 @@ def test_plan_names_run_folders_the_spec_no_longer_gives(corpus_dir, tmp_path, c
     assert plan.to_dict()["other_runs"] == dropped
     plan.print()
     out = " ".join(capsys.readouterr().out.split())
-    assert f"note: 1 run folders of sweep tiny are not in this spec ({dropped[0]})" in out
+    assert f"note: sweep tiny has 1 run folder that this spec no longer gives ({dropped[0]})" in out
