@@ -271,8 +271,8 @@ def _replicates(refit: Callable[[np.ndarray], dict[str, float] | None], draws: l
 def _usable(refit: Callable[..., dict[str, float] | None], *args: Any) -> dict[str, float] | None:
     """Return one replicate's refit, or None when its arithmetic fails.
 
-    The fits return None for data they cannot fit; this also covers a failure none of them foresaw (a least-
-    squares solve that does not converge, a value beyond a float), so that one odd resample costs one
+    The fits return None for data they cannot fit. This also covers a failure none of them foresaw: a least-
+    squares solve that does not converge, or a value beyond a float. So one odd resample costs one
     replicate, counted as unusable, rather than the whole `scaling fit`.
     """
     try:

@@ -178,7 +178,7 @@ def balanced_split(keys: list[str], sizes: list[int], val_fraction: float) -> Sp
     largest = max(range(len(keys)), key=lambda index: (sizes[index], keys[index]))
     # A document of one byte cannot be split, so then the whole documents chosen stay (or the smallest one).
     if (not chosen or far_from_request(val_bytes / total, val_fraction)) and sizes[largest] >= 2:
-        # Whole documents cannot come near the request: one document holds most of the text (a book beside
+        # Whole documents cannot come near the request: one document has most of the text (a book beside
         # its licence file, say). Its last lines become validation, as for a source of a single document.
         return Split(in_val=[False] * len(keys), hashed_share=hashed_share, share=target / total,
                      moved_in=[], moved_out=[keys[index] for index in order if in_val[index] and index != largest],

@@ -476,7 +476,7 @@ def _loop(run: _Run, state: dict[str, Any], start_step: int, progress: bool) -> 
     val_bytes = predicted_bytes(windows, corpus.tokenizer)
     val_tokens = windows.shape[0] * (windows.shape[1] - 1)
     if config.data.eval_tokens >= val_tokens + config.data.seq_len:  # more than one window short of the request
-        log.warning("run %s asks for eval_tokens=%d, but the validation split holds %d windows of %d tokens, so "
+        log.warning("run %s requests eval_tokens=%d, but the validation split has %d windows of %d tokens, so "
                     "each evaluation scores %d tokens; lower eval_tokens, or prepare the corpus with a larger "
                     "--val-fraction", config.run_id, config.data.eval_tokens, windows.shape[0],
                     config.data.seq_len, val_tokens)

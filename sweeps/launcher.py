@@ -247,7 +247,7 @@ def check_meshes_fit(runs: list[PlannedRun], slot: WorkerSlot) -> None:
 
 
 def check_existing_runs(runs: list[PlannedRun], runs_root: Path) -> None:
-    """Raise UserError when a run of the sweep cannot train as the spec now gives it: its corpus holds less
+    """Raise UserError when a run of the sweep cannot train as the spec now gives it: its corpus has less
     than one batch, or its folder already contains another run (the spec or its corpus changed).
 
     scaling.train would refuse such a run too, but only inside its worker, and a completed run would be

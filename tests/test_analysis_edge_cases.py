@@ -113,7 +113,7 @@ def test_kaplan_zero_scale_with_irreducible():
 # Too few usable replicates --------------------------------------------------------------------------------------
 
 
-def test_min_usable_replicates_is_half_and_enough_for_the_level():
+def test_min_usable_replicates():
     # Half of the replicates, and at least 2 / (1 - level), so that a bound is not simply the extreme replicate.
     assert min_usable_replicates(200) == 100
     assert min_usable_replicates(60) == 40

@@ -505,8 +505,8 @@ def test_corpus_path_naming_a_file_of_it(capsys, tmp_path, text_corpus):
                       f"set data.path to its folder {text_corpus}")
 
 
-def test_glob_expanded_by_the_shell_is_named(capsys, tmp_path):
-    """An unquoted glob reaches `data prepare` as many paths; the error says to quote it."""
+def test_expanded_glob_refused(capsys, tmp_path):
+    """An unquoted glob reaches `data prepare` as many paths, and the error asks to quote it."""
     paths = []
     for name in ("a.txt", "b.txt", "c.txt"):
         (tmp_path / name).write_text("some text\n")

@@ -166,7 +166,7 @@ def test_invalid_value_named_by_config_key(raw, key):
     assert "Config." not in str(error.value)
 
 
-def test_yaml_repeated_key_is_refused_but_merge_override_is_kept():
+def test_yaml_repeated_key_refused():
     """A repeated key names both lines; overriding a key merged from an anchor is intended and allowed."""
     import yaml
 

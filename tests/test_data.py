@@ -126,7 +126,7 @@ def test_split_val_fraction_respected(tmp_path: Path):
     assert meta["documents"]["train"] + meta["documents"]["val"] == 400
 
 
-def test_split_of_two_documents_takes_a_tail_of_one(tmp_path: Path):
+def test_two_documents_split_by_tail(tmp_path: Path):
     # A whole document would be half of the corpus: the last lines of the larger one are validation instead.
     source = write_documents(tmp_path / "two", 2)
     meta = prepared(source, tmp_path / "out")
@@ -540,7 +540,7 @@ def test_default_data_dir_names(tmp_path: Path):
     assert default_data_dir(PYTHON_STDLIB, "bpe", 4096, tmp_path) == tmp_path / "_data" / "python-stdlib-bpe-4096"
 
 
-def test_default_data_dir_names_every_setting_that_changes_the_tokens(tmp_path: Path):
+def test_default_data_dir_names_settings(tmp_path: Path):
     """Two preparations of one source with other settings never share (and so never replace) one folder."""
     named = default_data_dir(PYTHON_STDLIB, "bytes", 4096, tmp_path, val_fraction=0.3).name
     assert named == "python-stdlib-bytes-val0.3"
@@ -551,7 +551,7 @@ def test_default_data_dir_names_every_setting_that_changes_the_tokens(tmp_path: 
         "python-stdlib-bytes")
 
 
-def test_sweeps_with_other_validation_shares_prepare_separate_folders(tmp_path: Path):
+def test_val_fraction_separate_folders(tmp_path: Path):
     from sweeps.spec import parse_spec, prepare_data
 
     source = write_documents(tmp_path / "docs", 20)

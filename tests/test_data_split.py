@@ -163,7 +163,7 @@ def test_reused_private_folder_opened_to_umask(tmp_path: Path, caplog: pytest.Lo
     assert "from 0700 to 0755" in caplog.text
 
 
-def test_tail_of_a_short_document_is_warned_with_the_share_written(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+def test_short_tail_share_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     # No whole file is near 5% of the bytes, and the larger one has 2 lines, so its tail is one line: 29%.
     source = tmp_path / "tiny"
     source.mkdir()
@@ -179,13 +179,13 @@ def test_tail_of_a_short_document_is_warned_with_the_share_written(tmp_path: Pat
     assert "the last lines of a.txt" in warnings[0]
 
 
-def test_documents_of_one_byte_keep_a_whole_document_split(tmp_path: Path):
+def test_one_byte_documents_split_whole(tmp_path: Path):
     source = write_sized(tmp_path / "bytes", {"a.txt": 1, "b.txt": 1})
     meta = prepare(str(source), tmp_path / "out", progress=False)
     assert meta["documents"] == {"train": 1, "val": 1}
 
 
-def test_binary_files_are_left_out_with_their_names(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+def test_binary_files_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     source = write_sized(tmp_path / "mixed", {"a.txt": 4000, "b.txt": 3000})
     (source / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8)
     caplog.set_level(logging.WARNING)
@@ -193,8 +193,10 @@ def test_binary_files_are_left_out_with_their_names(tmp_path: Path, caplog: pyte
     meta = prepare(str(source), tmp_path / "out", progress=False)
 
     assert meta["bytes"]["train"] + meta["bytes"]["val"] == 7000  # the two text files, nothing of the image
-    assert any("left out 1 binary files" in record.getMessage() and "image.png" in record.getMessage()
-               for record in caplog.records)
+    binary = [record.getMessage() for record in caplog.records if "binary files" in record.getMessage()]
+    assert len(binary) == 1
+    assert "left out 1 binary files" in binary[0]
+    assert "image.png" in binary[0]
 
 
 def test_far_from_request_judges_the_training_share_too():
@@ -202,4 +204,5 @@ def test_far_from_request_judges_the_training_share_too():
 
     assert far_from_request(0.9, 0.5)  # training keeps 10% of the bytes, not 50%
     assert not far_from_request(0.379, 0.5)
-    assert far_from_request(0.01, 0.05) and not far_from_request(0.101, 0.05)
+    assert far_from_request(0.01, 0.05)
+    assert not far_from_request(0.101, 0.05)

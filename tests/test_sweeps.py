@@ -309,7 +309,7 @@ def record_completed_runs(runs: list, root: Path) -> None:
         run_dir.write_summary({**initial_summary(run.run_id, run.config.sweep, "completed"), "final_val_loss": 2.5})
 
 
-def test_plan_and_launch_refuse_folders_that_hold_other_runs(corpus_dir, tmp_path, capsys):
+def test_conflicting_run_folders_refused(corpus_dir, tmp_path, capsys):
     """Completed runs of another corpus or config are neither skipped nor shown as completed."""
     from sweeps.launcher import check_existing_runs
 
@@ -341,7 +341,7 @@ def test_plan_and_launch_refuse_folders_that_hold_other_runs(corpus_dir, tmp_pat
     assert not (root / "tiny" / LOGS_FOLDER).exists()  # no worker was started
 
 
-def test_plan_and_launch_refuse_a_corpus_smaller_than_one_batch(tmp_path):
+def test_sweep_corpus_below_one_batch(tmp_path):
     text = tmp_path / "tiny_text"
     text.mkdir()
     (text / "a.txt").write_text("hello world\nsecond line\nthird line\n")
@@ -562,7 +562,7 @@ def test_corpus_difference_names_the_changed_settings():
 
 
 def test_plan_warns_about_clipped_warmup_and_repeated_data(corpus_dir, tmp_path, capsys):
-    """What a launch would warn about run by run, the plan says once, before anything runs."""
+    """What a launch would warn about run by run, the plan prints once, before anything runs."""
     spec = parse_spec(tiny_raw(corpus_dir, optimizer={"peak_lr": "1e-2", "warmup_steps": 5000},
                                grid={"params": ["4K"], "tokens": ["20K", "2e5"]}))
     plan = make_plan(spec, tmp_path / "runs", probe=False)
@@ -575,8 +575,8 @@ def test_plan_warns_about_clipped_warmup_and_repeated_data(corpus_dir, tmp_path,
     assert f"warning: {len(repeated)} {runs_word} will see training data more than once" in out
 
 
-def test_run_held_by_another_process_is_left_to_it(corpus_dir, tmp_path):
-    """A second launch of a sweep reports the runs the first one holds as trained elsewhere, not failed."""
+def test_locked_run_trains_elsewhere(corpus_dir, tmp_path):
+    """A second launch of a sweep reports the runs locked by the first one as trained elsewhere, not failed."""
     from scaling.run_lock import RunLock
     from scaling.run_store import RunDir
 
@@ -585,15 +585,15 @@ def test_run_held_by_another_process_is_left_to_it(corpus_dir, tmp_path):
     held, free = expand(spec, runs)
     held_dir = RunDir.at(runs, "tiny", held.run_id)
     held_dir.path.mkdir(parents=True)
-    with RunLock(held_dir.path):  # as the first launch's worker holds it while it trains the run
+    with RunLock(held_dir.path):  # as the first launch's worker locks it while it trains the run
         outcomes = {outcome.run.run_id: outcome for outcome in run_sweep(spec, runs, workers=1, progress=False)}
     assert outcomes[held.run_id].status == "elsewhere"
     assert not outcomes[held.run_id].ok
-    assert held_dir.summary() is None  # its summary is left to the process that holds it
+    assert held_dir.summary() is None  # its summary is left to the process that has the lock
     assert outcomes[free.run_id].status == "completed"
 
 
-def test_plan_names_run_folders_the_spec_no_longer_gives(corpus_dir, tmp_path, capsys):
+def test_plan_names_dropped_runs(corpus_dir, tmp_path, capsys):
     root = tmp_path / "runs"
     spec = parse_spec(tiny_raw(corpus_dir))
     record_completed_runs(expand(spec, root), root)

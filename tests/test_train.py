@@ -193,7 +193,7 @@ def test_run_files_share_one_mode(small_corpus, tmp_path):
 
 
 def test_eval_tokens_beyond_the_validation_split_is_warned(small_corpus, tmp_path, caplog):
-    """A request for more validation tokens than the corpus holds scores what there is, and says so."""
+    """A request for more validation tokens than the corpus has scores what there is, with a warning."""
     import logging
 
     from scaling.data import PreparedCorpus
@@ -204,5 +204,5 @@ def test_eval_tokens_beyond_the_validation_split_is_warned(small_corpus, tmp_pat
                          data=DataConfig(path=str(small_corpus), seq_len=32, batch_size=8, eval_tokens=10**7))
     assert train(config, tmp_path, progress=False)["status"] == "completed"
     scored = (val_tokens - 1) // 32 * 32
-    assert any(f"asks for eval_tokens=10000000, but the validation split holds {scored // 32} windows of 32 tokens, "
+    assert any(f"requests eval_tokens=10000000, but the validation split has {scored // 32} windows of 32 tokens, "
                f"so each evaluation scores {scored} tokens" in record.getMessage() for record in caplog.records)
