@@ -120,7 +120,7 @@ def kv_cache_rows(query: Query) -> list[dict[str, Any]]:
     rows = kv_cache_comparison(shape.n_layers, shape.n_heads, shape.head_dim, shape.context, shape.batch_size,
                                shape.bytes_per_value, gqa_kv_heads=shape.gqa_kv_heads)
     if shape.gqa_kv_heads is not None and not any(row["attention"] == "GQA" for row in rows):
-        # The comparison leaves out a GQA row equal to MHA (G = heads) or MQA (G = 1). The user asked for that
+        # The comparison leaves out a GQA row equal to MHA (G = heads) or MQA (G = 1). The user requested that
         # G, so its row is shown between them, and kv_cache_notes states which one it equals.
         same = next(row for row in rows if row["kv_heads"] == shape.gqa_kv_heads)
         rows.insert(1, {**same, "attention": "GQA"})
@@ -313,8 +313,9 @@ def _interval_over(laws: Sequence[Law], query: Query, level: float, requested: i
         samples[key] = values[~np.isnan(values)]
         too_few = too_few_replicates(samples[key].size, requested, level=level)
         interval[key] = None if too_few else _listed(percentile_interval(samples[key], level))
-    asked = _ASKED[query.kind]
-    interval["note"] = interval_note({asked: samples[asked]}, requested, level=level) if asked in samples else None
+    quantity = _ASKED[query.kind]
+    interval["note"] = (interval_note({quantity: samples[quantity]}, requested, level=level) if quantity in samples
+                        else None)
     return interval
 
 

@@ -101,7 +101,7 @@ def min_usable_replicates(requested: int, level: float = 0.95) -> int:
     """Return how many of `requested` replicates must be usable for a central `level` interval.
 
     At least MIN_USABLE_FRACTION of them, and at least 2 / (1 - level) (40 for 95%): with fewer, each bound
-    is the most extreme replicate on its side, whatever the level asked for, so the interval tells little.
+    is the most extreme replicate on its side, whatever the requested level, so the interval carries little information.
     """
     return max(math.ceil(2 / (1 - level) - 1e-9), math.ceil(MIN_USABLE_FRACTION * requested))
 

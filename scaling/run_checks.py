@@ -5,7 +5,7 @@ the first one starts, so that a sweep stops with one message instead of failing 
 sweep plan` makes them too, to show what a launch would refuse. This module imports no JAX.
 
 - `corpus_size_problem`: the corpus has less than one training batch or one validation sequence.
-- `folder_conflict`: the run folder already holds another run, trained with a different config or on a
+- `folder_conflict`: the run folder already contains another run, trained with a different config or on a
   different corpus. Such a run is never skipped as completed nor resumed, because its losses would be
   reported as those of the run the config now describes.
 """

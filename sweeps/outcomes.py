@@ -97,9 +97,9 @@ def ended_outcome(run: Any, root: Path, returncode: int, *, reason: str, wall_s:
         # to it. The run is not failed, only not this launch's to finish.
         log.warning("run %s is being trained by another process, which keeps it; launch again after that process "
                     "ends to see it in this table as done; log: %s", run.run_id, log_path)
-        held = read_summary(RunDir.at(root, run.config.sweep, run.run_id)) or initial_summary(
+        locked_summary = read_summary(RunDir.at(root, run.config.sweep, run.run_id)) or initial_summary(
             run.run_id, run.config.sweep, "running")
-        return RunOutcome(run, "elsewhere", held, wall_s, log_path, cpu_s)
+        return RunOutcome(run, "elsewhere", locked_summary, wall_s, log_path, cpu_s)
     error = (summary or {}).get("error") or message
     if not error:
         error = reason

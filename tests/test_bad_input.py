@@ -506,7 +506,7 @@ def test_corpus_path_naming_a_file_of_it(capsys, tmp_path, text_corpus):
 
 
 def test_expanded_glob_refused(capsys, tmp_path):
-    """An unquoted glob reaches `data prepare` as many paths, and the error asks to quote it."""
+    """An unquoted glob reaches `data prepare` as many paths, and the error names the fix: quote it."""
     paths = []
     for name in ("a.txt", "b.txt", "c.txt"):
         (tmp_path / name).write_text("some text\n")

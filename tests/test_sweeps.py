@@ -582,14 +582,14 @@ def test_locked_run_trains_elsewhere(corpus_dir, tmp_path):
 
     spec = parse_spec(tiny_raw(corpus_dir))
     runs = tmp_path / "runs"
-    held, free = expand(spec, runs)
-    held_dir = RunDir.at(runs, "tiny", held.run_id)
-    held_dir.path.mkdir(parents=True)
-    with RunLock(held_dir.path):  # as the first launch's worker locks it while it trains the run
+    locked, free = expand(spec, runs)
+    locked_dir = RunDir.at(runs, "tiny", locked.run_id)
+    locked_dir.path.mkdir(parents=True)
+    with RunLock(locked_dir.path):  # as the first launch's worker locks it while it trains the run
         outcomes = {outcome.run.run_id: outcome for outcome in run_sweep(spec, runs, workers=1, progress=False)}
-    assert outcomes[held.run_id].status == "elsewhere"
-    assert not outcomes[held.run_id].ok
-    assert held_dir.summary() is None  # its summary is left to the process that has the lock
+    assert outcomes[locked.run_id].status == "elsewhere"
+    assert not outcomes[locked.run_id].ok
+    assert locked_dir.summary() is None  # its summary is left to the process that has the lock
     assert outcomes[free.run_id].status == "completed"
 
 
