@@ -3,7 +3,9 @@
 A source is one of:
 - `python-stdlib`: the `.py` files under `sysconfig.get_paths()["stdlib"]`, without test folders (`test/`,
   `tests/`, `idlelib/idle_test/`, `lib2to3/tests/`, ...) and without `site-packages`;
-- a text file, a folder (every non-hidden file below it), or a glob pattern (`data/**/*.txt`);
+- a text file, a folder (every non-hidden file below it, except files that describe the corpus, such as
+  README or SOURCE.txt: see `DESCRIPTION_STEMS`), or a glob pattern (`data/**/*.txt`), which takes every
+  file it matches;
 - a JSONL file (`.jsonl` or `.ndjson`, also inside a folder or glob) whose records hold the text in a named field.
 
 A document is one file or one JSONL record. Bytes that are not valid UTF-8 are decoded with
@@ -32,6 +34,11 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 # Folder names skipped inside the standard library: test suites (test/, tests/, idlelib/idle_test/,
 # lib2to3/tests/, ...), installed third-party packages and bytecode caches.
 STDLIB_EXCLUDED_FOLDERS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+# Upper-case file names that describe a corpus folder rather than belong to it (README.md, SOURCE.txt,
+# LICENSE). A folder source leaves them out, because a model should not train or validate on a provenance
+# note. A glob pattern or a file source that names them keeps them.
+DESCRIPTION_STEMS = frozenset({"README", "SOURCE", "SOURCES", "LICENSE", "LICENCE", "COPYING", "NOTICE", "CITATION",
+                               "AUTHORS", "CHANGELOG", "CHANGES"})
 SOURCE_HELP = "give python-stdlib, a text file, a folder, a glob pattern, or a .jsonl file"
 # A validation byte share under a third or over three times the request is far from it. A factor of 2 would
 # warn on the default corpus, whose 41 validation files contain 10.1% of its bytes for 5% requested (Python 3.11).
@@ -63,6 +70,10 @@ class Corpus:
         self.source = source
         self.text_field = text_field
         self.kind, self.root, self.files = _resolve(source)
+        self.descriptions: list[str] = []  # files of a folder source left out as descriptions of the corpus
+        if self.kind == "folder":
+            self.files, described = _split_descriptions(self.files)
+            self.descriptions = [path.relative_to(self.root).as_posix() for path in described]
 
     def documents(self) -> Iterator[Document]:
         """Yield every document of the source, empty ones included, in file order and then record order."""
@@ -261,6 +272,19 @@ def _walk(root: Path, keep, skip_folders: frozenset[str]) -> list[Path]:
             if not name.startswith(".") and keep(name) and path.is_file():
                 found.append(path)
     return sorted(found)
+
+
+def is_description(name: str) -> bool:
+    """Return whether a file name such as README.md, SOURCE.txt or LICENSE describes a corpus folder."""
+    stem = name.split(".", 1)[0]
+    return stem.isupper() and stem in DESCRIPTION_STEMS
+
+
+def _split_descriptions(files: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Return (corpus files, described): a folder's files without those that describe it, unless that leaves none."""
+    described = [path for path in files if is_description(path.name)]
+    corpus_files = [path for path in files if not is_description(path.name)]
+    return (corpus_files, described) if corpus_files else (files, [])
 
 
 def _is_glob(text: str) -> bool:

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from scaling.corpus import assign_validation, balanced_split, validation_score
+from scaling.corpus import assign_validation, balanced_split, is_description, validation_score
 from scaling.data import prepare
 
 # A scaled-down copy of a folder of 15 books with two small notes beside them, under the books' real names.
-# Under the key hash alone the 93-byte README is the only validation document, 0.088% of the bytes.
+# A glob over the folder keeps the notes. Under the key hash alone the 93-byte README is then the only
+# validation document, 0.088% of the bytes.
 BOOKS = {
     "README.nltk": 93, "SOURCE.txt": 35, "austen-emma.txt": 8871, "austen-persuasion.txt": 4663,
     "austen-sense.txt": 6730, "bible-kjv.txt": 43326, "blake-poems.txt": 382, "carroll-alice.txt": 1444,
@@ -49,7 +50,7 @@ def test_few_documents_reach_requested_share(tmp_path: Path, caplog: pytest.LogC
     source = write_sized(tmp_path / "books", BOOKS)
     caplog.set_level(logging.INFO, logger="scaling.data")
 
-    meta = prepare(str(source), tmp_path / "out", val_fraction=0.05, progress=False)
+    meta = prepare(str(source / "*"), tmp_path / "out", val_fraction=0.05, progress=False)
 
     assert 0.025 <= val_share(meta) <= 0.1, meta["bytes"]
     assert meta["documents"]["train"] >= 1
@@ -65,9 +66,10 @@ def test_few_documents_reach_requested_share(tmp_path: Path, caplog: pytest.LogC
 
 
 def test_rebuilt_split_ignores_order_and_location(tmp_path: Path):
-    first = prepare(str(write_sized(tmp_path / "a" / "books", BOOKS)), tmp_path / "out-a", progress=False)
+    first = prepare(str(write_sized(tmp_path / "a" / "books", BOOKS) / "*"), tmp_path / "out-a", progress=False)
     reversed_sizes = dict(reversed(list(BOOKS.items())))
-    second = prepare(str(write_sized(tmp_path / "b" / "elsewhere", reversed_sizes)), tmp_path / "out-b", progress=False)
+    second_source = write_sized(tmp_path / "b" / "elsewhere", reversed_sizes) / "*"
+    second = prepare(str(second_source), tmp_path / "out-b", progress=False)
 
     assert first["fingerprint"] == second["fingerprint"]
     assert first["split"] == second["split"]
@@ -197,6 +199,45 @@ def test_binary_files_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     assert len(binary) == 1
     assert "left out 1 binary files" in binary[0]
     assert "image.png" in binary[0]
+
+
+def test_folder_leaves_out_description_files(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    source = write_sized(tmp_path / "books", BOOKS)
+    caplog.set_level(logging.WARNING)
+
+    meta = prepare(str(source), tmp_path / "out", progress=False)
+
+    assert meta["documents"]["train"] + meta["documents"]["val"] == 15
+    assert meta["bytes"]["train"] + meta["bytes"]["val"] == sum(BOOKS.values()) - 93 - 35
+    described = [record.getMessage() for record in caplog.records if "describe the corpus" in record.getMessage()]
+    assert len(described) == 1
+    assert "README.nltk, SOURCE.txt" in described[0]
+
+
+def test_glob_keeps_description_files(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    source = write_sized(tmp_path / "books", BOOKS)
+    caplog.set_level(logging.WARNING)
+
+    meta = prepare(str(source / "*"), tmp_path / "out", progress=False)
+
+    assert meta["documents"]["train"] + meta["documents"]["val"] == 17
+    assert not [record for record in caplog.records if "describe the corpus" in record.getMessage()]
+
+
+@pytest.mark.parametrize("name, described", [
+    ("README.md", True), ("SOURCE.txt", True), ("LICENSE", True), ("README", True), ("CITATION.cff", True),
+    ("readme.txt", False), ("Source.txt", False), ("SOURCE_CODE.txt", False), ("notes.txt", False),
+])
+def test_description_file_names(name: str, described: bool):
+    assert is_description(name) == described
+
+
+def test_folder_of_descriptions_only_kept(tmp_path: Path):
+    source = write_sized(tmp_path / "notes", {"README.md": 3000, "LICENSE": 2000})
+
+    meta = prepare(str(source), tmp_path / "out", progress=False)
+
+    assert meta["bytes"]["train"] + meta["bytes"]["val"] == 5000
 
 
 def test_far_from_request_judges_the_training_share_too():
