@@ -92,20 +92,27 @@ def main() -> int:
 
     seconds: collections.Counter = collections.Counter()
     kernels: collections.Counter = collections.Counter()
+    busy_per_thread = []  # seconds per step in which each of XLA's worker threads ran a kernel
     for plane in trace.planes:
         for line in plane.lines:
             if "XLAEigen" not in line.name:  # XLA's worker threads, where the kernels run
                 continue
+            busy = 0.0
             for event in line.events:
                 if event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
                     continue  # the executor's own spans contain the kernels
                 part = model_part(op_names.get(event.name, "?"))
                 seconds[part] += event.duration_ns / 1e9 / args.steps
                 kernels[part] += 1 / args.steps
+                busy += event.duration_ns / 1e9 / args.steps
+            busy_per_thread.append(busy)
 
     total = sum(seconds.values())
     print(f"d_model {args.d_model}, {args.layers} layers: step {1e3 * best:.1f} ms wall (fastest of {args.steps}), "
           f"{1e3 * total:.1f} ms of kernel thread time in {sum(kernels.values()):.0f} kernels per step")
+    # A thread busy for less than the step's wall time waited for work: the step kept fewer cores busy.
+    print("busy share of the step's wall time, per XLA worker thread: "
+          + ", ".join(f"{busy / best:.2f}" for busy in sorted(busy_per_thread, reverse=True)))
     for part, value in seconds.most_common(args.top):
         print(f"{1e3 * value:8.2f} ms {100 * value / total:5.1f}% {kernels[part]:6.0f} kernels  {part}")
     return 0

@@ -35,7 +35,10 @@ def test_profile_step_attributes_kernels_to_model_parts():
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("d_model 32, 1 layers: step")
-    parts = [line.split("kernels", 1)[1].strip() for line in lines[1:]]
+    assert lines[1].startswith("busy share of the step's wall time, per XLA worker thread: ")
+    shares = [float(share) for share in lines[1].split(": ", 1)[1].split(", ")]
+    assert all(share > 0 for share in shares)
+    parts = [line.split("kernels", 1)[1].strip() for line in lines[2:]]
     assert "fwd block_N/attention" in parts
     assert "bwd block_N/attention" in parts
     assert any(part.startswith("fwd block_N/mlp") for part in parts)
