@@ -162,8 +162,10 @@ def _connect(ray, address: str | None, local_cpus: int | None) -> None:
                             "`ray start --head` or leave --address out for a local instance") from None
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private instance reports nothing anywhere
-    ray.init(num_cpus=local_cpus or os.cpu_count() or 1, include_dashboard=False, _node_ip_address=LOCAL_ADDRESS,
-             runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=False)
+    # address="local" starts a new instance even when `ray start` or RAY_ADDRESS names a running cluster,
+    # which ray.init() would otherwise join (and refuse, since num_cpus is given).
+    ray.init(address="local", num_cpus=local_cpus or os.cpu_count() or 1, include_dashboard=False,
+             _node_ip_address=LOCAL_ADDRESS, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=False)
     addresses = sorted({node["NodeManagerAddress"] for node in ray.nodes()})
     if addresses != [LOCAL_ADDRESS]:  # Ray was imported before LOOPBACK_ONLY_ENV could take effect
         ray.shutdown()

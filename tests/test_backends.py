@@ -37,8 +37,11 @@ def local_losses(corpus_dir, tmp_path_factory):  # noqa: F811
     return {outcome.run.run_id: outcome.summary["final_val_loss"] for outcome in outcomes}
 
 
-def test_ray_backend_matches_local(corpus_dir, tmp_path, local_losses):  # noqa: F811
+def test_ray_backend_matches_local(corpus_dir, tmp_path, local_losses, monkeypatch):  # noqa: F811
     pytest.importorskip("ray")
+    # Without --address the launcher starts a private instance, even where RAY_ADDRESS (or `ray start`)
+    # names another cluster; ray.init() alone would try to join that one.
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     spec = parse_spec(tiny_sweep(corpus_dir, "tiny", resources={"cpus": 1}))
     outcomes = run_with_backend("ray", spec, tmp_path, progress=False)
     assert [outcome.status for outcome in outcomes] == ["completed", "completed"]
