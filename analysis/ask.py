@@ -1,8 +1,9 @@
 """Answer a parsed question with every published law, and with the user's own fit when one is given.
 
 One row per law, always with the same keys: law, params (N), tokens (D), tokens_per_param (D/N),
-flops (C = 6ND), loss (nats/token, None when the law predicts none), source, and interval. Compute is 6ND
-throughout. `interval` is None unless the law comes with bootstrap replicates (a fit.json written with
+flops (C = 6ND), loss (nats/token, None when the law predicts none), data (the corpus the loss is measured
+on), source, and interval. Compute is 6ND throughout. A value beyond floating point is infinite, and a note
+says which law gives it. `interval` is None unless the law comes with bootstrap replicates (a fit.json written with
 bootstraps); then it maps each numeric key to its [low, high] percentile interval, with its "level".
 
 With a fit.json, the row of its approach 3 law comes first. For allocation questions the rows of its approach 2
@@ -28,9 +29,9 @@ from analysis.bootstrap import interval_note, percentile_interval, too_few_repli
 from analysis.defaults import DEFAULT_BOOTSTRAPS
 from analysis.fit import missing_result, read_fit
 from analysis.laws import Law, ParametricLaw, PowerLawAllocation, all_laws, get_law
-from analysis.query import Query, check_gqa_kv_heads, parse_query
+from analysis.query import Query, check_gqa_kv_heads, far_notes, parse_query
 
-ROW_KEYS = ("law", "params", "tokens", "tokens_per_param", "flops", "loss", "source", "interval")
+ROW_KEYS = ("law", "params", "tokens", "tokens_per_param", "flops", "loss", "data", "source", "interval")
 KV_ROW_KEYS = ("attention", "kv_heads", "bytes", "gib", "n_layers", "n_heads", "head_dim", "context", "batch_size",
                "bytes_per_value", "source")
 INTERVAL_KEYS = ("params", "tokens", "tokens_per_param", "flops", "loss")
@@ -76,33 +77,36 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
     if query.kind == "loss_at" and not law_keys:
         # Allocation rules predict no loss, so their rows would only repeat the question.
         rows = [row for row in rows if row["loss"] is not None]
+    quantity = _ASKED[query.kind]
     if fit is not None:
         record = fit if isinstance(fit, dict) else read_fit(fit)
+        check_fit_record(record, _fit_source(fit))
         law = fitted_law(record, source=_fit_source(fit))
         row = answer_row(law, query)
-        row["interval"] = bootstrap_interval(record, query)
+        row["interval"] = bootstrap_interval(record, query) if _finite(row[quantity]) else None
         own_rows = [row]
         if query.kind in _ALLOCATING:
             for approach in ("approach2", "approach1"):
                 allocation_law = fitted_allocation(record, approach, source=_fit_source(fit))
                 if allocation_law is not None:
                     allocation_row = answer_row(allocation_law, query)
-                    allocation_row["interval"] = allocation_interval(record, approach, query)
+                    # A row without a value gets no interval either, because replicates cannot stand in for the estimate.
+                    allocation_row["interval"] = (allocation_interval(record, approach, query)
+                                                  if _finite(allocation_row[quantity]) else None)
                     own_rows.append(allocation_row)
         rows[:0] = own_rows
     rows = tuple(rows)
-    notes = disagreement_notes(query, rows)
+    notes = far_notes(query) + disagreement_notes(query, rows)
     if fit is not None:
         notes[:0] = fit_notes(record, query, own_rows, published=len(rows) > len(own_rows))
-        quantity = _ASKED[query.kind]
-        overflowed = [row["law"] for row in own_rows if row[quantity] is not None and not math.isfinite(row[quantity])]
         for row in own_rows:
             missing = (row["interval"] or {}).get("note")
             if missing:
                 notes.append(f"{row['law']}: no {100 * row['interval']['level']:.0f}% interval: {missing}")
-        if overflowed:
-            notes.append(f"{', '.join(overflowed)} gives no finite {quantity}: the fitted exponents put the answer "
-                         "beyond a float, so this fit cannot answer the question")
+    overflowed = [row["law"] for row in rows if row[quantity] is not None and not _finite(row[quantity])]
+    if overflowed:
+        notes.append(f"no finite {quantity} (shown as overflow) from: {'; '.join(overflowed)}. At this size their "
+                     "power laws leave the range of floating point, so they cannot answer the question")
     if query.kind == "loss_at":
         silent = [row["law"] for row in rows if row["loss"] is None]
         if silent:
@@ -194,8 +198,59 @@ def fitted_law(record: dict[str, Any], source: str = "your fit.json") -> Paramet
         name=f"your fit (approach 3, {convention} parameters, {record.get('n_runs', '?')} runs, {status})",
         citation=source,
         log_a=fitted["log_a"], log_b=fitted["log_b"], log_e=fitted["log_e"],
-        alpha=fitted["alpha"], beta=fitted["beta"], convention=convention,
+        alpha=fitted["alpha"], beta=fitted["beta"], convention=convention, data=fit_data(record),
     )
+
+
+def fit_data(record: dict[str, Any]) -> str:
+    """Return what a fit's losses are measured on: its runs' corpus, named by its source."""
+    return f"your runs ({record.get('runs_source', 'fit.json')})"
+
+
+def check_fit_record(record: Any, source: str) -> None:
+    """Raise UserError naming the first field of a fit.json record that `ask` needs and cannot use.
+
+    A fit.json written by `scaling fit` always passes; a hand-edited or truncated one gets a message naming
+    the field instead of a traceback.
+    """
+    def reject(field_name: str, problem: str) -> None:
+        raise UserError(f"{source}: {field_name} {problem}; write it again with `scaling fit RUNS`")
+
+    if not isinstance(record, dict):
+        reject("the record", f"is a JSON {type(record).__name__}, not an object")
+    approach3 = record.get("approach3")
+    if not isinstance(approach3, dict):
+        reject("approach3", "is missing, so there is no fitted L(N, D)")
+    for name in ("log_a", "log_b", "log_e", "alpha", "beta"):
+        if not _is_number(approach3.get(name)):
+            reject(f"approach3.{name}", f"is {approach3.get(name)!r}, not a number")
+    for approach in ("approach2", "approach1"):
+        fitted = record.get(approach) or {}
+        if not isinstance(fitted, dict):
+            reject(approach, f"is a JSON {type(fitted).__name__}, not an object")
+        for name in ("a", "params_coefficient"):
+            if fitted.get(name) is not None and not _is_number(fitted[name]):
+                reject(f"{approach}.{name}", f"is {fitted[name]!r}, not a number")
+    bootstrap = record.get("bootstrap")
+    if bootstrap:
+        samples = bootstrap.get("samples") if isinstance(bootstrap, dict) else None
+        values = samples.get("values") if isinstance(samples, dict) else None
+        converged = samples.get("converged") if isinstance(samples, dict) else None
+        if not isinstance(values, list) or not isinstance(converged, list) or len(values) != len(converged):
+            reject("bootstrap.samples", "does not hold matching lists of values and converged flags")
+        if not _is_number(bootstrap.get("level")) or not 0 < bootstrap["level"] < 1:
+            reject("bootstrap.level", f"is {bootstrap.get('level')!r}, not a level between 0 and 1")
+        for index, theta in enumerate(values):
+            if not isinstance(theta, list) or len(theta) != 5 or not all(_is_number(value) for value in theta):
+                reject(f"bootstrap.samples.values[{index}]", f"is {theta!r}, not five numbers")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def fitted_allocation(record: dict[str, Any], approach: str,
@@ -259,14 +314,19 @@ def answer_row(law: Law, query: Query) -> dict[str, Any]:
         if query.kind not in _ALLOCATING:
             raise
         return _empty_row(law, query, str(error))
-    loss = law.loss(params, tokens)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        loss = law.loss(params, tokens)
+        # numpy division: N that underflowed to 0 or overflowed gives an infinite or zero ratio, not an error.
+        tokens_per_param = float(np.float64(tokens) / np.float64(params))
+        flops = float(np.float64(FLOPS_PER_PARAM_TOKEN) * np.float64(params) * np.float64(tokens))
     return {
         "law": law.name,
         "params": float(params),
         "tokens": float(tokens),
-        "tokens_per_param": float(tokens / params),
-        "flops": FLOPS_PER_PARAM_TOKEN * float(params) * float(tokens),
+        "tokens_per_param": tokens_per_param,
+        "flops": flops,
         "loss": None if loss is None else float(loss),
+        "data": law.data,
         "source": law.citation,
         "interval": None,
     }
@@ -333,23 +393,32 @@ def _replicate_row(law: Law, query: Query) -> dict[str, Any]:
 
 def _empty_row(law: Law, query: Query, reason: str) -> dict[str, Any]:
     return {"law": law.name, "params": query.params, "tokens": None, "tokens_per_param": None,
-            "flops": query.flops, "loss": None, "source": f"{law.citation} (no allocation: {reason})",
+            "flops": query.flops, "loss": None, "data": law.data, "source": f"{law.citation} (no allocation: {reason})",
             "interval": None}
 
 
 def disagreement_notes(query: Query, rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Return a note when the asked quantity differs by more than DISAGREEMENT_FACTOR across laws."""
+    """Return a note when the asked quantity differs by more than DISAGREEMENT_FACTOR across laws.
+
+    Losses are compared only between laws measured on the same data: nats per token of different corpora
+    and tokenizers are different units.
+    """
     key = _ASKED[query.kind]
     answered = [row for row in rows if row[key] is not None and 0 < row[key] < math.inf]
-    if len(answered) < 2:
-        return []
-    low = min(answered, key=lambda row: row[key])
-    high = max(answered, key=lambda row: row[key])
-    ratio = high[key] / low[key]
-    if ratio <= DISAGREEMENT_FACTOR:
-        return []
-    return [f"the laws disagree by {ratio:.3g}x on {key}: {low['law']} gives {low[key]:.4g}, "
-            f"{high['law']} gives {high[key]:.4g}"]
+    groups = [answered]
+    if key == "loss":
+        groups = [[row for row in answered if row["data"] == data] for data in dict.fromkeys(r["data"] for r in answered)]
+    notes = []
+    for group in groups:
+        if len(group) < 2:
+            continue
+        low = min(group, key=lambda row: row[key])
+        high = max(group, key=lambda row: row[key])
+        ratio = high[key] / low[key]
+        if ratio > DISAGREEMENT_FACTOR:
+            notes.append(f"the laws disagree by {ratio:.3g}x on {key}: {low['law']} gives {low[key]:.4g}, "
+                         f"{high['law']} gives {high[key]:.4g}")
+    return notes
 
 
 def _fit_source(fit: str | Path | dict[str, Any]) -> str:

@@ -4,8 +4,8 @@ Every law answers the same questions under C = 6 N D (C in FLOPs, N parameters, 
 `compute_optimal(C) -> (N, D)`, `tokens_for_params(N)`, `flops_for_params(N)`, and `loss(N, D)` where the
 law predicts a loss (None otherwise). Each states the parameter-counting convention of its source.
 
-Loss values are nats per token on the source's own data and tokenizer, so they compare only with each
-other's trends, never as absolute numbers with a different corpus.
+Loss values are nats per token on the source's own data and tokenizer (each law's `data`), so losses
+compare as numbers only between laws of the same data; across corpora only their trends compare.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Law(Protocol):
     name: str  # human-readable name; the constants are in `citation`
     citation: str  # paper, and the table or equation holding the constants
     convention: str  # how its source counts N: "total" or "non_embedding"
+    data: str  # the corpus and tokenizer its losses are measured on; "" for a law that predicts no loss
 
     def compute_optimal(self, flops: float) -> tuple[float, float]:
         """Return (N parameters, D tokens) minimising loss for a budget of `flops` FLOPs."""
@@ -53,10 +54,22 @@ class Law(Protocol):
         ...
 
 
+MASSIVETEXT = "MassiveText, SentencePiece tokens (Hoffmann et al. 2022)"
+WEBTEXT2 = "WebText2, GPT-2 byte-pair tokens (Kaplan et al. 2020)"
+
+
 def exp_or_inf(value: float) -> float:
     """Return e**value, or infinity where that exceeds the largest float."""
     try:
         return math.exp(value)
+    except OverflowError:
+        return math.inf
+
+
+def power_or_inf(base: float, exponent: float) -> float:
+    """Return base**exponent for base > 0, or infinity where that exceeds the largest float."""
+    try:
+        return math.pow(base, exponent)
     except OverflowError:
         return math.inf
 
@@ -74,16 +87,17 @@ class ParametricLaw:
     alpha: float  # exponent of N
     beta: float  # exponent of D
     convention: str = "total"
+    data: str = MASSIVETEXT
 
     @classmethod
     def from_logs(cls, key: str, name: str, citation: str, *, log_a: float, log_b: float, log_e: float,
-                  alpha: float, beta: float, convention: str = "total") -> ParametricLaw:
+                  alpha: float, beta: float, convention: str = "total", data: str = MASSIVETEXT) -> ParametricLaw:
         """Build the law from natural logs of A, B and E (the parameterisation of the log-sum-exp fit).
 
         A log too large for a float (a bootstrap replicate far from the data) gives an infinite coefficient.
         """
         return cls(key, name, citation, exp_or_inf(log_e), exp_or_inf(log_a), exp_or_inf(log_b), alpha, beta,
-                   convention)
+                   convention, data)
 
     def compute_optimal(self, flops: float) -> tuple[float, float]:
         params = float(allocation.optimal_params(flops, self.a_coef, self.b_coef, self.alpha, self.beta))
@@ -117,6 +131,7 @@ class TokensPerParamLaw:
     citation: str
     tokens_per_param: float
     convention: str = "total"
+    data: str = ""
 
     def compute_optimal(self, flops: float) -> tuple[float, float]:
         params = math.sqrt(flops / (allocation.FLOPS_PER_PARAM_TOKEN * self.tokens_per_param))
@@ -142,13 +157,14 @@ class PowerLawAllocation:
     exponent: float  # a in N_opt proportional to C^a
     coefficient: float  # parameters per FLOPs^a
     convention: str = "total"
+    data: str = ""
 
     def compute_optimal(self, flops: float) -> tuple[float, float]:
-        try:
-            params = self.coefficient * flops**self.exponent
-        except OverflowError:
-            raise ValueError(f"N_opt(C) = {self.coefficient:.3g} C^{self.exponent:.3g} overflows at "
-                             f"C = {flops:.3g}") from None
+        params = self.coefficient * power_or_inf(flops, self.exponent)
+        if not 0 < params < math.inf:
+            # Far from the fitted budgets a fitted power law can leave the floats, either way.
+            raise ValueError(f"N_opt(C) = {self.coefficient:.3g} C^{self.exponent:.3g} gives N = {params:.3g} at "
+                             f"C = {flops:.3g}, beyond floating point")
         return params, flops / (allocation.FLOPS_PER_PARAM_TOKEN * params)
 
     def flops_for_params(self, params: float) -> float:
@@ -189,6 +205,7 @@ class KaplanJointLaw:
     n_e: float  # compute-efficient N at C_min = 1 PF-day, non-embedding parameters
     p_n: float  # exponent of C_min in N_opt
     convention: str = "non_embedding"
+    data: str = WEBTEXT2
 
     def loss(self, params: ArrayLike, tokens: ArrayLike) -> float | np.ndarray:
         """Return L(N, D) in nats/token for `params` non-embedding parameters and `tokens` tokens."""
@@ -198,11 +215,11 @@ class KaplanJointLaw:
         return float(value) if value.ndim == 0 else value
 
     def compute_optimal(self, flops: float) -> tuple[float, float]:
-        params = self.n_e * (flops / (2 * PF_DAY_FLOPS)) ** self.p_n
+        params = self.n_e * power_or_inf(flops / (2 * PF_DAY_FLOPS), self.p_n)
         return params, flops / (allocation.FLOPS_PER_PARAM_TOKEN * params)
 
     def flops_for_params(self, params: float) -> float:
-        return 2 * PF_DAY_FLOPS * (params / self.n_e) ** (1.0 / self.p_n)
+        return 2 * PF_DAY_FLOPS * power_or_inf(params / self.n_e, 1.0 / self.p_n)
 
     def tokens_for_params(self, params: float) -> float:
         return self.flops_for_params(params) / (allocation.FLOPS_PER_PARAM_TOKEN * params)

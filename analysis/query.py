@@ -53,6 +53,13 @@ REFERENCE_SHAPES = {
     65e9: (80, 64, 128, f"LLaMA 65B (65.2B): dimension 8192, 64 heads, 80 layers; {LLAMA_2023}, table 2"),
 }
 _REFERENCE_ALIASES = {6.7e9: 7e9, 32.5e9: 33e9, 65.2e9: 65e9}  # the sizes as table 2 prints them
+# Chinchilla, the largest run behind the published laws here: 70B parameters on 1.4T tokens (Hoffmann et al.
+# 2022, section 4), C = 6ND = 5.88e23 FLOPs. Beyond FAR_FACTOR times its N, D or C, every law extrapolates far
+# outside its data, so the answer carries a note with the factor.
+CHINCHILLA = {"params": (70e9, "parameters"), "tokens": (1.4e12, "tokens"), "flops": (6 * 70e9 * 1.4e12, "FLOPs")}
+FAR_FACTOR = 1e3
+# The smallest meaningful quantities: one parameter, one token, and C = 6ND for both.
+LEAST = {"params": 1.0, "tokens": 1.0, "flops": 6.0}
 # An N below this, written without a suffix ("tokens for 7"), is more likely a forgotten B than a real model.
 # A suffix shows the size was meant, so "tokens for 8K" (the demo's smallest model) gets no warning.
 SMALL_MODEL_PARAMS = 1e5
@@ -135,14 +142,37 @@ def parse_query(text: str) -> Query:
         if match is None:
             continue
         first = _question_number(match.group(1), match.group(2))
-        if kind in ("tokens_for_params", "compute_for_params", "loss_at"):
-            _warn_if_suffix_missing(first, match.group(1), match.group(2))
+        if kind in ("params_for_flops", "tokens_per_param"):
+            return Query(kind, text, flops=_at_least(first, "flops", match.group(1), match.group(2)))
+        _at_least(first, "params", match.group(1), match.group(2))
+        _warn_if_suffix_missing(first, match.group(1), match.group(2))
         if kind in ("tokens_for_params", "compute_for_params"):
             return Query(kind, text, params=first)
-        if kind in ("params_for_flops", "tokens_per_param"):
-            return Query(kind, text, flops=first)
-        return Query(kind, text, params=first, tokens=_question_number(match.group(3), match.group(4)))
+        tokens = _question_number(match.group(3), match.group(4))
+        return Query(kind, text, params=first, tokens=_at_least(tokens, "tokens", match.group(3), match.group(4)))
     raise UserError(f"question {text!r} is not understood; ask one of: {', '.join(FORMS)}")
+
+
+def _at_least(value: float, quantity: str, number: str, suffix: str | None) -> float:
+    """Return `value`, or raise UserError when it is below one parameter, one token or 6 FLOPs."""
+    least = LEAST[quantity]
+    if value < least:
+        unit = CHINCHILLA[quantity][1]
+        raise UserError(f"{number}{(suffix or '').upper()} {unit} is less than {least:g}, too small for any model; "
+                        "write the size with a suffix, e.g. 7B parameters, 1.4T tokens or 1e23 FLOPs")
+    return value
+
+
+def far_notes(query: Query) -> list[str]:
+    """Return a note for each of the question's N, D and C that lies far beyond Chinchilla's (CHINCHILLA)."""
+    notes = []
+    for quantity, (chinchilla, unit) in CHINCHILLA.items():
+        value = getattr(query, quantity)
+        if value is not None and value > FAR_FACTOR * chinchilla:
+            notes.append(f"{value:.3g} {unit} is {value / chinchilla:.3g} times Chinchilla's {chinchilla:.3g} "
+                         "(Hoffmann et al. 2022), the largest run behind the published laws; every answer here "
+                         "extrapolates that far beyond the data")
+    return notes
 
 
 def _warn_if_suffix_missing(params: float, number: str, suffix: str | None) -> None:
@@ -162,6 +192,7 @@ def _kv_cache_shape(match: re.Match) -> KVCacheShape:
     else:
         layers, heads, head_dim, source = _reference_shape(model)
     options: dict[str, int] = {}
+    written: dict[str, str] = {}  # each option as the question wrote it, for messages
     rest = match.group("options")
     for name, pattern in _KV_OPTIONS:
         found = list(pattern.finditer(rest))
@@ -179,6 +210,7 @@ def _kv_cache_shape(match: re.Match) -> KVCacheShape:
             options[name] = BYTES_PER_VALUE[value]
         else:
             options[name] = _kv_count(option_match.group(0).strip(), value, name)
+            written[name] = option_match.group(0).strip()
         rest = rest[:option_match.start()] + rest[option_match.end():]
     leftover = rest.replace(",", " ").replace(" and ", " ").replace(" with ", " ").strip()
     if leftover:
@@ -191,7 +223,7 @@ def _kv_cache_shape(match: re.Match) -> KVCacheShape:
         if count < 1:
             raise UserError(f"kv cache question: {text!r} must be at least 1; a KV cache needs at least one layer, "
                             "head, head dimension, token and sequence")
-    check_gqa_kv_heads(options.get("gqa_kv_heads"), heads)
+    check_gqa_kv_heads(options.get("gqa_kv_heads"), heads, written.get("gqa_kv_heads"))
     return KVCacheShape(layers, heads, head_dim, context, batch, options.get("dtype", 2), options.get("gqa_kv_heads"),
                         source)
 
@@ -205,18 +237,20 @@ def _kv_count(text: str, value: str, name: str) -> int:
     return int(number)
 
 
-def check_gqa_kv_heads(kv_heads: int | None, n_heads: int) -> None:
+def check_gqa_kv_heads(kv_heads: int | None, n_heads: int, written: str | None = None) -> None:
     """Raise UserError unless `kv_heads` divides the `n_heads` query heads.
 
-    `kv_heads` is the key/value head count of the grouped-query row, None for the default.
+    `kv_heads` is the key/value head count of the grouped-query row, None for the default; `written` is how
+    the question gave it ("gqa 8" or "8 kv heads"), for the message.
     """
     if kv_heads is None or n_heads < 1:  # a shape without heads is rejected by the shape's own check
         return
+    written = written or f"gqa {kv_heads}"
     if kv_heads < 1 or n_heads % kv_heads:
         if n_heads == 1:
-            raise UserError(f"gqa {kv_heads}: a single query head has a single key/value head; use gqa 1 or leave "
+            raise UserError(f"{written}: a single query head has a single key/value head; use gqa 1 or leave "
                             "gqa out")
-        raise UserError(f"gqa {kv_heads}: grouped-query attention splits the {n_heads} query heads into equal "
+        raise UserError(f"{written}: grouped-query attention splits the {n_heads} query heads into equal "
                         f"groups, one per key/value head, so G must divide {n_heads}; choose one of "
                         f"{', '.join(map(str, _divisors(n_heads)))}")
 

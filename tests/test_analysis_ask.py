@@ -240,18 +240,31 @@ def test_law_keys_in_help_match_registry():
     assert cli.LAW_KEYS == tuple(LAWS)
 
 
+def approach1_record(a: float, coefficient: float) -> dict:
+    """Return a fit record whose approach 1 is N_opt = coefficient C^a, with 41 bootstrap replicates.
+
+    One replicate, N_opt = 1e6 C^0.01, puts the budget for 70B at (7e4)^100, about 10^484, beyond floating point.
+    """
+    return {"approach3": {"log_a": 6.0, "log_b": 7.0, "log_e": 0.5, "alpha": 0.3, "beta": 0.35,
+                          "converged": True}, "convention": "total", "n_runs": 12,
+            "approach1": {"a": a, "params_coefficient": coefficient, "bootstrap": {
+                "level": 0.95, "samples": {"names": ["a", "params_coefficient", "b", "tokens_coefficient"],
+                                           "values": [[0.01, 1e6, 0.99, 1e-7]]
+                                           + [[0.5, 1.0, 0.5, 0.1], [0.4, 10.0, 0.6, 0.01]] * 20}}}}
+
+
 def test_small_exponent_gives_empty_row():
-    # N_opt = 1e6 C^0.01 puts the budget for 70B at (7e4)^100, about 10^484, beyond floating point.
-    record = {"approach3": {"log_a": 6.0, "log_b": 7.0, "log_e": 0.5, "alpha": 0.3, "beta": 0.35,
-                            "converged": True}, "convention": "total", "n_runs": 12,
-              "approach1": {"a": 0.01, "params_coefficient": 1e6, "bootstrap": {
-                  "level": 0.95, "samples": {"names": ["a", "params_coefficient", "b", "tokens_coefficient"],
-                                             "values": [[0.01, 1e6, 0.99, 1e-7]]
-                                             + [[0.5, 1.0, 0.5, 0.1], [0.4, 10.0, 0.6, 0.01]] * 20}}}}
-    answer = ask("compute for 70B", fit=record)
+    answer = ask("compute for 70B", fit=approach1_record(0.01, 1e6))
     row = next(row for row in answer.rows if row["law"].startswith("your fit (approach 1"))
     assert row["tokens"] is None
     assert "overflows" in row["source"]
+    assert row["interval"] is None  # no interval around an answer that does not exist
+
+
+def test_overflowing_replicate_left_out_of_interval():
+    answer = ask("compute for 70B", fit=approach1_record(0.5, 1.0))
+    row = next(row for row in answer.rows if row["law"].startswith("your fit (approach 1"))
+    assert row["flops"] == pytest.approx(7e10 ** 2)  # N_opt = C^0.5
     # The replicate that overflows gives no value; the 40 others, two laws alike, bound the interval.
     budgets = [(7e10 / 1.0) ** (1 / 0.5), (7e10 / 10.0) ** (1 / 0.4)]
     low, high = row["interval"]["flops"]
