@@ -327,7 +327,7 @@ def print_answer(answer) -> None:
             sources.append(row["source"])
         interval = [_interval_text(row.get("interval"), answer.query.kind)] if intervals else []
         table.add_row(row["law"], _number(row["params"]), _number(row["tokens"]),
-                      _number(row["tokens_per_param"], ".2f"), _number(row["flops"]), _number(row["loss"], ".4f"),
+                      _ratio_text(row["tokens_per_param"]), _number(row["flops"]), _number(row["loss"], ".4f"),
                       *interval, f"[{sources.index(row['source']) + 1}]")
     console = _console()
     console.print(table)
@@ -372,4 +372,11 @@ def _interval_text(interval: dict[str, Any] | None, kind: str) -> str:
 def _number(value: float | None, spec: str = ".4g") -> str:
     if value is None:
         return "-"
-    return format(value, spec) if math.isfinite(value) else str(value)
+    return format(value, spec) if math.isfinite(value) else "overflow"  # a note names the law
+
+
+def _ratio_text(value: float | None) -> str:
+    """Return D/N with two decimals where that shows it (0.01 to 1e5), else in scientific notation."""
+    if value is not None and math.isfinite(value) and not 0.01 <= value < 1e5:
+        return f"{value:.3g}"
+    return _number(value, ".2f")
