@@ -97,13 +97,21 @@ class BootstrapResult:
         }
 
 
+def fewest_replicates(level: float = 0.95) -> int:
+    """Return the fewest usable replicates that give a central `level` interval: 2 / (1 - level), 40 for 95%.
+
+    With fewer, each bound is the most extreme replicate on its side, whatever the requested level, so the
+    interval carries little information. A request for fewer replicates can therefore give no interval.
+    """
+    return math.ceil(2 / (1 - level) - 1e-9)
+
+
 def min_usable_replicates(requested: int, level: float = 0.95) -> int:
     """Return how many of `requested` replicates must be usable for a central `level` interval.
 
-    At least MIN_USABLE_FRACTION of them, and at least 2 / (1 - level) (40 for 95%): with fewer, each bound
-    is the most extreme replicate on its side, whatever the requested level, so the interval carries little information.
+    At least MIN_USABLE_FRACTION of them, and at least `fewest_replicates(level)` (40 for 95%).
     """
-    return max(math.ceil(2 / (1 - level) - 1e-9), math.ceil(MIN_USABLE_FRACTION * requested))
+    return max(fewest_replicates(level), math.ceil(MIN_USABLE_FRACTION * requested))
 
 
 def too_few_replicates(usable: int, requested: int, fitted: str = "could be fitted",

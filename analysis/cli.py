@@ -141,27 +141,37 @@ def run_report(args: argparse.Namespace) -> int:
     from analysis.ask import ask
     from analysis.report import write_report
 
-    questions = args.question or ["tokens for 7B"]
-    _check_report_questions(questions)  # before the fit, which replaces fit.json
+    queries = _check_report_questions(args.question or ["tokens for 7B"])  # before the fit replaces fit.json
     record = _fit(args)
-    answers = [ask(question, fit=record) for question in questions]
+    answers = [ask(query, fit=record) for query in queries]
     path = write_report(args.out, record, answers, limitations=args.limitations)
     print_stdout(f"wrote {path}")
     return 0
 
 
-def _check_report_questions(questions: list[str]) -> None:
-    """Raise UserError for a --question that cannot be parsed or that no fit answers (a KV-cache question)."""
+def _check_report_questions(questions: list[str]) -> list:
+    """Return each --question parsed (analysis.query.Query); raise UserError for one the report cannot answer.
+
+    Each is answered once with the published laws here, before the fit, so that a question `scaling ask`
+    would reject stops the report before fit.json and the plots are replaced. KV-cache questions use no
+    fit, so the report rejects them too.
+    """
+    from analysis.ask import ask
     from analysis.query import parse_query
 
+    queries = []
     for question in questions:
         try:
             query = parse_query(question)
+            if query.kind != "kv_cache":
+                ask(query)
         except UserError as error:
             raise UserError(f"--question {question!r}: {error}") from None
         if query.kind == "kv_cache":
             raise UserError(f"--question {question!r} asks for KV-cache bytes, which no fit answers; "
                             f"ask it with `scaling ask {question!r}` instead")
+        queries.append(query)
+    return queries
 
 
 def _default_out(source: Path | str, runs_root_option: str | None) -> Path:
@@ -195,10 +205,12 @@ def _runs_path(runs: str | None) -> Path | str:
 def _print_fit(record: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
-    from analysis.fit import missing_result
+    from analysis.fit import fitted_noun, missing_result
+    from analysis.fit_isoflop import budget_counts
 
     approach3 = record["approach3"]
-    table = Table(title=f"approach 3 on {record['n_runs']} runs, N = {record['convention']} parameters")
+    noun = fitted_noun(record)
+    table = Table(title=f"approach 3 on {record['n_runs']} {noun}, N = {record['convention']} parameters")
     bootstrap = record.get("bootstrap") or {}
     intervals = bootstrap.get("intervals", {})
     table.add_column("parameter")
@@ -224,20 +236,21 @@ def _print_fit(record: dict[str, Any], out: Path) -> None:
         console.print(missing_result(record, "approach1"), markup=False, highlight=False)
     approach2 = record.get("approach2")
     if approach2 and approach2.get("a") is not None:
-        console.print(f"approach 2: {_allocation_text(approach2)} over {len(approach2['budgets_used'])} budgets")
+        console.print(f"approach 2: {_allocation_text(approach2)} over {budget_counts(approach2)}")
     elif missing_result(record, "approach2") or record.get("approach2_note"):
         console.print(missing_result(record, "approach2") or record["approach2_note"], markup=False,
                       highlight=False)
     kaplan = record.get("kaplan")
     if kaplan and any(kaplan["fits"].values()):
-        console.print(_kaplan_table(kaplan))
+        console.print(_kaplan_table(kaplan, "nats/token" if noun == "runs" else record["units"]["loss"]))
         for name, fit in kaplan["fits"].items():
             if fit is not None and fit.get("interval_note"):
                 console.print(f"Kaplan-style {name} intervals: {fit['interval_note']}", markup=False,
                               highlight=False)
     extrapolation = record.get("extrapolation") or {}
     if "mean_abs_relative_error" in extrapolation:
-        console.print(f"extrapolation: refit without the {len(extrapolation['held_out'])} largest-compute run(s) "
+        console.print(f"extrapolation: refit without the {len(extrapolation['held_out'])} largest-compute "
+                      f"{noun.removesuffix('s')}(s) "
                       f"predicts their loss with mean |error| {extrapolation['mean_abs_relative_error']:.2%}")
     if record.get("excluded_runs"):
         console.print(f"excluded: {', '.join(record['excluded_runs'])}")
@@ -267,12 +280,13 @@ def _allocation_text(fit: dict[str, Any]) -> str:
             f"D_opt = {value('tokens_coefficient', '.3g')} C^{value('b', '.4f')}{note}")
 
 
-def _kaplan_table(kaplan: dict[str, Any]):
+def _kaplan_table(kaplan: dict[str, Any], loss_unit: str = "nats/token"):
+    """Return the Kaplan-style fits as a rich Table; `loss_unit` is fit.json's units.loss for CSV points."""
     from rich.table import Table
 
     summary = kaplan.get("bootstrap") or {}
     level = f"{100 * summary.get('level', 0.95):.0f}%"
-    table = Table(title="Kaplan-style fits L = E + (x_c / x)^exponent, loss in nats/token"
+    table = Table(title=f"Kaplan-style fits L = E + (x_c / x)^exponent, loss in {loss_unit}"
                   + (f", {level} intervals from {summary['replicates']} bootstraps" if summary else ""))
     published = kaplan.get("published", {})
     columns = ("law", "exponent", f"{level} interval", "Kaplan 2020", "x_c", f"{level} interval", "E", "points")
@@ -288,7 +302,7 @@ def _kaplan_table(kaplan: dict[str, Any]):
     for name, fit in kaplan["fits"].items():
         their = f"{published[name]['exponent']:.3f}" if name in published else "-"
         if fit is None:
-            add_row(name, "not enough points", "", their, "", "", "", "")
+            add_row(name, (kaplan.get("missing") or {}).get(name, "not enough points"), "", their, "", "", "", "")
             continue
         intervals = fit.get("intervals", {})
         add_row(name, f"{fit['exponent']:.4f}", _bounds_text(intervals.get("exponent"), ".4f"), their,

@@ -1,9 +1,10 @@
 """Read published (N, D, L) points from a CSV file into the same table as the run store.
 
-A column mapping names the CSV column of each quantity, e.g. "N=params,D=tokens,L=loss". Any two of
-N (parameters), D (tokens) and C (FLOPs) are enough: the third follows from C = 6 N D. An optional
-"budget=COLUMN" names the IsoFLOP budget each point belongs to, and "id=COLUMN" a row name. Filters such as
-"epoch_excluded_outlier=0" keep only the rows whose column has that exact text.
+A column mapping names the CSV column of each quantity, e.g. "N=params,D=tokens,L=loss". Exactly two of
+N (parameters), D (tokens) and C (FLOPs) are mapped: the third follows from C = 6 N D, so a third column
+could only disagree with it. An optional "budget=COLUMN" names the IsoFLOP budget each point belongs to, and
+"id=COLUMN" a row name. Filters such as "epoch_excluded_outlier=0" keep only the rows whose column equals
+that value: as numbers when both parse as numbers (so "C=1e19" keeps a row holding 1e+19), else as text.
 
 The CSV carries one parameter count, so both conventions of a row get it; the caller states which
 convention the source used.
@@ -39,6 +40,9 @@ def parse_columns(spec: str) -> dict[str, str]:
         mapping[quantity] = column
     if "L" not in mapping or sum(q in mapping for q in ("N", "D", "C")) < 2:
         raise UserError(f"column mapping {spec!r} needs L and two of N, D, C; e.g. {DEFAULT_COLUMNS}")
+    if all(q in mapping for q in ("N", "D", "C")):
+        raise UserError(f"column mapping {spec!r} maps all of N, D and C; map two of them, since the third "
+                        f"follows from C = 6ND, e.g. {DEFAULT_COLUMNS}")
     return mapping
 
 
@@ -71,25 +75,46 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
                                 f"{', '.join(header)}")
             needed = list(mapping.values()) + list(wanted)
             numbered = []  # (line number in the file, row), so that messages and ids name the file's lines
+            data_rows = 0
             start = reader.line_num + 1  # the line the next row begins on; a quoted field may span lines
             for fields in reader:
                 number, start = start, reader.line_num + 1
                 if not fields:
                     continue  # a blank line
+                data_rows += 1
                 line = {name: fields[index] if index < len(fields) else None for index, name in enumerate(header)}
                 if any(line[column] is None for column in needed):
                     raise UserError(f"{path} line {number}: {len(fields)} field(s) where the header has {len(header)}; "
                                     "complete or remove that line")
-                if all(line[column].strip() == value for column, value in wanted.items()):
+                if all(_matches(line[column], value) for column, value in wanted.items()):
                     numbered.append((number, line))
     except FileNotFoundError:
         raise UserError(f"CSV file {path} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not a CSV file; drop --columns to fit the runs in it") from None
 
+    if not data_rows:
+        raise UserError(f"{path} has a header but no data rows; add one line per point below the header")
     rows = [_row(line, number, mapping, path, source) for number, line in numbered]
     if not rows:
-        raise UserError(f"{path}: no rows left after the filters {wanted or '(none)'}")
+        filter_text = ", ".join(f"{column}={value}" for column, value in wanted.items())
+        raise UserError(f"{path}: no rows left after the filters {filter_text}: none of its {data_rows} data rows "
+                        "matches them all; check the values with the file's own")
     _warn_duplicates(rows, [number for number, _ in numbered], path)
-    return RunTable(tuple(rows), {}, str(path))
+    # A CSV does not state its loss's unit or kind (Chinchilla's points are final training losses).
+    return RunTable(tuple(rows), {}, str(path), source_type="csv", loss_label=f"loss (CSV column {mapping['L']})",
+                    loss_unit=f"the unit of its source (CSV column {mapping['L']})")
+
+
+def _matches(text: str, wanted: str) -> bool:
+    """Return whether a CSV field equals a filter's value: as numbers when both are numbers, else as text."""
+    text = text.strip()
+    if text == wanted:
+        return True
+    try:
+        return float(text) == float(wanted)
+    except ValueError:
+        return False
 
 
 def _warn_duplicates(rows: list[RunRow], numbers: list[int], path: Path) -> None:

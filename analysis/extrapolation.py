@@ -24,8 +24,12 @@ SAME_BUDGET_FACTOR = 1.5  # runs closer than this in compute share a budget; Iso
 
 def extrapolation_check(params: ArrayLike, tokens: ArrayLike, losses: ArrayLike, run_ids: list[str],
                         options: Approach3Options = Approach3Options(),
-                        holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION) -> dict[str, Any]:
-    """Refit without the largest-compute runs; return the held-out runs' prediction errors, or the reason not."""
+                        holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION, noun: str = "runs") -> dict[str, Any]:
+    """Refit without the largest-compute runs; return the held-out runs' prediction errors, or the reason not.
+
+    `noun` names the points in the texts: "runs", or "points" for a CSV.
+    """
+    singular = noun.removesuffix("s")
     params = np.asarray(params, dtype=float)
     tokens = np.asarray(tokens, dtype=float)
     losses = np.asarray(losses, dtype=float)
@@ -35,19 +39,19 @@ def extrapolation_check(params: ArrayLike, tokens: ArrayLike, losses: ArrayLike,
     threshold = flops[order[-top_count]] / SAME_BUDGET_FACTOR
     held_count = int(np.sum(flops >= threshold))  # the top runs and the rest of their budget
     if params.size - held_count < MIN_FIT_POINTS:
-        return {"skipped": f"{params.size} runs: holding out the {held_count} at or near the largest compute leaves "
-                           f"fewer than {MIN_FIT_POINTS} to fit"}
+        return {"skipped": f"{params.size} {noun}: holding out the {held_count} at or near the largest compute "
+                           f"leaves fewer than {MIN_FIT_POINTS} to fit"}
     kept, out = order[:-held_count], order[-held_count:]
     if np.unique(params[kept]).size < 2 or np.unique(tokens[kept]).size < 2:
-        return {"skipped": "the runs left after holding out the largest have a single size or token count"}
+        return {"skipped": f"the {noun} left after holding out the largest have a single size or token count"}
 
     fit = fit_approach3(params[kept], tokens[kept], losses[kept], options=options)
     predicted = fit.law().loss(params[out], tokens[out])
     errors = predicted / losses[out] - 1
     return {
-        "method": f"refit approach 3 without the {held_count} largest-compute run(s) (the top "
-                  f"{holdout_fraction:.0%} by 6ND and any run within a factor {SAME_BUDGET_FACTOR:g} below them), "
-                  "predict their final losses",
+        "method": f"refit approach 3 without the {held_count} largest-compute {singular}(s) (the top "
+                  f"{holdout_fraction:.0%} by 6ND and any {singular} within a factor {SAME_BUDGET_FACTOR:g} below "
+                  "them), predict their final losses",
         "held_out": [
             {"run_id": run_ids[i], "params": float(params[i]), "tokens": float(tokens[i]),
              "flops": float(6 * params[i] * tokens[i]), "loss": float(losses[i]), "predicted": float(p),

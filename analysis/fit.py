@@ -3,6 +3,9 @@
 Writes `fit.json` and PNG plots into an output folder. Every number in fit.json is written with Python's
 float repr, so each parameter reads back bit for bit (17 significant digits).
 
+A fit that replaces an earlier one in the same folder removes the earlier fit's plots and report.md that it
+does not write again (FIT_OUTPUTS, by name; nothing else), so the folder never mixes two fits.
+
 fit.json's top-level "warnings" list contains every warning that the `analysis` modules logged during the
 fit, in the order logged and with the text printed: caveats about the runs read, approach 3's fit and
 bootstrap, approaches 1 and 2 (budgets dropped, or why an approach gives no power laws) and intervals that
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +28,7 @@ import numpy as np
 from scaling.errors import UserError
 from scaling.run_store import json_safe
 
-from analysis.bootstrap import BootstrapResult, bootstrap_approach3
+from analysis.bootstrap import BootstrapResult, bootstrap_approach3, fewest_replicates
 from analysis.bootstrap_methods import Replicates, bootstrap_envelope, bootstrap_isoflop, bootstrap_kaplan
 from analysis.csv_points import DEFAULT_COLUMNS, load_csv
 from analysis.defaults import DEFAULT_BOOTSTRAPS, DEFAULT_FIT_STARTS, OPTIONAL_METHODS, RESAMPLING
@@ -43,6 +47,11 @@ WARNING_LOGGER = "analysis"
 APPROACH2_NOT_REQUESTED = "approach 2 not requested"
 
 FIT_FILE = "fit.json"
+PLOT_FILES = ("isoflop.png", "loss_vs_params.png", "loss_vs_tokens.png", "loss_vs_flops.png",
+              "optimal_allocation.png", "residuals.png")
+REPORT_FILE = "report.md"  # analysis.report writes it beside fit.json
+FIT_OUTPUTS = (*PLOT_FILES, REPORT_FILE)  # what an earlier fit may have left in a folder, besides fit.json
+NAMED_RUNS = 8  # a warning about runs left out of a method names this many, then gives the count of the rest
 REPORT_FOLDER = "_report"  # a sweep's fit goes to RUNS/<sweep>/_report/ by default (scaling fit, scaling demo)
 FIT_SCHEMA = 1
 APPROACH3_PARAMETERS = 5
@@ -70,20 +79,52 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     of every method that ran (see `analysis.bootstrap` and `analysis.bootstrap_methods`). `resample` picks
     what approaches 1 and 2 redraw: "luck" (each run's residual, keeping the sweep's sizes; the default) or
     "runs" (runs with replacement). `progress` shows the steps on a terminal (analysis.progress).
+    Raises UserError, before any fitting, for arguments that cannot work: an `out_dir` that is or lies in a
+    file, `columns` or `filters` for a source that is not a CSV, fewer than 40 `bootstraps` (other than 0).
     Raises UserError when there are fewer completed runs than approach 3's 5 parameters, or a single model
     size or token count.
     """
     _check_fit_arguments(convention, starts, holdout_fraction, resample, bootstraps, methods)
+    _check_source_options(runs_path, columns, filters)
+    out = Path(out_dir)
+    _check_out_folder(out)
+    replaced = (out / FIT_FILE).exists()
     with _WarningLog() as warning_log:
         record = _fit_runs(runs_path, out_dir, convention, starts, bootstraps, seed, allow_mixed, plot, options,
                            methods, columns, filters, holdout_fraction, resample, progress)
     record["warnings"] = list(warning_log.messages)
-    out = Path(out_dir)
-    replaced = (out / FIT_FILE).exists()
     # An unbounded interval or standard error is written as null: fit.json stays valid JSON.
     (out / FIT_FILE).write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
     logger.info("wrote %s%s", out / FIT_FILE, ", replacing the earlier fit" if replaced else "")
+    if replaced:
+        _remove_earlier_outputs(out, record.get("plots", []))
     return record
+
+
+def _check_out_folder(out: Path) -> None:
+    """Raise UserError when fit.json could not be written into `out`, so that no fit runs only to fail there."""
+    folder = out.expanduser().absolute()
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        problem = "is a file" if existing == folder else f"lies inside {existing}, which is a file"
+        raise UserError(f"output folder {out} {problem}; pass --out with a folder for fit.json and the plots "
+                        "(it is created when missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {out} cannot be written here ({existing} is not writable); pass --out with "
+                        "a folder you can write to")
+
+
+def _remove_earlier_outputs(out: Path, written: list[str]) -> None:
+    """Delete the plots and report.md an earlier fit left in `out` that this fit did not write again.
+
+    They describe the earlier fit: a report.md of another convention, or an IsoFLOP plot of an approach 2 that
+    this fit did not run. Only the names in FIT_OUTPUTS are touched, and only after the new fit.json is written.
+    """
+    stale = [name for name in FIT_OUTPUTS if name not in written and (out / name).is_file()]
+    for name in stale:
+        (out / name).unlink()
+    if stale:
+        logger.info("removed %s of the earlier fit in %s, which this fit does not replace", ", ".join(stale), out)
 
 
 class _WarningLog(logging.Handler):
@@ -114,6 +155,7 @@ def _fit_runs(runs_path: str | Path, out_dir: str | Path, convention: str, start
     table = _load_table(runs_path, allow_mixed, columns, filters)
     params, tokens, losses = _points(table, convention)
     _check_enough(table, params, tokens)
+    noun = table.noun
     approach3_options = replace(options or Approach3Options(), n_starts=starts)
     curves = [row.learning_curve for row in table.rows]
     budget_groups = _budget_groups(table, convention)
@@ -123,7 +165,7 @@ def _fit_runs(runs_path: str | Path, out_dir: str | Path, convention: str, start
         with progress_line.step(f"approach 3 from {starts} or more starts"):
             started = time.perf_counter()
             approach3 = fit_approach3(params, tokens, losses, options=approach3_options)
-            logger.info("approach 3 on %d runs from %d starts: %s (%.1f s)", len(params), approach3.n_starts,
+            logger.info("approach 3 on %d %s from %d starts: %s (%.1f s)", len(params), noun, approach3.n_starts,
                         approach3.status, time.perf_counter() - started)
         bootstrap = None
         if bootstraps:
@@ -138,7 +180,7 @@ def _fit_runs(runs_path: str | Path, out_dir: str | Path, convention: str, start
 
         record = _record(table, convention, approach3, params, tokens, losses)
         record["bootstrap"] = None if bootstrap is None else bootstrap.to_dict()
-        for warning in _approach3_warnings(approach3, params, tokens):
+        for warning in _approach3_warnings(approach3, params, tokens, noun):
             logger.warning("approach 3: %s", warning)
         record["warnings"] = []  # fit_runs fills this with every warning logged, once all steps have run
 
@@ -147,14 +189,18 @@ def _fit_runs(runs_path: str | Path, out_dir: str | Path, convention: str, start
         with progress_line.step("approach 2" + (" and its bootstrap" if bootstraps else "")):
             approach2, approach2_replicates = _approach2_section(record, methods, params, losses, budget_groups,
                                                                  **resampling)
-        envelope = fit_envelope(params, curves) if {"approach1", "kaplan"} & set(methods) else None
+        envelope, no_curves = None, None
+        if {"approach1", "kaplan"} & set(methods):
+            envelope = fit_envelope(params, curves)
+            no_curves = _curves_missing(table, methods)
         with progress_line.step("approach 1" + (" and its bootstrap" if bootstraps else "")):
-            approach1_replicates = _approach1_section(record, methods, params, curves, envelope, **resampling)
+            approach1_replicates = _approach1_section(record, methods, params, curves, envelope, no_curves,
+                                                      **resampling)
         kaplan_replicates = False
         if "kaplan" in methods:
             with progress_line.step("Kaplan-style fits" + (" and their bootstrap" if bootstraps else "")):
-                kaplan_replicates = _kaplan_section(record, params, tokens, losses, curves, envelope, bootstraps,
-                                                    seed)
+                kaplan_replicates = _kaplan_section(record, params, tokens, losses, curves, envelope,
+                                                    table.source_type, bootstraps, seed)
         bootstrapped = [name for name, ran in (("approach 1", approach1_replicates is not None),
                                                ("approach 2", approach2_replicates is not None),
                                                ("the Kaplan-style fits", kaplan_replicates)) if ran]
@@ -167,17 +213,44 @@ def _fit_runs(runs_path: str | Path, out_dir: str | Path, convention: str, start
                 started = time.perf_counter()
                 record["extrapolation"] = extrapolation_check(params, tokens, losses,
                                                               [row.run_id for row in table.rows],
-                                                              approach3_options, holdout_fraction)
+                                                              approach3_options, holdout_fraction, noun=noun)
                 logger.info("extrapolation check (%.1f s): %s", time.perf_counter() - started,
                             record["extrapolation"].get("skipped") or f"mean |error| "
-                            f"{record['extrapolation']['mean_abs_relative_error']:.2%} on the held-out runs")
+                            f"{record['extrapolation']['mean_abs_relative_error']:.2%} on the held-out {noun}")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         if plot:
             with progress_line.step("plots"):
                 record["plots"] = _draw(out, approach3, approach2, params, tokens, losses, budget_groups,
-                                        convention, bootstrap, envelope, approach2_replicates, approach1_replicates)
+                                        convention, bootstrap, envelope, approach2_replicates, approach1_replicates,
+                                        table.loss_label)
     return record
+
+
+def fitted_noun(record: dict[str, Any]) -> str:
+    """Return what a fit record's points are called: "points" for a CSV source, else "runs"."""
+    return "points" if record.get("source_type") == "csv" else "runs"
+
+
+def _curves_missing(table: RunTable, methods: tuple[str, ...]) -> str:
+    """Warn naming the runs without a learning curve; return why approach 1 has none, should it have too few.
+
+    Approach 1 and Kaplan's L(C) read the curves (val_loss rows). A run with fewer than 2 points of one is
+    left out of both, while the other methods still fit its final loss. A CSV contains final losses only.
+    """
+    if table.source_type == "csv":
+        return "approach 1 skipped: it needs learning curves, and a CSV of points gives one final loss per point"
+    where = "the W&B history" if is_wandb_source(table.source) else "metrics.jsonl"
+    short = [row for row in table.rows if len(row.learning_curve) < 2]
+    if short:
+        names = ", ".join(f"{row.sweep}/{row.run_id} ({len(row.learning_curve)})" for row in short[:NAMED_RUNS])
+        more = f" and {len(short) - NAMED_RUNS} more" if len(short) > NAMED_RUNS else ""
+        used_by = [name for name, key in (("approach 1", "approach1"), ("Kaplan-style L(C)", "kaplan"))
+                   if key in methods]
+        logger.warning("%s %s out %d run(s) whose %s has fewer than 2 val_loss rows (the count in brackets): %s%s; "
+                       "the other methods still fit their final losses", " and ".join(used_by),
+                       "leave" if len(used_by) > 1 else "leaves", len(short), where, names, more)
+    return f"approach 1 needs learning curves (val_loss rows in {where}) from at least 2 runs"
 
 
 def _join_names(names: list[str]) -> str:
@@ -207,6 +280,7 @@ def missing_result(record: dict[str, Any], approach: str) -> str | None:
 
 def _check_fit_arguments(convention: str, starts: int, holdout_fraction: float, resample: str, bootstraps: int,
                          methods: tuple[str, ...]) -> None:
+    """Raise UserError naming the first argument that cannot work; the fit has not started yet."""
     if convention not in CONVENTIONS:
         raise UserError(f"unknown parameter convention {convention!r}; use one of: {', '.join(CONVENTIONS)}")
     if starts < 1:
@@ -216,8 +290,11 @@ def _check_fit_arguments(convention: str, starts: int, holdout_fraction: float, 
                         "largest-compute tenth of the runs")
     if resample not in RESAMPLING:
         raise UserError(f"unknown resampling {resample!r}; use one of: {', '.join(RESAMPLING)}")
-    if bootstraps == 1 or bootstraps < 0:
-        raise UserError(f"bootstraps={bootstraps}: use 0 for no intervals, or at least 2 (200 is the default)")
+    fewest = fewest_replicates()  # every interval in the fit is a 95% one
+    if bootstraps < 0 or 0 < bootstraps < fewest:
+        # Fewer replicates than this never give an interval (analysis.bootstrap.min_usable_replicates).
+        raise UserError(f"--bootstraps {bootstraps} gives no 95% interval; use 0 for none or at least {fewest} "
+                        f"({DEFAULT_BOOTSTRAPS} is the default)")
     unknown = sorted(set(methods) - set(OPTIONAL_METHODS))
     if unknown:
         raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(OPTIONAL_METHODS)}")
@@ -248,14 +325,17 @@ def _approach2_section(record: dict[str, Any], methods: tuple[str, ...], params:
 
 
 def _approach1_section(record: dict[str, Any], methods: tuple[str, ...], params: np.ndarray, curves: list,
-                       envelope: EnvelopeFit | None, bootstraps: int, seed: int, resample: str) -> Replicates | None:
-    """Put approach 1 (the envelope of the learning curves) into `record`, with its bootstrap; return that."""
+                       envelope: EnvelopeFit | None, no_curves: str | None, bootstraps: int, seed: int,
+                       resample: str) -> Replicates | None:
+    """Put approach 1 (the envelope of the learning curves) into `record`, with its bootstrap; return that.
+
+    `no_curves` is why there is no envelope, when there is none (`_curves_missing`).
+    """
     record["approach1"] = None
     if "approach1" not in methods:
         return None
     if envelope is None:
-        record["approach1"] = {
-            "skipped": "approach 1 needs learning curves (val_loss rows in metrics.jsonl) from at least 2 runs"}
+        record["approach1"] = {"skipped": no_curves}
         logger.warning("%s", missing_result(record, "approach1"))
         return None
     record["approach1"] = envelope.to_dict()
@@ -271,13 +351,19 @@ def _approach1_section(record: dict[str, Any], methods: tuple[str, ...], params:
 
 
 def _kaplan_section(record: dict[str, Any], params: np.ndarray, tokens: np.ndarray, losses: np.ndarray,
-                    curves: list, envelope: EnvelopeFit | None, bootstraps: int, seed: int) -> bool:
+                    curves: list, envelope: EnvelopeFit | None, source_type: str, bootstraps: int,
+                    seed: int) -> bool:
     """Put the Kaplan-style single-variable fits into `record`, with intervals when `bootstraps` > 0.
 
-    Returns whether they were bootstrapped.
+    A fit left out gets its reason in "missing" where it is not simply too few points: L(C) without learning
+    curves. Returns whether they were bootstrapped.
     """
     frontier = (None, None) if envelope is None else envelope.interior_frontier()
     record["kaplan"] = fit_kaplan(params, tokens, losses, *frontier)
+    record["kaplan"]["missing"] = {}
+    if envelope is None:
+        record["kaplan"]["missing"]["L(C)"] = ("needs learning curves, which CSV points lack" if source_type == "csv"
+                                               else "needs learning curves from at least 2 runs")
     record["kaplan"]["bootstrap"] = None
     if not bootstraps:
         return False
@@ -299,27 +385,30 @@ ONE_BUDGET_SPAN = 2.0  # runs whose compute spans less than this factor count as
 IMPLAUSIBLE_EXPONENT = 2.0
 
 
-def _approach3_warnings(approach3, params: np.ndarray, tokens: np.ndarray) -> list[str]:
-    """Return caveats about an approach 3 fit that its convergence status does not show."""
+def _approach3_warnings(approach3, params: np.ndarray, tokens: np.ndarray, noun: str = "runs") -> list[str]:
+    """Return caveats about an approach 3 fit that its convergence status does not show.
+
+    `noun` names the points: "runs", or "points" for a CSV.
+    """
     warnings = []
     flops = 6 * params * tokens
     if flops.max() < ONE_BUDGET_SPAN * flops.min():
         # On one IsoFLOP budget N and D move together (D = C / 6N), so A/N^alpha and B/D^beta trade off freely.
         warnings.append(
-            f"all {len(flops)} runs lie within a factor {ONE_BUDGET_SPAN:g} of compute ({flops.min():.3g} to "
+            f"all {len(flops)} {noun} lie within a factor {ONE_BUDGET_SPAN:g} of compute ({flops.min():.3g} to "
             f"{flops.max():.3g} FLOPs), so the fit cannot tell the N and D terms apart and its allocations are "
-            "not identified; add runs at other compute budgets"
+            f"not identified; add {noun} at other compute budgets"
         )
     for name, term in (("alpha", "N"), ("beta", "D")):
         value = approach3.parameters()[name]
         if value > IMPLAUSIBLE_EXPONENT:
             warnings.append(
-                f"{name} = {value:.3g} is far above published fits (0.08 to 0.37): these runs do not pin down "
-                f"the {term} term, so the fit's allocations are not reliable; add runs that vary {term} more"
+                f"{name} = {value:.3g} is far above published fits (0.08 to 0.37): these {noun} do not pin down "
+                f"the {term} term, so the fit's allocations are not reliable; add {noun} that vary {term} more"
             )
     if approach3.parameters()["E"] < E_AT_ZERO:
         warnings.append(
-            f"E = {approach3.parameters()['E']:.3g} is at zero: these runs do not identify the irreducible loss, so "
+            f"E = {approach3.parameters()['E']:.3g} is at zero: these {noun} do not identify the irreducible loss, so "
             "predicted losses far beyond them are too low; add larger budgets to pin E down"
         )
     return warnings
@@ -345,13 +434,25 @@ def read_fit(path: str | Path) -> dict[str, Any]:
     return record
 
 
+def _check_source_options(source: str | Path, columns: str | None, filters: list[str] | None) -> None:
+    """Raise UserError when `columns` or `filters` (--columns, --where) are given for a source that is no CSV."""
+    if columns is None and not filters:
+        return
+    option = f"--columns {columns}" if columns is not None else f"--where {filters[0]}"
+    if is_wandb_source(source) or Path(source).is_dir():
+        kind = "a W&B project" if is_wandb_source(source) else "a folder of runs"
+        raise UserError(f"{option} applies only to a CSV file of points, and {source} is {kind}; drop it, or pass "
+                        "a .csv file")
+    if columns is None and not str(source).lower().endswith(".csv"):
+        raise UserError(f"{option} applies only to a CSV file of points; drop it, or pass a .csv file")
+
+
 def _load_table(source: str | Path, allow_mixed: bool, columns: str | None, filters: list[str] | None) -> RunTable:
+    """Read the source: a W&B project, a folder of runs, or a CSV of points (with `columns` and `filters`)."""
     if is_wandb_source(source):
         return load_wandb(str(source), allow_mixed=allow_mixed)
     if columns is not None or str(source).lower().endswith(".csv"):
         return load_csv(source, columns or DEFAULT_COLUMNS, filters)
-    if filters:
-        raise UserError("row filters apply to CSV points only; drop them or pass a .csv file")
     return load_runs(source, allow_mixed=allow_mixed)
 
 
@@ -363,18 +464,25 @@ def _points(table: RunTable, convention: str) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _check_enough(table: RunTable, params: np.ndarray, tokens: np.ndarray) -> None:
+    """Raise UserError when the runs (or CSV points) cannot identify approach 3, saying what to add."""
     excluded = f" ({len(table.excluded)} excluded: {', '.join(sorted(table.excluded))})" if table.excluded else ""
+    if table.source_type == "csv":
+        found = f"{len(params)} point(s) in {table.source}"
+        more, sizes, counts = ("add points to the file, or filter fewer out with --where",
+                               "add points of other sizes", "add points of other token counts")
+    else:
+        found = f"{len(params)} completed run(s) under {table.source}{excluded}"
+        more, sizes, counts = "run more of the sweep", "add sizes to the sweep", "add token budgets to the sweep"
+    noun = table.noun
     if len(params) < APPROACH3_PARAMETERS:
-        raise UserError(
-            f"{len(params)} completed run(s) under {table.source}{excluded}; approach 3 fits "
-            f"{APPROACH3_PARAMETERS} parameters and needs at least {APPROACH3_PARAMETERS} runs: run more of the sweep"
-        )
+        raise UserError(f"{found}; approach 3 fits {APPROACH3_PARAMETERS} parameters and needs at least "
+                        f"{APPROACH3_PARAMETERS} {noun}: {more}")
     if np.unique(params).size < 2:
-        raise UserError(f"all {len(params)} runs under {table.source} have one model size ({params[0]:.4g}); "
-                        "a scaling law needs at least 2 sizes: add sizes to the sweep")
+        raise UserError(f"all {len(params)} {noun} in {table.source} have one model size ({params[0]:.4g}); "
+                        f"a scaling law needs at least 2 sizes: {sizes}")
     if np.unique(tokens).size < 2:
-        raise UserError(f"all {len(tokens)} runs under {table.source} trained on one token count ({tokens[0]:.4g}); "
-                        "a scaling law in D needs at least 2: add token budgets to the sweep")
+        raise UserError(f"all {len(tokens)} {noun} in {table.source} have one token count ({tokens[0]:.4g}); "
+                        f"a scaling law in D needs at least 2: {counts}")
 
 
 def _budget_groups(table: RunTable, convention: str) -> list[tuple[float, np.ndarray]]:
@@ -433,12 +541,13 @@ def _record(table: RunTable, convention: str, approach3: ParametricFit, params: 
     return {
         "schema": FIT_SCHEMA,
         "runs_source": table.source,
+        "source_type": table.source_type,  # "runs" (run store, W&B) or "csv" (points; n_runs counts them)
         "n_runs": len(table.rows),
         "excluded_runs": dict(sorted(table.excluded.items())),
         "corpus_fingerprints": sorted(str(f) for f in table.fingerprints),
         "convention": convention,
         "convention_description": CONVENTION_DESCRIPTIONS[convention],
-        "units": {"N": "parameters", "D": "tokens", "C": "FLOPs (6ND)", "loss": "nats/token, final validation"},
+        "units": {"N": "parameters", "D": "tokens", "C": "FLOPs (6ND)", "loss": table.loss_unit},
         "data_range": {
             "params": [float(params.min()), float(params.max())],
             "tokens": [float(tokens.min()), float(tokens.max())],
@@ -458,26 +567,27 @@ def _record(table: RunTable, convention: str, approach3: ParametricFit, params: 
 def _draw(out: Path, approach3: ParametricFit, approach2: IsoFlopFit | None, params: np.ndarray,
           tokens: np.ndarray, losses: np.ndarray, budget_groups: list[tuple[float, np.ndarray]],
           convention: str, bootstrap: BootstrapResult | None, envelope: EnvelopeFit | None,
-          approach2_replicates: Replicates | None = None, approach1_replicates: Replicates | None = None) -> list[str]:
+          approach2_replicates: Replicates | None = None, approach1_replicates: Replicates | None = None,
+          loss_label: str = "final validation loss (nats/token)") -> list[str]:
     from analysis import plots  # matplotlib loads only when drawing, so `scaling ask` stays quick
 
+    isoflop, by_params, by_tokens, by_flops, allocation, residuals = (out / name for name in PLOT_FILES)
     law = approach3.law(convention=convention)
     written = []
     if approach2 is not None:
-        written.append(plots.plot_isoflop(approach2, out / "isoflop.png", convention))
+        written.append(plots.plot_isoflop(approach2, isoflop, convention, loss_label))
     if approach2 is not None:
         groups, along = [indices for _, indices in budget_groups], "budget"
     else:
         groups, along = _groups_by(tokens), "tokens"
-    written.append(plots.plot_loss_vs_params(law, params, tokens, losses, groups, out / "loss_vs_params.png",
-                                             convention, along))
-    written.append(plots.plot_loss_vs_tokens(law, params, tokens, losses, _groups_by(params),
-                                             out / "loss_vs_tokens.png", convention))
-    written.append(plots.plot_loss_vs_flops(law, params, tokens, losses, out / "loss_vs_flops.png", convention))
-    written.append(plots.plot_frontier(law, bootstrap, approach2, envelope, 6 * params * tokens,
-                                       out / "optimal_allocation.png", convention, approach2_replicates,
-                                       approach1_replicates))
-    written.append(plots.plot_residuals(law, params, tokens, losses, out / "residuals.png", convention))
+    written.append(plots.plot_loss_vs_params(law, params, tokens, losses, groups, by_params, convention, along,
+                                             loss_label))
+    written.append(plots.plot_loss_vs_tokens(law, params, tokens, losses, _groups_by(params), by_tokens,
+                                             convention, loss_label))
+    written.append(plots.plot_loss_vs_flops(law, params, tokens, losses, by_flops, convention, loss_label))
+    written.append(plots.plot_frontier(law, bootstrap, approach2, envelope, 6 * params * tokens, allocation,
+                                       convention, approach2_replicates, approach1_replicates))
+    written.append(plots.plot_residuals(law, params, tokens, losses, residuals, convention, loss_label))
     return [path.name for path in written]
 
 

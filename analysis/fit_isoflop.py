@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 BUDGET_MATCH_TOLERANCE = 0.01  # runs whose 6ND agree within 1% are taken to share a budget
 MIN_SIZES_PER_BUDGET = 3
+NAMED_BUDGETS = 8  # a warning about skipped budgets names this many, then gives the count of the rest
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ class IsoFlopFit:
     tokens_law: PowerLaw | None  # D_opt(C)
     budgets_used: tuple[float, ...]
     warnings: tuple[str, ...]
+    # Budgets with no profile, skipped with a warning (fit_isoflop's skip_invalid_budgets), in FLOPs:
+    too_few_sizes: tuple[float, ...] = ()  # fewer than MIN_SIZES_PER_BUDGET distinct sizes
+    no_minimum: tuple[float, ...] = ()  # a parabola with non-positive curvature
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,9 +89,33 @@ class IsoFlopFit:
             "b": None if self.tokens_law is None else self.tokens_law.exponent,
             "tokens_coefficient": None if self.tokens_law is None else self.tokens_law.coefficient,
             "budgets_used": list(self.budgets_used),
+            "budgets_skipped": {"too_few_sizes": list(self.too_few_sizes), "no_minimum": list(self.no_minimum)},
             "profiles": [profile.to_dict() for profile in self.profiles],
             "warnings": list(self.warnings),
         }
+
+    def budget_counts(self) -> str:
+        """Return how many budgets the power laws use, of all budgets, and why the rest are left out."""
+        return budget_counts(self.to_dict())
+
+
+def budget_counts(fit: dict[str, Any]) -> str:
+    """Return e.g. "5 of 158 budgets; left out: 8 with the optimum at an edge, ..." for an approach 2 record.
+
+    `fit` is `IsoFlopFit.to_dict()` (fit.json's "approach2"). `scaling fit`'s approach 2 line and the IsoFLOP
+    plot both print this, so the two count the same budgets. A record written before budgets_skipped existed
+    counts only the budgets with a profile.
+    """
+    used = len(fit["budgets_used"])
+    skipped = fit.get("budgets_skipped") or {}
+    left_out = [(len(fit["profiles"]) - used, "with the optimum at an edge"),
+                (len(skipped.get("no_minimum", [])), "whose parabola has no minimum"),
+                (len(skipped.get("too_few_sizes", [])), f"with fewer than {MIN_SIZES_PER_BUDGET} sizes")]
+    total = used + sum(count for count, _ in left_out)
+    reasons = ", ".join(f"{count} {why}" for count, why in left_out if count)
+    if not reasons:
+        return f"{used} budget{'' if used == 1 else 's'}"
+    return f"{used} of {total} budgets; left out: {reasons}"
 
 
 def fit_profile(flops: float, params: ArrayLike, losses: ArrayLike) -> IsoFlopProfile:
@@ -201,6 +229,7 @@ def fit_isoflop(params: ArrayLike, flops: ArrayLike, losses: ArrayLike, budgets:
     warnings: list[str] = []
     profiles: list[IsoFlopProfile] = []
     too_small: list[float] = []
+    no_minimum: list[float] = []
     for budget, indices in group_by_budget(flops, budgets):
         if skip_invalid_budgets and np.unique(params[indices]).size < MIN_SIZES_PER_BUDGET:
             too_small.append(budget)
@@ -211,15 +240,17 @@ def fit_isoflop(params: ArrayLike, flops: ArrayLike, losses: ArrayLike, budgets:
             if not skip_invalid_budgets:
                 raise
             warnings.append(f"skipped: {error}")
+            no_minimum.append(budget)  # the size count was checked above, so only the curvature fails here
             continue
         if profile.at_edge:
             warnings.append(f"budget {budget:.3g} FLOPs: optimum at edge of the sampled sizes: {edge_reason(profile)}")
         profiles.append(profile)
 
     if too_small:
-        listed = ", ".join(f"{budget:.3g}" for budget in too_small[:8]) + (", ..." if len(too_small) > 8 else "")
+        listed = ", ".join(f"{budget:.3g}" for budget in too_small[:NAMED_BUDGETS])
+        more = f" and {len(too_small) - NAMED_BUDGETS} more" if len(too_small) > NAMED_BUDGETS else ""
         warnings.append(f"{len(too_small)} budget(s) skipped with fewer than {MIN_SIZES_PER_BUDGET} sizes: "
-                        f"{listed} FLOPs")
+                        f"{listed} FLOPs{more}")
     used = [p for p in profiles if include_edge_budgets or not p.at_edge]
     params_law = tokens_law = None
     if len(used) >= 2:
@@ -236,7 +267,8 @@ def fit_isoflop(params: ArrayLike, flops: ArrayLike, losses: ArrayLike, budgets:
         warnings.append(f"approach 2 power laws need 2 usable budgets, found {len(used)}")
     for message in warnings if log_warnings else ():
         logger.warning("approach 2: %s", message)
-    return IsoFlopFit(tuple(profiles), params_law, tokens_law, tuple(p.flops for p in used), tuple(warnings))
+    return IsoFlopFit(tuple(profiles), params_law, tokens_law, tuple(p.flops for p in used), tuple(warnings),
+                      tuple(too_small), tuple(no_minimum))
 
 
 def fit_power_law(flops: ArrayLike, values: ArrayLike) -> PowerLaw | None:

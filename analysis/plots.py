@@ -1,7 +1,8 @@
 """PNG figures of a fit: IsoFLOP profiles, and loss against N and against D with the fitted law.
 
 Figures are drawn with matplotlib's object API on an Agg canvas, so no global backend is switched and no
-display is needed. Every figure names its parameter convention and units in its labels.
+display is needed. Every figure names its parameter convention and units in its labels. The loss axis names
+what the loss is (`loss_label`): a run's final validation loss in nats/token, or a CSV's loss column.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analysis.fit_isoflop import IsoFlopFit
+from analysis.fit_isoflop import IsoFlopFit, budget_counts
 from analysis.laws import ParametricLaw
 
 CONVENTION_LABELS = {
@@ -33,8 +34,12 @@ def params_label(convention: str) -> str:
     return f"N ({CONVENTION_LABELS.get(convention, convention)})"
 
 
-def plot_isoflop(fit: IsoFlopFit, path: Path, convention: str) -> Path:
-    """Draw each budget's losses against N with its parabola in ln N and the vertex; write `path`."""
+def plot_isoflop(fit: IsoFlopFit, path: Path, convention: str, loss_label: str = LOSS_LABEL) -> Path:
+    """Draw each budget's losses against N with its parabola in ln N and the vertex; write `path`.
+
+    Past MAX_LEGEND_ENTRIES budgets, or when budgets were skipped, a line counts the budgets as `scaling fit`
+    prints them (fit_isoflop.budget_counts).
+    """
     figure = Figure(figsize=(7, 4.5))
     axes = figure.subplots()
     colours = _colours(len(fit.profiles))
@@ -51,20 +56,21 @@ def plot_isoflop(fit: IsoFlopFit, path: Path, convention: str) -> Path:
                      color="none" if profile.at_edge else colour)
     axes.set_xscale("log")
     axes.set_xlabel(params_label(convention))
-    axes.set_ylabel(LOSS_LABEL)
+    axes.set_ylabel(loss_label)
     axes.set_title("IsoFLOP profiles: parabola in ln N per budget, star = N_opt(C) (hollow: at the edge, "
                    "not fitted); C = 6ND", fontsize=8)
     if len(fit.profiles) <= MAX_LEGEND_ENTRIES:
         axes.legend(fontsize=7)
-    else:
-        edges = sum(profile.at_edge for profile in fit.profiles)
-        axes.text(0.99, 0.99, f"{len(fit.profiles)} budgets, {edges} with the optimum at the edge",
-                  transform=axes.transAxes, ha="right", va="top", fontsize=7)
+    if len(fit.profiles) > MAX_LEGEND_ENTRIES or fit.too_few_sizes or fit.no_minimum:
+        counts = budget_counts(fit.to_dict()).replace("; ", ";\n")
+        axes.text(0.99, 0.99, f"power laws over {counts}", transform=axes.transAxes, ha="right", va="top",
+                  fontsize=7)
     return _save(figure, path)
 
 
 def plot_loss_vs_params(law: ParametricLaw, params: np.ndarray, tokens: np.ndarray, losses: np.ndarray,
-                        groups: Sequence[np.ndarray], path: Path, convention: str, along: str) -> Path:
+                        groups: Sequence[np.ndarray], path: Path, convention: str, along: str,
+                        loss_label: str = LOSS_LABEL) -> Path:
     """Draw observed losses against N, with the law along each group's path; write `path`.
 
     `along` is "budget" (each group shares C, so D = C / (6N) on the curve) or "tokens" (each group
@@ -84,12 +90,13 @@ def plot_loss_vs_params(law: ParametricLaw, params: np.ndarray, tokens: np.ndarr
             label = f"D = {np.median(d):.2e} tokens"
         axes.scatter(n, losses[indices], color=colour, s=18, label=label)
         axes.plot(dense, law.loss(dense, curve_tokens), color=colour, lw=1)
-    _finish_law_axes(axes, law, params_label(convention), "loss against N; lines: fitted L(N, D)")
+    _finish_law_axes(axes, law, params_label(convention), "loss against N; lines: fitted L(N, D)", loss_label)
     return _save(figure, path)
 
 
 def plot_loss_vs_tokens(law: ParametricLaw, params: np.ndarray, tokens: np.ndarray, losses: np.ndarray,
-                        groups: Sequence[np.ndarray], path: Path, convention: str) -> Path:
+                        groups: Sequence[np.ndarray], path: Path, convention: str,
+                        loss_label: str = LOSS_LABEL) -> Path:
     """Draw observed losses against D, one colour per model size, with the law at that size; write `path`."""
     figure = Figure(figsize=(7, 4.5))
     axes = figure.subplots()
@@ -98,14 +105,15 @@ def plot_loss_vs_tokens(law: ParametricLaw, params: np.ndarray, tokens: np.ndarr
         dense = np.geomspace(d.min() / 1.3, d.max() * 1.3, 200)
         axes.scatter(d, losses[indices], color=colour, s=18, label=f"N = {np.median(n):.3g}")
         axes.plot(dense, law.loss(np.full_like(dense, float(np.median(n))), dense), color=colour, lw=1)
-    _finish_law_axes(axes, law, "D (tokens trained)", f"loss against D; N is {CONVENTION_LABELS.get(convention)}")
+    _finish_law_axes(axes, law, "D (tokens trained)", f"loss against D; N is {CONVENTION_LABELS.get(convention)}",
+                     loss_label)
     return _save(figure, path)
 
 
-def _finish_law_axes(axes, law: ParametricLaw, xlabel: str, title: str) -> None:
+def _finish_law_axes(axes, law: ParametricLaw, xlabel: str, title: str, loss_label: str) -> None:
     axes.set_xscale("log")
     axes.set_xlabel(xlabel)
-    axes.set_ylabel(LOSS_LABEL)
+    axes.set_ylabel(loss_label)
     axes.set_title(
         f"{title}\nE={law.e_coef:.4g}, A={law.a_coef:.4g}, B={law.b_coef:.4g}, "
         f"alpha={law.alpha:.4g}, beta={law.beta:.4g}",
@@ -137,7 +145,7 @@ def _save(figure: Figure, path: Path, tight_layout: bool = True) -> Path:
 
 
 def plot_loss_vs_flops(law: ParametricLaw, params: np.ndarray, tokens: np.ndarray, losses: np.ndarray,
-                       path: Path, convention: str) -> Path:
+                       path: Path, convention: str, loss_label: str = LOSS_LABEL) -> Path:
     """Draw observed losses against C = 6ND, coloured by N, with the law's compute-optimal loss; write `path`."""
     figure = Figure(figsize=(7, 4.5))
     axes = figure.subplots()
@@ -150,7 +158,7 @@ def plot_loss_vs_flops(law: ParametricLaw, params: np.ndarray, tokens: np.ndarra
         axes.plot(dense, [law.loss(n, d) for n, d in optimal], color="black", lw=1,
                   label="fitted law at the compute-optimal N, D")
         axes.legend(fontsize=7)
-    _finish_law_axes(axes, law, "C = 6ND (FLOPs)", "loss against compute")
+    _finish_law_axes(axes, law, "C = 6ND (FLOPs)", "loss against compute", loss_label)
     return _save(figure, path)
 
 
@@ -212,7 +220,7 @@ def plot_frontier(law: ParametricLaw, bootstrap, approach2: IsoFlopFit | None, e
 
 
 def plot_residuals(law: ParametricLaw, params: np.ndarray, tokens: np.ndarray, losses: np.ndarray, path: Path,
-                   convention: str) -> Path:
+                   convention: str, loss_label: str = LOSS_LABEL) -> Path:
     """Draw ln L - ln L_fit against C = 6ND, coloured by N; write `path`."""
     figure = Figure(figsize=(7, 4.5))
     axes = figure.subplots()
@@ -225,7 +233,7 @@ def plot_residuals(law: ParametricLaw, params: np.ndarray, tokens: np.ndarray, l
         axes.set_xlim(flops.min() / 2, flops.max() * 2)
     axes.set_xscale("log")
     axes.set_xlabel("C = 6ND (FLOPs)")
-    axes.set_ylabel("ln L - ln L_fit (loss in nats/token)")
+    axes.set_ylabel(f"ln L - ln L_fit, L = {loss_label}")
     axes.set_title("residuals of the approach 3 fit", fontsize=9)
     return _save(figure, path)
 

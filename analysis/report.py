@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from analysis.ask import Answer, asked_quantity
+from analysis.fit import REPORT_FILE, fitted_noun
+from analysis.fit_isoflop import budget_counts
 
 logger = logging.getLogger(__name__)
-
-REPORT_FILE = "report.md"
 
 _PLOT_CAPTIONS = {
     "isoflop.png": "IsoFLOP profiles: final loss against N per FLOP budget, parabola in ln N, star at N_opt(C)",
@@ -58,7 +58,7 @@ def write_report(out_dir: str | Path, fit: dict[str, Any], answers: Sequence[Ans
 def _runs_section(fit: dict[str, Any]) -> list[str]:
     lines = ["## Runs", "",
              f"- source: `{fit.get('runs_source')}`",
-             f"- completed runs fitted: {fit.get('n_runs')}",
+             f"- {'completed runs' if fitted_noun(fit) == 'runs' else 'points'} fitted: {fit.get('n_runs')}",
              f"- corpus fingerprints: {', '.join(fit.get('corpus_fingerprints', [])) or 'unknown'}",
              f"- parameter convention: **{fit.get('convention')}**: {fit.get('convention_description')}",
              f"- units: {', '.join(f'{k} in {v}' for k, v in fit.get('units', {}).items())}"]
@@ -83,7 +83,7 @@ def _approach3_section(fit: dict[str, Any]) -> list[str]:
     method = approach3["method"]
     lines = ["## Approach 3: L(N, D) = E + A / N^alpha + B / D^beta", "",
              f"Status: **{approach3['status']}**. Objective (sum of Huber losses): {approach3['objective']:.6g} "
-             f"over {approach3['n_points']} runs.", ""]
+             f"over {approach3['n_points']} {fitted_noun(fit)}.", ""]
     bootstrap = fit.get("bootstrap")
     intervals = (bootstrap or {}).get("intervals", {})
     lines += _table(["parameter", "value", "95% bootstrap interval"],
@@ -111,7 +111,7 @@ def _approach2_section(fit: dict[str, Any]) -> list[str]:
     if approach2.get("a") is not None:
         lines.append(f"N_opt = {approach2['params_coefficient']:.4g} C^{approach2['a']:.4f}, "
                      f"D_opt = {approach2['tokens_coefficient']:.4g} C^{approach2['b']:.4f} "
-                     f"(C in FLOPs, N {fit.get('convention')} parameters, D tokens).")
+                     f"(C in FLOPs, N {fit.get('convention')} parameters, D tokens), over {budget_counts(approach2)}.")
         lines += [""] + _allocation_table(approach2)
     lines += ["", "| budget C (FLOPs) | sizes | N_opt | D_opt | at edge |", "| --- | --- | --- | --- | --- |"]
     for profile in approach2["profiles"]:
@@ -187,7 +187,8 @@ def _kaplan_section(fit: dict[str, Any]) -> list[str]:
     for name, law in kaplan["fits"].items():
         their = f"{published[name]['exponent']:.3f}" if name in published else "-"
         if law is None:
-            rows.append([name, "not enough points", "", their, "", "", "", "", "", ""])
+            rows.append([name, (kaplan.get("missing") or {}).get(name, "not enough points"), "", their, "", "", "", "",
+                         "", ""])
             continue
         intervals = law.get("intervals", {})
         rows.append([name, f"{law['exponent']:.4f}", _bounds(intervals.get("exponent"), ".4f"), their,

@@ -3,7 +3,10 @@
 `load_runs(path)` accepts the RUNS root, one sweep folder or one run folder (the layout of
 docs/run_format.md, read through `scaling.run_store`). Only completed runs with a finite final validation
 loss become rows; the others are listed in `RunTable.excluded` with the reason and named in a warning.
-Runs from different corpus or tokenizer fingerprints are never mixed unless the caller passes allow_mixed=True (--allow-mixed).
+A run folder whose summary.json or config.json is missing or hand-edited into something unusable (a loss
+that is not a positive number, a parameter count below 1, a list where an object belongs) is excluded the
+same way, never with a traceback. Runs from different corpus or tokenizer fingerprints are never mixed
+unless the caller passes allow_mixed=True (`--allow-mixed` on the command line).
 
 This module imports no JAX.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from scaling.errors import UserError
+from scaling.paths import DATA_FOLDER
 from scaling.run_store import RunDir, iter_run_dirs
 
 logger = logging.getLogger(__name__)
@@ -74,9 +78,19 @@ class RunTable:
     excluded: dict[str, str]  # "<sweep>/<run_id>" -> reason (status, missing summary, missing loss)
     source: str
     warnings: tuple[str, ...] = ()  # caveats about the set of runs as a whole, logged when it was read
+    # "runs" for a run store or W&B project; "csv" for published points. Those have no learning curves, and
+    # their loss is whatever the CSV's loss column contains (Chinchilla's points are final training losses).
+    source_type: str = "runs"
+    loss_label: str = "final validation loss (nats/token)"  # what each row's final_loss is, for plot axes
+    loss_unit: str = "nats/token, final validation"  # the same for fit.json's units
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def noun(self) -> str:
+        """Return what a row is called in messages: "runs" (a run store or W&B) or "points" (a CSV)."""
+        return "points" if self.source_type == "csv" else "runs"
 
     @property
     def fingerprints(self) -> set[str | None]:
@@ -96,7 +110,25 @@ def load_runs(path: str | Path, *, allow_mixed: bool = False) -> RunTable:
     for run_dir in iter_run_dirs(root):
         row, reason = _read_run(run_dir)
         items.append((f"{run_dir.sweep}/{run_dir.run_id}", row, reason))
+    # The run store lists runs by their config.json, so a run whose config.json was deleted would vanish
+    # from the fit without a word. Such a run is listed as excluded instead.
+    for folder in _runs_without_config(root):
+        items.append((f"{folder.parent.name}/{folder.name}", None,
+                      "no config.json, so its parameter counts are unknown; restore the file or delete the folder"))
     return build_table(items, str(root), allow_mixed)
+
+
+RUN_FILES = ("summary.json", "metrics.jsonl")  # a folder holding one of these without config.json lost its config
+
+
+def _runs_without_config(root: Path) -> list[Path]:
+    """Return the run folders under `root` (at the depths `iter_run_dirs` reads) that have no config.json."""
+    if (root / "config.json").exists() or not root.is_dir():
+        return []
+    candidates = [root, *root.glob("*/"), *root.glob("*/*/")]
+    return sorted(folder for folder in candidates
+                  if folder.is_dir() and DATA_FOLDER not in folder.relative_to(root).parts
+                  and not (folder / "config.json").exists() and any((folder / name).is_file() for name in RUN_FILES))
 
 
 def _read_run(run_dir: RunDir) -> tuple[RunRow | None, str]:
@@ -111,7 +143,29 @@ def _read_run(run_dir: RunDir) -> tuple[RunRow | None, str]:
         return None, f"unreadable summary.json: {error}"
     if summary is None:
         return None, "no summary.json (never started)"
+    for name, record in (("config.json", config), ("summary.json", summary)):
+        if not isinstance(record, dict):
+            return None, (f"{name} holds a JSON {type(record).__name__} where an object belongs; restore the file "
+                          "or delete the run's folder")
     return row_from_records(config, summary, run_dir.metrics, run_dir.run_id, run_dir.sweep, str(run_dir.path))
+
+
+def _number(value: Any) -> float | None:
+    """Return `value` as a float, or None when it is not a number (a string such as "abc", a list, true)."""
+    if isinstance(value, bool):
+        return None  # float(True) is 1.0, but a hand-edited true is not a count or a loss
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _count_problem(field_name: str, value: Any) -> str | None:
+    """Return why a parameter or token count is unusable, or None for a finite number of at least 1."""
+    number = _number(value)
+    if number is None or not math.isfinite(number) or number < 1:
+        return f"{field_name} is {value!r}, not a count of at least 1"
+    return None
 
 
 def row_from_records(config: dict[str, Any], summary: dict[str, Any], metrics: Callable[[], Iterable[dict[str, Any]]],
@@ -125,26 +179,36 @@ def row_from_records(config: dict[str, Any], summary: dict[str, Any], metrics: C
     if status != "completed":
         return None, f"status {status}"
     final_loss = summary.get("final_val_loss")
-    if final_loss is None or not math.isfinite(float(final_loss)):
-        return None, "completed without a finite final_val_loss"
+    if final_loss is None:
+        return None, "completed without a final_val_loss"
+    loss = _number(final_loss)
+    if loss is None or not math.isfinite(loss) or loss <= 0:
+        # A loss in nats/token is positive, and the fits take its logarithm.
+        return None, f"completed with final_val_loss {final_loss!r}, not a finite number > 0"
 
-    params = config.get("params", {})
-    flops = config.get("flops", {})
-    try:
-        params_total = int(params["total"])
-        params_non_embedding = int(params["non_embedding"])
-        tokens = int(config.get("tokens", summary.get("tokens_seen")))
-    except (KeyError, TypeError, ValueError) as error:
-        return None, f"config lacks parameter counts or tokens ({error})"
+    for section in ("params", "flops", "corpus", "config"):
+        if config.get(section) is not None and not isinstance(config[section], dict):
+            return None, f"config's {section} is a JSON {type(config[section]).__name__} where an object belongs"
+    params = config.get("params") or {}
+    flops = config.get("flops") or {}
+    if "total" not in params or "non_embedding" not in params:
+        return None, "config lacks parameter counts (params.total and params.non_embedding)"
+    tokens_value = config.get("tokens", summary.get("tokens_seen"))
+    for field_name, value in (("params.total", params["total"]), ("params.non_embedding", params["non_embedding"]),
+                              ("tokens", tokens_value)):
+        problem = _count_problem(field_name, value)
+        if problem:
+            return None, f"config's {problem}"
+    params_total, params_non_embedding = int(_number(params["total"])), int(_number(params["non_embedding"]))
+    tokens = int(_number(tokens_value))
 
     corpus = config.get("corpus") or {}
     train_config = config.get("config") or {}
     budget = train_config.get("flop_budget", config.get("flop_budget"))
-    curve = tuple(
-        (float(row["tokens"]), float(row["val_loss"]))
-        for row in metrics()
-        if row.get("val_loss") is not None and row.get("tokens") is not None
-    )
+    budget_flops = None if budget is None else _number(budget)
+    if budget is not None and not (budget_flops is not None and math.isfinite(budget_flops) and budget_flops > 0):
+        return None, f"config's flop_budget is {budget!r}, not a number of FLOPs > 0"
+    curve = _learning_curve(metrics())
     row = RunRow(
         run_id=str(config.get("run_id", run_id)),
         sweep=str(config.get("sweep", sweep)),
@@ -153,14 +217,30 @@ def row_from_records(config: dict[str, Any], summary: dict[str, Any], metrics: C
         params_non_embedding=params_non_embedding,
         tokens=tokens,
         flops_6nd=6.0 * params_total * tokens,
-        flops_exact=None if flops.get("exact") is None else float(flops["exact"]),
-        flop_budget=None if budget is None else float(budget),
-        final_loss=float(final_loss),
+        flops_exact=_number(flops.get("exact")),  # recorded only; no fit reads it
+        flop_budget=budget_flops,
+        final_loss=loss,
         status=str(status),
         learning_curve=curve,
         path=path,
     )
     return row, ""
+
+
+def _learning_curve(rows: Iterable[Any]) -> tuple[tuple[float, float], ...]:
+    """Return the (tokens, val_loss) points of metric rows; rows without both as positive numbers are skipped.
+
+    A row that is not an object, or whose tokens or val_loss is not a positive number, is no point of the
+    curve. A run left with fewer than 2 points is named by approach 1, which needs the curve.
+    """
+    curve = []
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        tokens, loss = _number(row.get("tokens")), _number(row.get("val_loss"))
+        if tokens is not None and loss is not None and math.isfinite(tokens) and math.isfinite(loss) and loss > 0:
+            curve.append((tokens, loss))
+    return tuple(curve)
 
 
 def build_table(items: Iterable[tuple[str, RunRow | None, str]], source: str, allow_mixed: bool) -> RunTable:
@@ -182,7 +262,7 @@ def build_table(items: Iterable[tuple[str, RunRow | None, str]], source: str, al
     if len(fingerprints) > 1 and not allow_mixed:
         raise UserError(
             f"runs under {source} come from {len(fingerprints)} corpus/tokenizer fingerprints "
-            f"({', '.join(fingerprints)}); fit one corpus at a time, or pass --allow-mixed (allow_mixed=True) to fit them together"
+            f"({', '.join(fingerprints)}); fit one corpus at a time, or pass --allow-mixed to fit them together"
         )
     warnings = []
     sweeps = Counter(row.sweep for row in rows)

@@ -90,7 +90,7 @@ def test_distinct_points_give_no_warning(tmp_path, caplog):
 
 @pytest.fixture(scope="module")
 def one_budget_fit(tmp_path_factory):
-    """Fit 9 noisy runs that all spend 1e20 FLOPs: a law the data cannot identify."""
+    """Fit 9 noisy CSV points that all spend 1e20 FLOPs: a law the data cannot identify."""
     folder = tmp_path_factory.mktemp("one_budget")
     params = np.geomspace(2e8, 2e10, 9)
     tokens = 1e20 / (6 * params)
@@ -115,7 +115,7 @@ def test_one_budget_fit_warns_and_stays_valid_json(one_budget_fit):
 def test_ask_one_budget_notes_and_bounds(one_budget_fit):
     _, path = one_budget_fit
     answer = ask("tokens for 7B", fit=str(path), law_keys=["tokens-20"])
-    assert any(note.startswith("your fit: approach 3: all 9 runs lie within") for note in answer.notes)
+    assert any(note.startswith("your fit: approach 3: all 9 points lie within") for note in answer.notes)
 
     low, high = answer.rows[0]["interval"]["tokens"]
     assert low > 0

@@ -209,7 +209,7 @@ def test_kaplan_2020_compute_law_in_flops():
 
 
 @pytest.mark.parametrize("bootstraps, methods, plot", [
-    (20, ("approach1", "approach2", "kaplan", "extrapolation"), True), (0, ("approach2",), False)])
+    (40, ("approach1", "approach2", "kaplan", "extrapolation"), True), (0, ("approach2",), False)])
 def test_progress_counts_every_step(tmp_path, monkeypatch, bootstraps, methods, plot):
     """The progress line's total matches the steps the fit runs, so it ends full, never short or over."""
     import analysis.fit
@@ -310,13 +310,13 @@ def test_allocation_bands_bracket_each_approach(tmp_path):
 
 def test_fit_resamples_runs_when_asked(tmp_path):
     _write_isoflop_sweep(tmp_path / "runs", noise=0.01)
-    record = fit_runs(tmp_path / "runs", tmp_path / "out", starts=32, bootstraps=20, seed=5, plot=False,
+    record = fit_runs(tmp_path / "runs", tmp_path / "out", starts=32, bootstraps=40, seed=5, plot=False,
                       methods=("approach1", "approach2"), resample="runs")
     assert record["approach2"]["bootstrap"]["method"].startswith("runs drawn with replacement within each")
     assert record["approach1"]["bootstrap"]["method"].startswith("runs drawn with replacement")
-    default = fit_runs(tmp_path / "runs", tmp_path / "out2", starts=32, bootstraps=20, seed=5, plot=False,
+    default = fit_runs(tmp_path / "runs", tmp_path / "out2", starts=32, bootstraps=40, seed=5, plot=False,
                        methods=("approach1", "approach2"))
     assert default["approach2"]["bootstrap"]["method"].startswith("relative residuals")
     assert default["approach1"]["bootstrap"]["method"].startswith("each run's luck")
     with pytest.raises(UserError, match="unknown resampling 'pairs'"):
-        fit_runs(tmp_path / "runs", tmp_path / "out3", starts=32, bootstraps=20, plot=False, resample="pairs")
+        fit_runs(tmp_path / "runs", tmp_path / "out3", starts=32, bootstraps=40, plot=False, resample="pairs")

@@ -87,7 +87,7 @@ def test_second_launch_skips_completed_runs(study):
 
 
 def test_fit_and_ask_from_the_fit(study):
-    fitted = run_cli("fit", "runs/e2e", "--json", "--starts", "64", "--bootstraps", "20", cwd=study)
+    fitted = run_cli("fit", "runs/e2e", "--json", "--starts", "64", "--bootstraps", "40", cwd=study)
     assert fitted.returncode == 0, fitted.stderr[-2000:]
     record = json.loads(fitted.stdout)
     assert record["n_runs"] == 6

@@ -1,0 +1,455 @@
+"""What `scaling fit` and `scaling report` do with awkward input.
+
+The cases: hand-edited run files, options that do not suit the source, an --out that is a file, outputs of
+an earlier fit, runs that lose a file, too few bootstraps, and CSV points. The printed approach 2 line and
+the IsoFLOP plot must count the budgets alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import analysis.fit
+from analysis.bootstrap import too_few_replicates
+from analysis.cli import _print_fit
+from analysis.csv_points import load_csv, parse_columns
+from analysis.fit import FIT_OUTPUTS, PLOT_FILES, fit_runs
+from analysis.fit_isoflop import budget_counts, fit_isoflop
+from analysis.laws import ParametricLaw
+from analysis.report import write_report
+from analysis.runs import load_runs
+from analysis.synthetic import isoflop_grid, law_losses, write_synthetic_run
+from scaling.cli import main
+from scaling.errors import UserError
+
+LAW = ParametricLaw("truth", "truth", "test", e_coef=1.5, a_coef=60.0, b_coef=300.0, alpha=0.3, beta=0.35)
+QUICK = dict(starts=16, bootstraps=0)  # enough for these checks, which test the inputs and outputs, not the fit
+
+
+def _write_sweep(root: Path, sweep: str = "iso") -> Path:
+    """Write 15 completed runs (3 IsoFLOP budgets x 5 sizes) with 1% noise; return the sweep folder."""
+    params, tokens, budgets = isoflop_grid(LAW, [1e15, 1e16, 1e17], 5, 4)
+    losses = law_losses(LAW, params, tokens, noise=0.01)
+    for i, (n, d, c, loss) in enumerate(zip(params, tokens, budgets, losses)):
+        write_synthetic_run(root, sweep, f"r{i:02d}", params_total=int(n), tokens=int(d), final_loss=float(loss),
+                            flop_budget=float(c))
+    return root / sweep
+
+
+def _write_points(path: Path) -> Path:
+    """Write the same 15 points as a CSV with columns N, D, loss and the budget C; return its path."""
+    params, tokens, budgets = isoflop_grid(LAW, [1e15, 1e16, 1e17], 5, 4)
+    losses = law_losses(LAW, params, tokens, noise=0.01)
+    lines = ["N,D,loss,C"] + [f"{float(n)!r},{float(d)!r},{float(loss)!r},{c:.0e}"
+                              for n, d, loss, c in zip(params, tokens, losses, budgets)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _edit_json(path: Path, edit) -> None:
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def _cli(capsys, *arguments) -> tuple[int, str, str]:
+    """Run `scaling ARGUMENTS` in this process; return the exit status, stdout and stderr."""
+    status = main([str(argument) for argument in arguments])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("scaling: error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.fixture()
+def no_fitting(monkeypatch):
+    """Fail the test if a fit starts reading its source: the checks under test must come first."""
+    def fail_if_called(*args, **kwargs):
+        raise AssertionError("the fit started before the bad argument was reported")
+
+    monkeypatch.setattr(analysis.fit, "_load_table", fail_if_called)
+
+
+# Hand-edited run files -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, shown", [("abc", "'abc'"), (-1.5, "-1.5"), (0, "0"), (True, "True"),
+                                          ([2.5], "[2.5]")])
+def test_bad_final_loss_excludes_run(tmp_path, caplog, value, shown):
+    sweep = _write_sweep(tmp_path)
+    _edit_json(sweep / "r03" / "summary.json", lambda summary: {**summary, "final_val_loss": value})
+    with caplog.at_level(logging.WARNING):
+        table = load_runs(sweep)
+    assert len(table) == 14
+    assert table.excluded["iso/r03"] == f"completed with final_val_loss {shown}, not a finite number > 0"
+    assert f"iso/r03 (completed with final_val_loss {shown}" in caplog.text
+
+
+@pytest.mark.parametrize("file, content, reason", [
+    ("summary.json", [1, 2], "summary.json holds a JSON list where an object belongs"),
+    ("config.json", [], "config.json holds a JSON list where an object belongs"),
+    ("config.json", "text", "config.json holds a JSON str where an object belongs"),
+])
+def test_record_not_object_excludes_run(tmp_path, file, content, reason):
+    sweep = _write_sweep(tmp_path)
+    (sweep / "r03" / file).write_text(json.dumps(content))
+    assert load_runs(sweep).excluded["iso/r03"].startswith(reason)
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda config: {**config, "params": {**config["params"], "total": -5}}, "config's params.total is -5"),
+    (lambda config: {**config, "params": {**config["params"], "non_embedding": 0}},
+     "config's params.non_embedding is 0"),
+    (lambda config: {**config, "tokens": "many"}, "config's tokens is 'many'"),
+    (lambda config: {**config, "params": [1, 2]}, "config's params is a JSON list"),
+    (lambda config: {**config, "corpus": "stdlib"}, "config's corpus is a JSON str"),
+    (lambda config: {**config, "config": {**config["config"], "flop_budget": -1e15}},
+     "config's flop_budget is -1000000000000000.0"),
+])
+def test_bad_config_value_excludes_run(tmp_path, edit, reason):
+    sweep = _write_sweep(tmp_path)
+    _edit_json(sweep / "r03" / "config.json", edit)
+    assert load_runs(sweep).excluded["iso/r03"].startswith(reason)
+
+
+def test_bad_metric_rows_are_skipped(tmp_path):
+    sweep = _write_sweep(tmp_path)
+    with open(sweep / "r03" / "metrics.jsonl", "a") as handle:
+        handle.write('[1, 2]\n{"tokens": "x", "val_loss": 2.0}\n{"tokens": 5, "val_loss": -1}\n')
+    row = next(row for row in load_runs(sweep).rows if row.run_id == "r03")
+    assert len(row.learning_curve) == 4  # the 4 rows written by the run, none of the 3 edited ones
+
+
+def test_hand_edited_sweep_fits(tmp_path, capsys):
+    sweep = _write_sweep(tmp_path)
+    _edit_json(sweep / "r03" / "summary.json", lambda summary: {**summary, "final_val_loss": "abc"})
+    _edit_json(sweep / "r04" / "config.json", lambda config: {**config, "params": {**config["params"], "total": -5}})
+    (sweep / "r05" / "summary.json").write_text("[]")
+    status, _, stderr = _cli(capsys, "fit", sweep, "--out", tmp_path / "out", "--json", "--starts", 16,
+                             "--bootstraps", 0, "--method", "approach2")
+    assert status == 0, stderr
+    record = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert sorted(record["excluded_runs"]) == ["iso/r03", "iso/r04", "iso/r05"]
+    assert record["n_runs"] == 12
+
+
+# Options that do not fit the source, and --out ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option, value", [("--columns", "N=a,D=b,L=c"), ("--where", "epoch=0")])
+def test_csv_option_on_folder_exits_2(tmp_path, capsys, no_fitting, option, value):
+    sweep = _write_sweep(tmp_path)
+    status, _, stderr = _cli(capsys, "fit", sweep, option, value)
+    assert status == 2
+    assert f"{option} {value} applies only to a CSV file of points" in _error_line(stderr)
+    assert not (sweep / "_report").exists()
+
+
+def test_out_file_exits_2_before_fit(tmp_path, capsys, no_fitting):
+    points = _write_points(tmp_path / "points.csv")
+    out = tmp_path / "outfile"
+    out.write_text("x\n")
+    status, _, stderr = _cli(capsys, "fit", points, "--columns", "N=N,D=D,L=loss", "--out", out)
+    assert status == 2
+    assert f"output folder {out} is a file" in _error_line(stderr)
+    assert out.read_text() == "x\n"
+
+
+def test_out_inside_file_exits_2(tmp_path, capsys, no_fitting):
+    points = _write_points(tmp_path / "points.csv")
+    status, _, stderr = _cli(capsys, "fit", points, "--out", points / "fit")
+    assert status == 2
+    assert f"lies inside {points}, which is a file" in _error_line(stderr)
+
+
+# Outputs of an earlier fit -----------------------------------------------------------------------------------------
+
+
+def test_refit_removes_earlier_outputs(tmp_path, caplog):
+    sweep = _write_sweep(tmp_path)
+    out = tmp_path / "out"
+    first = fit_runs(sweep, out, methods=("approach2",), **QUICK)
+    write_report(out, first)
+    (out / "notes.md").write_text("mine\n")
+    (out / "extra.png").write_bytes(b"mine")
+    assert "isoflop.png" in first["plots"]
+
+    caplog.set_level(logging.INFO, logger="analysis.fit")
+    second = fit_runs(sweep, out, methods=("kaplan",), convention="non_embedding", **QUICK)
+    assert "isoflop.png" not in second["plots"]
+    assert not (out / "isoflop.png").exists()
+    assert not (out / "report.md").exists()  # it described the first fit
+    assert sorted(path.name for path in out.iterdir()) == sorted(["fit.json", "notes.md", "extra.png",
+                                                                  *second["plots"]])
+    assert any("removed isoflop.png, report.md of the earlier fit" in message for message in caplog.messages)
+
+
+def test_fit_without_plots_removes_them(tmp_path):
+    sweep = _write_sweep(tmp_path)
+    out = tmp_path / "out"
+    fit_runs(sweep, out, methods=("approach2",), **QUICK)
+    fit_runs(sweep, out, methods=("approach2",), plot=False, **QUICK)
+    assert [name for name in FIT_OUTPUTS if (out / name).exists()] == []
+
+
+def test_first_fit_keeps_files_of_same_name(tmp_path):
+    """Without an earlier fit.json, the folder contains no earlier fit, so files named like outputs are the user's."""
+    sweep = _write_sweep(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("my own report\n")
+    fit_runs(sweep, out, methods=("approach2",), **QUICK)
+    assert (out / "report.md").read_text() == "my own report\n"
+
+
+def test_report_names_equal():
+    from analysis import report
+
+    assert report.REPORT_FILE in FIT_OUTPUTS
+    assert set(PLOT_FILES) == set(report._PLOT_CAPTIONS)
+
+
+def test_report_checks_question_first(tmp_path, capsys, monkeypatch):
+    """A question `ask` rejects stops `scaling report` before the fit replaces fit.json."""
+    import analysis.ask
+
+    sweep = _write_sweep(tmp_path)
+    out = tmp_path / "out"
+
+    def reject(query, **kwargs):
+        raise UserError(f"the number in {query.text!r} is beyond what any law answers")
+
+    monkeypatch.setattr(analysis.ask, "ask", reject)
+    status, _, stderr = _cli(capsys, "report", sweep, "--out", out, "--question", "tokens for 7B", "--starts", 16,
+                             "--bootstraps", 0)
+    assert status == 2
+    assert "--question 'tokens for 7B': the number in 'tokens for 7B'" in _error_line(stderr)
+    assert not out.exists()
+
+
+# Runs left out without a word -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["deleted", "empty"])
+def test_run_without_curve_is_named(tmp_path, damage):
+    sweep = _write_sweep(tmp_path)
+    metrics = sweep / "r07" / "metrics.jsonl"
+    metrics.unlink() if damage == "deleted" else metrics.write_text("")
+    record = fit_runs(sweep, tmp_path / "out", methods=("approach1", "kaplan"), plot=False, **QUICK)
+    [warning] = [warning for warning in record["warnings"] if "val_loss rows" in warning]
+    assert warning.startswith("approach 1 and Kaplan-style L(C) leave out 1 run(s) whose metrics.jsonl has fewer")
+    assert "iso/r07 (0)" in warning
+    assert record["n_runs"] == 15  # approach 3 still fits its final loss
+
+
+def test_run_without_config_is_excluded(tmp_path, caplog):
+    sweep = _write_sweep(tmp_path)
+    (sweep / "r07" / "config.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        table = load_runs(tmp_path)
+    assert len(table) == 14
+    assert table.excluded["iso/r07"].startswith("no config.json")
+    assert "iso/r07 (no config.json" in caplog.text
+
+
+def test_run_folder_without_config(tmp_path):
+    sweep = _write_sweep(tmp_path)
+    (sweep / "r07" / "config.json").unlink()
+    assert list(load_runs(sweep / "r07").excluded) == ["iso/r07"]
+
+
+def test_missing_config_in_fit_json(tmp_path):
+    sweep = _write_sweep(tmp_path)
+    (sweep / "r07" / "config.json").unlink()
+    record = fit_runs(sweep, tmp_path / "out", methods=(), plot=False, **QUICK)
+    assert list(record["excluded_runs"]) == ["iso/r07"]
+    assert any("iso/r07 (no config.json" in warning for warning in record["warnings"])
+
+
+# Bootstrap counts ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bootstraps", [1, 2, 20, 39])
+def test_too_few_bootstraps_exit_2(tmp_path, capsys, no_fitting, bootstraps):
+    sweep = _write_sweep(tmp_path)
+    status, _, stderr = _cli(capsys, "fit", sweep, "--bootstraps", bootstraps)
+    assert status == 2
+    assert _error_line(stderr) == (f"scaling: error: --bootstraps {bootstraps} gives no 95% interval; use 0 for none "
+                                   "or at least 40 (200 is the default)")
+
+
+def test_bootstrap_minimum_follows_rule(tmp_path, no_fitting):
+    """A count is rejected exactly when even all of its replicates would be too few for an interval."""
+    for bootstraps in range(1, 61):
+        never = too_few_replicates(bootstraps, bootstraps) is not None
+        try:
+            fit_runs(tmp_path, tmp_path / "out", bootstraps=bootstraps)
+        except UserError:
+            rejected = True
+        except AssertionError:  # from no_fitting: the arguments passed, and the fit began
+            rejected = False
+        assert rejected == never, bootstraps
+
+
+# CSV points worded as points ---------------------------------------------------------------------------------------
+
+
+def test_csv_fit_says_points(tmp_path, capsys, monkeypatch):
+    points = _write_points(tmp_path / "points.csv")
+    record = fit_runs(points, tmp_path / "out", columns="N=N,D=D,L=loss", plot=False, **QUICK)
+    assert record["units"]["loss"] == "the unit of its source (CSV column loss)"
+    assert record["approach1"]["skipped"].startswith("approach 1 skipped: it needs learning curves, and a CSV")
+    assert record["kaplan"]["missing"]["L(C)"] == "needs learning curves, which CSV points lack"
+    monkeypatch.setenv("COLUMNS", "250")
+    _print_fit(record, tmp_path / "out")
+    printed = capsys.readouterr().out
+    assert "approach 3 on 15 points" in printed
+    assert "loss in the unit of its source (CSV column loss)" in printed  # the Kaplan table's title
+    assert "needs learning curves, which CSV points lack" in printed
+    assert "not enough points" not in printed
+    assert "largest-compute point(s)" in printed
+    report = write_report(tmp_path / "out", record).read_text()
+    assert "- points fitted: 15" in report
+    assert "final validation" not in report
+
+
+def test_csv_plots_label_the_column(tmp_path, monkeypatch):
+    import analysis.plots
+
+    labels = []
+    save = analysis.plots._save
+
+    def record_labels(figure, path, *args, **kwargs):
+        labels.extend(axes.get_ylabel() for axes in figure.axes if "loss" in axes.get_ylabel().lower())
+        return save(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(analysis.plots, "_save", record_labels)
+    points = _write_points(tmp_path / "points.csv")
+    fit_runs(points, tmp_path / "out", columns="N=N,D=D,L=loss", methods=("approach2",), **QUICK)
+    assert len(labels) == 5  # isoflop, loss against N, D and C, residuals
+    assert all("loss (CSV column loss)" in label for label in labels)
+    assert not any("validation" in label for label in labels)
+
+
+def test_csv_too_few_points_says_points(tmp_path):
+    path = tmp_path / "few.csv"
+    path.write_text("N,D,loss\n1e6,1e7,3.0\n2e6,1e7,2.9\n3e6,2e7,2.8\n")
+    with pytest.raises(UserError, match=r"3 point\(s\) in .*needs at least 5 points: add points to the file") as error:
+        fit_runs(path, tmp_path / "out", columns="N=N,D=D,L=loss", **QUICK)
+    assert "sweep" not in str(error.value)
+
+
+# CSV columns and filters ------------------------------------------------------------------------------------------
+
+
+def test_three_of_n_d_c_rejected():
+    with pytest.raises(UserError, match=r"maps all of N, D and C; map two of them, since the third follows from "
+                                        r"C = 6ND"):
+        parse_columns("N=n,D=d,C=c,L=loss")
+
+
+def test_where_compares_numbers(tmp_path):
+    points = _write_points(tmp_path / "points.csv")
+    assert "1e+17" in points.read_text()  # the file writes the budget with an exponent sign
+    table = load_csv(points, "N=N,D=D,L=loss", ["C=1e17"])
+    assert len(table) == 5
+    assert len(load_csv(points, "N=N,D=D,L=loss", ["C=100000000000000000"])) == 5
+
+
+def test_where_still_compares_text(tmp_path):
+    path = tmp_path / "points.csv"
+    path.write_text("N,D,loss,source\n1e6,1e7,3.0,paper\n2e6,1e7,2.9,replication\n")
+    assert [row.params_total for row in load_csv(path, "N=N,D=D,L=loss", ["source=paper"]).rows] == [1e6]
+
+
+def test_header_only_csv_says_no_rows(tmp_path):
+    path = tmp_path / "header.csv"
+    path.write_text("N,D,loss\n\n")
+    with pytest.raises(UserError, match="header.csv has a header but no data rows"):
+        load_csv(path, "N=N,D=D,L=loss")
+
+
+# Approach 2's budget counts ----------------------------------------------------------------------------------------
+
+
+def _awkward_budgets() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (N, C, loss) of 2 good budgets, 1 with its optimum at an edge, 1 with no minimum and 10 of 2 sizes."""
+    params, losses, labels = [], [], []
+    sizes = np.array([1e6, 2e6, 4e6, 8e6, 16e6])
+    for budget, shape in ((1e15, "good"), (1e16, "good"), (1e17, "edge"), (1e18, "no minimum")):
+        x = np.log(sizes / 4e6)
+        curve = {"good": 2.0 + 0.05 * x**2, "edge": 2.0 - 0.1 * x + 0.01 * x**2, "no minimum": 2.0 - 0.05 * x**2}
+        params.extend(sizes)
+        losses.extend(curve[shape] * (1.0 if budget == 1e15 else 0.8))
+        labels.extend([budget] * sizes.size)
+    for budget in np.geomspace(1e19, 1e28, 10):
+        params.extend([1e6, 2e6])
+        losses.extend([2.0, 1.9])
+        labels.extend([budget, budget])
+    return np.array(params), np.array(labels), np.array(losses)
+
+
+def test_skipped_budgets_named_with_count():
+    params, labels, losses = _awkward_budgets()
+    fit = fit_isoflop(params, labels, losses, labels, skip_invalid_budgets=True, log_warnings=False)
+    [warning] = [warning for warning in fit.warnings if "fewer than 3 sizes" in warning]
+    assert warning.startswith("10 budget(s) skipped with fewer than 3 sizes: 1e+19, ")
+    assert warning.endswith(" FLOPs and 2 more")
+    assert "..." not in warning
+
+
+def test_budget_counts_add_up():
+    params, labels, losses = _awkward_budgets()
+    fit = fit_isoflop(params, labels, losses, labels, skip_invalid_budgets=True, log_warnings=False)
+    assert budget_counts(fit.to_dict()) == ("2 of 14 budgets; left out: 1 with the optimum at an edge, 1 whose "
+                                            "parabola has no minimum, 10 with fewer than 3 sizes")
+
+
+def test_plot_and_print_count_alike(tmp_path, capsys, monkeypatch):
+    import analysis.plots
+
+    params, labels, losses = _awkward_budgets()
+    fit = fit_isoflop(params, labels, losses, labels, skip_invalid_budgets=True, log_warnings=False)
+    texts = []
+    save = analysis.plots._save
+
+    def record_texts(figure, path, *args, **kwargs):
+        texts.extend(text.get_text() for axes in figure.axes for text in axes.texts)
+        return save(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(analysis.plots, "_save", record_texts)
+    analysis.plots.plot_isoflop(fit, tmp_path / "isoflop.png", "total")
+    assert texts == ["power laws over 2 of 14 budgets;\nleft out: 1 with the optimum at an edge, 1 whose parabola "
+                     "has no minimum, 10 with fewer than 3 sizes"]
+
+    record = {"approach3": {"parameters": {"E": 1.0}, "objective": 0.1, "status": "converged"}, "n_runs": 34,
+              "convention": "total", "approach2": fit.to_dict()}
+    monkeypatch.setenv("COLUMNS", "400")
+    _print_fit(record, tmp_path)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"over {budget_counts(fit.to_dict())}" in printed
+
+
+def test_demo_sized_counts_stay_short():
+    params, tokens, budgets = isoflop_grid(LAW, [1e15, 1e16, 1e17], 5, 4)
+    fit = fit_isoflop(params, budgets, law_losses(LAW, params, tokens), budgets, log_warnings=False)
+    assert budget_counts(fit.to_dict()) == "3 budgets"
+
+
+# Mixed corpora -----------------------------------------------------------------------------------------------------
+
+
+def test_mixed_corpora_names_flag_only(tmp_path):
+    write_synthetic_run(tmp_path, "a", "r", params_total=10, tokens=10, final_loss=2.0, fingerprint="corpus-a")
+    write_synthetic_run(tmp_path, "b", "r", params_total=10, tokens=10, final_loss=2.0, fingerprint="corpus-b")
+    with pytest.raises(UserError) as error:
+        load_runs(tmp_path)
+    assert str(error.value).endswith("pass --allow-mixed to fit them together")
+    assert "allow_mixed" not in str(error.value)
