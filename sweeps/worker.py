@@ -71,12 +71,17 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # `kill`, or a scheduler cancelling the job, stops the run as SIGINT does. The launcher's own SIGINT often
     # follows one sent to its whole process group, and must not cut short the recording of the first.
-    with interrupts_on_stop_signals(once=True):
-        if args.serve:
-            return serve(cores)
-        request = json.loads(sys.stdin.read())
-        status, _ = train_request(request, cores)
-        return status
+    try:
+        with interrupts_on_stop_signals(once=True):
+            if args.serve:
+                return serve(cores)
+            request = json.loads(sys.stdin.read())
+            status, _ = train_request(request, cores)
+            return status
+    finally:
+        # The outcome is recorded. A second Ctrl-C while the interpreter exits would only print a traceback from
+        # an exit handler (JAX's clear_backends) into the run's log.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def train_request(request: dict[str, Any], cores: tuple[int, ...] | None) -> tuple[int, str | None]:
@@ -84,30 +89,37 @@ def train_request(request: dict[str, Any], cores: tuple[int, ...] | None) -> tup
 
     The message is the one-line error of a run that did not complete, None for a completed or diverged run.
     """
-    from scaling.config import TrainConfig
+    from scaling.config import TrainConfig  # these three import no JAX
     from scaling.errors import UserError
     from scaling.run_lock import RunLocked
-    from scaling.train import train
 
-    config = TrainConfig.from_dict(request["config"])
-    log.info("worker %d for run %s on cores %s", os.getpid(), config.run_id,
-             cores if cores is not None else "all")
+    run_id = request["config"].get("run_id")
+    started = False
     try:
+        # Importing JAX takes seconds on a busy machine. An interrupt during it is logged like any other.
+        from scaling.train import train
+
+        config = TrainConfig.from_dict(request["config"])
+        log.info("worker %d for run %s on cores %s", os.getpid(), run_id, cores if cores is not None else "all")
+        started = True
         summary = train(config, request["runs_root"], progress=False)
     except UserError as error:
-        log.error("run %s stopped: %s", config.run_id, error)
+        log.error("run %s stopped: %s", run_id, error)
         return EXIT_USER_ERROR, str(error)
     except RunLocked as error:
-        log.error("run %s not started: %s", config.run_id, error)
+        log.error("run %s not started: %s", run_id, error)
         return EXIT_LOCKED, str(error)
     except KeyboardInterrupt:
-        log.warning("run %s interrupted; a later launch resumes it from its newest checkpoint", config.run_id)
+        if started:
+            log.warning("run %s interrupted; a later launch resumes it from its newest checkpoint", run_id)
+        else:
+            log.warning("run %s interrupted before it started; a later launch starts it", run_id)
         return EXIT_INTERRUPTED, "interrupted"
     except Exception as error:
-        log.exception("run %s failed", config.run_id)
+        log.exception("run %s failed", run_id)
         return EXIT_FAILED, f"{type(error).__name__}: {error}"
     status = summary.get("status")
-    log.info("run %s finished with status %s", config.run_id, status)
+    log.info("run %s finished with status %s", run_id, status)
     if status == "completed":
         return EXIT_COMPLETED, None
     if status == "diverged":

@@ -308,3 +308,21 @@ def test_interrupted_worker_run_resumes(stop_signal, corpus_dir, tmp_path):  # n
     assert (f"run {run.run_id} was interrupted after its checkpoint at step {summary['steps_done']}; it resumes from "
             "its newest readable checkpoint") in logged
     assert RunDir.at(runs, "one", run.run_id).status() == "completed"
+
+
+def test_interrupt_before_start_is_logged(monkeypatch, caplog):
+    # SIGINT while the worker still imports JAX or reads the config: the log names the run, nothing trained.
+    from scaling.config import TrainConfig
+    from sweeps import worker
+
+    def interrupted(raw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainConfig, "from_dict", staticmethod(interrupted))
+    caplog.set_level("WARNING", logger="sweeps.worker")
+
+    status, error = worker.train_request({"config": {"run_id": "N8e3-D1e5"}, "runs_root": "unused"}, None)
+
+    assert status == EXIT_INTERRUPTED
+    assert error == "interrupted"
+    assert "run N8e3-D1e5 interrupted before it started" in caplog.text
