@@ -12,6 +12,8 @@ import logging
 
 log = logging.getLogger(__name__)
 
+EXIT_RUN_FAILED = 1
+EXIT_RUNS_ELSEWHERE = 75  # EX_TEMPFAIL of BSD's sysexits.h: a temporary condition, try again later
 SPEC_HELP = "a sweep spec YAML file, or the name of a packaged spec (demo, quick, ...)"
 
 
@@ -73,11 +75,13 @@ def launch_command(args: argparse.Namespace) -> int:
     unfinished = [outcome.run.run_id for outcome in outcomes if not outcome.ok and outcome.status != "elsewhere"]
     elsewhere = [outcome.run.run_id for outcome in outcomes if outcome.status == "elsewhere"]
     if elsewhere:
-        log.warning("%d of %d runs are being trained by another process: %s", len(elsewhere), len(outcomes),
-                    ", ".join(elsewhere))
+        log.warning("%d of %d runs are being trained by another process: %s; rerun this command once it has "
+                    "finished, to pick up any it left unfinished", len(elsewhere), len(outcomes), ", ".join(elsewhere))
     if unfinished:
         log.error("%d of %d runs did not complete: %s", len(unfinished), len(outcomes), ", ".join(unfinished))
-    return 1 if unfinished or elsewhere else 0  # a run trained elsewhere is not known to be complete yet
+        return EXIT_RUN_FAILED
+    # Nothing failed, but a run trained elsewhere is not known to be complete yet: a script should wait and retry.
+    return EXIT_RUNS_ELSEWHERE if elsewhere else 0
 
 
 def _check_workers(workers: int) -> None:

@@ -593,6 +593,27 @@ def test_locked_run_trains_elsewhere(corpus_dir, tmp_path):
     assert outcomes[free.run_id].status == "completed"
 
 
+def test_launch_exit_status_for_locked_run(corpus_dir, tmp_path, caplog):
+    import yaml
+
+    from scaling.run_lock import RunLock
+    from scaling.run_store import RunDir
+
+    path = tmp_path / "held.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw(corpus_dir, name="held")))
+    runs = tmp_path / "runs"
+    locked, _ = expand(parse_spec(tiny_raw(corpus_dir, name="held")), runs)
+    locked_dir = RunDir.at(runs, "held", locked.run_id)
+    locked_dir.path.mkdir(parents=True)
+    args = argparse.Namespace(spec=str(path), runs=str(runs), workers=1, no_progress=True)
+
+    with RunLock(locked_dir.path):
+        status = cli.launch_command(args)
+
+    assert status == cli.EXIT_RUNS_ELSEWHERE  # not 1: no run failed
+    assert "rerun this command once it has finished" in caplog.text
+
+
 def test_plan_names_dropped_runs(corpus_dir, tmp_path, capsys):
     root = tmp_path / "runs"
     spec = parse_spec(tiny_raw(corpus_dir))
