@@ -29,6 +29,24 @@ class RunLocked(Exception):
         self.holder = holder
 
 
+def lock_holder(run_path: Path) -> str | None:
+    """Return who holds the run's lock (host and pid, as written), or None when no live process holds it.
+
+    It only tests the lock: a shared lock taken and released at once, on a lock file that must already exist.
+    """
+    try:
+        handle = open(Path(run_path) / LOCK_NAME)
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
 class RunLock:
     """Exclusive ownership of one run folder while it trains; use as a context manager."""
 

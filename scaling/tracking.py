@@ -43,7 +43,9 @@ class Tracker:
     A resumed training run resumes its W&B run (the id is a function of sweep and run_id) and sends its
     kept metric rows again (`log_rows`), because a killed process loses the rows W&B had not yet written.
     Rows below the `starting_step` of a resumed online run (W&B already contains them) are not sent, so
-    the W&B history has every step once.
+    the W&B history has every step once. Offline, each attempt writes a new `wandb/offline-run-*` folder
+    with the whole history, so the folders of earlier attempts move to `wandb/superseded/`: syncing
+    `wandb/offline-run-*` then uploads one consistent history.
     """
 
     def __init__(self, *, mode: str, project: str, run_id: str, sweep: str, run_dir: Path, config: dict[str, Any]):
@@ -52,6 +54,8 @@ class Tracker:
         self.first_new_step = 0  # W&B already contains the steps below this one
         if self.mode == "disabled":
             return
+        if self.mode == "offline":
+            _set_aside_earlier_attempts(Path(run_dir))
         try:
             import wandb
 
@@ -108,6 +112,27 @@ class Tracker:
         except Exception as error:
             log.error("W&B finish failed: %s", error)
         self.run = None
+
+
+SUPERSEDED_FOLDER = "superseded"  # <run>/wandb/superseded/: offline W&B runs of earlier attempts
+
+
+def _set_aside_earlier_attempts(run_dir: Path) -> None:
+    """Move the offline W&B runs of this run's earlier attempts to `wandb/superseded/`.
+
+    An interrupted attempt's folder has rows past the checkpoint it resumed from, and the new attempt trains
+    those steps again. So uploading both would give W&B two values for those steps. A rename keeps W&B's
+    open files valid.
+    """
+    earlier = sorted((run_dir / "wandb").glob("offline-run-*"))
+    if not earlier:
+        return
+    superseded = run_dir / "wandb" / SUPERSEDED_FOLDER
+    superseded.mkdir(exist_ok=True)
+    for folder in earlier:
+        folder.rename(superseded / folder.name)
+    log.info("moved %d offline W&B run(s) of earlier attempts of %s to %s; the new attempt logs the whole "
+             "history again", len(earlier), run_dir.name, superseded)
 
 
 def _wandb_id(sweep: str, run_id: str) -> str:

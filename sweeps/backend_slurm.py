@@ -117,8 +117,9 @@ def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
         executor = submitit.AutoExecutor(folder=folder, cluster="local" if options.executor == "local" else "slurm")
     except RuntimeError as error:  # submitit looks for srun and raises when this machine is no SLURM node
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserError(f"--backend slurm cannot find SLURM here ({first_line}); launch from a login node of "
-                        "the cluster, or use --backend local or ray") from None
+        raise UserError(f"--backend slurm cannot find SLURM here ({first_line}); launch from a login node of the "
+                        "cluster, use --backend local or ray, or try the SLURM path on this machine with "
+                        "`slurm: {executor: local}` in the spec") from None
     executor.update_parameters(**_for_executor(options.submitit_parameters(resources, f"sweep-{spec.name}"),
                                                options.executor))
     runs = expand(spec, root)

@@ -83,6 +83,10 @@ def run_with_backend(backend: str, spec: Any, runs_root: str | Path | None, *, w
 
         if address:
             raise UserError("--address names a Ray cluster; use it with --backend ray")
+        if getattr(spec, "resources", None):
+            log.warning("the spec's resources: (%s per run) apply to --backend ray and slurm; the local backend "
+                        "splits this machine's cores by --workers and trains on the devices JAX finds here",
+                        RunResources.from_spec(spec).describe())
         return run_sweep(spec, runs_root, workers=workers, progress=progress, show_table=show_table)
     if backend == "ray":
         from sweeps.backend_ray import run_sweep_ray
@@ -98,10 +102,15 @@ def run_with_backend(backend: str, spec: Any, runs_root: str | Path | None, *, w
         raise UserError(f"--backend {backend!r} is not one of: {', '.join(BACKENDS)}")
     if progress if show_table is None else show_table:
         from rich import get_console
+        from rich.console import Console
 
         from sweeps.display import outcomes_table
+        from sweeps.launcher import WIDE_OUTPUT
 
-        get_console().print(outcomes_table(spec, outcomes))
+        console = get_console()
+        # As the local launcher does: piped output has no width, and rich's 80 columns would cut the headers.
+        table_console = console if console.is_terminal else Console(width=WIDE_OUTPUT, file=console.file)
+        table_console.print(outcomes_table(spec, outcomes))
     return outcomes
 
 

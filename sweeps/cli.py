@@ -12,6 +12,7 @@ import logging
 
 log = logging.getLogger(__name__)
 
+DEFAULT_WORKERS = 2
 EXIT_RUN_FAILED = 1
 EXIT_RUNS_ELSEWHERE = 75  # EX_TEMPFAIL of BSD's sysexits.h: a temporary condition, try again later
 SPEC_HELP = "a sweep spec YAML file, or the name of a packaged spec (demo, quick, ...)"
@@ -46,16 +47,17 @@ def add_parsers(subparsers) -> None:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", metavar="DIR", help="run store root (default: $SCALING_RUNS or ./runs)")
-    parser.add_argument("--workers", metavar="K", type=int, default=2,
-                        help="local worker processes, each on its own share of the CPU cores (default 2)")
+    parser.add_argument("--workers", metavar="K", type=int, default=None,
+                        help=f"local worker processes, each on its own share of the CPU cores (default "
+                             f"{DEFAULT_WORKERS}); Ray and SLURM take each run's cores from the spec's resources:")
 
 
 def plan_command(args: argparse.Namespace) -> int:
     from sweeps.plan import make_plan
     from sweeps.spec import load_spec
 
-    _check_workers(args.workers)
-    plan = make_plan(load_spec(args.spec), args.runs, probe=not args.no_probe, workers=args.workers,
+    workers = _check_workers(args.workers, "local")
+    plan = make_plan(load_spec(args.spec), args.runs, probe=not args.no_probe, workers=workers,
                      progress=not args.json)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
@@ -68,9 +70,10 @@ def launch_command(args: argparse.Namespace) -> int:
     from sweeps.backends import run_with_backend
     from sweeps.spec import load_spec
 
-    _check_workers(args.workers)
-    outcomes = run_with_backend(getattr(args, "backend", "local"), load_spec(args.spec), args.runs,
-                                workers=args.workers, address=getattr(args, "address", None),
+    backend = getattr(args, "backend", "local")
+    workers = _check_workers(args.workers, backend)
+    outcomes = run_with_backend(backend, load_spec(args.spec), args.runs,
+                                workers=workers, address=getattr(args, "address", None),
                                 progress=not args.no_progress, show_table=True)
     unfinished = [outcome.run.run_id for outcome in outcomes if not outcome.ok and outcome.status != "elsewhere"]
     elsewhere = [outcome.run.run_id for outcome in outcomes if outcome.status == "elsewhere"]
@@ -84,8 +87,15 @@ def launch_command(args: argparse.Namespace) -> int:
     return EXIT_RUNS_ELSEWHERE if elsewhere else 0
 
 
-def _check_workers(workers: int) -> None:
+def _check_workers(workers: int | None, backend: str) -> int:
+    """Return the local worker count (DEFAULT_WORKERS when not given); raise UserError when it cannot apply."""
     from scaling.errors import UserError
 
+    if workers is None:
+        return DEFAULT_WORKERS
+    if backend != "local":
+        raise UserError(f"--workers {workers} applies to --backend local only; {backend} gives each run the cores "
+                        "and GPUs of the spec's resources: mapping, so drop --workers")
     if workers < 1:
         raise UserError(f"--workers {workers} must be at least 1")
+    return workers

@@ -291,7 +291,10 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
     cost = assumed_cost_model()  # relative run sizes for the overall progress bar; its ETA rescales by the pace seen
     weights = {run.run_id: cost.run_seconds(run) for run in runs}
     todo.sort(key=lambda run: weights[run.run_id], reverse=True)
-    slots = split_cores(workers)
+    # Each worker keeps the cores that --workers gives it, but no more workers start than there are runs to train.
+    slots = split_cores(workers)[:max(1, len(todo))]
+    if len(slots) < workers:
+        log.info("--workers %d: starting %s, one per run left to train", workers, counted(len(slots), "worker"))
     check_meshes_fit(todo, slots[0])
     switch_setting()  # a bad SCALING_KEEP_FREED_MEMORY would fail every run in its worker
     log.info("sweep %s: %s, %d to run on %s (cores %s)", spec.name, counted(len(runs), "run"), len(todo),

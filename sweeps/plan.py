@@ -32,6 +32,7 @@ from scaling.config import clipped_warmup
 from scaling.errors import UserError
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_checks import corpus_size_problem, folder_conflict
+from scaling.run_lock import lock_holder
 from scaling.run_store import RunDir
 from scaling.numbers import counted, format_count, human_count
 from sweeps.resources import split_cores
@@ -360,7 +361,11 @@ def run_state(runs_root: Path, run: PlannedRun) -> tuple[str, float]:
     # A run that stopped early resumes from its newest checkpoint, whose step summary.json records. Its
     # metric rows may go further, up to where it stopped, but those steps are trained again.
     done = int(summary.get("steps_done") or 0)
-    return f"{summary.get('status')} {done}/{run.steps}", min(done / run.steps, 1.0)
+    status = summary.get("status")
+    if status == "running" and lock_holder(run_dir.path) is None:
+        # A killed process (SIGKILL, a lost node) cannot write "interrupted"; its lock went with it, though.
+        status = "interrupted"
+    return f"{status} {done}/{run.steps}", min(done / run.steps, 1.0)
 
 
 def make_plan(spec: SweepSpec, runs_root: str | Path | None = None, probe: bool = True, workers: int = 2,

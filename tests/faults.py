@@ -150,8 +150,12 @@ WANDB_BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks of 
 
 
 def wandb_offline_runs(run_dir: Path) -> list[Path]:
-    """Return the offline W&B run files (`run-<id>.wandb`) under `<run>/wandb/`, oldest first."""
-    return sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda path: path.parent.name)
+    """Return the offline W&B run files (`run-<id>.wandb`) of every attempt, oldest first: the earlier
+    attempts' from `<run>/wandb/superseded/`, then the current one's from `<run>/wandb/`."""
+    superseded = sorted((run_dir / "wandb" / "superseded").glob("offline-run-*/run-*.wandb"),
+                        key=lambda path: path.parent.name)
+    current = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda path: path.parent.name)
+    return superseded + current
 
 
 def wandb_history(path: Path, wait_for_exit: float = 0.0) -> list[dict]:

@@ -95,6 +95,8 @@ def test_resume_after_kill_equals_uninterrupted(fault, rows_after_kill, checkpoi
     # once, with the values of metrics.jsonl.
     attempts = wandb_offline_runs(run.path)
     assert len(attempts) == 2, attempts
+    assert attempts[0].parent.parent.name == "superseded"  # so `wandb sync wandb/offline-run-*` takes one
+    assert list((run.path / "wandb").glob("offline-run-*")) == [attempts[1].parent]
     assert {path.name for path in attempts} == {f"run-faults-{run_id}.wandb"}
     killed_steps = [row["_step"] for row in wandb_history(attempts[0])]
     assert killed_steps == sorted(set(killed_steps))

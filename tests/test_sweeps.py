@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from scaling.config import TrainConfig
 from scaling.errors import UserError
 from scaling.run_store import RunDir
 from sweeps import cli
+from sweeps.backends import run_with_backend
 from sweeps.launcher import run_sweep, start_run
 from sweeps.outcomes import LOGS_FOLDER
 from sweeps.plan import evaluation_count, make_plan
@@ -293,6 +295,25 @@ def test_plan_state_resume_step(corpus_dir, tmp_path):
     state, done = run_state(tmp_path, run)
     assert state == f"interrupted 4/{run.steps}"
     assert done == pytest.approx(4 / run.steps)
+
+
+def test_plan_running_without_lock_is_interrupted(corpus_dir, tmp_path):
+    """A killed run's summary still reads "running", but no live process holds its lock, so it resumes."""
+    from scaling.run_lock import RunLock
+    from scaling.run_store import RunDir, initial_summary
+    from sweeps.plan import run_state
+
+    run = expand(parse_spec(tiny_raw(corpus_dir)), tmp_path)[0]
+    run_dir = RunDir.at(tmp_path, run.config.sweep, run.run_id)
+    run_dir.path.mkdir(parents=True)
+    run_dir.write_summary({**initial_summary(run.run_id, run.config.sweep, "running"), "steps_done": 4})
+
+    with RunLock(run_dir.path):
+        while_locked, _ = run_state(tmp_path, run)
+    after_kill, _ = run_state(tmp_path, run)
+
+    assert while_locked == f"running 4/{run.steps}"
+    assert after_kill == f"interrupted 4/{run.steps}"
 
 
 def record_completed_runs(runs: list, root: Path) -> None:
@@ -612,6 +633,31 @@ def test_launch_exit_status_for_locked_run(corpus_dir, tmp_path, caplog):
 
     assert status == cli.EXIT_RUNS_ELSEWHERE  # not 1: no run failed
     assert "rerun this command once it has finished" in caplog.text
+
+
+@pytest.mark.parametrize("backend", ["ray", "slurm"])
+def test_workers_rejected_off_local(backend, corpus_dir, tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw(corpus_dir)))
+    args = argparse.Namespace(spec=str(path), runs=str(tmp_path / "runs"), workers=4, no_progress=True,
+                              backend=backend, address=None)
+    with pytest.raises(UserError, match=f"--workers 4 applies to --backend local only; {backend} gives each run"):
+        cli.launch_command(args)
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_workers_capped_at_runs_left(corpus_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sweeps.launcher")
+    outcomes = run_sweep(parse_spec(tiny_raw(corpus_dir)), tmp_path / "runs", workers=5, progress=False)
+    assert [outcome.status for outcome in outcomes] == ["completed", "completed"]
+    assert "--workers 5: starting 2 workers, one per run left to train" in caplog.text
+
+
+def test_local_backend_warns_of_resources(corpus_dir, tmp_path, caplog):
+    spec = parse_spec(tiny_raw(corpus_dir, grid={"params": ["4K"], "tokens": ["20K"]}, resources={"gpus": 1}))
+    outcomes = run_with_backend("local", spec, tmp_path / "runs", workers=1, progress=False)
+    assert outcomes[0].status == "completed"
+    assert "resources: (1 CPU, 1 GPU per run) apply to --backend ray and slurm" in caplog.text
 
 
 def test_plan_names_dropped_runs(corpus_dir, tmp_path, capsys):
