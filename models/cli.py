@@ -39,25 +39,33 @@ def add_parsers(subparsers) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     """Restore the run, generate, and print the continuation (or JSON); return the exit status."""
     from models.generate import Generator, Sampling
+    from models.kv_cache import check_cache_fits, check_cache_length
     from scaling.errors import UserError
     from scaling.restore import load_trained_run
 
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens={args.max_new_tokens} must be at least 1")
+    if args.cache_len is not None and args.cache_len < 1:
+        raise UserError(f"--cache-len={args.cache_len} must be a positive number of slots")
     run = load_trained_run(args.run_dir)
     model = run.config.model
     cache_len = args.cache_len if args.cache_len is not None else model.max_seq_len
-    if cache_len < 1:
-        raise UserError(f"--cache-len={cache_len} must be a positive number of slots")
+    learned = model.positions == "learned"
 
     tokenizer = run.tokenizer
     prompt_ids = [int(t) for t in tokenizer.encode(args.prompt)] or [tokenizer.eot_id]
+    # A model with learned positions reads at most max_seq_len tokens, whatever the cache's length.
+    if learned and len(prompt_ids) >= model.max_seq_len:
+        raise UserError(_learned_positions_full(len(prompt_ids), args.max_new_tokens, model.max_seq_len))
+    check_cache_length(model, cache_len, option="--cache-len")
     if len(prompt_ids) >= cache_len:
+        longest = f" (up to max_seq_len={model.max_seq_len}, the model's learned positions)" if learned else ""
         raise UserError(
             f"the prompt is {len(prompt_ids)} tokens but the KV cache has {cache_len} slots, leaving no room to "
-            "generate; shorten the prompt or raise --cache-len"
+            f"generate; shorten the prompt or raise --cache-len{longest}"
         )
+    check_cache_fits(model, cache_len, option="--cache-len")
     stop_tokens = [] if args.no_stop else [tokenizer.eot_id]
 
     generator = Generator(model, run.params, cache_len)
@@ -84,10 +92,30 @@ def run_generate(args: argparse.Namespace) -> int:
         }, indent=2))
     else:
         print(continuation)
-    if reason == "cache_full":
+    if reason == "cache_full" and learned and cache_len >= model.max_seq_len:
+        log.warning(
+            "generation stopped after %d tokens: prompt plus new tokens reached max_seq_len=%d, the model's "
+            "learned positions; %s",
+            len(result.tokens[0]), model.max_seq_len, _learned_positions_fix(args.max_new_tokens, model.max_seq_len),
+        )
+    elif reason == "cache_full":
         log.warning(
             "generation stopped after %d tokens: the KV cache of %d slots is full; raise --cache-len "
             "(RoPE models only, beyond the trained max_seq_len=%d quality may drop)",
             len(result.tokens[0]), cache_len, model.max_seq_len,
         )
     return 0
+
+
+def _learned_positions_full(prompt_tokens: int, new_tokens: int, max_seq_len: int) -> str:
+    """Return the message for a prompt that leaves no room to generate in a model with learned positions."""
+    return (f"the prompt is {prompt_tokens} tokens and --max-new-tokens asks for {new_tokens} more, but this model "
+            f"has learned positions for max_seq_len={max_seq_len} tokens, so prompt plus new tokens must fit in "
+            f"{max_seq_len}; {_learned_positions_fix(new_tokens, max_seq_len)}")
+
+
+def _learned_positions_fix(new_tokens: int, max_seq_len: int) -> str:
+    """Return how to fit prompt plus new tokens into max_seq_len: the model has no positions beyond it."""
+    if new_tokens < max_seq_len:
+        return f"shorten the prompt to at most {max_seq_len - new_tokens} tokens"
+    return f"lower --max-new-tokens to at most {max_seq_len - 1} and shorten the prompt to fit beside it"

@@ -12,6 +12,8 @@ and the stop tokens are traced arguments, so later requests of the same shape ru
 
 The prompt and the new tokens must fit in the cache together. With a cache of S slots and a prompt of P
 tokens, at most S - P tokens are generated, and a row cut short that way ends with the reason "cache_full".
+A cache whose decoding would not fit in the device's free memory (host RAM on the CPU) is rejected before
+anything is allocated (models.kv_cache.check_cache_fits).
 
 Sampling: temperature scales the logits (0 means greedy, the argmax), top-k keeps the k largest logits,
 and top-p keeps the smallest set of most likely tokens whose probability reaches p (nucleus sampling,
@@ -30,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.kv_cache import CacheFullError, KVCache, init_cache
+from models.kv_cache import CacheFullError, KVCache, check_cache_fits, check_cache_length, init_cache
 from models.transformer import Transformer
 from scaling.config import ModelConfig
 from scaling.errors import UserError
@@ -112,7 +114,10 @@ class Generator:
         self.model = model
         self.params = params
         self.cache_len = model.max_seq_len if cache_len is None else cache_len
-        init_cache(model, 1, self.cache_len)  # checks the length against the model before any work
+        # Checked before any work, and without allocating: a cache too large to fit would fail only when
+        # XLA allocates it, after compiling.
+        check_cache_length(model, self.cache_len)
+        check_cache_fits(model, self.cache_len)
         self._steps = _compiled_steps(model, self.cache_len)
 
     @property
@@ -129,6 +134,8 @@ class Generator:
     ) -> Generation:
         """Generate up to `max_new_tokens` tokens after each prompt (token ids), all rows in one batch."""
         tokens_BxP, mask_BxP, lengths = self._pad_prompts(prompts)
+        if len(prompts) > 1:  # the constructor checked the memory of one row
+            check_cache_fits(self.model, self.cache_len, len(prompts))
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise UserError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
         steps = min(max_new_tokens, self.cache_len - tokens_BxP.shape[1])
@@ -189,9 +196,12 @@ class Generator:
                 )
         longest = max(lengths)
         if longest > self.cache_len:
+            fix = ("shorten the prompt: a model with learned positions reads at most "
+                   f"max_seq_len={self.model.max_seq_len} tokens, so a longer cache cannot help"
+                   if self.model.positions == "learned" and self.cache_len >= self.model.max_seq_len
+                   else "shorten the prompt or allocate a longer cache")
             raise CacheFullError(
-                f"cache full: a prompt of {longest} tokens does not fit the cache of {self.cache_len} slots; "
-                "shorten the prompt or allocate a longer cache"
+                f"cache full: a prompt of {longest} tokens does not fit the cache of {self.cache_len} slots; {fix}"
             )
         tokens = np.full((len(arrays), longest), PAD_TOKEN, np.int32)
         mask = np.zeros((len(arrays), longest), bool)

@@ -66,8 +66,12 @@ def make_mesh(plan: MeshPlan, devices: list | None = None) -> Mesh:
     available = list(devices) if devices is not None else jax.devices()
     count = plan.devices if plan.devices is not None else len(available)
     if count > len(available):
+        platform = available[0].platform
+        # The same hint as the sweep launcher's check (sweeps.launcher.check_meshes_fit).
+        hint = (" (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N emulates N devices)"
+                if platform == "cpu" else "")
         raise UserError(f"mesh {plan} asks for {count} devices, but JAX sees {len(available)} "
-                        f"({available[0].platform}); use {_at_most(plan, len(available))}")
+                        f"({platform}); use {_at_most(plan, len(available))}{hint}")
     return Mesh(np.array(available[:count]), (DATA_AXIS,))
 
 

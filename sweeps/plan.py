@@ -127,14 +127,15 @@ def probe_cost_model(runs: list[PlannedRun], runs_root: Path, workers: int) -> C
     slot = split_cores(workers)[0]
     log.info("probing step time of %d of %d shapes on %s", len(chosen), len(ordered), _cores(slot.threads))
     report = measure([run.config for run in chosen], slot, runs_root)
+    timed = [(run, result) for run, result in zip(chosen, report.results) if result.measured]
+    if not timed:  # every chosen shape is too large for this machine's memory (sweeps.probe warned)
+        return assumed_cost_model()
 
-    points = [(exact_flops_per_token(run) * run.config.data.tokens_per_step, result.step_s)
-              for run, result in zip(chosen, report.results)]
+    points = [(exact_flops_per_token(run) * run.config.data.tokens_per_step, result.step_s) for run, result in timed]
     overhead, per_flop = _fit_line(points)
-    compile_s = sum(result.compile_s for result in report.results) / len(report.results)
+    compile_s = sum(result.compile_s for _, result in timed) / len(timed)
     # Startup of the probe process is shared by all its shapes, as a worker's is shared by its runs.
-    measured = ", ".join(f"{run.shape.split(' (')[0]}: {result.step_s * 1e3:.1f} ms/step"
-                         for run, result in zip(chosen, report.results))
+    measured = ", ".join(f"{run.shape.split(' (')[0]}: {result.step_s * 1e3:.1f} ms/step" for run, result in timed)
     return CostModel(
         startup_s=report.startup_s,
         compile_s=compile_s,
@@ -142,7 +143,7 @@ def probe_cost_model(runs: list[PlannedRun], runs_root: Path, workers: int) -> C
         tracking_service_s=TRACKING_SERVICE_S,
         step_overhead_s=overhead,
         seconds_per_flop=per_flop,
-        method=(f"measured on {_cores(report.threads)} per worker for {len(chosen)} of {len(ordered)} shapes "
+        method=(f"measured on {_cores(report.threads)} per worker for {len(timed)} of {len(ordered)} shapes "
                 f"({measured}); fitted t = {overhead * 1e3:.2f} ms + FLOPs / {1e-9 / per_flop:.1f} GFLOP/s; "
                 f"compile {compile_s:.1f} s, worker start {report.startup_s:.1f} s; "
                 f"assumed W&B {TRACKING_SERVICE_S:.1f} s per worker and {TRACKING_S:.1f} s per run unless disabled"),

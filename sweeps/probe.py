@@ -6,11 +6,18 @@ For each config the child builds scaling.train.Trainer, compiles and runs the st
 more, then times steps until MIN_TIMED_SECONDS have passed (at least MIN_TIMED_STEPS) on a random batch.
 The child uses the run store's persistent compilation cache, so the runs of a probed shape later load
 their compiled step instead of compiling it again.
+
+A shape whose training step cannot fit in the memory available is not timed: building it would only grow
+the child until the machine swaps or the timeout ends it. Its result is then the no-probe estimate of
+sweeps.plan (assumed speeds), marked `measured=False`, with a warning naming the run and its size. The
+parent checks host RAM before starting the child (scaling.machine_memory.train_step_bytes, a lower
+estimate), and the child checks an accelerator's own memory where JAX reports it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -18,9 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scaling.accounting import parameter_counts, training_flops_per_token
 from scaling.config import TrainConfig
 from scaling.errors import UserError
+from scaling.machine_memory import device_free_bytes, format_bytes, host_memory, train_step_bytes
+from scaling.numbers import format_count
 from sweeps.resources import WorkerSlot, pin_to_assigned_cores
+
+log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 2
 MIN_TIMED_STEPS = 3
@@ -37,6 +49,7 @@ class ProbeResult:
     compile_s: float  # building the Trainer, initialising, compiling and running the first step
     step_s: float  # mean seconds per optimizer step after warm-up
     timed_steps: int
+    measured: bool = True  # False: too large for the memory here, so compile_s and step_s are the no-probe estimate
 
 
 @dataclass(frozen=True)
@@ -49,8 +62,23 @@ class ProbeReport:
 
 
 def measure(configs: list[TrainConfig], slot: WorkerSlot, runs_root: str | Path) -> ProbeReport:
-    """Time the step of each config in a child process set up like a worker on `slot`."""
-    request = {"configs": [config.to_dict() for config in configs], "runs_root": str(runs_root)}
+    """Time the step of each config in a child process set up like a worker on `slot`.
+
+    Configs whose training step needs more than the host RAM available now are not timed (see the module
+    docstring). When no config is left to time, the child is not started.
+    """
+    available = host_memory().available
+    estimates: dict[int, ProbeResult] = {}
+    for index, config in enumerate(configs):
+        needed = train_step_bytes(config)
+        if needed > available:
+            estimates[index] = _not_measured(config, needed, available, "host RAM")
+    to_time = [index for index in range(len(configs)) if index not in estimates]
+    if not to_time:
+        return ProbeReport(results=tuple(estimates[index] for index in range(len(configs))),
+                           startup_s=_assumed_cost().startup_s, threads=slot.threads)
+
+    request = {"configs": [configs[index].to_dict() for index in to_time], "runs_root": str(runs_root)}
     started = time.perf_counter()
     completed = subprocess.run(
         [sys.executable, "-m", "sweeps.probe"], input=json.dumps(request), capture_output=True, text=True,
@@ -64,13 +92,61 @@ def measure(configs: list[TrainConfig], slot: WorkerSlot, runs_root: str | Path)
         raise RuntimeError(f"throughput probe exited with status {completed.returncode}:\n{tail}")
     reply = json.loads(completed.stdout.strip().splitlines()[-1])
     wall = time.perf_counter() - started
-    results = tuple(
-        ProbeResult(config=config, compile_s=item["compile_s"], step_s=item["step_s"], timed_steps=item["timed_steps"])
-        for config, item in zip(configs, reply["results"])
-    )
-    measured = sum(result.compile_s + result.step_s * (result.timed_steps + WARMUP_STEPS) for result in results)
+
+    timed: dict[int, ProbeResult] = {}
+    for index, item in zip(to_time, reply["results"]):
+        config = configs[index]
+        if "skipped" in item:  # the child found the accelerator's memory too small
+            skipped = item["skipped"]
+            estimates[index] = _not_measured(config, skipped["needed"], skipped["free"],
+                                             f"memory of {skipped['device']}")
+        else:
+            timed[index] = ProbeResult(config=config, compile_s=item["compile_s"], step_s=item["step_s"],
+                                       timed_steps=item["timed_steps"])
+    measured = sum(result.compile_s + result.step_s * (result.timed_steps + WARMUP_STEPS)
+                   for result in timed.values())
+    results = tuple(timed[index] if index in timed else estimates[index] for index in range(len(configs)))
     # What the child spent outside the timed work is the cost of starting a worker process.
     return ProbeReport(results=results, startup_s=max(0.0, wall - measured), threads=slot.threads)
+
+
+def _assumed_cost():
+    from sweeps.plan import assumed_cost_model  # here, so the child process does not import the plan's modules
+
+    return assumed_cost_model()
+
+
+def _not_measured(config: TrainConfig, needed: int, available: int, where: str) -> ProbeResult:
+    """Return the no-probe estimate for a config too large to time here, and log a warning naming it."""
+    log.warning(
+        "throughput probe skipped for run %s (%s parameters): its training step needs at least %s, more than "
+        "the %s of %s available; its time is the no-probe estimate (assumed speeds)",
+        config.run_id, format_count(parameter_counts(config.model)["total"]), format_bytes(needed),
+        format_bytes(available), where,
+    )
+    cost = _assumed_cost()
+    flops_per_step = training_flops_per_token(config.model, config.data.seq_len)["exact"] * config.data.tokens_per_step
+    return ProbeResult(config=config, compile_s=cost.compile_s, step_s=cost.step_seconds(flops_per_step),
+                       timed_steps=0, measured=False)
+
+
+def device_memory_shortfall(config: TrainConfig, devices: list) -> dict[str, Any] | None:
+    """Return {"needed", "free", "device"} when training `config` cannot fit on accelerators, else None.
+
+    The need is spread evenly over the devices of the config's mesh, a lower estimate for every layout.
+    Devices whose memory JAX does not report (the CPU) give None: the parent checked host RAM.
+    """
+    from scaling.sharding import resolve_plan
+
+    free = device_free_bytes(devices[0])
+    if free is None:
+        return None
+    plan = resolve_plan(config.mesh)
+    spread = min(plan.devices or len(devices), len(devices))
+    needed = -(-train_step_bytes(config) // spread)
+    if needed <= free:
+        return None
+    return {"needed": needed, "free": free, "device": str(devices[0])}
 
 
 def _time_config(config: TrainConfig) -> dict[str, Any]:
@@ -115,7 +191,11 @@ def main() -> int:
     jax.devices()
     enable_compilation_cache(Path(request["runs_root"]))
     try:
-        results = [_time_config(TrainConfig.from_dict(raw)) for raw in request["configs"]]
+        results = []
+        for raw in request["configs"]:
+            config = TrainConfig.from_dict(raw)
+            shortfall = device_memory_shortfall(config, jax.devices())
+            results.append({"skipped": shortfall} if shortfall else _time_config(config))
     except UserError as error:
         print(error)
         return EXIT_USER_ERROR

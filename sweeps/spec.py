@@ -3,7 +3,8 @@
 A spec names the sweep (`name`, its folder under RUNS) and the corpus (`data`). It fixes the model family
 (`model`: ModelConfig fields other than the shape, which models.size_ladder picks for each size), the
 optimizer and the training settings shared by all runs (`train`). It lists the runs in one of two forms:
-- `grid: {params: [...], tokens: [...]}`: every model size N trained on every token budget D;
+- `grid: {params: [...], tokens: [...]}`: every model size N trained on every token budget D, each D at
+  least one batch (train.seq_len x train.batch_size tokens) and rounded to whole batches;
 - `isoflop: {budgets: [...], params: [...]}`: for each FLOP budget C, each size N trained on D = C / F(N)
   tokens, where F is the training FLOPs per token named by `flops_per_token` (`6N_total` by default, or
   `6N_non_embedding`, or `exact` from scaling.accounting). `params` is one list for every budget, or a
@@ -241,7 +242,23 @@ def _parse(raw: Any, origin: str) -> SweepSpec:
         slurm=_backend_mapping(top, "slurm"),
     )
     _check_unique_ids(spec)
+    if spec.grid is not None:
+        _check_grid_tokens(spec.grid, spec.train)
     return spec
+
+
+def _check_grid_tokens(grid: GridSpec, train: TrainSpec) -> None:
+    """Raise UserError for a grid token count below one batch, as for an IsoFLOP budget that gives one.
+
+    Rounding it up to a whole batch would train a run on another D than the spec requests.
+    """
+    for index, tokens in enumerate(grid.tokens):
+        if tokens < train.tokens_per_step:
+            raise UserError(
+                f"grid.tokens[{index}]={tokens:g} is less than one batch of {train.tokens_per_step} tokens "
+                f"(train.seq_len {train.seq_len} x train.batch_size {train.batch_size}); use at least "
+                f"{train.tokens_per_step} tokens, or shrink train.batch_size * train.seq_len"
+            )
 
 
 def _backend_mapping(top: dict[str, Any], key: str) -> dict[str, Any]:
@@ -508,7 +525,37 @@ def expand(spec: SweepSpec, runs_root: str | Path | None = None, *, progress: bo
         check_epochs(run.run_id, run.tokens, data.meta, spec.train.max_epochs, key="train.max_epochs")
         if run.steps < MIN_STEPS_WARNING:
             log.warning("run %s has only %d optimizer steps; its warmup and decay are coarse", run.run_id, run.steps)
+    warn_sizes_beyond_memory(runs)
     return runs
+
+
+def warn_sizes_beyond_memory(runs: list[PlannedRun]) -> list[float]:
+    """Log a warning for each model size whose training needs more memory than this machine's RAM in all.
+
+    The need is a lower estimate (scaling.machine_memory.train_step_bytes), so a size named here cannot
+    train on this machine. The warning appears in `scaling sweep plan` and before a launch. Return the
+    target sizes warned about.
+    """
+    from scaling.machine_memory import format_bytes, host_memory, train_step_bytes
+
+    total = host_memory().total
+    by_size: dict[float, list[PlannedRun]] = {}
+    for run in runs:
+        by_size.setdefault(run.target_params, []).append(run)
+    too_large = []
+    for target, sized in by_size.items():
+        needed = train_step_bytes(sized[0].config)
+        if needed > total:
+            too_large.append(target)
+            more = f" and {len(sized) - 3} more" if len(sized) > 3 else ""
+            log.warning(
+                "model size %s (%s parameters in total; runs %s%s) needs at least %s of memory to train, more "
+                "than this machine's %s of RAM, so it cannot train here: drop the size, or launch it on machines "
+                "with more memory (--backend ray or slurm)",
+                format_count(target), format_count(sized[0].params_total), ", ".join(run.run_id for run in sized[:3]),
+                more, format_bytes(needed), format_bytes(total),
+            )
+    return too_large
 
 
 def _expand(spec: SweepSpec, data: PreparedData) -> list[PlannedRun]:

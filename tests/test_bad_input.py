@@ -249,6 +249,8 @@ def test_mesh_larger_than_the_machine(capsys, tmp_path, text_corpus):
     config = write_config(tmp_path / "c.json", **train_config(text_corpus, "mesh"))
     status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs", "--no-progress", "--mesh", "fsdp=8")
     assert_user_error(status, stderr, "mesh fsdp=8 asks for 8 devices, but JAX sees", "; use fsdp=")
+    if jax.devices()[0].platform == "cpu":  # how to try a mesh on a CPU, as in the sweep launcher's message
+        assert "XLA_FLAGS=--xla_force_host_platform_device_count=N emulates N devices" in stderr
     assert not (tmp_path / "runs").exists()
 
 

@@ -214,7 +214,9 @@ def test_mesh_larger_than_the_machine_is_refused():
                          data=DataConfig(seq_len=16, batch_size=4), tokens=480, wandb_mode="disabled", mesh="data=2")
     with pytest.raises(UserError, match="mesh data=2 asks for 2 devices, but JAX sees 1"):
         Trainer(config, devices=jax.devices()[:1])
-    with pytest.raises(UserError, match=r"; use fsdp=1$"):
+    # On a CPU the message ends with how to emulate devices there, as the sweep launcher's does.
+    hint = r" \(on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N emulates N devices\)"
+    with pytest.raises(UserError, match=r"; use fsdp=1" + (hint if jax.devices()[0].platform == "cpu" else "") + "$"):
         Trainer(config.replace(mesh="fsdp=2"), devices=jax.devices()[:1])
 
 
