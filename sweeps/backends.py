@@ -122,8 +122,9 @@ def project_root() -> Path:
 
 
 def run_worker_process(config: dict[str, Any], runs_root: str, env_overrides: dict[str, str]) -> tuple[int, float, float, str]:
-    """Train one run in a `python -m sweeps.worker` child process of this one, as a Ray task or a SLURM job
-    does; return (exit status, CPU seconds of the child, wall seconds, host name).
+    """Train one run in a `python -m sweeps.worker` child process of this one, as a SLURM job does; return
+    (exit status, CPU seconds of the child, wall seconds, host name). Ray tasks use
+    sweeps.backend_ray.train_run_in_task, which also stops the child when the task is cancelled.
 
     The child's output goes to RUNS/<sweep>/_logs/<run_id>.log, as with the local launcher.
     """

@@ -40,8 +40,9 @@ def add_parsers(subparsers) -> None:
                         help="where runs execute: local worker processes (default), Ray tasks, or SLURM jobs "
                              "through submitit (options in the spec's slurm: mapping)")
     launch.add_argument("--address", metavar="HOST:PORT",
-                        help="with --backend ray: the Ray cluster to join ('auto' for the one `ray start` began "
-                             "on this machine); default: a private Ray instance on 127.0.0.1")
+                        help="with --backend ray: the Ray cluster to join ('auto': $RAY_ADDRESS, else the cluster "
+                             "`ray start --head` last started on this machine); default: a private Ray instance "
+                             "on 127.0.0.1")
     launch.set_defaults(handler=launch_command)
 
 

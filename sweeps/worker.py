@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     # The launcher stops workers with SIGINT. A launcher started as a shell's background job has SIGINT
     # ignored, and its children would inherit that, so the worker restores Python's handler.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Ray starts its worker processes with SIGINT blocked, and a child inherits the mask.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     cores = pin_to_assigned_cores()  # before JAX is imported: XLA sizes its thread pools from the affinity
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

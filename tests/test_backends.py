@@ -143,8 +143,9 @@ def test_failed_worker_outcome_names_logged_cause(corpus_dir, tmp_path):  # noqa
 
 
 def test_interrupted_task_stops_worker_cleanly(corpus_dir, tmp_path):  # noqa: F811
-    """Ctrl-C in a Ray task or SLURM job (KeyboardInterrupt in run_worker_process) reaches the worker child as
-    SIGINT, so its run ends "interrupted" at a checkpoint rather than killed mid-write."""
+    """Ctrl-C in a SLURM job (KeyboardInterrupt in run_worker_process) reaches the worker child as SIGINT, so its
+    run ends "interrupted" at a checkpoint rather than killed mid-write. Ray tasks stop their worker child
+    themselves (tests/test_backend_ray_guards.py)."""
     import os
     import signal
     import threading
