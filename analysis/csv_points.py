@@ -62,18 +62,18 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
     """Read the rows of `path` that pass `filters` into a RunTable (status "completed", one row per line)."""
     path = Path(path)
     mapping = parse_columns(columns)
-    wanted = parse_filters(filters)
+    required = parse_filters(filters)
     try:
         with open(path, newline="") as handle:
             reader = csv.reader(handle)
             header = next((row for row in reader if row), [])  # the first line that is not blank
             if not header:
                 raise UserError(f"{path} is empty; it needs a header line naming its columns, e.g. params,tokens,loss")
-            missing = [column for column in list(mapping.values()) + list(wanted) if column not in header]
+            missing = [column for column in list(mapping.values()) + list(required) if column not in header]
             if missing:
                 raise UserError(f"{path}: column(s) {', '.join(missing)} not found; the header has: "
                                 f"{', '.join(header)}")
-            needed = list(mapping.values()) + list(wanted)
+            needed = list(mapping.values()) + list(required)
             numbered = []  # (line number in the file, row), so that messages and ids name the file's lines
             data_rows = 0
             start = reader.line_num + 1  # the line the next row begins on; a quoted field may span lines
@@ -86,7 +86,7 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
                 if any(line[column] is None for column in needed):
                     raise UserError(f"{path} line {number}: {len(fields)} field(s) where the header has {len(header)}; "
                                     "complete or remove that line")
-                if all(_matches(line[column], value) for column, value in wanted.items()):
+                if all(_matches(line[column], value) for column, value in required.items()):
                     numbered.append((number, line))
     except FileNotFoundError:
         raise UserError(f"CSV file {path} not found") from None
@@ -97,7 +97,7 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
         raise UserError(f"{path} has a header but no data rows; add one line per point below the header")
     rows = [_row(line, number, mapping, path, source) for number, line in numbered]
     if not rows:
-        filter_text = ", ".join(f"{column}={value}" for column, value in wanted.items())
+        filter_text = ", ".join(f"{column}={value}" for column, value in required.items())
         raise UserError(f"{path}: no rows left after the filters {filter_text}: none of its {data_rows} data rows "
                         "matches them all; check the values with the file's own")
     _warn_duplicates(rows, [number for number, _ in numbered], path)
@@ -106,13 +106,13 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
                     loss_unit=f"the unit of its source (CSV column {mapping['L']})")
 
 
-def _matches(text: str, wanted: str) -> bool:
+def _matches(text: str, required: str) -> bool:
     """Return whether a CSV field equals a filter's value: as numbers when both are numbers, else as text."""
     text = text.strip()
-    if text == wanted:
+    if text == required:
         return True
     try:
-        return float(text) == float(wanted)
+        return float(text) == float(required)
     except ValueError:
         return False
 

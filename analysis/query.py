@@ -55,7 +55,7 @@ REFERENCE_SHAPES = {
 _REFERENCE_ALIASES = {6.7e9: 7e9, 32.5e9: 33e9, 65.2e9: 65e9}  # the sizes as table 2 prints them
 # Chinchilla, the largest run behind the published laws here: 70B parameters on 1.4T tokens (Hoffmann et al.
 # 2022, section 4), C = 6ND = 5.88e23 FLOPs. Beyond FAR_FACTOR times its N, D or C, every law extrapolates far
-# outside its data, so the answer carries a note with the factor.
+# outside its data, so `ask` adds a note with the factor.
 CHINCHILLA = {"params": (70e9, "parameters"), "tokens": (1.4e12, "tokens"), "flops": (6 * 70e9 * 1.4e12, "FLOPs")}
 FAR_FACTOR = 1e3
 # The smallest meaningful quantities: one parameter, one token, and C = 6ND for both.

@@ -122,9 +122,10 @@ def project_root() -> Path:
 
 
 def run_worker_process(config: dict[str, Any], runs_root: str, env_overrides: dict[str, str]) -> tuple[int, float, float, str]:
-    """Train one run in a `python -m sweeps.worker` child process of this one, as a SLURM job does; return
-    (exit status, CPU seconds of the child, wall seconds, host name). Ray tasks use
-    sweeps.backend_ray.train_run_in_task, which also stops the child when the task is cancelled.
+    """Train one run in a `python -m sweeps.worker` child process of this one, as a SLURM job does.
+
+    Return (exit status, CPU seconds of the child, wall seconds, host name). Ray tasks use
+    sweeps.backend_ray.train_run_in_task instead, because it also stops the child when the task is cancelled.
 
     The child's output goes to RUNS/<sweep>/_logs/<run_id>.log, as with the local launcher.
     """

@@ -258,7 +258,7 @@ def test_small_exponent_gives_empty_row():
     row = next(row for row in answer.rows if row["law"].startswith("your fit (approach 1"))
     assert row["tokens"] is None
     assert "overflows" in row["source"]
-    assert row["interval"] is None  # no interval around an answer that does not exist
+    assert row["interval"] is None  # no interval around a value that does not exist
 
 
 def test_overflowing_replicate_left_out_of_interval():
