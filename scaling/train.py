@@ -23,7 +23,7 @@ import signal
 import subprocess
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -426,8 +426,14 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     except KeyboardInterrupt:
         # Ctrl-C, or a launcher stopping its workers. The summary keeps the progress of the newest checkpoint,
         # where the next attempt resumes, and marks the run as no longer live. A second signal waits for it.
+        # NOTE: no checkpoint is written here, so the steps since the newest one are trained again. One at this
+        # step would split a metrics row, and resumed runs would no longer log the rows of uninterrupted ones.
+        stopped_at = run.position.get("steps_done", start_step)
         with stop_signals_deferred():
-            run_dir.write_summary({**(run_dir.summary() or summary), "status": "interrupted"})
+            recorded = run_dir.summary() or summary
+            run_dir.write_summary({**recorded, "status": "interrupted", "interrupted_at_step": stopped_at})
+        log.warning("run %s interrupted after step %d; the next launch resumes from step %d, its newest checkpoint",
+                    config.run_id, stopped_at, recorded.get("steps_done", 0))
         tracker.finish(exit_code=130)
         checkpointer.close()
         raise
@@ -458,6 +464,7 @@ class _Run:
     wall_before: float  # seconds of wall time of earlier attempts, up to the checkpoint this one resumes from
     started: float  # time.time() when this attempt's first step began
     setup_s: float  # seconds of this attempt before its first step (corpus, model, state, W&B)
+    position: dict[str, int] = field(default_factory=dict)  # "steps_done": steps finished so far, for an interrupt
 
     def wall_s(self) -> float:
         """Return the run's wall time so far in seconds, over all its attempts."""
@@ -502,6 +509,7 @@ def _loop(run: _Run, state: dict[str, Any], start_step: int, progress: bool) -> 
     last_eval: dict[str, float] = {}
 
     for step in range(start_step, total_steps):
+        run.position["steps_done"] = step
         if stop_requested():  # a SIGINT or SIGTERM whose KeyboardInterrupt Python dropped (scaling/interrupts.py)
             raise KeyboardInterrupt
         done = step + 1

@@ -144,6 +144,7 @@ def test_ctrl_c_interrupted_then_resumed(small_corpus, tmp_path, reference, monk
     interrupted = run.summary()
     assert interrupted["status"] == "interrupted"
     assert interrupted["steps_done"] == 20
+    assert interrupted["interrupted_at_step"] == 33  # 33 steps had finished; the 34th was reading its batch
     assert interrupted["tokens_seen"] == 20 * 32 * 8
     assert interrupted["error"] is None
     assert interrupted["final_val_loss"] is None
@@ -151,6 +152,7 @@ def test_ctrl_c_interrupted_then_resumed(small_corpus, tmp_path, reference, monk
 
     summary = train(config, tmp_path, progress=False)  # would raise RunLocked if the lock were still held
     assert_equals_reference(run, summary, reference)
+    assert "interrupted_at_step" not in run.summary()
 
 
 @pytest.mark.slow
