@@ -98,7 +98,8 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
     rows = tuple(rows)
     notes = far_notes(query) + disagreement_notes(query, rows)
     if fit is not None:
-        notes[:0] = fit_notes(record, query, own_rows, published=len(rows) > len(own_rows))
+        notes[:0] = fit_notes(record, query, own_rows, published=len(rows) > len(own_rows)) + beyond_fit_notes(record,
+                                                                                                             query)
         for row in own_rows:
             missing = (row["interval"] or {}).get("note")
             if missing:
@@ -181,6 +182,31 @@ def fit_notes(record: dict[str, Any], query: Query, own_rows: Sequence[dict[str,
     elif published and any(row["interval"] for row in own_rows):
         notes.append("the published laws' rows have no interval, because each law is used at its published point "
                      "estimate")
+    return notes
+
+
+FIT_RANGE_FACTOR = 10.0  # a question this many times beyond the fit's runs gets a note
+_UNITS = {"params": "parameters", "tokens": "tokens", "flops": "FLOPs"}
+
+
+def beyond_fit_notes(record: dict[str, Any], query: Query) -> list[str]:
+    """Return a note for each of the question's N, D and C more than FIT_RANGE_FACTOR beyond the fit's runs.
+
+    fit.json's `data_range` gives the smallest and largest N, D and C of the runs fitted; an older fit.json
+    without it gets no note.
+    """
+    notes = []
+    for quantity, unit in _UNITS.items():
+        value, bounds = getattr(query, quantity), (record.get("data_range") or {}).get(quantity)
+        if value is None or not bounds or not all(_is_number(bound) and bound > 0 for bound in bounds):
+            continue
+        low, high = min(bounds), max(bounds)
+        if value > FIT_RANGE_FACTOR * high:
+            notes.append(f"your fit: its runs reach {high:.3g} {unit}, and {value:.3g} is {value / high:.3g} times "
+                         "that, so its rows extrapolate that far beyond its data")
+        elif value < low / FIT_RANGE_FACTOR:
+            notes.append(f"your fit: its runs start at {low:.3g} {unit}, and {value:.3g} is {low / value:.3g} times "
+                         "smaller, so its rows extrapolate that far below its data")
     return notes
 
 

@@ -294,7 +294,7 @@ def _check_fit_arguments(convention: str, starts: int, holdout_fraction: float, 
     if bootstraps < 0 or 0 < bootstraps < fewest:
         # Fewer replicates than this never give an interval (analysis.bootstrap.min_usable_replicates).
         raise UserError(f"--bootstraps {bootstraps} gives no 95% interval; use 0 for none or at least {fewest} "
-                        f"({DEFAULT_BOOTSTRAPS} is the default)")
+                        f"({DEFAULT_BOOTSTRAPS}, the default, leaves room for replicates that do not converge)")
     unknown = sorted(set(methods) - set(OPTIONAL_METHODS))
     if unknown:
         raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(OPTIONAL_METHODS)}")

@@ -292,9 +292,13 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
     weights = {run.run_id: cost.run_seconds(run) for run in runs}
     todo.sort(key=lambda run: weights[run.run_id], reverse=True)
     # Each worker keeps the cores that --workers gives it, but no more workers start than there are runs to train.
-    slots = split_cores(workers)[:max(1, len(todo))]
+    slots = split_cores(workers, warn=False)[:max(1, len(todo))]
     if len(slots) < workers:
         log.info("--workers %d: starting %s, one per run left to train", workers, counted(len(slots), "worker"))
+    cores = {core for slot in slots for core in slot.cores}
+    if len(slots) > len(cores):
+        log.warning("%s on %s: workers share cores and each runs slower", counted(len(slots), "worker"),
+                    counted(len(cores), "core"))
     check_meshes_fit(todo, slots[0])
     switch_setting()  # a bad SCALING_KEEP_FREED_MEMORY would fail every run in its worker
     log.info("sweep %s: %s, %d to run on %s (cores %s)", spec.name, counted(len(runs), "run"), len(todo),

@@ -58,18 +58,19 @@ def available_cores() -> tuple[int, ...]:
     return tuple(sorted(os.sched_getaffinity(0)))
 
 
-def split_cores(workers: int, cores: Sequence[int] | None = None) -> list[WorkerSlot]:
+def split_cores(workers: int, cores: Sequence[int] | None = None, warn: bool = True) -> list[WorkerSlot]:
     """Split `cores` (default: all this process may use) into `workers` disjoint slots of equal size.
 
     Cores that do not divide evenly are left idle rather than given to one worker, so every worker runs at
     the same speed and the plan's per-worker estimate holds for all of them. With more workers than cores,
-    workers share cores round-robin (one core each), with a warning.
+    workers share cores round-robin (one core each), with a warning unless `warn` is False.
     """
     if workers < 1:
         raise ValueError(f"workers={workers} must be at least 1")
     cores = tuple(cores) if cores is not None else available_cores()
     if workers > len(cores):
-        log.warning("%d workers on %d cores: workers share cores and each runs slower", workers, len(cores))
+        if warn:
+            log.warning("%d workers on %d cores: workers share cores and each runs slower", workers, len(cores))
         return [WorkerSlot(index=i, cores=(cores[i % len(cores)],)) for i in range(workers)]
     per_worker = len(cores) // workers
     return [WorkerSlot(index=i, cores=tuple(cores[i * per_worker:(i + 1) * per_worker])) for i in range(workers)]

@@ -282,7 +282,7 @@ def test_too_few_bootstraps_exit_2(tmp_path, capsys, no_fitting, bootstraps):
     status, _, stderr = _cli(capsys, "fit", sweep, "--bootstraps", bootstraps)
     assert status == 2
     assert _error_line(stderr) == (f"scaling: error: --bootstraps {bootstraps} gives no 95% interval; use 0 for none "
-                                   "or at least 40 (200 is the default)")
+                                   "or at least 40 (200, the default, leaves room for replicates that do not converge)")
 
 
 def test_bootstrap_minimum_follows_rule(tmp_path, no_fitting):

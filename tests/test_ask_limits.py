@@ -119,3 +119,18 @@ def test_kv_heads_error_quotes_the_question():
 ])
 def test_ratio_column_text(value, text: str):
     assert cli._ratio_text(value) == text
+
+
+def test_question_beyond_fit_runs_noted():
+    fit = {**FIT, "data_range": {"params": [8240.0, 357024.0], "tokens": [245760.0, 7715840.0]}}
+
+    answer = ask("tokens for 7B", fit=fit)
+
+    beyond = [note for note in answer.notes if note.startswith("your fit: its runs reach")]
+    assert beyond == ["your fit: its runs reach 3.57e+05 parameters, and 7e+09 is 1.96e+04 times that, so its rows "
+                      "extrapolate that far beyond its data"]
+
+
+def test_question_within_fit_runs_not_noted():
+    fit = {**FIT, "data_range": {"params": [8240.0, 357024.0]}}
+    assert not [note for note in ask("tokens for 1M", fit=fit).notes if "its runs" in note]
