@@ -51,14 +51,16 @@ def plot_isoflop(fit: IsoFlopFit, path: Path, convention: str, loss_label: str =
         edge = " (optimum at edge)" if profile.at_edge else ""
         axes.scatter(params, profile.losses, color=colour, s=18, label=f"C = {profile.flops:.2e} FLOPs{edge}")
         axes.plot(dense, c2 * x**2 + c1 * x + c0, color=colour, lw=1)
-        # A vertex at the edge is drawn hollow: it stays out of the power laws.
-        axes.scatter([profile.params_opt], [profile.loss_opt], marker="*", s=90, edgecolor="black",
-                     color="none" if profile.at_edge else colour)
+        # A vertex at the edge is drawn hollow: it stays out of the power laws. One far beyond the budget's
+        # sizes is left out, because it would stretch the axis over decades without data.
+        if not profile.at_edge or dense[0] <= profile.params_opt <= dense[-1]:
+            axes.scatter([profile.params_opt], [profile.loss_opt], marker="*", s=90, edgecolor="black",
+                         color="none" if profile.at_edge else colour)
     axes.set_xscale("log")
     axes.set_xlabel(params_label(convention))
     axes.set_ylabel(loss_label)
     axes.set_title("IsoFLOP profiles: parabola in ln N per budget, star = N_opt(C) (hollow: at the edge, "
-                   "not fitted); C = 6ND", fontsize=8)
+                   "not fitted; left out when far beyond the sizes); C = 6ND", fontsize=8)
     if len(fit.profiles) <= MAX_LEGEND_ENTRIES:
         axes.legend(fontsize=7)
     if len(fit.profiles) > MAX_LEGEND_ENTRIES or fit.too_few_sizes or fit.no_minimum:

@@ -453,3 +453,23 @@ def test_mixed_corpora_names_flag_only(tmp_path):
         load_runs(tmp_path)
     assert str(error.value).endswith("pass --allow-mixed to fit them together")
     assert "allow_mixed" not in str(error.value)
+
+
+def test_far_edge_vertex_keeps_axis(tmp_path, monkeypatch):
+    # The edge budget's vertex lies at 5.9e8 parameters, 37 times its largest size (1.6e7).
+    import analysis.plots
+
+    params, labels, losses = _awkward_budgets()
+    fit = fit_isoflop(params, labels, losses, labels, skip_invalid_budgets=True, log_warnings=False)
+    limits = []
+    save = analysis.plots._save
+
+    def record_limits(figure, path, *args, **kwargs):
+        limits.extend(axes.get_xlim() for axes in figure.axes)
+        return save(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(analysis.plots, "_save", record_limits)
+    analysis.plots.plot_isoflop(fit, tmp_path / "isoflop.png", "total")
+
+    [(_, right)] = limits
+    assert right < 1e8
