@@ -104,10 +104,11 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
             missing = (row["interval"] or {}).get("note")
             if missing:
                 notes.append(f"{row['law']}: no {100 * row['interval']['level']:.0f}% interval: {missing}")
-    overflowed = [row["law"] for row in rows if row[quantity] is not None and not _finite(row[quantity])]
+    overflowed = [row["law"] for row in rows
+                  if any(row[key] is not None and not _finite(row[key]) for key in INTERVAL_KEYS)]
     if overflowed:
-        notes.append(f"no finite {quantity} (shown as overflow) from: {'; '.join(overflowed)}. At this size their "
-                     "power laws leave the range of floating point, so they cannot answer the question")
+        notes.append(f"values beyond floating point (shown as overflow) from: {'; '.join(overflowed)}. At this size "
+                     "their power laws leave the range of a float, so those values are no answer")
     if query.kind == "loss_at":
         silent = [row["law"] for row in rows if row["loss"] is None]
         if silent:

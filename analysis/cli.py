@@ -81,7 +81,8 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--starts", type=int, default=DEFAULT_FIT_STARTS, metavar="N",
                         help=f"minimum size of approach 3's start grid (default: {DEFAULT_FIT_STARTS})")
     parser.add_argument("--bootstraps", type=int, default=DEFAULT_BOOTSTRAPS, metavar="N",
-                        help=f"bootstrap replicates for 95%% intervals, 0 for none (default: {DEFAULT_BOOTSTRAPS})")
+                        help=f"bootstrap replicates for 95%% intervals: 0 for none, else at least 40 (default: "
+                             f"{DEFAULT_BOOTSTRAPS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     parser.add_argument("--resample", choices=RESAMPLING, default="luck",
                         help="what the bootstraps of approaches 1 and 2 redraw: each run's luck, keeping the "

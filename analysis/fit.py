@@ -124,7 +124,8 @@ def _remove_earlier_outputs(out: Path, written: list[str]) -> None:
     for name in stale:
         (out / name).unlink()
     if stale:
-        logger.info("removed %s of the earlier fit in %s, which this fit does not replace", ", ".join(stale), out)
+        logger.info("removed %s of the earlier fit in %s, which this fit does not replace%s", ", ".join(stale), out,
+                    "; `scaling report` writes report.md again" if REPORT_FILE in stale else "")
 
 
 class _WarningLog(logging.Handler):

@@ -284,7 +284,7 @@ def _scan(corpus: Corpus) -> _Scan:
 
     if corpus.descriptions:
         log.warning("left out %d files of %s that describe the corpus (%s); a glob pattern such as '%s/*' "
-                    "keeps every file", len(corpus.descriptions), corpus.source, _names(corpus.descriptions),
+                    "keeps every text file", len(corpus.descriptions), corpus.source, _names(corpus.descriptions),
                     corpus.source.rstrip("/"))
     if binary:
         log.warning("left out %d binary files of %s (%s): they are not UTF-8 text and contain NUL bytes",

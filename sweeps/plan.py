@@ -280,7 +280,8 @@ class Plan:
         )
         console.print(f"time estimate: {self.cost.method}")
         console.print(f"remaining: {totals['runs_to_do']} runs, {_duration(totals['remaining_seconds_one_worker'])} "
-                      f"on one worker, about {_duration(totals['wall_seconds'])} wall with {self.workers} workers")
+                      f"on one worker, about {_duration(totals['wall_seconds'])} wall with "
+                      f"{counted(max(1, min(self.workers, totals['runs_to_do'])), 'worker')}")
         clipped = [row for row in self.rows
                    if clipped_warmup(row.run.config.optimizer.warmup_steps, row.run.steps)
                    < row.run.config.optimizer.warmup_steps]

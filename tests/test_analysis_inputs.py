@@ -276,10 +276,11 @@ def test_missing_config_in_fit_json(tmp_path):
 # Bootstrap counts ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("command", ["fit", "report"])
 @pytest.mark.parametrize("bootstraps", [1, 2, 20, 39])
-def test_too_few_bootstraps_exit_2(tmp_path, capsys, no_fitting, bootstraps):
+def test_too_few_bootstraps_exit_2(tmp_path, capsys, no_fitting, bootstraps, command):
     sweep = _write_sweep(tmp_path)
-    status, _, stderr = _cli(capsys, "fit", sweep, "--bootstraps", bootstraps)
+    status, _, stderr = _cli(capsys, command, sweep, "--bootstraps", bootstraps)
     assert status == 2
     assert _error_line(stderr) == (f"scaling: error: --bootstraps {bootstraps} gives no 95% interval; use 0 for none "
                                    "or at least 40 (200, the default, leaves room for replicates that do not converge)")

@@ -27,9 +27,18 @@ def test_compute_beyond_float_is_overflow_with_note():
 
     kaplan = row_of(answer, "Kaplan 2020")
     assert kaplan["flops"] == math.inf
-    overflow = [note for note in answer.notes if note.startswith("no finite flops")]
+    overflow = [note for note in answer.notes if note.startswith("values beyond floating point")]
     assert len(overflow) == 1
     assert kaplan["law"] in overflow[0]
+
+
+def test_overflow_in_other_column_noted():
+    # The question requests a loss; C = 6ND of 1e200 parameters and 1e200 tokens is what overflows.
+    answer = ask("loss at 1e200 params and 1e200 tokens")
+
+    overflow = [note for note in answer.notes if note.startswith("values beyond floating point")]
+    assert len(overflow) == 1
+    assert "Epoch 2024 refit" in overflow[0]
 
 
 def test_allocation_that_underflows_gives_empty_row():
