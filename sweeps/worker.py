@@ -113,7 +113,8 @@ def train_request(request: dict[str, Any], cores: tuple[int, ...] | None) -> tup
         return EXIT_LOCKED, str(error)
     except KeyboardInterrupt:
         if started:
-            log.warning("run %s interrupted; a later launch resumes it from its newest checkpoint", run_id)
+            log.warning("run %s interrupted; a later launch resumes it from its newest checkpoint, or starts it "
+                        "afresh if it has none", run_id)
         else:
             log.warning("run %s interrupted before it started; a later launch starts it", run_id)
         return EXIT_INTERRUPTED, "interrupted"
