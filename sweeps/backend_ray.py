@@ -41,7 +41,7 @@ from typing import Any
 from scaling.errors import UserError
 from scaling.interrupts import interrupts_on_stop_signals, stop_requested, stop_signals_deferred
 from scaling.paths import runs_root as resolve_runs_root
-from sweeps.backends import RunResources, outcome_from_exit, project_root
+from sweeps.backends import RunResources, outcome_from_exit, project_root, stop_worker_child
 from sweeps.launcher import check_existing_runs
 from sweeps.outcomes import RunOutcome, failed_outcome, run_log_path, split_completed
 from sweeps.spec import SweepSpec, expand
@@ -129,7 +129,7 @@ def train_run_in_task(config: dict[str, Any], runs_root: str,
     the child, wall seconds, host name).
 
     The child's output goes to RUNS/<sweep>/_logs/<run_id>.log, as with the other backends. `ray.cancel`, or
-    SIGINT or SIGTERM to the Ray worker process, makes the task stop the child (`_stop_worker_child`). The run
+    SIGINT or SIGTERM to the Ray worker process, makes the task stop the child (sweeps.backends.stop_worker_child). The run
     then records "interrupted" at its newest checkpoint, and the task returns the child's exit status, 130.
     """
     log_path = run_log_path(runs_root, config["sweep"], config["run_id"])
@@ -158,7 +158,9 @@ def train_run_in_task(config: dict[str, Any], runs_root: str,
             if process is None:  # cancelled before the child started: Ray reports the task as cancelled
                 raise
             with stop_signals_deferred():
-                _stop_worker_child(process, config["run_id"])
+                # SIGTERM, not SIGINT: Ray 2.60 starts its processes with SIGINT blocked
+                # (ray/_private/services.py), and a child inherits that mask.
+                stop_worker_child(process, config["run_id"], signal.SIGTERM, TASK_STOP_GRACE_S)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return process.returncode, cpu_s, time.time() - started, socket.gethostname()
@@ -179,25 +181,6 @@ def _wait_for_child(process: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def _stop_worker_child(process: subprocess.Popen, run_id: str) -> None:
-    """Send SIGTERM to the worker child and wait for it to record "interrupted"; kill it after TASK_STOP_GRACE_S.
-
-    SIGTERM, not SIGINT as the local launcher sends: Ray 2.60 starts its processes with SIGINT blocked
-    (ray/_private/services.py), a child inherits that mask, and a blocked SIGINT never arrives.
-    sweeps.worker stops a run on SIGTERM as on SIGINT.
-    """
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=TASK_STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        log.warning("run %s: worker %d did not stop within %.0f s of SIGTERM; killing it", run_id, process.pid,
-                    TASK_STOP_GRACE_S)
-        process.kill()
-        process.wait()
 
 
 # ---------------------------------------------------------------------------------------------- the launcher's side

@@ -145,7 +145,7 @@ def run_worker_process(config: dict[str, Any], runs_root: str, env_overrides: di
         try:
             process.communicate(json.dumps({"config": config, "runs_root": runs_root}))
         except BaseException:  # Ctrl-C, or Ray cancelling the task: let the run record "interrupted" first
-            _stop_child(process)
+            stop_worker_child(process, config["run_id"])
             raise
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -155,14 +155,20 @@ def run_worker_process(config: dict[str, Any], runs_root: str, env_overrides: di
 CHILD_STOP_WAIT_S = 60.0  # how long a stopped worker may take to write its summary before it is killed
 
 
-def _stop_child(process: subprocess.Popen) -> None:
-    """Send SIGINT to a worker child and wait for it, so that its run ends "interrupted"; kill it after a while."""
+def stop_worker_child(process: subprocess.Popen, run_id: str, stop_signal: int = signal.SIGINT,
+                      wait_s: float = CHILD_STOP_WAIT_S) -> None:
+    """Send `stop_signal` to a worker child and wait for it, so that its run ends "interrupted".
+
+    sweeps.worker stops a run on SIGINT and SIGTERM alike. A child still running after `wait_s` is killed.
+    """
     if process.poll() is not None:
         return
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop_signal)
     try:
-        process.wait(timeout=CHILD_STOP_WAIT_S)
+        process.wait(timeout=wait_s)
     except subprocess.TimeoutExpired:
+        log.warning("run %s: worker %d did not stop within %.0f s of %s; killing it", run_id, process.pid, wait_s,
+                    signal.Signals(stop_signal).name)
         process.kill()
         process.wait()
 
