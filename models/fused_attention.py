@@ -38,6 +38,7 @@ import jax.numpy as jnp
 log = logging.getLogger(__name__)
 
 KERNEL_SOURCE = Path(__file__).parent / "kernels" / "causal_attention_cpu.cc"
+KERNEL_HEADERS = (Path(__file__).parent / "kernels" / "parallel_for.h",)  # part of the cache key too
 # -ffp-contract=fast lets the compiler fuse multiply-adds, which ISO C++ mode otherwise forbids. It made no
 # measurable difference to the kernel's speed with g++ 12 here. It stays because the README's demo numbers
 # were measured with it, and dropping it may change the rounding.
@@ -91,7 +92,8 @@ def library_path(compiler: str) -> Path:
     import jaxlib
 
     key = hashlib.sha256()
-    for part in (KERNEL_SOURCE.read_bytes(), compiler.encode(), " ".join(COMPILE_FLAGS).encode(),
+    sources = [KERNEL_SOURCE.read_bytes(), *(header.read_bytes() for header in KERNEL_HEADERS)]
+    for part in (*sources, compiler.encode(), " ".join(COMPILE_FLAGS).encode(),
                  jaxlib.__version__.encode(), _cpu_identity().encode()):
         key.update(part)
         key.update(b"\0")

@@ -1,5 +1,6 @@
 """The small benchmark tools, each on a tiny shape: the product-layout timer, the step profiler, the
-initial-state timer, the step compile timer, the mesh attention timer and the malloc settings timer."""
+initial-state timer, the step compile timer, the mesh attention timer, the malloc settings timer and the
+OpenBLAS product experiment."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,3 +116,58 @@ def test_malloc_arenas_rejects_bad_size():
     done = run_tool("malloc_arenas.py", "--sizes", "48", timeout=60)
     assert done.returncode == 2
     assert "--sizes '48' must list multiples of 32" in done.stderr
+
+
+def test_blas_products_rejects_bad_sizes():
+    done = run_tool("blas_products.py", "--sizes", "48", timeout=120)
+    assert done.returncode == 2
+    assert "--sizes '48' must be multiples of 32" in done.stderr
+
+
+def test_blas_products_without_openblas_exits_2():
+    # A None entry in sys.modules makes `import scipy_openblas32` fail, as on a machine without the wheel.
+    script = ROOT / "benchmarks" / "blas_products.py"
+    code = (f"import runpy, sys; sys.modules['scipy_openblas32'] = None; sys.argv = [{str(script)!r}, '--sizes', '32']; "
+            f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2
+    assert "pip install scipy-openblas32" in done.stderr
+
+
+def test_blas_products_matches_xla_and_trains():
+    pytest.importorskip("scipy_openblas32", reason="the OpenBLAS experiment needs the scipy-openblas32 wheel")
+    done = run_tool("blas_products.py", "--sizes", "32", "--repeats", "1", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert [row["product"].split()[0] for row in report["products"]] == ["forward", "input", "weight"]
+    for row in report["products"]:
+        assert row["xla_gflop_per_s"] > 0
+        assert row["blas_gflop_per_s"] > 0
+    assert [row["d_model"] for row in report["training"]] == [32]
+    assert report["training"][0]["blas_tokens_per_s"] > 0
+
+
+def test_blas_dot_general_gradients_match_xla():
+    pytest.importorskip("scipy_openblas32", reason="the OpenBLAS experiment needs the scipy-openblas32 wheel")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks import blas_products
+
+    blas_products.load_blas_kernel()
+    rng = np.random.default_rng(0)
+    x_NxHxE = jnp.asarray(rng.standard_normal((64, 4, 8)), jnp.float32)
+    w_HxExD = jnp.asarray(rng.standard_normal((4, 8, 24)), jnp.float32)
+    cotangent_NxD = jnp.asarray(rng.standard_normal((64, 24)), jnp.float32)
+    numbers = (((1, 2), (0, 1)), ((), ()))  # DenseGeneral's output projection: heads and head width contracted
+
+    def loss(dot_general, x, w):
+        return jnp.sum(dot_general(x, w, numbers) * cotangent_NxD)
+
+    xla_value, xla_grads = jax.value_and_grad(lambda x, w: loss(jax.lax.dot_general, x, w), (0, 1))(x_NxHxE, w_HxExD)
+    blas_value, blas_grads = jax.value_and_grad(
+        lambda x, w: loss(blas_products.blas_dot_general, x, w), (0, 1))(x_NxHxE, w_HxExD)
+    np.testing.assert_allclose(blas_value, xla_value, rtol=1e-5)
+    for blas_grad, xla_grad in zip(blas_grads, xla_grads):
+        np.testing.assert_allclose(blas_grad, xla_grad, rtol=1e-4, atol=1e-4)

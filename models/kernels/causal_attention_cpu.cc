@@ -14,18 +14,16 @@
 // head h / G, with G = H / K.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -190,38 +188,6 @@ void Transpose(int64_t rows, int64_t cols, const float* src, int64_t lds, float*
   }
 }
 
-// Runs fn(0) .. fn(n - 1) on the calling thread and on helpers from XLA's thread pool. Each thread claims
-// tasks from a shared counter, and the caller waits only for tasks already claimed, because it runs every
-// unclaimed task itself. So two such calls on a two-thread pool cannot wait for each other's helpers.
-template <typename F>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, F fn) {
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    std::mutex mutex;
-    std::condition_variable all_done;
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, n, &fn]() {
-    for (int64_t i = state->next++; i < n; i = state->next++) {
-      fn(i);
-      if (++state->done == n) {
-        std::lock_guard<std::mutex> lock(state->mutex);
-        state->all_done.notify_all();
-      }
-    }
-  };
-  // Helpers that start late never call fn (the counter is past n), so capturing fn by reference is safe.
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
-  for (int64_t i = 0; i < helpers; ++i) {
-    auto helper = work;
-    pool.Schedule(std::move(helper));
-  }
-  work();
-  std::unique_lock<std::mutex> lock(state->mutex);
-  state->all_done.wait(lock, [&] { return state->done.load() == n; });
-}
-
 struct Shape {
   int64_t batch, length, heads, kv_heads, head_dim;
   int64_t groups() const { return heads / kv_heads; }
@@ -353,7 +319,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffe
   float* op = out->typed_data();
   float* lp = lse->typed_data();
 
-  ParallelFor(pool, s.batch * s.kv_heads, [&](int64_t task) {
+  scaling_kernels::ParallelFor(pool, s.batch * s.kv_heads, [&](int64_t task) {
     const int64_t b = task / s.kv_heads, kh = task % s.kv_heads;
     Padded keys_t, values, queries, weights, block_out;
     GatherColumns(s, kp, b, kh, rope, &keys_t);
@@ -416,7 +382,7 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
   float* dvp = dv->typed_data();
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
 
-  ParallelFor(pool, s.batch * s.kv_heads, [&](int64_t task) {
+  scaling_kernels::ParallelFor(pool, s.batch * s.kv_heads, [&](int64_t task) {
     const int64_t b = task / s.kv_heads, kh = task % s.kv_heads;
     // dK and dV are accumulated transposed, [Ep x Lp], so that each block adds a product whose small factor
     // (the block's Q^T or dO^T, [Ep x R]) is the one transposed, not the [R x keys] weights.
