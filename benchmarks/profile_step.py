@@ -99,8 +99,8 @@ def main() -> int:
                 continue
             busy = 0.0
             for event in line.events:
-                if event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
-                    continue  # the executor's own spans contain the kernels
+                if event.name.startswith(("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener")):
+                    continue  # the executor's own spans contain the kernels, and the pool's markers last 0 ns
                 part = model_part(op_names.get(event.name, "?"))
                 seconds[part] += event.duration_ns / 1e9 / args.steps
                 kernels[part] += 1 / args.steps
