@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scaling.run_lock import lock_holder
 from scaling.run_store import RunDir, initial_summary
 from sweeps.worker import EXIT_LOCKED
 
@@ -49,16 +50,27 @@ def run_log_path(root: str | Path, sweep: str, run_id: str) -> Path:
 def split_completed(runs: list, root: Path) -> tuple[dict[str, RunOutcome], list]:
     """Return (the outcomes of runs completed before this launch, by run id; the runs still to do).
 
-    A run still to do that stopped part-way is logged with the step its checkpoint resumes from.
+    A run still to do that stopped part-way is logged with the step its checkpoint resumes from. A run whose
+    lock a live process holds (another launch of the sweep, say) is left to that process without starting a
+    worker for it, as "elsewhere". One locked between this look and its start still reaches the worker,
+    which reports it the same way (`ended_outcome`).
     """
     outcomes: dict[str, RunOutcome] = {}
     todo = []
     for run in runs:
-        summary = RunDir.at(root, run.config.sweep, run.run_id).summary()
+        run_dir = RunDir.at(root, run.config.sweep, run.run_id)
+        summary = run_dir.summary()
         status = (summary or {}).get("status")
         if status == "completed":
             log.info("run %s already completed; skipping", run.run_id)
             outcomes[run.run_id] = RunOutcome(run, "skipped", summary, 0.0, None)
+            continue
+        holder = lock_holder(run_dir.path)
+        if holder is not None:
+            log.warning("run %s is being trained by %s, which keeps it; launch again after that process ends to "
+                        "see it in this table as done", run.run_id, holder)
+            held_summary = summary or initial_summary(run.run_id, run.config.sweep, "running")
+            outcomes[run.run_id] = RunOutcome(run, "elsewhere", held_summary, 0.0, None)
             continue
         if status in ("interrupted", "running") and summary.get("steps_done"):
             # The run itself logs where it resumes: a damaged checkpoint is set aside for the one before it.
@@ -92,7 +104,6 @@ def ended_outcome(run: Any, root: Path, returncode: int, *, reason: str, wall_s:
                     summary.get("steps_done"))
         return RunOutcome(run, "interrupted", summary, wall_s, log_path, cpu_s)
     if returncode == EXIT_LOCKED:
-        # Another live process owns the run and its summary: report it here, leave the store alone.
         # Another live process (a second launch of this sweep, say) owns the run and its summary: leave both
         # to it. The run is not failed, only not this launch's to finish.
         log.warning("run %s is being trained by another process, which keeps it; launch again after that process "

@@ -27,7 +27,7 @@ from scaling.run_store import RunDir
 from sweeps import cli
 from sweeps.backends import run_with_backend
 from sweeps.launcher import run_sweep, start_run
-from sweeps.outcomes import LOGS_FOLDER
+from sweeps.outcomes import LOGS_FOLDER, run_log_path
 from sweeps.plan import evaluation_count, make_plan
 from sweeps.resources import CORES_ENV, SINGLE_THREAD_XLA_FLAGS, split_cores
 from sweeps.spec import (
@@ -612,6 +612,9 @@ def test_locked_run_trains_elsewhere(corpus_dir, tmp_path):
     assert not outcomes[locked.run_id].ok
     assert locked_dir.summary() is None  # its summary is left to the process that has the lock
     assert outcomes[free.run_id].status == "completed"
+    # Left to the lock's holder before any worker started on it, so this launch wrote no log for it.
+    assert not run_log_path(runs, "tiny", locked.run_id).exists()
+    assert run_log_path(runs, "tiny", free.run_id).exists()
 
 
 def test_launch_exit_status_for_locked_run(corpus_dir, tmp_path, caplog):
@@ -671,3 +674,17 @@ def test_plan_names_dropped_runs(corpus_dir, tmp_path, capsys):
     plan.print()
     out = " ".join(capsys.readouterr().out.split())
     assert f"note: sweep tiny has 1 run folder that this spec no longer gives ({dropped[0]})" in out
+
+
+def test_run_locked_after_plan_reported_elsewhere(corpus_dir, tmp_path):
+    """A run locked between the launch's look and its worker's start: the worker exits with EXIT_LOCKED."""
+    from scaling.run_store import RunDir
+    from sweeps.outcomes import ended_outcome
+    from sweeps.worker import EXIT_LOCKED
+
+    runs = tmp_path / "runs"
+    locked, _ = expand(parse_spec(tiny_raw(corpus_dir)), runs)
+    outcome = ended_outcome(locked, runs, EXIT_LOCKED, reason="worker exited with status 4", wall_s=0.5, cpu_s=0.2)
+    assert outcome.status == "elsewhere"
+    assert outcome.summary["status"] == "running"
+    assert RunDir.at(runs, "tiny", locked.run_id).summary() is None  # the store is left to the lock's holder
