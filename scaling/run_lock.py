@@ -36,7 +36,7 @@ def lock_holder(run_path: Path) -> str | None:
     """
     try:
         handle = open(Path(run_path) / LOCK_NAME)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no lock yet, or a file where the run folder should be
         return None
     with handle:
         try:
