@@ -130,6 +130,10 @@ class RunDir:
     def checkpoint_dir(self) -> Path:
         return self.path / "checkpoints"
 
+    @property
+    def pending_metrics_path(self) -> Path:
+        return self.path / "pending_metrics.json"
+
     def config(self) -> dict[str, Any]:
         return read_json(self.config_path)
 
@@ -164,6 +168,27 @@ class RunDir:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+
+    def write_pending_metrics(self, step: int, steps: list[dict[str, Any]]) -> None:
+        """Record the per-step metrics of a row that an interrupt cut short at checkpoint `step`."""
+        rows = [{key: float(value) for key, value in metrics.items()} for metrics in steps]
+        write_json_atomic(self.pending_metrics_path, {"step": step, "steps": rows})
+
+    def pending_metrics(self, step: int) -> list[dict[str, Any]]:
+        """Return the metrics recorded with checkpoint `step` by `write_pending_metrics`, one dict per step.
+
+        Returns [] when none were, or when they belong to another checkpoint (say, one found unreadable).
+        """
+        if not self.pending_metrics_path.exists():
+            return []
+        recorded = read_json(self.pending_metrics_path)
+        if recorded.get("step") != step:
+            return []
+        return recorded["steps"]
+
+    def clear_pending_metrics(self) -> None:
+        """Delete pending_metrics.json: a completed run has no row left to finish."""
+        self.pending_metrics_path.unlink(missing_ok=True)
 
     def truncate_metrics_after(self, step: int) -> int:
         """Drop metric rows past `step` (written after the checkpoint a resume starts from); return how many.

@@ -8,7 +8,8 @@ The flow of `train(config)`:
    compiled programs of its last few shapes (`trainer_for`) for later runs that differ only in budget or
    seed. The host reads metrics back only every `log_interval` steps and at checkpoint steps, and evaluates
    and checkpoints at fixed intervals. A non-finite loss stops the run with status `diverged` and the first
-   bad step;
+   bad step. A first SIGINT or SIGTERM ends the step in flight and checkpoints it, with status
+   `interrupted`;
 4. evaluate at the end and write summary.json with the final validation loss, the run's L(N, D) point.
 """
 
@@ -45,7 +46,7 @@ from scaling.batches import batch_at, predicted_bytes, validation_windows
 from scaling.data import PreparedCorpus, check_epochs
 from scaling.errors import UserError
 from scaling.host_memory import estimated_step_temp_bytes, keep_freed_memory, release_freed_memory
-from scaling.interrupts import stop_requested, stop_signals_deferred
+from scaling.interrupts import stop_after_step, stop_requested, stop_signals_deferred
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_checks import corpus_size_problem, folder_conflict
 from scaling.run_lock import RunLock
@@ -58,7 +59,7 @@ from scaling.tracking import Tracker
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "SCALING_FAULT"
-FAULT_POINTS = ("step", "checkpoint", "eval", "nan")
+FAULT_POINTS = ("step", "checkpoint", "eval", "nan", "signal")
 
 
 def fault_from_env() -> tuple[str, int] | None:
@@ -68,7 +69,8 @@ def fault_from_env() -> tuple[str, int] | None:
     - `step` kills the process by SIGKILL right after optimizer step `step` is dispatched;
     - `checkpoint` kills it right after the checkpoint write of that step has started;
     - `eval` kills it after the first validation chunk of that step is dispatched;
-    - `nan` makes the parameters NaN before that step, so its loss is NaN.
+    - `nan` makes the parameters NaN before that step, so its loss is NaN;
+    - `signal` sends this process SIGINT right after step `step` is dispatched, as Ctrl-C would.
     `step` and `eval` first let earlier checkpoint writes finish, so each point tests one thing. When the
     variable is unset, the loop compares one tuple per step and nothing else.
     """
@@ -353,6 +355,12 @@ class _SecondaryRunDir(RunDir):
     def truncate_metrics_after(self, step: int) -> int:
         return 0
 
+    def write_pending_metrics(self, step: int, steps: list[dict[str, Any]]) -> None:
+        pass
+
+    def clear_pending_metrics(self) -> None:
+        pass
+
 
 def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bool) -> dict[str, Any]:
     entered = time.time()
@@ -424,10 +432,10 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     try:
         summary = _loop(run, state, start_step, progress)
     except KeyboardInterrupt:
-        # Ctrl-C, or a launcher stopping its workers. The summary keeps the progress of the newest checkpoint,
-        # where the next attempt resumes, and marks the run as no longer live. A second signal waits for it.
-        # NOTE: no checkpoint is written here, so the steps since the newest one are trained again. One at this
-        # step would split a metrics row, and resumed runs would no longer log the rows of uninterrupted ones.
+        # Ctrl-C, or a launcher stopping its workers. A first signal in the loop ends the step in flight and
+        # checkpoints it (`_checkpoint_interrupted`); a second, or one outside the loop, stops at once. The
+        # summary keeps the progress of the newest checkpoint, where the next attempt resumes, and marks the
+        # run as no longer live. A signal while this records it waits for it.
         stopped_at = run.position.get("steps_done", start_step)
         with stop_signals_deferred():
             recorded = run_dir.summary() or summary
@@ -503,62 +511,76 @@ def _loop(run: _Run, state: dict[str, Any], start_step: int, progress: bool) -> 
         return {"val_loss": nats / val_tokens, "val_bpb": nats / (math.log(2) * val_bytes)}
 
     summary = initial_summary(record["run_id"], record["sweep"], status="running")
-    pending: list[dict[str, jax.Array]] = []
+    # The steps of a metrics row that an interrupt cut short, saved with its checkpoint: the row goes on
+    # from them, so that it equals the uninterrupted run's row.
+    # Its values are float32, as the step returned them, so that the row's mean is the uninterrupted run's.
+    carried = [{key: np.float32(value) for key, value in metrics.items()}
+               for metrics in (run_dir.pending_metrics(start_step) if start_step > 0 else [])]
+    pending: list[dict[str, Any]] = list(carried)
+    newest_checkpoint = start_step
     interval_start = time.time()
     bar = _progress_bar(progress, config.run_id, total_steps, start_step)
     last_eval: dict[str, float] = {}
 
-    for step in range(start_step, total_steps):
-        run.position["steps_done"] = step
-        if stop_requested():  # a SIGINT or SIGTERM whose KeyboardInterrupt Python dropped (scaling/interrupts.py)
-            raise KeyboardInterrupt
-        done = step + 1
-        if fault == ("nan", done):
-            state = {**state, "params": jax.tree.map(lambda p: p * jnp.nan, state["params"])}
-        batch = batch_at(corpus.train, step, batch_size=config.data.batch_size, seq_len=config.data.seq_len,
-                         seed=config.seed)
-        if step == start_step:  # the first call compiles the step, or loads it from the compilation cache
-            begun = time.time()
-            state, metrics = trainer.step_fn(state, trainer.put_batch(batch), schedule)
-            jax.block_until_ready(metrics)
-            release_freed_memory()  # what compiling left in the heap (scaling/host_memory.py)
-            overhead["first_step"] = time.time() - begun
-        else:
-            state, metrics = trainer.step_fn(state, trainer.put_batch(batch), schedule)
-        pending.append(metrics)
-        if fault == ("step", done):
-            _kill_self(checkpointer)
-        is_last = done == total_steps
-        is_checkpoint = done % config.checkpoint_interval == 0 or is_last
-
-        # A row also closes at every checkpoint step, so the rows after a resume cover the same steps as an
-        # uninterrupted run's (the losses of steps before a checkpoint are not in the checkpoint).
-        if done % config.log_interval == 0 or is_checkpoint:
-            fetched = jax.device_get(pending)  # the only host synchronisation between evaluations
-            now = time.time()
-            row = _metric_row(fetched, done, tokens_per_step, now - interval_start, run.wall_s())
-            if peak_flops is not None:
-                row["mfu"] = row["tokens_per_s"] * flops_per_token / peak_flops
-            pending, interval_start = [], now
-            if not math.isfinite(row["train_loss"]):
+    with stop_after_step():
+        for step in range(start_step, total_steps):
+            run.position["steps_done"] = step
+            if stop_requested():  # the first SIGINT or SIGTERM: stop here, with a checkpoint of this step
                 bar.close()
-                return _stop_diverged(run, summary, fetched, row)
-            if done % config.eval_interval == 0 or is_last:
-                last_eval = evaluate(state["params"], done)
-                row.update(last_eval)
-            run_dir.append_metrics([row])
-            tracker.log(row, step=done)
-            bar.update(done, row)
+                _checkpoint_interrupted(run, state, pending, step, newest_checkpoint, summary)
+                raise KeyboardInterrupt
+            done = step + 1
+            if fault == ("nan", done):
+                state = {**state, "params": jax.tree.map(lambda p: p * jnp.nan, state["params"])}
+            batch = batch_at(corpus.train, step, batch_size=config.data.batch_size, seq_len=config.data.seq_len,
+                             seed=config.seed)
+            if step == start_step:  # the first call compiles the step, or loads it from the compilation cache
+                begun = time.time()
+                state, metrics = trainer.step_fn(state, trainer.put_batch(batch), schedule)
+                jax.block_until_ready(metrics)
+                release_freed_memory()  # what compiling left in the heap (scaling/host_memory.py)
+                overhead["first_step"] = time.time() - begun
+            else:
+                state, metrics = trainer.step_fn(state, trainer.put_batch(batch), schedule)
+            pending.append(metrics)
+            if fault == ("step", done):
+                _kill_self(checkpointer)
+            if fault == ("signal", done):
+                os.kill(os.getpid(), signal.SIGINT)
+            is_last = done == total_steps
+            is_checkpoint = done % config.checkpoint_interval == 0 or is_last
 
-        if is_checkpoint:
-            begun = time.time()
-            checkpointer.save(done, state)
-            overhead["checkpoint"] += time.time() - begun
-            # Record progress so that a run killed after this point resumes with its wall time so far.
-            summary.update(_progress(record, done, tokens_per_step, run.wall_s()))
-            run_dir.write_summary(summary)
-            if fault == ("checkpoint", done):
-                _kill_self()
+            # A row also closes at every checkpoint step, so the rows after a resume cover the same steps as an
+            # uninterrupted run's (the losses of steps before a checkpoint are not in the checkpoint).
+            if done % config.log_interval == 0 or is_checkpoint:
+                fetched = jax.device_get(pending)  # the only host synchronisation between evaluations
+                now = time.time()
+                # Steps carried over from before a resume were timed by the attempt that trained them.
+                row = _metric_row(fetched, done, tokens_per_step, now - interval_start, run.wall_s(),
+                                  timed_steps=len(fetched) - len(carried))
+                if peak_flops is not None:
+                    row["mfu"] = row["tokens_per_s"] * flops_per_token / peak_flops
+                pending, carried, interval_start = [], [], now
+                if not math.isfinite(row["train_loss"]):
+                    bar.close()
+                    return _stop_diverged(run, summary, fetched, row)
+                if done % config.eval_interval == 0 or is_last:
+                    last_eval = evaluate(state["params"], done)
+                    row.update(last_eval)
+                run_dir.append_metrics([row])
+                tracker.log(row, step=done)
+                bar.update(done, row)
+
+            if is_checkpoint:
+                begun = time.time()
+                checkpointer.save(done, state)
+                newest_checkpoint = done
+                overhead["checkpoint"] += time.time() - begun
+                # Record progress so that a run killed after this point resumes with its wall time so far.
+                summary.update(_progress(record, done, tokens_per_step, run.wall_s()))
+                run_dir.write_summary(summary)
+                if fault == ("checkpoint", done):
+                    _kill_self()
 
     bar.close()
     begun = time.time()
@@ -571,23 +593,51 @@ def _loop(run: _Run, state: dict[str, Any], start_step: int, progress: bool) -> 
     summary.update(_progress(record, total_steps, tokens_per_step, wall), status="completed",
                    final_val_loss=last_eval["val_loss"], final_val_bpb=last_eval["val_bpb"])
     run_dir.write_summary(summary)
+    run_dir.clear_pending_metrics()
     log.info("run %s completed: val loss %.4f nats/token, %.4f bits/byte, %.1f s", config.run_id,
              summary["final_val_loss"], summary["final_val_bpb"], wall)
     return summary
 
 
 def _metric_row(fetched: list[dict[str, Any]], done: int, tokens_per_step: int, interval_s: float,
-                wall_s: float) -> dict[str, Any]:
-    """Return the metrics.jsonl row of step `done` from the metrics of the steps since the last row."""
+                wall_s: float, timed_steps: int | None = None) -> dict[str, Any]:
+    """Return the metrics.jsonl row of step `done` from the metrics of the steps since the last row.
+
+    `timed_steps` is how many of those steps ran in the `interval_s` seconds (default: all of them).
+    """
+    timed_steps = len(fetched) if timed_steps is None else timed_steps
     return {
         "step": done,
         "tokens": done * tokens_per_step,
         "train_loss": float(np.mean([m["train_loss"] for m in fetched])),
         "grad_norm": float(fetched[-1]["grad_norm"]),
         "lr": float(fetched[-1]["lr"]),
-        "tokens_per_s": len(fetched) * tokens_per_step / max(interval_s, 1e-9),
+        "tokens_per_s": timed_steps * tokens_per_step / max(interval_s, 1e-9),
         "wall_s": wall_s,
     }
+
+
+def _checkpoint_interrupted(run: _Run, state: dict[str, Any], pending: list[dict[str, Any]], steps_done: int,
+                            newest_checkpoint: int, summary: dict[str, Any]) -> None:
+    """Checkpoint the state after `steps_done` steps when a signal stopped the run there, with the metrics of
+    the steps since the last row (pending_metrics.json), and record that progress in summary.json.
+
+    The next attempt resumes from this step and finishes the cut row, so its rows equal an uninterrupted
+    run's. Nothing is saved when the newest checkpoint is of this step already.
+    """
+    if steps_done == newest_checkpoint:
+        return
+    if jax.process_count() > 1:
+        # NOTE: the processes of a multi-host run may see the signal at different steps, and a checkpoint is
+        # written by all of them together, so such a run resumes from its newest periodic checkpoint.
+        return
+    config = run.config
+    run.run_dir.write_pending_metrics(steps_done, jax.device_get(pending))
+    run.checkpointer.save(steps_done, state)
+    run.checkpointer.wait()  # a second signal during the write leaves Orbax's temporary folder, never listed
+    summary.update(_progress(run.record, steps_done, config.data.tokens_per_step, run.wall_s()))
+    run.run_dir.write_summary(summary)
+    log.info("run %s saved a checkpoint at step %d after the stop signal", config.run_id, steps_done)
 
 
 def _stop_diverged(run: _Run, summary: dict[str, Any], fetched: list[dict[str, Any]],

@@ -122,9 +122,9 @@ def test_killed_twice_and_torn_metrics_line(small_corpus, tmp_path, reference):
 
 
 def test_ctrl_c_interrupted_then_resumed(small_corpus, tmp_path, reference, monkeypatch):
-    """Ctrl-C at step 33 (KeyboardInterrupt raised where the step's batch is read). summary.json records
-    "interrupted" with the progress of checkpoint 20, the lock is free, and the next attempt resumes from 20
-    and ends equal to the uninterrupted run."""
+    """A KeyboardInterrupt at step 33, raised where the step's batch is read, as a second Ctrl-C raises one.
+    summary.json records "interrupted" with the progress of checkpoint 20, the lock is free, and the next
+    attempt resumes from 20 and ends equal to the uninterrupted run."""
     import scaling.train as train_module
 
     config = fault_config(small_corpus, "ctrl-c", wandb_mode="disabled")
@@ -153,6 +153,35 @@ def test_ctrl_c_interrupted_then_resumed(small_corpus, tmp_path, reference, monk
     summary = train(config, tmp_path, progress=False)  # would raise RunLocked if the lock were still held
     assert_equals_reference(run, summary, reference)
     assert "interrupted_at_step" not in run.summary()
+
+
+def test_signal_checkpoint_resume_equals_uninterrupted(small_corpus, tmp_path, reference, caplog):
+    """SIGINT right after step 33, in a child process: the step ends, and a checkpoint of step 33 saves the
+    steps of the row it cut (31 to 33). The next attempt resumes from 33 and ends equal to the uninterrupted
+    run, the cut row's mean loss included."""
+    from tests.faults import train_in_child
+
+    config = fault_config(small_corpus, "signal", wandb_mode="disabled")
+    run = RunDir.at(tmp_path, "faults", "signal")
+
+    result = train_in_child(config, tmp_path, "signal:33")
+
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert "the next launch resumes from step 33, its newest checkpoint" in result.stderr
+    interrupted = run.summary()
+    assert interrupted["status"] == "interrupted"
+    assert interrupted["steps_done"] == 33
+    assert interrupted["interrupted_at_step"] == 33
+    assert interrupted["tokens_seen"] == 33 * 32 * 8
+    assert finished_steps(run.checkpoint_dir) == [20, 33]
+    assert [row["step"] for row in run.metrics()] == list(range(5, 31, 5))
+    assert len(run.pending_metrics(33)) == 3
+
+    with caplog.at_level(logging.INFO, logger="scaling.train"):
+        summary = train(config, tmp_path, progress=False)
+    assert "resumes from step 33" in caplog.text
+    assert_equals_reference(run, summary, reference)
+    assert not run.pending_metrics_path.exists()  # a completed run has no cut row left
 
 
 @pytest.mark.slow
@@ -414,5 +443,8 @@ def test_sigterm_to_train_marks_interrupted(small_corpus, tmp_path):
                         lambda process: process.send_signal(signal.SIGTERM), cwd=Path(__file__).resolve().parents[1])
 
     assert process.returncode == 130, process.stderr_text[-3000:]
-    assert run.summary()["status"] == "interrupted"
-    assert run.summary()["steps_done"] % 20 == 0
+    summary = run.summary()
+    assert summary["status"] == "interrupted"
+    # The step in flight ended and was saved: the next attempt resumes exactly where this one stopped.
+    assert summary["steps_done"] == summary["interrupted_at_step"]
+    assert summary["steps_done"] in finished_steps(run.checkpoint_dir)

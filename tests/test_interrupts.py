@@ -1,4 +1,5 @@
-"""SIGINT and SIGTERM stop training even when Python drops the KeyboardInterrupt they raise."""
+"""SIGINT and SIGTERM stop training at the end of the step in flight, with a checkpoint of it, even when
+Python drops the KeyboardInterrupt they raise; a second signal stops at once."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def test_stop_signal_raises_and_is_remembered(stop_signal):
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt itself
 def test_dropped_interrupt_still_stops_training(small_corpus, tmp_path, monkeypatch):
-    """A KeyboardInterrupt swallowed where Python ignores exceptions (here: a __del__ method) still ends the
-    run at the next step, as "interrupted"."""
+    """A signal that lands where Python ignores exceptions (here: a __del__ method) still ends the run at the
+    next step, as "interrupted"."""
     import gc
 
     import scaling.train as train_module
@@ -46,7 +47,7 @@ def test_dropped_interrupt_still_stops_training(small_corpus, tmp_path, monkeypa
     monkeypatch.setattr(train_module, "batch_at", batch_at)
     summary = train_until_interrupted(small_corpus, tmp_path)
     assert summary["status"] == "interrupted"
-    assert summary["steps_done"] == 20
+    assert summary["steps_done"] == 26  # the signal came as the 26th step read its batch: that step ends, saved
 
 
 def test_deferred_signal_is_recorded_not_raised():
@@ -79,7 +80,7 @@ def test_second_signal_during_summary_write(small_corpus, tmp_path, monkeypatch)
     monkeypatch.setattr(RunDir, "write_summary", write_summary)
     summary = train_until_interrupted(small_corpus, tmp_path)
     assert summary["status"] == "interrupted"
-    assert summary["steps_done"] == 20
+    assert summary["steps_done"] == 26  # the signal came as the 26th step read its batch: that step ends, saved
 
 
 def test_once_records_a_duplicate_signal(monkeypatch):
@@ -122,7 +123,7 @@ def test_two_signals_at_once(small_corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "batch_at", batch_at)
     summary = train_until_interrupted(small_corpus, tmp_path)
     assert summary["status"] == "interrupted"
-    assert summary["steps_done"] == 20
+    assert summary["steps_done"] == 26  # the signal came as the 26th step read its batch: that step ends, saved
 
 
 def train_until_interrupted(corpus, runs):
@@ -136,3 +137,58 @@ def train_until_interrupted(corpus, runs):
         with pytest.raises(KeyboardInterrupt):
             train_module.train(config, runs, progress=False)
     return RunDir.at(runs, config.sweep, config.run_id).summary()
+
+
+def test_signal_in_training_checkpoints_that_step(small_corpus, tmp_path, monkeypatch):
+    """The first signal ends the step in flight and saves it with the metrics of its unfinished row; the
+    handlers are restored after the run."""
+    import scaling.train as train_module
+    from scaling.run_store import RunDir
+    from tests.faults import finished_steps
+
+    real_batch_at = train_module.batch_at
+
+    def batch_at(tokens, step, **kwargs):
+        if step == 25:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_batch_at(tokens, step, **kwargs)
+
+    monkeypatch.setattr(train_module, "batch_at", batch_at)
+    before = signal.getsignal(signal.SIGINT)
+    summary = train_until_interrupted(small_corpus, tmp_path)
+    run = RunDir.at(tmp_path, "test", "tiny")
+
+    assert signal.getsignal(signal.SIGINT) == before
+    assert summary["interrupted_at_step"] == 26
+    assert finished_steps(run.checkpoint_dir) == [20, 26]
+    pending = run.pending_metrics(26)
+    assert len(pending) == 1  # rows every 5 steps: step 26 is the only one after the row of 25
+    assert set(pending[0]) == {"train_loss", "grad_norm", "lr"}
+    assert run.pending_metrics(20) == []  # recorded for checkpoint 26 only
+
+
+def test_second_signal_in_training_stops_at_once(small_corpus, tmp_path, monkeypatch):
+    """A second signal, later than the duplicate window, raises at once: no checkpoint of the step."""
+    import scaling.interrupts
+    import scaling.train as train_module
+    from scaling.run_store import RunDir
+    from tests.faults import finished_steps
+
+    monkeypatch.setattr(scaling.interrupts, "DUPLICATE_WINDOW_S", 0.0)
+    real_batch_at = train_module.batch_at
+
+    def batch_at(tokens, step, **kwargs):
+        if step == 25:
+            os.kill(os.getpid(), signal.SIGINT)  # recorded: the loop would stop after this step
+            os.kill(os.getpid(), signal.SIGINT)  # raises here
+        return real_batch_at(tokens, step, **kwargs)
+
+    monkeypatch.setattr(train_module, "batch_at", batch_at)
+    summary = train_until_interrupted(small_corpus, tmp_path)
+    run = RunDir.at(tmp_path, "test", "tiny")
+
+    assert summary["status"] == "interrupted"
+    assert summary["steps_done"] == 20
+    assert summary["interrupted_at_step"] == 25
+    assert finished_steps(run.checkpoint_dir) == [20]
+    assert not run.pending_metrics_path.exists()
