@@ -5,6 +5,9 @@ N (parameters), D (tokens) and C (FLOPs) are mapped: the third follows from C = 
 could only disagree with it. An optional "budget=COLUMN" names the IsoFLOP budget each point belongs to, and
 "id=COLUMN" a row name. Filters such as "epoch_excluded_outlier=0" keep only the rows whose column equals
 that value: as numbers when both parse as numbers (so "C=1e19" keeps a row holding 1e+19), else as text.
+A row must pass every filter, two on one column included.
+
+The file is read as UTF-8, with or without the byte-order mark that spreadsheets write.
 
 The CSV carries one parameter count, so both conventions of a row get it; the caller states which
 convention the source used.
@@ -46,14 +49,14 @@ def parse_columns(spec: str) -> dict[str, str]:
     return mapping
 
 
-def parse_filters(filters: list[str] | None) -> dict[str, str]:
-    """Parse ["column=value", ...] into a dict; raise UserError on an entry without "="."""
-    parsed: dict[str, str] = {}
+def parse_filters(filters: list[str] | None) -> list[tuple[str, str]]:
+    """Parse ["column=value", ...] into (column, value) pairs; raise UserError on an entry without "="."""
+    parsed: list[tuple[str, str]] = []
     for entry in filters or []:
         column, sep, value = entry.partition("=")
         if not sep or not column.strip():
             raise UserError(f"invalid filter {entry!r}; use COLUMN=VALUE, e.g. epoch_excluded_outlier=0")
-        parsed[column.strip()] = value.strip()
+        parsed.append((column.strip(), value.strip()))
     return parsed
 
 
@@ -64,16 +67,21 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
     mapping = parse_columns(columns)
     required = parse_filters(filters)
     try:
-        with open(path, newline="") as handle:
+        # utf-8-sig: spreadsheets' "CSV UTF-8" starts with a byte-order mark, which would stick to the first name.
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = next((row for row in reader if row), [])  # the first line that is not blank
             if not header:
                 raise UserError(f"{path} is empty; it needs a header line naming its columns, e.g. params,tokens,loss")
-            missing = [column for column in list(mapping.values()) + list(required) if column not in header]
+            needed = list(mapping.values()) + [column for column, _ in required]
+            missing = [column for column in needed if column not in header]
             if missing:
                 raise UserError(f"{path}: column(s) {', '.join(missing)} not found; the header has: "
                                 f"{', '.join(header)}")
-            needed = list(mapping.values()) + list(required)
+            repeated = sorted({column for column in needed if header.count(column) > 1})
+            if repeated:
+                raise UserError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header, so "
+                                "a value could come from either; rename the copies")
             numbered = []  # (line number in the file, row), so that messages and ids name the file's lines
             data_rows = 0
             start = reader.line_num + 1  # the line the next row begins on; a quoted field may span lines
@@ -83,11 +91,15 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
                     continue  # a blank line
                 data_rows += 1
                 line = {name: fields[index] if index < len(fields) else None for index, name in enumerate(header)}
-                if any(line[column] is None for column in needed):
+                # Too many fields usually means an unquoted comma inside a value, which shifts the columns.
+                if any(line[column] is None for column in needed) or len(fields) > len(header):
                     raise UserError(f"{path} line {number}: {len(fields)} field(s) where the header has {len(header)}; "
-                                    "complete or remove that line")
-                if all(_matches(line[column], value) for column, value in required.items()):
+                                    "complete, quote or remove that line")
+                if all(_matches(line[column], value) for column, value in required):
                     numbered.append((number, line))
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte {error.start} cannot be read); save it as a UTF-8 CSV "
+                        "file") from None
     except FileNotFoundError:
         raise UserError(f"CSV file {path} not found") from None
     except IsADirectoryError:
@@ -97,7 +109,7 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
         raise UserError(f"{path} has a header but no data rows; add one line per point below the header")
     rows = [_row(line, number, mapping, path, source) for number, line in numbered]
     if not rows:
-        filter_text = ", ".join(f"{column}={value}" for column, value in required.items())
+        filter_text = ", ".join(f"{column}={value}" for column, value in required)
         raise UserError(f"{path}: no rows left after the filters {filter_text}: none of its {data_rows} data rows "
                         "matches them all; check the values with the file's own")
     _warn_duplicates(rows, [number for number, _ in numbered], path)
@@ -144,6 +156,10 @@ def _row(line: dict[str, str], number: int, mapping: dict[str, str], path: Path,
                 raise UserError(f"{path} line {number}: {mapping[quantity]}={text} must be a finite number > 0")
     params = values.get("N") or values["C"] / (6 * values["D"])
     tokens = values.get("D") or values["C"] / (6 * params)
+    flops = 6.0 * params * tokens
+    if not (math.isfinite(flops) and flops > 0 and params > 0 and tokens > 0):
+        raise UserError(f"{path} line {number}: N={params:g} and D={tokens:g} give C = 6ND = {flops:g}, beyond "
+                        "floating point; check the units of those columns")
     name = line[mapping["id"]] if "id" in mapping else f"line{number}"
     return RunRow(
         run_id=name,
@@ -152,7 +168,7 @@ def _row(line: dict[str, str], number: int, mapping: dict[str, str], path: Path,
         params_total=params,
         params_non_embedding=params,
         tokens=tokens,
-        flops_6nd=6.0 * params * tokens,
+        flops_6nd=flops,
         flops_exact=values.get("C"),
         flop_budget=values.get("budget"),
         final_loss=values["L"],

@@ -55,6 +55,8 @@ NAMED_RUNS = 8  # a warning about runs left out of a method names this many, the
 REPORT_FOLDER = "_report"  # a sweep's fit goes to RUNS/<sweep>/_report/ by default (scaling fit, scaling demo)
 FIT_SCHEMA = 1
 APPROACH3_PARAMETERS = 5
+# Fewer points than this many per fitted parameter draw a warning: a rule of thumb, not a derived bound.
+FEW_POINTS_PER_PARAMETER = 2
 
 CONVENTION_DESCRIPTIONS = {
     "total": "N counts every parameter, embeddings and output head included (Hoffmann et al. 2022); C = 6 N D",
@@ -84,7 +86,7 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     Raises UserError when there are fewer completed runs than approach 3's 5 parameters, or a single model
     size or token count.
     """
-    _check_fit_arguments(convention, starts, holdout_fraction, resample, bootstraps, methods)
+    _check_fit_arguments(convention, starts, holdout_fraction, resample, bootstraps, methods, seed)
     _check_source_options(runs_path, columns, filters)
     out = Path(out_dir)
     _check_out_folder(out)
@@ -93,6 +95,8 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
         record = _fit_runs(runs_path, out_dir, convention, starts, bootstraps, seed, allow_mixed, plot, options,
                            methods, columns, filters, holdout_fraction, resample, progress)
     record["warnings"] = list(warning_log.messages)
+    if record.get("source_type") == "csv":  # which rows of the file this fit used, to redo or check it later
+        record["csv"] = {"columns": columns or DEFAULT_COLUMNS, "where": list(filters or [])}
     # An unbounded interval or standard error is written as null: fit.json stays valid JSON.
     (out / FIT_FILE).write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
     logger.info("wrote %s%s", out / FIT_FILE, ", replacing the earlier fit" if replaced else "")
@@ -112,6 +116,25 @@ def _check_out_folder(out: Path) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"output folder {out} cannot be written here ({existing} is not writable); pass --out with "
                         "a folder you can write to")
+    # A fit replaces an earlier fit's files only: never files of the same names that someone else put there.
+    if (folder / FIT_FILE).exists():
+        if not _is_fit_record(folder / FIT_FILE):
+            raise UserError(f"output folder {out} contains a {FIT_FILE} that `scaling fit` did not write; pass --out "
+                            "with another folder, or move that file")
+        return
+    theirs = [name for name in FIT_OUTPUTS if (folder / name).exists()]
+    if theirs:
+        raise UserError(f"output folder {out} contains {', '.join(theirs)} but no {FIT_FILE}, so they are not an "
+                        "earlier fit's and a fit would overwrite them; pass --out with another folder, or move them")
+
+
+def _is_fit_record(path: Path) -> bool:
+    """Return whether `path` reads as a fit.json that `scaling fit` wrote (a JSON object with its keys)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(record, dict) and "schema" in record and "approach3" in record
 
 
 def _remove_earlier_outputs(out: Path, written: list[str]) -> None:
@@ -280,8 +303,10 @@ def missing_result(record: dict[str, Any], approach: str) -> str | None:
 
 
 def _check_fit_arguments(convention: str, starts: int, holdout_fraction: float, resample: str, bootstraps: int,
-                         methods: tuple[str, ...]) -> None:
+                         methods: tuple[str, ...], seed: int = 0) -> None:
     """Raise UserError naming the first argument that cannot work; the fit has not started yet."""
+    if seed < 0:
+        raise UserError(f"--seed {seed} must be a whole number >= 0 (it seeds the bootstrap's draws)")
     if convention not in CONVENTIONS:
         raise UserError(f"unknown parameter convention {convention!r}; use one of: {', '.join(CONVENTIONS)}")
     if starts < 1:
@@ -400,9 +425,21 @@ def _approach3_warnings(approach3, params: np.ndarray, tokens: np.ndarray, noun:
             f"{flops.max():.3g} FLOPs), so the fit cannot tell the N and D terms apart and its allocations are "
             f"not identified; add {noun} at other compute budgets"
         )
+    if len(params) < FEW_POINTS_PER_PARAMETER * APPROACH3_PARAMETERS:
+        warnings.append(
+            f"only {len(params)} {noun} for its {APPROACH3_PARAMETERS} parameters, so the law can bend to pass "
+            f"close to each of them, and bootstrap replicates, which repeat some {noun}, have fewer still: its "
+            f"intervals understate the uncertainty; fit {FEW_POINTS_PER_PARAMETER * APPROACH3_PARAMETERS} or more"
+        )
     for name, term in (("alpha", "N"), ("beta", "D")):
         value = approach3.parameters()[name]
-        if value > IMPLAUSIBLE_EXPONENT:
+        if value <= 0:
+            warnings.append(
+                f"{name} = {value:.3g} is not positive: in this fit the loss does not fall as {term} grows, so "
+                f"these {noun} do not identify the {term} term and the fit gives no allocation; add {noun} that "
+                f"vary {term} more"
+            )
+        elif value > IMPLAUSIBLE_EXPONENT:
             warnings.append(
                 f"{name} = {value:.3g} is far above published fits (0.08 to 0.37): these {noun} do not pin down "
                 f"the {term} term, so the fit's allocations are not reliable; add {noun} that vary {term} more"
@@ -424,7 +461,9 @@ def read_fit(path: str | Path) -> dict[str, Any]:
         inside = path / REPORT_FOLDER / FIT_FILE
         path = inside if not (path / FIT_FILE).exists() and inside.exists() else path / FIT_FILE
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"fit file {path} is not UTF-8 text; pass a fit.json written by `scaling fit`") from None
     except FileNotFoundError:
         looked = f"{path} or {path.parent / REPORT_FOLDER / FIT_FILE}" if path.name == FIT_FILE and searched else path
         raise UserError(f"fit file {looked} not found; run `scaling fit RUNS --out DIR` first") from None
@@ -432,6 +471,10 @@ def read_fit(path: str | Path) -> dict[str, Any]:
         raise UserError(f"fit file {path} is not valid JSON ({error}); rerun `scaling fit`") from None
     if not isinstance(record, dict) or "approach3" not in record:
         raise UserError(f"fit file {path} contains no approach 3 fit; pass a fit.json written by `scaling fit`")
+    schema = record.get("schema")
+    if not isinstance(schema, int) or schema > FIT_SCHEMA:
+        raise UserError(f"fit file {path} has schema {schema!r}, and this version reads schema {FIT_SCHEMA} or "
+                        "earlier; update this project, or fit again with this version")
     return record
 
 

@@ -199,14 +199,42 @@ def test_fit_without_plots_removes_them(tmp_path):
     assert [name for name in FIT_OUTPUTS if (out / name).exists()] == []
 
 
-def test_first_fit_keeps_files_of_same_name(tmp_path):
-    """Without an earlier fit.json, the folder contains no earlier fit, so files named like outputs are the user's."""
+def test_fit_refuses_folder_with_files_of_same_name(tmp_path):
+    """Without an earlier fit.json, files named like outputs are the user's: the fit stops before it writes
+    anything, since it would overwrite them now or delete them at the next fit."""
     sweep = _write_sweep(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.md").write_text("my own report\n")
-    fit_runs(sweep, out, methods=("approach2",), **QUICK)
+    (out / "isoflop.png").write_text("my own plot\n")
+    with pytest.raises(UserError, match=r"contains isoflop.png, report.md but no fit.json, so they are not an "
+                                        r"earlier fit's"):
+        fit_runs(sweep, out, methods=("approach2",), **QUICK)
+    assert sorted(path.name for path in out.iterdir()) == ["isoflop.png", "report.md"]
     assert (out / "report.md").read_text() == "my own report\n"
+
+
+def test_fit_refuses_fit_json_it_did_not_write(tmp_path):
+    sweep = _write_sweep(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fit.json").write_text('{"my": "own json"}\n')
+    (out / "report.md").write_text("my own report\n")
+    with pytest.raises(UserError, match=r"contains a fit.json that `scaling fit` did not write"):
+        fit_runs(sweep, out, **QUICK)
+    assert (out / "fit.json").read_text() == '{"my": "own json"}\n'
+    assert (out / "report.md").exists()
+
+
+def test_negative_seed_rejected(tmp_path):
+    with pytest.raises(UserError, match=r"--seed -1 must be a whole number >= 0"):
+        fit_runs(_write_sweep(tmp_path), tmp_path / "out", seed=-1, **{**QUICK, "bootstraps": 40})
+
+
+def test_csv_fit_records_columns_and_filters(tmp_path):
+    points = _write_points(tmp_path / "points.csv")
+    record = fit_runs(points, tmp_path / "out", columns="N=N,D=D,L=loss", filters=["C=1e17", "C=1e17"], **QUICK)
+    assert record["csv"] == {"columns": "N=N,D=D,L=loss", "where": ["C=1e17", "C=1e17"]}
 
 
 def test_report_names_equal():
@@ -368,6 +396,49 @@ def test_where_still_compares_text(tmp_path):
     path = tmp_path / "points.csv"
     path.write_text("N,D,loss,source\n1e6,1e7,3.0,paper\n2e6,1e7,2.9,replication\n")
     assert [row.params_total for row in load_csv(path, "N=N,D=D,L=loss", ["source=paper"]).rows] == [1e6]
+
+
+def test_two_filters_on_one_column_both_apply(tmp_path):
+    path = tmp_path / "points.csv"
+    path.write_text("N,D,loss,outlier\n1e6,1e7,3.0,0\n2e6,1e7,2.9,1\n")
+    with pytest.raises(UserError, match=r"no rows left after the filters outlier=0, outlier=1"):
+        load_csv(path, "N=N,D=D,L=loss", ["outlier=0", "outlier=1"])
+
+
+def test_repeated_header_column_rejected(tmp_path):
+    path = tmp_path / "points.csv"
+    path.write_text("N,D,loss,N\n1e6,1e7,3.0,2e6\n")
+    with pytest.raises(UserError, match=r"column\(s\) N appear more than once in the header"):
+        load_csv(path, "N=N,D=D,L=loss")
+
+
+def test_byte_order_mark_ignored(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffN,D,loss\n1e6,1e7,3.0\n".encode("utf-8"))
+    assert [row.params_total for row in load_csv(path, "N=N,D=D,L=loss").rows] == [1e6]
+
+
+def test_csv_not_utf8_rejected(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("N,D,loss,note\n1e6,1e7,3.0,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.csv is not UTF-8 text \(byte \d+ cannot be read\); save it as a "
+                                        r"UTF-8 CSV file"):
+        load_csv(path, "N=N,D=D,L=loss")
+
+
+def test_row_with_extra_field_rejected(tmp_path):
+    path = tmp_path / "points.csv"
+    path.write_text("N,D,loss\n1e6,1e7,3.0\n1e9,2e10,2.5,3.1\n")
+    with pytest.raises(UserError, match=r"points.csv line 3: 4 field\(s\) where the header has 3"):
+        load_csv(path, "N=N,D=D,L=loss")
+
+
+def test_compute_beyond_floating_point_rejected(tmp_path):
+    path = tmp_path / "points.csv"
+    path.write_text("N,D,loss\n1e6,1e7,3.0\n1e308,1e308,3\n")
+    with pytest.raises(UserError, match=r"line 3: N=1e\+308 and D=1e\+308 give C = 6ND = inf, beyond floating "
+                                        r"point"):
+        load_csv(path, "N=N,D=D,L=loss")
 
 
 def test_header_only_csv_says_no_rows(tmp_path):

@@ -432,6 +432,10 @@ def test_sweep_bad_memory_switch(capsys, tmp_path, monkeypatch):
 # Fits and questions
 
 
+# An earlier fit.json: the keys `scaling fit` checks before it replaces one, and a marker to find it by.
+EARLIER_FIT = '{"schema": 1, "approach3": {}, "from": "an earlier fit"}\n'
+
+
 def write_runs(root: Path, points: list[tuple[float, float]], fingerprints: list[str] | None = None) -> None:
     from analysis.synthetic import write_synthetic_run
 
@@ -451,10 +455,10 @@ def test_bad_fit_keeps_the_previous_fit(points, fingerprints, fragments, capsys,
     write_runs(tmp_path / "runs", points, fingerprints)
     out = tmp_path / "fit"
     out.mkdir()
-    (out / "fit.json").write_text('{"from": "an earlier fit"}\n')
+    (out / "fit.json").write_text(EARLIER_FIT)
     status, stderr = cli(capsys, "fit", tmp_path / "runs", "--out", out)
     assert_user_error(status, stderr, *fragments)
-    assert (out / "fit.json").read_text() == '{"from": "an earlier fit"}\n'
+    assert (out / "fit.json").read_text() == EARLIER_FIT
 
 
 @pytest.mark.parametrize("options, fragments", [
@@ -466,10 +470,10 @@ def test_bad_fit_option_keeps_the_previous_fit(options, fragments, capsys, tmp_p
     write_runs(tmp_path / "runs", [(1e5, 1e7), (2e5, 1e7), (4e5, 2e7), (1e5, 4e7), (2e5, 2e7), (8e5, 1e7)])
     out = tmp_path / "fit"
     out.mkdir()
-    (out / "fit.json").write_text('{"from": "an earlier fit"}\n')
+    (out / "fit.json").write_text(EARLIER_FIT)
     status, stderr = cli(capsys, "fit", tmp_path / "runs", "--out", out, *options)
     assert_user_error(status, stderr, *fragments)
-    assert (out / "fit.json").read_text() == '{"from": "an earlier fit"}\n'
+    assert (out / "fit.json").read_text() == EARLIER_FIT
 
 
 def test_number_beyond_floating_point(capsys):
