@@ -118,11 +118,13 @@ def _train(args: argparse.Namespace) -> int:
     from scaling.config import TrainConfig
     from scaling.run_lock import RunLocked
     from scaling.interrupts import interrupts_on_stop_signals
-    from scaling.train import train
 
     path = Path(args.config)
     if not path.exists():
         raise UserError(f"config file {path} not found; pass a JSON or YAML TrainConfig")
+    if path.is_dir():
+        raise UserError(f"config file {path} is a folder; pass a JSON or YAML TrainConfig file, e.g. "
+                        "examples/train_small.yaml")
     raw = _read_config_file(path)
     sections = sorted(SWEEP_SECTIONS & set(raw))
     if sections:
@@ -136,7 +138,11 @@ def _train(args: argparse.Namespace) -> int:
         config = config.replace(mesh=args.mesh)
     try:
         # A scheduler's SIGTERM stops the run as Ctrl-C does ("interrupted"); a second signal waits for that.
+        # The handler is in place before JAX is imported, because a signal that lands in one of JAX's garbage
+        # collection callbacks under Python's own handler is dropped, and the run would go on.
         with interrupts_on_stop_signals(once=True):
+            from scaling.train import train
+
             summary = train(config, args.runs, progress=not args.no_progress)
     except RunLocked as locked:
         print(f"scaling: {locked}; wait for it to finish", file=sys.stderr)
@@ -151,7 +157,9 @@ def _read_config_file(path: Path) -> dict:
     from scaling.yaml_text import load_yaml
 
     try:
-        raw = load_yaml(path.read_text())
+        raw = load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text; pass a JSON or YAML TrainConfig") from None
     except yaml.YAMLError as error:
         raise UserError(f"config file {path} is not valid JSON or YAML: {yaml_problem(error)}") from None
     if not isinstance(raw, dict):

@@ -30,6 +30,10 @@ _MESH_TEXT = re.compile(rf"^({'|'.join(MESH_LAYOUTS)})(?:=(\d+|all))?$")
 # TrainConfig fields that lay a run out on devices without changing what it computes. They are left out
 # when a run's recorded config is compared with a new one, so a run may resume under another layout.
 LAYOUT_FIELDS = ("mesh",)
+# TrainConfig fields that say how a run is kept and watched, not what it trains: a resume may change them
+# (a shorter checkpoint interval on a machine that is often interrupted, say). config.json keeps the first
+# attempt's values.
+OPERATION_FIELDS = ("max_epochs", "checkpoint_interval", "keep_checkpoints", "wandb_mode", "wandb_project")
 # ModelConfig fields that choose how the model is computed, not what: every attention implementation gives
 # the same function up to float32 rounding. Left out of the comparison too, so that a run started before
 # "auto" existed (recorded as "xla") resumes under the default.
@@ -118,6 +122,13 @@ class ModelConfig:
         _require_choice(self, "positions", POSITIONS)
         _require_choice(self, "attention_impl", ATTENTION_IMPLS)
         _require_choice(self, "compute_dtype", COMPUTE_DTYPES)
+        for name in ("head_dim", "d_ff"):  # None picks the default; a number must be usable
+            if getattr(self, name) is not None:
+                _require_positive(self, name)
+        if not (isinstance(self.rope_base, (int, float)) and self.rope_base > 1):
+            raise UserError(f"model.rope_base={self.rope_base!r} must be a number above 1; the usual value is 10000")
+        if not self.z_loss >= 0:
+            raise UserError(f"model.z_loss={self.z_loss!r} must be >= 0 (0 turns it off); a usual weight is 1e-4")
         if self.head_dim is None and self.d_model % self.n_heads:
             raise UserError(
                 f"model.d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
@@ -171,6 +182,16 @@ class OptimizerConfig:
             raise UserError(f"optimizer.min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]; try 0.1")
         if self.warmup_steps < 0:
             raise UserError(f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
+        for name, usual in (("weight_decay", "0.1"), ("grad_clip", "1.0")):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"optimizer.{name}={getattr(self, name)} must be >= 0 (0 turns it off); the "
+                                f"usual value is {usual}")
+        for name, usual in (("beta1", "0.9"), ("beta2", "0.95")):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"optimizer.{name}={getattr(self, name)} must lie in [0, 1); the usual value is "
+                                f"{usual}")
+        if not self.eps > 0:
+            raise UserError(f"optimizer.eps={self.eps} must be positive; the usual value is 1e-8")
 
 
 @dataclass(frozen=True)
@@ -223,6 +244,8 @@ class TrainConfig:
                 raise UserError(f"{name}={value!r} must be a folder-safe name (letters, digits, '.', '_', '-', not "
                                 f"starting with '.' or '_'), e.g. {name}: my-{name.replace('_id', '')}")
         check_mesh(self.mesh, self.data.batch_size)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise UserError(f"seed={self.seed!r} must be a whole number >= 0")
         if self.max_epochs is not None and not self.max_epochs > 0:
             raise UserError(f"max_epochs={self.max_epochs} must be positive, or null to allow any number of epochs")
         _require_positive(self, "tokens", "eval_interval", "log_interval", "checkpoint_interval", "keep_checkpoints")
@@ -260,9 +283,9 @@ class TrainConfig:
         """Build a config from nested dicts (config.json, a sweep's run), rejecting unknown keys."""
         raw = dict(raw)
         parts = {
-            "model": _build(ModelConfig, raw.pop("model", {}), "model"),
-            "optimizer": _build(OptimizerConfig, raw.pop("optimizer", {}), "optimizer"),
-            "data": _build(DataConfig, raw.pop("data", {}), "data"),
+            "model": _build(ModelConfig, _section(raw.pop("model", None), "model"), "model"),
+            "optimizer": _build(OptimizerConfig, _section(raw.pop("optimizer", None), "optimizer"), "optimizer"),
+            "data": _build(DataConfig, _section(raw.pop("data", None), "data"), "data"),
         }
         return _build(cls, {**raw, **parts}, "run")
 
@@ -271,15 +294,15 @@ class TrainConfig:
 
 
 def run_identity(raw: dict[str, Any]) -> dict[str, Any]:
-    """Return a config dict (`TrainConfig.to_dict()` or one read from config.json) without its layout and
-    execution fields and without `data.path`.
+    """Return a config dict (`TrainConfig.to_dict()` or one read from config.json) without its layout,
+    operation and execution fields and without `data.path`.
 
     Two configs with equal identities train the same model on the same data to the same losses, so they
     are one run however it is spread over devices. The corpus is identified by its fingerprint, which
     training checks against config.json, not by the path it was reached by: a run started with a relative
     path may resume with the absolute one, or after its corpus folder moved.
     """
-    identity = {key: value for key, value in raw.items() if key not in LAYOUT_FIELDS}
+    identity = {key: value for key, value in raw.items() if key not in LAYOUT_FIELDS + OPERATION_FIELDS}
     if isinstance(identity.get("model"), dict):
         identity["model"] = {key: value for key, value in identity["model"].items() if key not in EXECUTION_FIELDS}
     if isinstance(identity.get("data"), dict):
@@ -340,6 +363,16 @@ def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _section(raw: Any, name: str) -> dict[str, Any]:
+    """Return a config section as a dict: an empty one (`model:` with nothing under it) means the defaults."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{name} must be a section of keys, e.g. {name}: {{...}}, not {type(raw).__name__} "
+                        f"{raw!r}")
+    return raw
+
+
 def _build(cls: type, raw: dict[str, Any], where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
@@ -348,6 +381,9 @@ def _build(cls: type, raw: dict[str, Any], where: str):
     values = dict(raw)
     for name, value in raw.items():
         kind = str(fields[name].type).split(" |")[0]
+        if kind == "bool" and not isinstance(value, bool):
+            # A quoted "no" would count as true: only YAML's true/false (or JSON's) say what they mean.
+            raise UserError(f"{where}.{name}={value!r} must be true or false, without quotes")
         if isinstance(value, str) and kind == "float":
             values[name] = parse_number(value, f"{where}.{name}")
         elif kind == "int" and (isinstance(value, str) or isinstance(value, float)):

@@ -161,11 +161,15 @@ def prepare(
             return existing
     _check_replaceable(out)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     # A plain mkdir under a unique name, not tempfile.mkdtemp: mkdtemp makes the folder private (0700), and
     # the rename would carry that to the prepared corpus, which other users of a shared run store must read.
     staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as error:
+        raise UserError(f"cannot write the prepared corpus to {out} ({error.strerror}); pass --out with a folder "
+                        "you can write to") from None
     try:
         meta = _write_prepared(corpus, scan, plan, staging, tokenizer, vocab_size, val_fraction, progress)
         meta.update(fingerprint=fingerprint, settings=settings)

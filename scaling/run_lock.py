@@ -16,6 +16,8 @@ import socket
 import time
 from pathlib import Path
 
+from scaling.errors import UserError
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
@@ -59,8 +61,16 @@ class RunLock:
     def acquire(self) -> None:
         """Take the lock, or raise RunLocked naming the live holder."""
         self.created = [folder for folder in (self.run_path, *self.run_path.parents) if not folder.exists()]
-        self.run_path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
+        try:
+            self.run_path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+")
+        except (FileExistsError, NotADirectoryError):
+            blocker = next(path for path in (self.run_path, *self.run_path.parents) if path.exists())
+            raise UserError(f"run folder {self.run_path} cannot be created: {blocker} is a file; move it, or "
+                            "choose another runs folder, sweep or run_id") from None
+        except OSError as error:
+            raise UserError(f"run folder {self.run_path} cannot be written ({error.strerror}); pass --runs (or set "
+                            "SCALING_RUNS) to a folder you can write to") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -391,6 +391,8 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     enable_compilation_cache(root)
 
     trainer = trainer_for(config)
+    if run_dir.checkpoint_dir.exists() and not run_dir.checkpoint_dir.is_dir():
+        raise UserError(f"{run_dir.checkpoint_dir} is a file, where the run keeps its checkpoints; move it away")
     checkpointer = Checkpointer(run_dir.checkpoint_dir, keep=config.keep_checkpoints)
     try:
         restored = checkpointer.restore_latest(trainer.abstract_state(), set_aside=True)

@@ -277,6 +277,51 @@ def test_bad_model_shape(model, fragment, capsys, tmp_path, text_corpus):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("changes, fragment", [
+    ({"seed": -1}, "seed=-1 must be a whole number >= 0"),
+    ({"model": {"d_ff": 0}}, "model.d_ff=0 must be a positive integer"),
+    ({"model": {"head_dim": 0}}, "model.head_dim=0 must be a positive integer"),
+    ({"model": {"tie_embeddings": "no"}}, "model.tie_embeddings='no' must be true or false, without quotes"),
+    ({"model": {"rope_base": -1}}, "model.rope_base=-1 must be a number above 1"),
+    ({"optimizer": {"grad_clip": -1}}, "optimizer.grad_clip=-1 must be >= 0 (0 turns it off)"),
+    ({"optimizer": {"weight_decay": -0.1}}, "optimizer.weight_decay=-0.1 must be >= 0"),
+    ({"optimizer": {"beta2": 1.5}}, "optimizer.beta2=1.5 must lie in [0, 1)"),
+    ({"model": [1, 2]}, "model must be a section of keys"),
+], ids=["seed", "d_ff", "head_dim", "tie_quoted", "rope_base", "grad_clip", "weight_decay", "beta2", "model_list"])
+def test_bad_config_value_writes_nothing(changes, fragment, capsys, tmp_path, text_corpus):
+    raw = train_config(text_corpus, "values")
+    for key, value in changes.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    config = write_config(tmp_path / "c.json", **raw)
+    status, stderr = cli(capsys, "train", config, "--runs", tmp_path / "runs")
+    assert_user_error(status, stderr, fragment)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_path_folder_or_binary(capsys, tmp_path):
+    assert_user_error(*cli(capsys, "train", tmp_path, "--runs", tmp_path / "runs"),
+                      f"config file {tmp_path} is a folder")
+    binary = tmp_path / "c.yaml"
+    binary.write_bytes(b"\xff\xfe\x00model")
+    assert_user_error(*cli(capsys, "train", binary, "--runs", tmp_path / "runs"), "c.yaml is not UTF-8 text")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_or_checkpoint_folder_that_is_a_file(capsys, tmp_path, text_corpus):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "bad").write_text("a file where the sweep folder goes\n")
+    config = write_config(tmp_path / "c.json", **train_config(text_corpus, "file"))
+    assert_user_error(*cli(capsys, "train", config, "--runs", runs), f"{runs / 'bad'} is a file")
+    assert (runs / "bad").read_text() == "a file where the sweep folder goes\n"
+
+    (runs / "bad").unlink()
+    (runs / "bad" / "file").mkdir(parents=True)
+    (runs / "bad" / "file" / "checkpoints").write_text("not checkpoints\n")
+    assert_user_error(*cli(capsys, "train", config, "--runs", runs), "checkpoints is a file")
+    assert (runs / "bad" / "file" / "checkpoints").read_text() == "not checkpoints\n"
+
+
 @pytest.mark.parametrize("names, fragment", [
     ({"run_id": "../../outside"}, "run_id='../../outside' must be a folder-safe name"),
     ({"sweep": "../sweep_out"}, "sweep='../sweep_out' must be a folder-safe name"),

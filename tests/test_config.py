@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from scaling.config import LAYOUT_FIELDS, ModelConfig, TrainConfig, run_identity, same_run
+from scaling.config import LAYOUT_FIELDS, OPERATION_FIELDS, ModelConfig, TrainConfig, run_identity, same_run
 from scaling.errors import UserError
 
 
@@ -76,11 +76,20 @@ def test_same_run_ignores_the_mesh():
     assert not same_run(None, config)
 
 
-def test_run_identity_drops_only_layout_fields():
+def test_run_identity_drops_only_layout_and_operation_fields():
     raw = TrainConfig(mesh="fsdp=2").to_dict()
     identity = run_identity(raw)
     assert "mesh" not in identity
-    assert set(raw) - set(identity) == set(LAYOUT_FIELDS)
+    assert set(raw) - set(identity) == set(LAYOUT_FIELDS) | set(OPERATION_FIELDS)
+
+
+def test_same_run_under_other_operation_settings():
+    """How a run is checkpointed, guarded and logged may change between attempts; what it trains may not."""
+    config = TrainConfig(tokens=123456)
+    resumed = config.replace(checkpoint_interval=50, keep_checkpoints=5, max_epochs=100.0, wandb_mode="disabled",
+                             wandb_project="other")
+    assert same_run(config.to_dict(), resumed)
+    assert not same_run(config.to_dict(), resumed.replace(seed=3))
 
 
 def test_same_run_under_another_attention():
