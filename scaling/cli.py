@@ -19,8 +19,20 @@ SWEEP_SECTIONS = frozenset({"grid", "isoflop"})  # top-level keys of a sweep spe
 log = logging.getLogger("scaling")
 
 
+class WholeOptionParser(argparse.ArgumentParser):
+    """An ArgumentParser, and its subcommands' parsers, that take option names only in full.
+
+    argparse's default accepts any unambiguous prefix (`--max-ep` for `--max-epochs`), so a mistyped or
+    shortened option would silently set whichever option it happens to match.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = WholeOptionParser(
         prog="scaling",
         description="Train decoder-only Transformers across sizes and token budgets, fit scaling laws, ask questions.",
     )

@@ -54,6 +54,7 @@ class MeshPlan:
 
     devices: int | None = None  # devices on the data axis; None means every device in jax.devices()
     fsdp: bool = False  # True shards parameters and optimizer moments over the data axis
+    source: str = field(default="mesh", compare=False)  # the setting it came from, as messages call it
 
     def __str__(self) -> str:
         return f"{'fsdp' if self.fsdp else 'data'}={self.devices if self.devices is not None else 'all'}"
@@ -71,7 +72,7 @@ def parse_mesh(text: str, name: str = "mesh") -> MeshPlan:
     devices = None if count in (None, "all") else int(count)
     if devices is not None and devices < 1:
         raise UserError(f"{name} {text!r} asks for {devices} devices; use at least 1")
-    return MeshPlan(devices=devices, fsdp=layout == "fsdp")
+    return MeshPlan(devices=devices, fsdp=layout == "fsdp", source=name)
 
 
 def check_mesh(mesh: Any, batch_size: int, name: str = "mesh", batch_name: str = "data.batch_size") -> None:

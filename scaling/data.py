@@ -204,6 +204,8 @@ class PreparedCorpus:
         if path.is_file() and path.parent.joinpath(META_FILE).is_file():
             raise UserError(f"data.path {path} is a file of a prepared corpus; set data.path to its folder "
                             f"{path.parent}")
+        if path.is_file():
+            raise UserError(f"prepared corpus folder {path} is a file, not a folder; {PREPARE_HINT}")
         if not path.is_dir() and path.is_absolute():
             raise UserError(f"prepared corpus folder {path} does not exist; {PREPARE_HINT}")
         if not path.is_dir():  # relative paths are read from the current folder, not from the config file's
@@ -257,7 +259,7 @@ def check_epochs(run_id: str, tokens_planned: int, corpus: PreparedCorpus | Mapp
         raise UserError(
             f"run {run_id} plans {tokens_planned} tokens, {epochs:.2f} epochs over the corpus's "
             f"{int(meta['tokens']['train'])} training tokens, above {key}={max_epochs}; lower the token budget, "
-            "use a larger corpus, or raise max_epochs"
+            f"use a larger corpus, or raise {key}"
         )
     return epochs
 

@@ -36,6 +36,8 @@ class TrainedRun:
 def load_trained_run(run_dir: str | Path) -> TrainedRun:
     """Return the config, newest checkpoint's parameters and tokenizer of the run in `run_dir`."""
     path = Path(run_dir).expanduser()
+    if path.is_file():
+        raise UserError(f"run folder {path} is a file, not a run folder; {RUN_HINT}")
     if not path.is_dir():
         raise UserError(f"run folder {path} does not exist; {RUN_HINT}")
     config_path = path / "config.json"

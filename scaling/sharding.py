@@ -70,7 +70,7 @@ def make_mesh(plan: MeshPlan, devices: list | None = None) -> Mesh:
         # The same hint as the sweep launcher's check (sweeps.launcher.check_meshes_fit).
         hint = (" (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N emulates N devices)"
                 if platform == "cpu" else "")
-        raise UserError(f"mesh {plan} asks for {count} devices, but JAX sees {len(available)} "
+        raise UserError(f"{plan.source} {plan} asks for {count} devices, but JAX sees {len(available)} "
                         f"({platform}); use {_at_most(plan, len(available))}{hint}")
     return Mesh(np.array(available[:count]), (DATA_AXIS,))
 
@@ -80,7 +80,8 @@ def check_batch_divides(batch_size: int, mesh: Mesh) -> None:
     size = mesh.shape[DATA_AXIS]
     if batch_size % size:
         raise UserError(f"data.batch_size={batch_size} does not split over {size} devices; "
-                        f"use a batch size that is a multiple of {size}, or fewer devices")
+                        f"use a batch size that is a multiple of {size}, or fewer devices (--mesh data=1 "
+                        "trains on one)")
 
 
 def fsdp_spec(shape: tuple[int, ...], size: int) -> PartitionSpec:

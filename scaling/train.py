@@ -442,8 +442,10 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
         with stop_signals_deferred():
             recorded = run_dir.summary() or summary
             run_dir.write_summary({**recorded, "status": "interrupted", "interrupted_at_step": stopped_at})
-        log.warning("run %s interrupted after step %d; the next launch resumes from step %d, its newest checkpoint",
-                    config.run_id, stopped_at, recorded.get("steps_done", 0))
+        resumes_at = recorded.get("steps_done") or 0
+        log.warning("run %s interrupted after step %d; the next launch %s", config.run_id, stopped_at,
+                    f"resumes from step {resumes_at}, its newest checkpoint" if resumes_at else
+                    "starts it afresh, since it has no checkpoint yet")
         tracker.finish(exit_code=130)
         checkpointer.close()
         raise

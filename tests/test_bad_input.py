@@ -565,3 +565,23 @@ def test_expanded_glob_refused(capsys, tmp_path):
     status, stderr = cli(capsys, "data", "prepare", *paths, "--runs", tmp_path / "runs")
     assert_user_error(status, stderr, "data prepare takes one source, got 3", "a glob pattern must be quoted")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, option", [
+    (["train", "c.yaml", "--max-ep", "3"], "--max-ep"),
+    (["sweep", "launch", "quick", "--work", "2"], "--work"),
+], ids=["train", "sweep_launch"])
+def test_shortened_option_rejected(args, option, capsys):
+    """A shortened option name is not taken for the option it starts: a typo would set another option."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {option}" in capsys.readouterr().err
+
+
+def test_data_path_that_is_a_file(capsys, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a corpus\n")
+    config = write_config(tmp_path / "c.json", **train_config(notes, "file_corpus"))
+    assert_user_error(*cli(capsys, "train", config, "--runs", tmp_path / "runs"),
+                      f"prepared corpus folder {notes} is a file, not a folder")
