@@ -27,7 +27,7 @@ from scaling.errors import UserError
 from analysis.allocation import FLOPS_PER_PARAM_TOKEN
 from analysis.bootstrap import interval_note, percentile_interval, too_few_replicates
 from analysis.defaults import DEFAULT_BOOTSTRAPS
-from analysis.fit import missing_result, read_fit
+from analysis.fit import fitted_noun, missing_result, read_fit
 from analysis.laws import Law, ParametricLaw, PowerLawAllocation, all_laws, get_law
 from analysis.query import Query, check_gqa_kv_heads, far_notes, parse_query
 
@@ -72,7 +72,8 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
             raise UserError(f"a kv cache question uses no scaling law or fit; drop {' and '.join(passed)}")
         rows = kv_cache_rows(query)
         return Answer(query, tuple(rows), tuple(kv_cache_notes(query, rows)))
-    laws: list[Law] = [get_law(key) for key in law_keys] if law_keys else all_laws()
+    # A law named twice answers once: dict.fromkeys keeps the first of each key, in the order given.
+    laws: list[Law] = [get_law(key) for key in dict.fromkeys(law_keys)] if law_keys else all_laws()
     rows = [answer_row(law, query) for law in laws]
     if query.kind == "loss_at" and not law_keys:
         # Allocation rules predict no loss, so their rows would only repeat the question.
@@ -173,8 +174,9 @@ def fit_notes(record: dict[str, Any], query: Query, own_rows: Sequence[dict[str,
     interval_notes = [note for note in (_bootstrap_note(record.get("bootstrap")),
                                         _bootstrap_note((record.get("approach2") or {}).get("bootstrap")),
                                         _bootstrap_note((record.get("approach1") or {}).get("bootstrap"))) if note]
-    notes = [f"your fit: {warning}" for warning in record.get("warnings", [])
-             if not warning.startswith(tuple(skipped_prefixes)) and not any(note in warning for note in interval_notes)]
+    kept = [warning for warning in record.get("warnings", [])
+            if not warning.startswith(tuple(skipped_prefixes)) and not any(note in warning for note in interval_notes)]
+    notes = [f"your fit: {warning}" for warning in _first_of_each_method(kept)]
     if allocating:
         notes += [f"your fit: {reason}" for reason in missing.values() if reason]
     if record.get("bootstrap") is None:
@@ -184,6 +186,25 @@ def fit_notes(record: dict[str, Any], query: Query, own_rows: Sequence[dict[str,
         notes.append("the published laws' rows have no interval, because each law is used at its published point "
                      "estimate")
     return notes
+
+
+WARNINGS_PER_METHOD = 3  # an answer repeats this many of a fit's warnings about one method, then counts the rest
+
+
+def _first_of_each_method(warnings: Sequence[str]) -> list[str]:
+    """Return the warnings with at most WARNINGS_PER_METHOD per method ("approach 2: ..."), and a count of the
+    rest, so that a fit with one warning per IsoFLOP budget does not bury the answer."""
+    shown: list[str] = []
+    left_out: dict[str, int] = {}
+    for warning in warnings:
+        method = warning.split(":", 1)[0] if ":" in warning else ""
+        if method and sum(line.startswith(f"{method}:") for line in shown) >= WARNINGS_PER_METHOD:
+            left_out[method] = left_out.get(method, 0) + 1
+            continue
+        shown.append(warning)
+    shown += [f"{count} more warning(s) about {method}, listed in fit.json's \"warnings\""
+              for method, count in left_out.items()]
+    return shown
 
 
 FIT_RANGE_FACTOR = 10.0  # a question this many times beyond the fit's runs gets a note
@@ -222,7 +243,8 @@ def fitted_law(record: dict[str, Any], source: str = "your fit.json") -> Paramet
     status = "converged" if fitted.get("converged") else "NOT converged"
     return ParametricLaw.from_logs(
         key="fit",
-        name=f"your fit (approach 3, {convention} parameters, {record.get('n_runs', '?')} runs, {status})",
+        name=f"your fit (approach 3, {convention} parameters, {record.get('n_runs', '?')} {fitted_noun(record)}, "
+             f"{status})",
         citation=source,
         log_a=fitted["log_a"], log_b=fitted["log_b"], log_e=fitted["log_e"],
         alpha=fitted["alpha"], beta=fitted["beta"], convention=convention, data=fit_data(record),
@@ -299,8 +321,8 @@ def _runs_used(record: dict[str, Any], approach: str) -> str:
     if approach == "approach2" and "budgets_used" in fitted:
         used = set(fitted["budgets_used"])
         runs = sum(len(profile["params"]) for profile in fitted.get("profiles", []) if profile["flops"] in used)
-        return f"{runs} runs in {len(used)} budgets"
-    return f"{record.get('n_runs', '?')} runs"
+        return f"{runs} {fitted_noun(record)} in {len(used)} budgets"
+    return f"{record.get('n_runs', '?')} {fitted_noun(record)}"
 
 
 def allocation_interval(record: dict[str, Any], approach: str, query: Query) -> dict[str, Any] | None:

@@ -116,6 +116,10 @@ def _check_out_folder(out: Path) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"output folder {out} cannot be written here ({existing} is not writable); pass --out with "
                         "a folder you can write to")
+    folders = [name for name in (FIT_FILE, *FIT_OUTPUTS) if (folder / name).is_dir()]
+    if folders:
+        raise UserError(f"output folder {out} contains a folder named {folders[0]}, where the fit writes a file; pass "
+                        "--out with another folder, or rename it")
     # A fit replaces an earlier fit's files only: never files of the same names that someone else put there.
     if (folder / FIT_FILE).exists():
         if not _is_fit_record(folder / FIT_FILE):

@@ -160,8 +160,8 @@ def test_approach2_label_counts_only_runs_it_used(tmp_path):
 
     answer = ask("tokens for 7B", fit=str(tmp_path / "fit" / "fit.json"), law_keys=["tokens-20"])
     labels = [row["law"] for row in answer.rows]
-    assert "your fit (approach 2, total parameters, 15 runs in 3 budgets)" in labels
-    assert "your fit (approach 3, total parameters, 17 runs, converged)" in labels
+    assert "your fit (approach 2, total parameters, 15 points in 3 budgets)" in labels
+    assert "your fit (approach 3, total parameters, 17 points, converged)" in labels
 
 
 def test_implausible_exponent_is_warned(tmp_path):

@@ -545,3 +545,12 @@ def test_far_edge_vertex_keeps_axis(tmp_path, monkeypatch):
 
     [(_, right)] = limits
     assert right < 1e8
+
+
+def test_fit_refuses_folder_named_like_a_plot(tmp_path):
+    sweep = _write_sweep(tmp_path)
+    out = tmp_path / "out"
+    (out / "residuals.png").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"contains a folder named residuals.png, where the fit writes a file"):
+        fit_runs(sweep, out, **QUICK)
+    assert sorted(path.name for path in out.iterdir()) == ["residuals.png"]

@@ -143,3 +143,21 @@ def test_question_beyond_fit_runs_noted():
 def test_question_within_fit_runs_not_noted():
     fit = {**FIT, "data_range": {"params": [8240.0, 357024.0]}}
     assert not [note for note in ask("tokens for 1M", fit=fit).notes if "its runs" in note]
+
+
+def test_law_named_twice_answers_once():
+    from analysis.ask import ask
+
+    answer = ask("tokens for 7B", law_keys=["epoch-2024", "epoch-2024"])
+    assert len(answer.rows) == 1
+
+
+def test_fit_warnings_capped_per_method():
+    from analysis.ask import WARNINGS_PER_METHOD, _first_of_each_method
+
+    warnings = [f"approach 2: budget {index} dropped" for index in range(13)] + ["approach 3: E is at zero"]
+    shown = _first_of_each_method(warnings)
+    assert shown[:WARNINGS_PER_METHOD] == warnings[:WARNINGS_PER_METHOD]
+    assert "approach 3: E is at zero" in shown
+    assert shown[-1] == f"{13 - WARNINGS_PER_METHOD} more warning(s) about approach 2, listed in fit.json's \"warnings\""
+    assert len(shown) == WARNINGS_PER_METHOD + 2
