@@ -72,7 +72,7 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
             raise UserError(f"a kv cache question uses no scaling law or fit; drop {' and '.join(passed)}")
         rows = kv_cache_rows(query)
         return Answer(query, tuple(rows), tuple(kv_cache_notes(query, rows)))
-    # A law named twice answers once: dict.fromkeys keeps the first of each key, in the order given.
+    # A law named twice gets one row: dict.fromkeys keeps the first of each key, in the order given.
     laws: list[Law] = [get_law(key) for key in dict.fromkeys(law_keys)] if law_keys else all_laws()
     rows = [answer_row(law, query) for law in laws]
     if query.kind == "loss_at" and not law_keys:
@@ -188,12 +188,12 @@ def fit_notes(record: dict[str, Any], query: Query, own_rows: Sequence[dict[str,
     return notes
 
 
-WARNINGS_PER_METHOD = 3  # an answer repeats this many of a fit's warnings about one method, then counts the rest
+WARNINGS_PER_METHOD = 3  # notes repeat this many of a fit's warnings about one method, then count the rest
 
 
 def _first_of_each_method(warnings: Sequence[str]) -> list[str]:
     """Return the warnings with at most WARNINGS_PER_METHOD per method ("approach 2: ..."), and a count of the
-    rest, so that a fit with one warning per IsoFLOP budget does not bury the answer."""
+    rest, so that a fit with one warning per IsoFLOP budget does not bury the rows in notes."""
     shown: list[str] = []
     left_out: dict[str, int] = {}
     for warning in warnings:

@@ -31,7 +31,7 @@ _MESH_TEXT = re.compile(rf"^({'|'.join(MESH_LAYOUTS)})(?:=(\d+|all))?$")
 # when a run's recorded config is compared with a new one, so a run may resume under another layout.
 LAYOUT_FIELDS = ("mesh",)
 # TrainConfig fields that say how a run is kept and watched, not what it trains: a resume may change them
-# (a shorter checkpoint interval on a machine that is often interrupted, say). config.json keeps the first
+# (for example a shorter checkpoint interval on a machine that is often interrupted). config.json keeps the first
 # attempt's values.
 OPERATION_FIELDS = ("max_epochs", "checkpoint_interval", "keep_checkpoints", "wandb_mode", "wandb_project")
 # ModelConfig fields that choose how the model is computed, not what: every attention implementation gives
@@ -383,7 +383,7 @@ def _build(cls: type, raw: dict[str, Any], where: str):
     for name, value in raw.items():
         kind = str(fields[name].type).split(" |")[0]
         if kind == "bool" and not isinstance(value, bool):
-            # A quoted "no" would count as true: only YAML's true/false (or JSON's) say what they mean.
+            # A quoted "no" would count as true, so only YAML's or JSON's unquoted true and false are accepted.
             raise UserError(f"{where}.{name}={value!r} must be true or false, without quotes")
         if isinstance(value, str) and kind == "float":
             values[name] = parse_number(value, f"{where}.{name}")

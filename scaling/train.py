@@ -581,6 +581,8 @@ def _loop(run: _Run, state: dict[str, Any], start_step: int, progress: bool) -> 
                 newest_checkpoint = done
                 overhead["checkpoint"] += time.time() - begun
                 # Record progress so that a run killed after this point resumes with its wall time so far.
+                # NOTE: Orbax writes in the background, so a kill -9 before the write ends leaves summary.json a
+                # checkpoint ahead of checkpoints/ until the next attempt resumes from the one before.
                 summary.update(_progress(record, done, tokens_per_step, run.wall_s()))
                 run_dir.write_summary(summary)
                 if fault == ("checkpoint", done):
