@@ -60,6 +60,10 @@ class Checkpointer:
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
+    def saving(self) -> bool:
+        """Return whether Orbax is still writing a checkpoint in the background."""
+        return self.manager.is_saving_in_progress()
+
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 

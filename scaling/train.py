@@ -83,10 +83,8 @@ def fault_from_env() -> tuple[str, int] | None:
     return point, int(step)
 
 
-def _kill_self(checkpointer: Checkpointer | None = None) -> None:
-    """SIGKILL this process, after `checkpointer`'s writes in flight end when given (the fault hook)."""
-    if checkpointer is not None:  # so a kill at a step or evaluation never also cuts an earlier checkpoint
-        checkpointer.wait()
+def _kill_self() -> None:
+    """SIGKILL this process (the fault hook)."""
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -439,8 +437,14 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
         # summary keeps the progress of the newest checkpoint, where the next attempt resumes, and marks the
         # run as no longer live. A signal while this records it waits for it.
         stopped_at = run.position.get("steps_done", start_step)
+        try:
+            checkpointer.wait()  # a checkpoint still being written counts once it is on disk
+        except KeyboardInterrupt:
+            pass  # a further signal: record the progress known now
         with stop_signals_deferred():
             recorded = run_dir.summary() or summary
+            if run.unrecorded and not checkpointer.saving():
+                recorded = {**recorded, **run.unrecorded}
             run_dir.write_summary({**recorded, "status": "interrupted", "interrupted_at_step": stopped_at})
         resumes_at = recorded.get("steps_done") or 0
         log.warning("run %s interrupted after step %d; the next launch %s", config.run_id, stopped_at,
@@ -477,6 +481,9 @@ class _Run:
     started: float  # time.time() when this attempt's first step began
     setup_s: float  # seconds of this attempt before its first step (corpus, model, state, W&B)
     position: dict[str, int] = field(default_factory=dict)  # "steps_done": steps finished so far, for an interrupt
+    # The summary progress of the checkpoint Orbax is still writing, recorded once the write has finished
+    # (`_record_finished_checkpoint`), so that summary.json never names a checkpoint that is not on disk.
+    unrecorded: dict[str, Any] = field(default_factory=dict)
 
     def wall_s(self) -> float:
         """Return the run's wall time so far in seconds, over all its attempts."""
@@ -507,8 +514,15 @@ def _loop(run: _Run, state: dict[str, Any], start_step: int, progress: bool) -> 
     # Seconds of this process's wall time outside training steps, logged at the end (docs/benchmarks.md).
     overhead = {"setup": run.setup_s, "first_step": 0.0, "evaluation": 0.0, "checkpoint": 0.0}
 
+    def kill_after_writes() -> None:
+        """Kill this process (the `step` and `eval` faults) once earlier checkpoint writes have ended and
+        summary.json records them, so that each fault tests one thing."""
+        checkpointer.wait()
+        _record_finished_checkpoint(run, summary)
+        _kill_self()
+
     def evaluate(params, step: int) -> dict[str, float]:
-        interrupt = (lambda: _kill_self(checkpointer)) if fault == ("eval", step) else None
+        interrupt = kill_after_writes if fault == ("eval", step) else None
         begun = time.time()
         nats = trainer.evaluate(params, windows, after_first_chunk=interrupt)
         overhead["evaluation"] += time.time() - begun
@@ -529,6 +543,7 @@ def _loop(run: _Run, state: dict[str, Any], start_step: int, progress: bool) -> 
     with stop_after_step():
         for step in range(start_step, total_steps):
             run.position["steps_done"] = step
+            _record_finished_checkpoint(run, summary)
             if stop_requested():  # the first SIGINT or SIGTERM: stop here, with a checkpoint of this step
                 bar.close()
                 _checkpoint_interrupted(run, state, pending, step, newest_checkpoint, summary)
@@ -548,7 +563,7 @@ def _loop(run: _Run, state: dict[str, Any], start_step: int, progress: bool) -> 
                 state, metrics = trainer.step_fn(state, trainer.put_batch(batch), schedule)
             pending.append(metrics)
             if fault == ("step", done):
-                _kill_self(checkpointer)
+                kill_after_writes()
             if fault == ("signal", done):
                 os.kill(os.getpid(), signal.SIGINT)
             is_last = done == total_steps
@@ -577,14 +592,13 @@ def _loop(run: _Run, state: dict[str, Any], start_step: int, progress: bool) -> 
 
             if is_checkpoint:
                 begun = time.time()
-                checkpointer.save(done, state)
+                checkpointer.save(done, state)  # Orbax first waits for the previous checkpoint's write to end
+                _record_finished_checkpoint(run, summary, finished=True)
                 newest_checkpoint = done
                 overhead["checkpoint"] += time.time() - begun
-                # Record progress so that a run killed after this point resumes with its wall time so far.
-                # NOTE: Orbax writes in the background, so a kill -9 before the write ends leaves summary.json a
-                # checkpoint ahead of checkpoints/ until the next attempt resumes from the one before.
-                summary.update(_progress(record, done, tokens_per_step, run.wall_s()))
-                run_dir.write_summary(summary)
+                # Its progress goes to summary.json once Orbax has finished writing it in the background, so
+                # that a run killed after that resumes with its wall time so far.
+                run.unrecorded.update(_progress(record, done, tokens_per_step, run.wall_s()))
                 if fault == ("checkpoint", done):
                     _kill_self()
 
@@ -623,6 +637,17 @@ def _metric_row(fetched: list[dict[str, Any]], done: int, tokens_per_step: int, 
     }
 
 
+def _record_finished_checkpoint(run: _Run, summary: dict[str, Any], finished: bool = False) -> None:
+    """Write the progress of the newest checkpoint to summary.json once Orbax has finished writing it.
+
+    `finished` says that it has (Orbax's `save` of the next checkpoint waits for it), else Orbax is asked.
+    """
+    if run.unrecorded and (finished or not run.checkpointer.saving()):
+        summary.update(run.unrecorded)
+        run.unrecorded.clear()
+        run.run_dir.write_summary(summary)
+
+
 def _checkpoint_interrupted(run: _Run, state: dict[str, Any], pending: list[dict[str, Any]], steps_done: int,
                             newest_checkpoint: int, summary: dict[str, Any]) -> None:
     """Checkpoint the state after `steps_done` steps when a signal stopped the run there, with the metrics of
@@ -632,6 +657,8 @@ def _checkpoint_interrupted(run: _Run, state: dict[str, Any], pending: list[dict
     run's. Nothing is saved when the newest checkpoint is of this step already.
     """
     if steps_done == newest_checkpoint:
+        run.checkpointer.wait()
+        _record_finished_checkpoint(run, summary)
         return
     if jax.process_count() > 1:
         # NOTE: the processes of a multi-host run may see the signal at different steps, and a checkpoint is
@@ -641,6 +668,7 @@ def _checkpoint_interrupted(run: _Run, state: dict[str, Any], pending: list[dict
     run.run_dir.write_pending_metrics(steps_done, jax.device_get(pending))
     run.checkpointer.save(steps_done, state)
     run.checkpointer.wait()  # a second signal during the write leaves Orbax's temporary folder, never listed
+    run.unrecorded.clear()
     summary.update(_progress(run.record, steps_done, config.data.tokens_per_step, run.wall_s()))
     run.run_dir.write_summary(summary)
     log.info("run %s saved a checkpoint at step %d after the stop signal", config.run_id, steps_done)

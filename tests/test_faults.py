@@ -81,6 +81,8 @@ def test_resume_after_kill_equals_uninterrupted(fault, rows_after_kill, checkpoi
     assert run.status() == "running"
     assert [row["step"] for row in run.metrics()] == rows_after_kill
     assert finished_steps(run.checkpoint_dir) == checkpoints_after_kill
+    # summary.json names only a checkpoint whose write has ended: never one that the kill cut short.
+    assert run.summary()["steps_done"] == checkpoints_after_kill[-1]
     if fault.startswith("checkpoint"):  # the kill landed inside the write: its folder keeps Orbax's temporary name
         assert any(path.name.startswith("40.") for path in run.checkpoint_dir.iterdir())
 
