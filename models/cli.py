@@ -43,7 +43,14 @@ def run_generate(args: argparse.Namespace) -> int:
     from scaling.errors import UserError
     from scaling.restore import load_trained_run
 
-    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    try:
+        sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    except UserError as error:  # named as the field ("top_p=2.0"); on the command line it is the option
+        message = str(error)
+        for field_name in ("temperature", "top_k", "top_p", "seed"):
+            if message.startswith(f"{field_name}="):
+                message = f"--{field_name.replace('_', '-')} {message[len(field_name) + 1:]}"
+        raise UserError(message) from None
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens={args.max_new_tokens} must be at least 1")
     if args.cache_len is not None and args.cache_len < 1:

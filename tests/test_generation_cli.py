@@ -112,10 +112,23 @@ def test_cli_rejects_run_without_checkpoint(trained_run, tmp_path, capsys):
     assert not (copy / "checkpoints").exists()  # a failed restore creates no folder
 
 
-def test_cli_rejects_invalid_sampling(trained_run, capsys):
-    status = main(["generate", str(trained_run), "--prompt", "x", "--max-new-tokens", "3", "--top-p", "0"])
+@pytest.mark.parametrize("option, value, message", [
+    ("--top-p", "0", "--top-p 0.0 must lie in (0, 1]"),
+    ("--temperature", "-1", "--temperature -1.0 must be a finite number >= 0"),
+    ("--seed", "-2", "--seed -2 must be an integer >= 0"),
+], ids=["top_p", "temperature", "seed"])
+def test_cli_rejects_invalid_sampling(option, value, message, trained_run, capsys):
+    status = main(["generate", str(trained_run), "--prompt", "x", "--max-new-tokens", "3", option, value])
     assert status == 2
-    assert "top_p" in _error_line(capsys)
+    assert message in _error_line(capsys)
+
+
+def test_cli_rejects_file_as_run_folder(tmp_path, capsys):
+    notes = tmp_path / "tiny.yaml"
+    notes.write_text("model: {}\n")
+    status = main(["generate", str(notes), "--prompt", "x", "--max-new-tokens", "3"])
+    assert status == 2
+    assert f"run folder {notes} is a file, not a run folder" in _error_line(capsys)
 
 
 def test_cli_rejects_prompt_filling_cache(trained_run, capsys):
