@@ -640,7 +640,8 @@ def _metric_row(fetched: list[dict[str, Any]], done: int, tokens_per_step: int, 
 def _record_finished_checkpoint(run: _Run, summary: dict[str, Any], finished: bool = False) -> None:
     """Write the progress of the newest checkpoint to summary.json once Orbax has finished writing it.
 
-    `finished` says that it has (Orbax's `save` of the next checkpoint waits for it), else Orbax is asked.
+    With `finished`, the caller knows the write has ended (Orbax's `save` of the next checkpoint waits for
+    it). Otherwise Orbax is asked whether a write is still in progress.
     """
     if run.unrecorded and (finished or not run.checkpointer.saving()):
         summary.update(run.unrecorded)
