@@ -39,7 +39,7 @@ from rich.progress import TaskID
 from scaling.config import PROGRAMS_KEPT, parse_mesh, program_identity
 from scaling.errors import UserError
 from scaling.host_memory import switch_setting
-from scaling.numbers import counted
+from scaling.numbers import counted, format_count
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_checks import corpus_size_problem, folder_conflict, prepared_meta
 from scaling.run_store import RunDir
@@ -48,7 +48,7 @@ from sweeps.display import SweepProgress, outcomes_table
 from sweeps.outcomes import RunOutcome, ended_outcome, exit_reason, run_log_path, split_completed
 from sweeps.plan import WIDE_OUTPUT, assumed_cost_model
 from sweeps.resources import WorkerSlot, split_cores
-from sweeps.spec import PlannedRun, SweepSpec, expand
+from sweeps.spec import PlannedRun, SweepSpec, expand, sizes_beyond_memory
 from sweeps.worker import EXIT_AFTER, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_USER_ERROR
 
 log = logging.getLogger(__name__)
@@ -287,6 +287,16 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
     console = console or get_console()  # the console logging's RichHandler uses, so logs print above the bars
 
     outcomes, todo = split_completed(runs, root)
+    too_large = sizes_beyond_memory(todo)
+    if too_large:
+        # A worker would grow until the kernel's out-of-memory killer stops it, or another process of the machine.
+        from scaling.machine_memory import format_bytes
+
+        named = ", ".join(f"{format_count(target)} (at least {format_bytes(needed)})"
+                          for target, (needed, _) in too_large.items())
+        raise UserError(f"model size(s) {named} need more memory to train than this machine has; nothing was "
+                        "started: drop them from the spec, or launch them on machines with more memory "
+                        "(--backend ray or slurm)")
 
     cost = assumed_cost_model()  # relative run sizes for the overall progress bar; its ETA rescales by the pace seen
     weights = {run.run_id: cost.run_seconds(run) for run in runs}

@@ -529,32 +529,40 @@ def expand(spec: SweepSpec, runs_root: str | Path | None = None, *, progress: bo
     return runs
 
 
-def warn_sizes_beyond_memory(runs: list[PlannedRun]) -> list[float]:
-    """Log a warning for each model size whose training needs more memory than this machine's RAM in all.
-
-    The need is a lower estimate (scaling.machine_memory.train_step_bytes), so a size named here cannot
-    train on this machine. The warning appears in `scaling sweep plan` and before a launch. Return the
-    target sizes warned about.
-    """
-    from scaling.machine_memory import format_bytes, host_memory, train_step_bytes
+def sizes_beyond_memory(runs: list[PlannedRun]) -> dict[float, tuple[int, list[PlannedRun]]]:
+    """Return {target size: (bytes needed, its runs)} for each model size whose training needs more memory
+    than this machine's RAM in all. The need is a lower estimate (scaling.machine_memory.train_step_bytes),
+    so such a size cannot train on this machine."""
+    from scaling.machine_memory import host_memory, train_step_bytes
 
     total = host_memory().total
     by_size: dict[float, list[PlannedRun]] = {}
     for run in runs:
         by_size.setdefault(run.target_params, []).append(run)
+    needs = {target: (train_step_bytes(sized[0].config), sized) for target, sized in by_size.items()}
+    return {target: (needed, sized) for target, (needed, sized) in needs.items() if needed > total}
+
+
+def warn_sizes_beyond_memory(runs: list[PlannedRun]) -> list[float]:
+    """Log a warning for each model size of `sizes_beyond_memory`; return those sizes.
+
+    The warning appears in `scaling sweep plan` and before a launch on any backend. The local backend then
+    stops (sweeps.launcher.run_sweep), since its workers run on this machine.
+    """
+    from scaling.machine_memory import format_bytes, host_memory
+
+    total = host_memory().total
     too_large = []
-    for target, sized in by_size.items():
-        needed = train_step_bytes(sized[0].config)
-        if needed > total:
-            too_large.append(target)
-            more = f" and {len(sized) - 3} more" if len(sized) > 3 else ""
-            log.warning(
-                "model size %s (%s parameters in total; runs %s%s) needs at least %s of memory to train, more "
-                "than this machine's %s of RAM, so it cannot train here: drop the size, or launch it on machines "
-                "with more memory (--backend ray or slurm)",
-                format_count(target), format_count(sized[0].params_total), ", ".join(run.run_id for run in sized[:3]),
-                more, format_bytes(needed), format_bytes(total),
-            )
+    for target, (needed, sized) in sizes_beyond_memory(runs).items():
+        too_large.append(target)
+        more = f" and {len(sized) - 3} more" if len(sized) > 3 else ""
+        log.warning(
+            "model size %s (%s parameters in total; runs %s%s) needs at least %s of memory to train, more "
+            "than this machine's %s of RAM, so it cannot train here: drop the size, or launch it on machines "
+            "with more memory (--backend ray or slurm)",
+            format_count(target), format_count(sized[0].params_total), ", ".join(run.run_id for run in sized[:3]),
+            more, format_bytes(needed), format_bytes(total),
+        )
     return too_large
 
 

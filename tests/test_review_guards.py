@@ -210,6 +210,20 @@ def test_expand_warns_sizes_beyond_ram(text_source, tmp_path, caplog):
     assert "16 PB" in message
 
 
+def test_local_launch_refuses_sizes_beyond_ram(text_source, tmp_path, capsys):
+    """A size whose training cannot fit in this machine's RAM stops a local launch before any worker starts:
+    its worker would grow until the kernel's out-of-memory killer stopped it, or another process."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(sweep_raw(text_source, ["3e3", HUGE], ["1K"])))
+    runs = tmp_path / "runs"
+    status = main(["sweep", "launch", str(spec), "--runs", str(runs), "--no-progress"])
+    assert status == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("scaling: error:")]
+    assert "model size(s) 1e15 (at least 16 PB) need more memory to train than this machine has" in line
+    assert "nothing was started" in line
+    assert not list(runs.glob("*/N*"))  # no run folder, not even the small size's
+
+
 # ---------------------------------------------------------------- 2. and 3. scaling generate
 
 def _train_tiny(small_corpus: Path, runs: Path, run_id: str, positions: str) -> Path:
