@@ -350,7 +350,7 @@ def _approach2_section(record: dict[str, Any], methods: tuple[str, ...], params:
     replicates = bootstrap_isoflop(params, losses, _budget_labels(budget_groups, len(params)),
                                    n_bootstraps=bootstraps, seed=seed, resample=resample)
     record["approach2"]["bootstrap"] = replicates.to_dict()
-    _warn_if_few_replicates("approach 2", replicates)
+    _warn_if_few_replicates("approach 2", replicates, record["approach2"])
     return approach2, replicates
 
 
@@ -372,11 +372,14 @@ def _approach1_section(record: dict[str, Any], methods: tuple[str, ...], params:
     record["approach1"]["bootstrap"] = None
     if envelope.params_law is None:
         logger.warning("%s", missing_result(record, "approach1"))
+    elif envelope.distinct_sizes < MIN_ENVELOPE_SIZES:
+        logger.warning("approach 1: only %d sizes win on the envelope, so its power laws rest on %d points; add sizes "
+                       "between them", envelope.distinct_sizes, envelope.distinct_sizes)
     if not bootstraps or envelope.params_law is None:
         return None
     replicates = bootstrap_envelope(params, curves, n_bootstraps=bootstraps, seed=seed, resample=resample)
     record["approach1"]["bootstrap"] = replicates.to_dict()
-    _warn_if_few_replicates("approach 1", replicates)
+    _warn_if_few_replicates("approach 1", replicates, record["approach1"])
     return replicates
 
 
@@ -402,12 +405,22 @@ def _kaplan_section(record: dict[str, Any], params: np.ndarray, tokens: np.ndarr
     return True
 
 
-def _warn_if_few_replicates(name: str, replicates: Replicates) -> None:
+def _warn_if_few_replicates(name: str, replicates: Replicates, estimates: dict[str, Any] | None = None) -> None:
+    """Warn when the replicates give some value no interval, and when an estimate in `estimates` lies outside
+    its own 95% interval (a bootstrap distribution so skewed that the interval says little)."""
     note = replicates.interval_note()
     if note:
         logger.warning("%s: %s; add sizes per budget or budgets for intervals", name, note)
+    for value_name, bounds in replicates.intervals().items():
+        estimate = (estimates or {}).get(value_name)
+        if bounds is None or not isinstance(estimate, (int, float)) or bounds[0] <= estimate <= bounds[1]:
+            continue
+        logger.warning("%s: %s = %.3g lies outside its own 95%% interval [%.3g, %.3g], so the replicates scatter "
+                       "too unevenly for the interval to mean much; add sizes near the optimum of each budget",
+                       name, value_name, estimate, bounds[0], bounds[1])
 
 
+MIN_ENVELOPE_SIZES = 3  # fewer sizes winning on approach 1's envelope than this draws a warning
 E_AT_ZERO = 1e-3  # nats/token: an irreducible loss below this means the fit pushed E to its bound
 ONE_BUDGET_SPAN = 2.0  # runs whose compute spans less than this factor count as one budget
 # Published exponents lie between 0.076 (Kaplan et al. 2020, alpha_N) and 0.37 (Besiroglu et al. 2024,

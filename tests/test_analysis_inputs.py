@@ -554,3 +554,15 @@ def test_fit_refuses_folder_named_like_a_plot(tmp_path):
     with pytest.raises(UserError, match=r"contains a folder named residuals.png, where the fit writes a file"):
         fit_runs(sweep, out, **QUICK)
     assert sorted(path.name for path in out.iterdir()) == ["residuals.png"]
+
+
+def test_estimate_outside_its_interval_warned(caplog):
+    """A basic bootstrap interval can miss its own estimate when the replicates are strongly skewed: say so."""
+    from analysis.bootstrap_methods import ALLOCATION_NAMES, Replicates
+
+    rows = np.column_stack([np.linspace(0.1, 0.8, 200)] + [np.linspace(1.0, 2.0, 200)] * 3)
+    replicates = Replicates(ALLOCATION_NAMES, rows, 0.95, 0, "stand-in replicates")
+    with caplog.at_level(logging.WARNING, logger="analysis"):
+        analysis.fit._warn_if_few_replicates("approach 1", replicates, {"a": 0.079, "params_coefficient": 1.5})
+    assert "approach 1: a = 0.079 lies outside its own 95% interval [0.118, 0.783]" in caplog.text
+    assert "params_coefficient =" not in caplog.text  # 1.5 lies inside its interval
