@@ -31,8 +31,18 @@ class RunLocked(Exception):
         self.holder = holder
 
 
+def describe_holder(text: str) -> str:
+    """Return "process PID on HOST since HH:MM:SS" from a lock file's JSON, or the text itself if it is not that."""
+    try:
+        holder = json.loads(text)
+        since = time.strftime("%H:%M:%S", time.localtime(float(holder["since"])))
+        return f"process {int(holder['pid'])} on {holder['host']} since {since}"
+    except (ValueError, TypeError, KeyError):
+        return text.strip() or "another process"
+
+
 def lock_holder(run_path: Path) -> str | None:
-    """Return who holds the run's lock (host and pid, as written), or None when no live process holds it.
+    """Return who holds the run's lock (`describe_holder`), or None when no live process holds it.
 
     It only tests the lock: a shared lock taken and released at once, on a lock file that must already exist.
     """
@@ -44,7 +54,7 @@ def lock_holder(run_path: Path) -> str | None:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return handle.read().strip() or "another process"
+            return describe_holder(handle.read())
         fcntl.flock(handle, fcntl.LOCK_UN)
     return None
 
@@ -75,7 +85,7 @@ class RunLock:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = describe_holder(handle.read())
             handle.close()
             raise RunLocked(self.run_path, holder) from None
         handle.seek(0)

@@ -86,6 +86,12 @@ class SweepProgress:
             self.progress.remove_task(entry.task)
         self._update_sweep()
 
+    def skip_run(self, weight: float) -> None:
+        """Count a run that another launch completed before this one started it."""
+        self.runs_done += 1
+        self.done_weight += weight
+        self._update_sweep()
+
     def _update_sweep(self) -> None:
         self.progress.update(self.sweep_task, completed=self.done_weight + sum(self.partial.values()),
                              info=f"{self.runs_done}/{self.runs_total} runs")

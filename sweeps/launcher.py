@@ -303,7 +303,7 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
     todo.sort(key=lambda run: weights[run.run_id], reverse=True)
     # Each worker keeps the cores that --workers gives it, but no more workers start than there are runs to train.
     slots = split_cores(workers, warn=False)[:max(1, len(todo))]
-    if len(slots) < workers:
+    if todo and len(slots) < workers:
         log.info("--workers %d: starting %s, one per run left to train", workers, counted(len(slots), "worker"))
     cores = {core for slot in slots for core in slot.cores}
     if len(slots) > len(cores):
@@ -311,9 +311,12 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
                     counted(len(cores), "core"))
     check_meshes_fit(todo, slots[0])
     switch_setting()  # a bad SCALING_KEEP_FREED_MEMORY would fail every run in its worker
-    log.info("sweep %s: %s, %d to run on %s (cores %s)", spec.name, counted(len(runs), "run"), len(todo),
-             counted(len(slots), "worker"),
-             " | ".join(",".join(map(str, slot.cores)) for slot in slots))
+    if todo:
+        log.info("sweep %s: %s, %d to run on %s (cores %s)", spec.name, counted(len(runs), "run"), len(todo),
+                 counted(len(slots), "worker"),
+                 " | ".join(",".join(map(str, slot.cores)) for slot in slots))
+    else:
+        log.info("sweep %s: %s, none left to run here, so no worker starts", spec.name, counted(len(runs), "run"))
 
     bar = SweepProgress(console, enabled=progress, total_weight=sum(weights[run.run_id] for run in todo),
                          runs_total=len(todo))
@@ -329,7 +332,13 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
                 for slot in slots:
                     worker = pool.get(slot.index)
                     if todo and (worker is None or worker.active is None):
-                        entry = start_run(todo.pop(next_run_index(todo, worker, weights)), slot, root, worker)
+                        run = todo.pop(next_run_index(todo, worker, weights))
+                        done_elsewhere = _completed_meanwhile(run, root)
+                        if done_elsewhere is not None:
+                            outcomes[run.run_id] = done_elsewhere
+                            bar.skip_run(weights[run.run_id])
+                            continue
+                        entry = start_run(run, slot, root, worker)
                         if entry.worker is not worker:
                             if worker is not None:
                                 _unwatch(worker, selector)
@@ -465,6 +474,15 @@ def _shut_down(workers: list[WorkerProcess]) -> None:
             worker.process.kill()
             worker.process.wait()
         _close_pipes(worker)
+
+
+def _completed_meanwhile(run: PlannedRun, root: Path) -> RunOutcome | None:
+    """Return a "skipped" outcome when another launch completed `run` after this launch planned it, else None."""
+    summary = RunDir.at(root, run.config.sweep, run.run_id).summary()
+    if (summary or {}).get("status") != "completed":
+        return None
+    log.info("run %s was completed by another launch meanwhile; skipping", run.run_id)
+    return RunOutcome(run, "skipped", summary, 0.0, None)
 
 
 def _stop_workers(workers: list[WorkerProcess]) -> None:

@@ -529,6 +529,18 @@ def expand(spec: SweepSpec, runs_root: str | Path | None = None, *, progress: bo
     return runs
 
 
+FAR_FROM_TARGET = 2.0  # a built model this many times larger or smaller than the size asked for draws a warning
+
+
+def _warn_far_from_target(target: float, model: ModelConfig, convention: str) -> None:
+    """Warn when the smallest or largest shape the ladder builds is far from the size the spec asked for."""
+    built = parameter_counts(model)["total" if convention == "total" else "non_embedding"]
+    if built > FAR_FROM_TARGET * target or built * FAR_FROM_TARGET < target:
+        log.warning("model size %s: the nearest shape the ladder builds is %s, %.3g times the size asked for, and "
+                    "its runs train that shape; ask for sizes nearer to it", format_count(target), describe(model),
+                    built / target)
+
+
 def sizes_beyond_memory(runs: list[PlannedRun]) -> dict[float, tuple[int, list[PlannedRun]]]:
     """Return {target size: (bytes needed, its runs)} for each model size whose training needs more memory
     than this machine's RAM in all. The need is a lower estimate (scaling.machine_memory.train_step_bytes),
@@ -579,6 +591,7 @@ def _expand(spec: SweepSpec, data: PreparedData) -> list[PlannedRun]:
         if target not in shapes:
             shapes[target] = model_for_params(target, base, convention=spec.model.convention,
                                               aspect_ratio=spec.model.aspect_ratio, head_dim=spec.model.head_dim)
+            _warn_far_from_target(target, shapes[target], spec.model.convention)
         model = shapes[target]
         per_token = training_flops_per_token(model, train.seq_len)[spec.flops_per_token]
         if budget is not None:

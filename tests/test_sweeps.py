@@ -596,7 +596,27 @@ def test_plan_warns_about_clipped_warmup_and_repeated_data(corpus_dir, tmp_path,
     assert f"warning: {len(repeated)} {runs_word} will see training data more than once" in out
 
 
-def test_locked_run_trains_elsewhere(corpus_dir, tmp_path):
+def test_size_far_from_what_ladder_builds_warned(corpus_dir, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="sweeps.spec"):
+        expand(parse_spec(tiny_raw(corpus_dir, grid={"params": ["1", "4K"], "tokens": ["20K"]})), tmp_path / "runs")
+    (message,) = [record.getMessage() for record in caplog.records if "nearest shape" in record.getMessage()]
+    assert message.startswith("model size 1e0: the nearest shape the ladder builds is d8 L1")
+    assert "times the size asked for, and its runs train that shape" in message
+
+
+def test_run_completed_meanwhile_is_skipped(corpus_dir, tmp_path):
+    from scaling.run_store import RunDir, initial_summary
+    from sweeps.launcher import _completed_meanwhile
+
+    runs = tmp_path / "runs"
+    first, second = expand(parse_spec(tiny_raw(corpus_dir)), runs)
+    RunDir.at(runs, "tiny", first.run_id).path.mkdir(parents=True)
+    RunDir.at(runs, "tiny", first.run_id).write_summary(initial_summary(first.run_id, "tiny", "completed"))
+    assert _completed_meanwhile(first, runs).status == "skipped"
+    assert _completed_meanwhile(second, runs) is None
+
+
+def test_locked_run_trains_elsewhere(corpus_dir, tmp_path, caplog):
     """A second launch of a sweep reports the runs locked by the first one as trained elsewhere, not failed."""
     from scaling.run_lock import RunLock
     from scaling.run_store import RunDir
@@ -607,7 +627,9 @@ def test_locked_run_trains_elsewhere(corpus_dir, tmp_path):
     locked_dir = RunDir.at(runs, "tiny", locked.run_id)
     locked_dir.path.mkdir(parents=True)
     with RunLock(locked_dir.path):  # as the first launch's worker locks it while it trains the run
-        outcomes = {outcome.run.run_id: outcome for outcome in run_sweep(spec, runs, workers=1, progress=False)}
+        with caplog.at_level(logging.WARNING, logger="sweeps.outcomes"):
+            outcomes = {outcome.run.run_id: outcome for outcome in run_sweep(spec, runs, workers=1, progress=False)}
+    assert f"is being trained by process {os.getpid()} on " in caplog.text  # not the lock file's raw JSON
     assert outcomes[locked.run_id].status == "elsewhere"
     assert not outcomes[locked.run_id].ok
     assert locked_dir.summary() is None  # its summary is left to the process that has the lock
