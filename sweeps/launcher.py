@@ -289,7 +289,8 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
     outcomes, todo = split_completed(runs, root)
     too_large = sizes_beyond_memory(todo)
     if too_large:
-        # A worker would grow until the kernel's out-of-memory killer stops it, or another process of the machine.
+        # A worker of such a size would grow until the kernel's out-of-memory killer stopped it, or another
+        # process on the machine.
         from scaling.machine_memory import format_bytes
 
         named = ", ".join(f"{format_count(target)} (at least {format_bytes(needed)})"

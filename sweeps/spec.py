@@ -533,7 +533,7 @@ FAR_FROM_TARGET = 2.0  # a built model this many times larger or smaller than th
 
 
 def _warn_far_from_target(target: float, model: ModelConfig, convention: str) -> None:
-    """Warn when the smallest or largest shape the ladder builds is far from the size the spec asked for."""
+    """Warn when the shape the ladder builds for `target` has far more or fewer parameters than asked for."""
     built = parameter_counts(model)["total" if convention == "total" else "non_embedding"]
     if built > FAR_FROM_TARGET * target or built * FAR_FROM_TARGET < target:
         log.warning("model size %s: the nearest shape the ladder builds is %s, %.3g times the size asked for, and "
