@@ -174,9 +174,9 @@ def fit_notes(record: dict[str, Any], query: Query, own_rows: Sequence[dict[str,
     interval_notes = [note for note in (_bootstrap_note(record.get("bootstrap")),
                                         _bootstrap_note((record.get("approach2") or {}).get("bootstrap")),
                                         _bootstrap_note((record.get("approach1") or {}).get("bootstrap"))) if note]
-    kept = [warning for warning in record.get("warnings", [])
-            if not warning.startswith(tuple(skipped_prefixes)) and not any(note in warning for note in interval_notes)]
-    notes = [f"your fit: {warning}" for warning in _first_of_each_method(kept)]
+    relevant = [warning for warning in record.get("warnings", [])
+                if not warning.startswith(tuple(skipped_prefixes)) and not any(note in warning for note in interval_notes)]
+    notes = [f"your fit: {warning}" for warning in _first_of_each_method(relevant)]
     if allocating:
         notes += [f"your fit: {reason}" for reason in missing.values() if reason]
     if record.get("bootstrap") is None:
@@ -194,17 +194,17 @@ WARNINGS_PER_METHOD = 3  # notes repeat this many of a fit's warnings about one 
 def _first_of_each_method(warnings: Sequence[str]) -> list[str]:
     """Return the warnings with at most WARNINGS_PER_METHOD per method ("approach 2: ..."), and a count of the
     rest, so that a fit with one warning per IsoFLOP budget does not bury the rows in notes."""
-    shown: list[str] = []
+    listed: list[str] = []
     left_out: dict[str, int] = {}
     for warning in warnings:
         method = warning.split(":", 1)[0] if ":" in warning else ""
-        if method and sum(line.startswith(f"{method}:") for line in shown) >= WARNINGS_PER_METHOD:
+        if method and sum(line.startswith(f"{method}:") for line in listed) >= WARNINGS_PER_METHOD:
             left_out[method] = left_out.get(method, 0) + 1
             continue
-        shown.append(warning)
-    shown += [f"{count} more warning(s) about {method}, listed in fit.json's \"warnings\""
+        listed.append(warning)
+    listed += [f"{count} more warning(s) about {method}, listed in fit.json's \"warnings\""
               for method, count in left_out.items()]
-    return shown
+    return listed
 
 
 FIT_RANGE_FACTOR = 10.0  # a question this many times beyond the fit's runs gets a note

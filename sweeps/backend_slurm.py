@@ -140,9 +140,9 @@ def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
             raise UserError(f"SLURM rejected the sweep's jobs: {first_line}; check the slurm: options of the spec") \
                 from None
         job_ids = [job.job_id for job in jobs]
-        shown = ", ".join(job_ids[:5]) + (f" and {len(job_ids) - 5} more" if len(job_ids) > 5 else "")
+        job_list = ", ".join(job_ids[:5]) + (f" and {len(job_ids) - 5} more" if len(job_ids) > 5 else "")
         log.info("sweep %s: %d runs, %d submitted as SLURM jobs %s (%s per run)", spec.name, len(runs), len(todo),
-                 shown, resources.describe())
+                 job_list, resources.describe())
     for run, job in zip(todo, jobs):
         try:
             returncode, cpu_s, wall_s, host = job.result()
