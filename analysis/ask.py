@@ -175,7 +175,8 @@ def fit_notes(record: dict[str, Any], query: Query, own_rows: Sequence[dict[str,
                                         _bootstrap_note((record.get("approach2") or {}).get("bootstrap")),
                                         _bootstrap_note((record.get("approach1") or {}).get("bootstrap"))) if note]
     relevant = [warning for warning in record.get("warnings", [])
-                if not warning.startswith(tuple(skipped_prefixes)) and not any(note in warning for note in interval_notes)]
+                if not warning.startswith(tuple(skipped_prefixes))
+                and not any(note in warning for note in interval_notes)]
     notes = [f"your fit: {warning}" for warning in _first_of_each_method(relevant)]
     if allocating:
         notes += [f"your fit: {reason}" for reason in missing.values() if reason]
