@@ -407,7 +407,7 @@ def _kaplan_section(record: dict[str, Any], params: np.ndarray, tokens: np.ndarr
 
 def _warn_if_few_replicates(name: str, replicates: Replicates, estimates: dict[str, Any] | None = None) -> None:
     """Warn when the replicates give some value no interval, and when an estimate in `estimates` lies outside
-    its own 95% interval (a bootstrap distribution so skewed that the interval says little)."""
+    its own 95% interval (a bootstrap distribution so skewed that the interval means little)."""
     note = replicates.interval_note()
     if note:
         logger.warning("%s: %s; add sizes per budget or budgets for intervals", name, note)

@@ -10,7 +10,7 @@ The first run trains it as the project does. In the second, OpenBLAS computes ev
 dense layers: forward, input gradient and weight gradient, through a custom VJP. Everything else is the
 same compiled step. Rates are the
 fastest of `--repeats` rounds, each after a pause so that the other engine's threads stop spinning.
-Training does not use OpenBLAS: docs/benchmarks.md, finding 21, says why.
+Training does not use OpenBLAS, for the reasons in docs/benchmarks.md, finding 21.
 
     python benchmarks/blas_products.py --json
 """

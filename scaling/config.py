@@ -30,7 +30,7 @@ _MESH_TEXT = re.compile(rf"^({'|'.join(MESH_LAYOUTS)})(?:=(\d+|all))?$")
 # TrainConfig fields that lay a run out on devices without changing what it computes. They are left out
 # when a run's recorded config is compared with a new one, so a run may resume under another layout.
 LAYOUT_FIELDS = ("mesh",)
-# TrainConfig fields that say how a run is kept and watched, not what it trains: a resume may change them
+# TrainConfig fields that set how a run is kept and watched, not what it trains: a resume may change them
 # (for example a shorter checkpoint interval on a machine that is often interrupted). config.json keeps the first
 # attempt's values.
 OPERATION_FIELDS = ("max_epochs", "checkpoint_interval", "keep_checkpoints", "wandb_mode", "wandb_project")

@@ -557,7 +557,8 @@ def test_fit_refuses_folder_named_like_a_plot(tmp_path):
 
 
 def test_estimate_outside_its_interval_warned(caplog):
-    """A basic bootstrap interval can miss its own estimate when the replicates are strongly skewed: say so."""
+    """A basic bootstrap interval can miss its own estimate when the replicates are strongly skewed, and the fit
+    warns about it."""
     from analysis.bootstrap_methods import ALLOCATION_NAMES, Replicates
 
     rows = np.column_stack([np.linspace(0.1, 0.8, 200)] + [np.linspace(1.0, 2.0, 200)] * 3)

@@ -156,8 +156,8 @@ def test_fit_warnings_capped_per_method():
     from analysis.ask import WARNINGS_PER_METHOD, _first_of_each_method
 
     warnings = [f"approach 2: budget {index} dropped" for index in range(13)] + ["approach 3: E is at zero"]
-    shown = _first_of_each_method(warnings)
-    assert shown[:WARNINGS_PER_METHOD] == warnings[:WARNINGS_PER_METHOD]
-    assert "approach 3: E is at zero" in shown
-    assert shown[-1] == f"{13 - WARNINGS_PER_METHOD} more warning(s) about approach 2, listed in fit.json's \"warnings\""
-    assert len(shown) == WARNINGS_PER_METHOD + 2
+    listed = _first_of_each_method(warnings)
+    assert listed[:WARNINGS_PER_METHOD] == warnings[:WARNINGS_PER_METHOD]
+    assert "approach 3: E is at zero" in listed
+    assert listed[-1] == f"{13 - WARNINGS_PER_METHOD} more warning(s) about approach 2, listed in fit.json's \"warnings\""
+    assert len(listed) == WARNINGS_PER_METHOD + 2

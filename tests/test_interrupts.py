@@ -1,5 +1,6 @@
-"""SIGINT and SIGTERM stop training at the end of the step in flight, with a checkpoint of it, even when
-Python drops the KeyboardInterrupt they raise; a second signal stops at once."""
+"""SIGINT and SIGTERM stop training at the end of the step in flight, with a checkpoint of it.
+
+This holds even when Python drops the KeyboardInterrupt they raise. A second signal stops training at once."""
 
 from __future__ import annotations
 

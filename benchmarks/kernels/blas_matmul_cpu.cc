@@ -3,8 +3,8 @@
 //
 // XLA:CPU's own matrix multiply was 5-15% slower than OpenBLAS on the dense layers' shapes of the throughput
 // benchmark on a 2-core AVX-512 machine. Each call here splits the product into one panel of rows (or of
-// columns, for wide outputs) per thread of XLA's intra-op pool and runs OpenBLAS with one thread on each, so
-// that the product shares XLA's threads instead of starting its own. Built against scipy-openblas32, whose
+// columns, for wide outputs) per thread of XLA's intra-op pool. OpenBLAS runs with one thread on each panel,
+// so the product shares XLA's threads instead of starting its own. Built against scipy-openblas32, whose
 // symbols carry the prefix scipy_.
 //
 // Operands are row-major. transpose_lhs / transpose_rhs say that the stored arrays are the transposes of
