@@ -159,5 +159,6 @@ def test_fit_warnings_capped_per_method():
     listed = _first_of_each_method(warnings)
     assert listed[:WARNINGS_PER_METHOD] == warnings[:WARNINGS_PER_METHOD]
     assert "approach 3: E is at zero" in listed
-    assert listed[-1] == f"{13 - WARNINGS_PER_METHOD} more warning(s) about approach 2, listed in fit.json's \"warnings\""
+    count = 13 - WARNINGS_PER_METHOD
+    assert listed[-1] == f"{count} more warning(s) about approach 2, listed in fit.json's \"warnings\""
     assert len(listed) == WARNINGS_PER_METHOD + 2
