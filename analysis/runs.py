@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from scaling.errors import UserError
+from scaling.numbers import human_count
 from scaling.paths import DATA_FOLDER
 from scaling.run_store import RunDir, iter_run_dirs
 
@@ -272,7 +273,28 @@ def build_table(items: Iterable[tuple[str, RunRow | None, str]], source: str, al
         warnings.append(f"fitting the runs of {len(sweeps)} sweeps together ({counts}); their training settings "
                         f"may differ, so to fit one sweep pass its folder, e.g. "
                         f"{Path(source) / sweeps.most_common(1)[0][0]}")
+        repeated = _repeated_across_sweeps(rows)
+        if repeated:
+            warnings.append(repeated)
     for warning in warnings:
         logger.warning(warning)
     rows.sort(key=lambda row: (row.sweep, row.flops_6nd, row.params_total, row.run_id))
     return RunTable(tuple(rows), excluded, source, tuple(warnings))
+
+
+def _repeated_across_sweeps(rows: list[RunRow]) -> str | None:
+    """Name the (N, D) pairs trained in more than one sweep, or return None when there are none.
+
+    Seeds repeated within one sweep are a deliberate design; the same pair in two sweeps is usually a
+    relaunch under a new name, and fitting both counts that point twice.
+    """
+    sweeps_by_pair: dict[tuple[float, float], set[str]] = {}
+    for row in rows:
+        sweeps_by_pair.setdefault((row.params_total, row.tokens), set()).add(row.sweep)
+    repeated = sorted((pair, sweeps) for pair, sweeps in sweeps_by_pair.items() if len(sweeps) > 1)
+    if not repeated:
+        return None
+    (params, tokens), sweeps = repeated[0]
+    return (f"{len(repeated)} (N, D) pair(s) were trained in more than one sweep (e.g. N = {human_count(params)}, "
+            f"D = {human_count(tokens)} in {', '.join(sorted(sweeps))}); each run counts as its own point, so "
+            f"those pairs weigh more in the fit. Fit one sweep folder if they repeat the same study")

@@ -54,6 +54,26 @@ def test_mixed_sweeps_warn(tmp_path, caplog):
     assert "sweeps together" not in caplog.text
 
 
+def test_same_runs_in_two_sweeps_warn(tmp_path, caplog):
+    """A sweep relaunched under a new name trains the same (N, D) pairs again; fitting both counts them twice."""
+    _write_sweep(tmp_path, "demo", count=3)
+    _write_sweep(tmp_path, "demo-again", count=2)
+    _write_sweep(tmp_path, "seeds", count=1)
+    write_synthetic_run(tmp_path, "seeds", "run0-seed1", params_total=1_000_000, tokens=20_000_000, final_loss=3.01,
+                        fingerprint="corpus-a", params_non_embedding=800_000)
+    with caplog.at_level(logging.WARNING):
+        table = load_runs(tmp_path)
+    assert len(table) == 7
+    assert "2 (N, D) pair(s) were trained in more than one sweep" in caplog.text
+    assert "N = 1M, D = 20M in demo, demo-again, seeds" in caplog.text
+    assert any("weigh more" in warning for warning in table.warnings)
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_runs(tmp_path / "seeds")  # two seeds of one pair within a sweep are a design, not a repeat
+    assert "more than one sweep" not in caplog.text
+
+
 def test_diverged_and_running_runs_excluded(tmp_path, caplog):
     _write_sweep(tmp_path)
     write_synthetic_run(tmp_path, "grid", "blowup", params_total=5_000_000, tokens=1_000_000, final_loss=None,
