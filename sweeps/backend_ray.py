@@ -17,8 +17,8 @@ An empty, malformed or Ray Client (ray://) address, or one where nothing listens
 anything runs.
 
 Ctrl-C or SIGTERM cancels the tasks. Each task then stops its worker child, whose run records "interrupted"
-at its newest checkpoint, and the launch raises KeyboardInterrupt (exit status 130) unless every run had
-ended anyway.
+at its newest checkpoint, and the launch raises SweepInterrupted, a KeyboardInterrupt (exit status 130),
+unless every run had ended anyway.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from scaling.interrupts import interrupts_on_stop_signals, stop_requested, stop_
 from scaling.paths import runs_root as resolve_runs_root
 from sweeps.backends import RunResources, outcome_from_exit, project_root, stop_worker_child
 from sweeps.launcher import check_existing_runs
-from sweeps.outcomes import RunOutcome, failed_outcome, run_log_path, split_completed
+from sweeps.outcomes import (RunOutcome, SweepInterrupted, failed_outcome, outcomes_after_interrupt, run_log_path,
+                             split_completed)
 from sweeps.spec import SweepSpec, expand
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,7 @@ def run_sweep_ray(spec: SweepSpec, runs_root: str | Path | None = None, *, addre
         except KeyboardInterrupt:
             unfinished = _stop_tasks(ray, pending, submitted, root, outcomes)
             if unfinished:
-                log.warning("sweep interrupted with %d runs unfinished (%s); rerun the same command to resume them",
-                            len(unfinished), ", ".join(unfinished))
-                raise
+                raise SweepInterrupted(outcomes_after_interrupt(runs, root, outcomes)) from None
             log.warning("interrupt received, but every run had already ended")
     finally:
         if started_here:

@@ -6,7 +6,8 @@ starts `python -m sweeps.worker` as a child, so it trains exactly as a local wor
 same run store. The store must be on a file system the compute nodes share with the submitting machine.
 submitit's own files (the pickled job, its stdout and stderr) go to RUNS/<sweep>/_slurm/. The call waits
 for every job to end and returns one outcome per run; a job that SLURM cancels or times out is marked
-failed, and the next launch resumes it from its newest checkpoint.
+failed, and the next launch resumes it from its newest checkpoint. Ctrl-C or SIGTERM cancels the jobs not
+yet ended, waits for them, and raises SweepInterrupted, so the runs stop as they do on the other backends.
 
 `executor: local` in the spec runs the same jobs as local processes through submitit's LocalExecutor,
 which is how the tests exercise this backend without a cluster.
@@ -16,21 +17,24 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from scaling.errors import UserError
+from scaling.interrupts import interrupts_on_stop_signals
 from scaling.paths import runs_root as resolve_runs_root
 from sweeps.backends import RunResources, outcome_from_exit, run_worker_process
 from sweeps.launcher import check_existing_runs
-from sweeps.outcomes import RunOutcome, failed_outcome, split_completed
+from sweeps.outcomes import RunOutcome, SweepInterrupted, failed_outcome, outcomes_after_interrupt, split_completed
 from sweeps.spec import SweepSpec, expand
 
 log = logging.getLogger(__name__)
 
 SUBMITIT_FOLDER = "_slurm"  # RUNS/<sweep>/_slurm/: submitit's pickles and job logs
 EXECUTORS = ("slurm", "local")
+CANCEL_WAIT_S = 90.0  # how long Ctrl-C waits for cancelled jobs to end (SLURM's KillWait is 30 s by default)
 
 
 @dataclass(frozen=True)
@@ -143,15 +147,46 @@ def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
         job_list = ", ".join(job_ids[:5]) + (f" and {len(job_ids) - 5} more" if len(job_ids) > 5 else "")
         log.info("sweep %s: %d runs, %d submitted as SLURM jobs %s (%s per run)", spec.name, len(runs), len(todo),
                  job_list, resources.describe())
-    for run, job in zip(todo, jobs):
-        try:
-            returncode, cpu_s, wall_s, host = job.result()
-        except Exception as error:  # the job was cancelled, timed out, or its node failed
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            outcomes[run.run_id] = failed_outcome(run, root, f"SLURM job {job.job_id} failed: {first_line[:300]}")
-            continue
-        outcomes[run.run_id] = outcome_from_exit(run, root, returncode, cpu_s, wall_s, host)
+    try:
+        with interrupts_on_stop_signals():
+            for run, job in zip(todo, jobs):
+                try:
+                    returncode, cpu_s, wall_s, host = job.result()
+                except Exception as error:  # the job was cancelled, timed out, or its node failed
+                    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                    outcomes[run.run_id] = failed_outcome(run, root,
+                                                          f"SLURM job {job.job_id} failed: {first_line[:300]}")
+                    continue
+                outcomes[run.run_id] = outcome_from_exit(run, root, returncode, cpu_s, wall_s, host)
+    except KeyboardInterrupt:
+        _cancel_jobs([(run, job) for run, job in zip(todo, jobs) if run.run_id not in outcomes])
+        raise SweepInterrupted(outcomes_after_interrupt(runs, root, outcomes)) from None
     return [outcomes[run.run_id] for run in runs]
+
+
+def _cancel_jobs(unfinished: list[tuple[Any, Any]]) -> None:
+    """Cancel the jobs of the runs not ended yet and wait for them to leave, so each run records how far it got.
+
+    SLURM sends a cancelled job SIGTERM (submitit's local executor sends SIGINT); the worker child then saves
+    its step in flight and records "interrupted", as a local worker does. A job still queued never starts.
+    """
+    if not unfinished:
+        return
+    log.warning("stopping %d SLURM jobs (%s); each running run records \"interrupted\" at its newest checkpoint",
+                len(unfinished), ", ".join(job.job_id for _, job in unfinished))
+    for run, job in unfinished:
+        try:
+            job.cancel(check=False)
+        except Exception as error:  # scancel missing or refused: the job runs on, and the launch says so
+            log.warning("could not cancel SLURM job %s of run %s (%s); cancel it with scancel %s", job.job_id,
+                        run.run_id, error, job.job_id)
+    deadline = time.time() + CANCEL_WAIT_S
+    while time.time() < deadline and not all(job.done() for _, job in unfinished):
+        time.sleep(0.5)
+    running = [job.job_id for _, job in unfinished if not job.done()]
+    if running:
+        log.warning("SLURM jobs %s had not ended %.0f s after the cancel; their runs resume from their newest "
+                    "checkpoint at the next launch", ", ".join(running), CANCEL_WAIT_S)
 
 
 def _for_executor(parameters: dict[str, Any], executor: str) -> dict[str, Any]:

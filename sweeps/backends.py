@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from scaling.errors import UserError
-from sweeps.outcomes import RunOutcome, ended_outcome, exit_reason, logged_stop_reason, run_log_path
+from sweeps.outcomes import (RunOutcome, SweepInterrupted, ended_outcome, exit_reason, logged_stop_reason,
+                             run_log_path)
 from sweeps.resources import SINGLE_THREAD_XLA_FLAGS, THREAD_COUNT_VARIABLES
 
 log = logging.getLogger(__name__)
@@ -88,30 +89,35 @@ def run_with_backend(backend: str, spec: Any, runs_root: str | Path | None, *, w
                         "splits this machine's cores by --workers and trains on the devices JAX finds here",
                         RunResources.from_spec(spec).describe())
         return run_sweep(spec, runs_root, workers=workers, progress=progress, show_table=show_table)
-    if backend == "ray":
-        from sweeps.backend_ray import run_sweep_ray
-
-        outcomes = run_sweep_ray(spec, runs_root, address=address)
-    elif backend == "slurm":
-        from sweeps.backend_slurm import run_sweep_slurm
-
-        if address:
-            raise UserError("--address names a Ray cluster; use it with --backend ray")
-        outcomes = run_sweep_slurm(spec, runs_root)
-    else:
+    if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r} is not one of: {', '.join(BACKENDS)}")
+    if backend == "slurm" and address:
+        raise UserError("--address names a Ray cluster; use it with --backend ray")
+    try:
+        if backend == "ray":
+            from sweeps.backend_ray import run_sweep_ray
+
+            outcomes = run_sweep_ray(spec, runs_root, address=address)
+        else:
+            from sweeps.backend_slurm import run_sweep_slurm
+
+            outcomes = run_sweep_slurm(spec, runs_root)
+    except SweepInterrupted as interrupted:
+        if progress if show_table is None else show_table:
+            print_outcomes_table(spec, interrupted.outcomes)
+        raise
     if progress if show_table is None else show_table:
-        from rich import get_console
-        from rich.console import Console
-
-        from sweeps.display import outcomes_table
-        from sweeps.launcher import WIDE_OUTPUT
-
-        console = get_console()
-        # As the local launcher does: piped output has no width, and rich's 80 columns would cut the headers.
-        table_console = console if console.is_terminal else Console(width=WIDE_OUTPUT, file=console.file)
-        table_console.print(outcomes_table(spec, outcomes))
+        print_outcomes_table(spec, outcomes)
     return outcomes
+
+
+def print_outcomes_table(spec: Any, outcomes: list) -> None:
+    """Print the launch's table of runs, as the local launcher does at its end."""
+    from rich import get_console
+
+    from sweeps.launcher import print_outcomes
+
+    print_outcomes(spec, outcomes, get_console())
 
 
 # ---------------------------------------------------------------------------------------------- shared by Ray and SLURM

@@ -110,7 +110,7 @@ def outcomes_table(spec: SweepSpec, outcomes: list[RunOutcome]) -> Table:
     for outcome in outcomes:
         summary = outcome.summary
         loss = summary.get("final_val_loss")
-        wall = summary.get("wall_time_s") or (None if outcome.status == "skipped" else outcome.wall_s)
+        wall = summary.get("wall_time_s") or (None if outcome.status in ("skipped", "not started") else outcome.wall_s)
         status = {"skipped": "done earlier", "elsewhere": "training elsewhere"}.get(outcome.status, outcome.status)
         if outcome.status in ("failed", "diverged"):
             status = f"[bold red]{status}[/]"
@@ -119,5 +119,5 @@ def outcomes_table(spec: SweepSpec, outcomes: list[RunOutcome]) -> Table:
         table.add_row(outcome.run.run_id, human_count(outcome.run.params_total), human_count(outcome.run.tokens),
                       status, f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",
                       f"{wall:.0f} s" if isinstance(wall, (int, float)) else "-",
-                      "-" if outcome.status == "skipped" else f"{outcome.cpu_s:.0f} s")
+                      "-" if outcome.status in ("skipped", "not started") else f"{outcome.cpu_s:.0f} s")
     return table

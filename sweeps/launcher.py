@@ -14,7 +14,7 @@ The final table marks it, and `scaling sweep launch` then exits with status 1. L
 which shortens the sweep's wall time on a fixed number of workers. A worker keeps the compiled programs of
 its last few run shapes, so a run of a shape it has trained may go before a longer one (next_run_index).
 Ctrl-C interrupts the runs in flight (each closes its checkpoints; a worker still running after
-STOP_GRACE_S is killed) and ends the launch. How a run ended is read in sweeps.outcomes, and what the
+STOP_GRACE_S is killed) and ends the launch with SweepInterrupted, after the table of runs. How a run ended is read in sweeps.outcomes, and what the
 launch shows (progress bars, the final table) is in sweeps.display.
 """
 
@@ -45,7 +45,8 @@ from scaling.run_checks import corpus_size_problem, folder_conflict, prepared_me
 from scaling.run_store import RunDir
 from scaling.interrupts import interrupts_on_stop_signals, stop_requested
 from sweeps.display import SweepProgress, outcomes_table
-from sweeps.outcomes import RunOutcome, ended_outcome, exit_reason, run_log_path, split_completed
+from sweeps.outcomes import (RunOutcome, SweepInterrupted, ended_outcome, exit_reason, outcomes_after_interrupt,
+                             run_log_path, split_completed)
 from sweeps.plan import WIDE_OUTPUT, assumed_cost_model
 from sweeps.resources import WorkerSlot, split_cores
 from sweeps.spec import PlannedRun, SweepSpec, expand, sizes_beyond_memory
@@ -365,17 +366,25 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
                 exiting = [worker for worker in exiting if not worker.reap()]
     except KeyboardInterrupt:
         _stop_workers([*pool.values(), *exiting])
-        raise
+        ordered = outcomes_after_interrupt(runs, root, outcomes)
+        if progress if show_table is None else show_table:
+            print_outcomes(spec, ordered, console)
+        raise SweepInterrupted(ordered) from None
     finally:
         selector.close()
     _shut_down([*pool.values(), *exiting])
 
     ordered = [outcomes[run.run_id] for run in runs]
     if progress if show_table is None else show_table:
-        # Piped output has no terminal width; rich would assume 80 columns and wrap the cells.
-        table_console = console if console.is_terminal else Console(width=WIDE_OUTPUT, file=console.file)
-        table_console.print(outcomes_table(spec, ordered))
+        print_outcomes(spec, ordered, console)
     return ordered
+
+
+def print_outcomes(spec: SweepSpec, outcomes: list[RunOutcome], console: Console) -> None:
+    """Print the table of a launch's runs."""
+    # Piped output has no terminal width; rich would assume 80 columns and wrap the cells.
+    table_console = console if console.is_terminal else Console(width=WIDE_OUTPUT, file=console.file)
+    table_console.print(outcomes_table(spec, outcomes))
 
 
 def launch(spec: SweepSpec, runs_root: str | Path | None = None, workers: int = 2, progress: bool = True) -> list[dict]:
@@ -502,7 +511,6 @@ def _stop_workers(workers: list[WorkerProcess]) -> None:
             worker.process.kill()
             worker.process.wait()
         _close_pipes(worker)
-    log.warning("sweep interrupted; rerun the same command to resume the unfinished runs")
 
 
 def _close_pipes(worker: WorkerProcess) -> None:

@@ -30,8 +30,9 @@ class RunOutcome:
     """The end state of one run of the sweep in this launch."""
 
     run: Any  # sweeps.spec.PlannedRun
-    status: str  # "completed", "skipped" (completed before this launch), "diverged", "interrupted", "failed", or
-    # "elsewhere" (another live process holds the run's lock and trains it)
+    status: str  # "completed", "skipped" (completed before this launch), "diverged", "interrupted", "failed",
+    # "elsewhere" (another live process holds the run's lock and trains it), or "not started" (the launch was
+    # interrupted before the run's turn)
     summary: dict[str, Any]  # the run's summary.json, or a stand-in when the worker could not write one
     wall_s: float  # seconds of this launch spent on the run (0 when skipped)
     log_path: Path | None  # the run's log, None when skipped
@@ -40,6 +41,14 @@ class RunOutcome:
     @property
     def ok(self) -> bool:
         return self.status in ("completed", "skipped")
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended a launch; `outcomes` holds one outcome per run, in plan order, for the table."""
+
+    def __init__(self, outcomes: list[RunOutcome]):
+        super().__init__()
+        self.outcomes = outcomes
 
 
 def run_log_path(root: str | Path, sweep: str, run_id: str) -> Path:
@@ -166,3 +175,34 @@ def read_summary(run_dir: RunDir) -> dict[str, Any] | None:
         return run_dir.summary()
     except (OSError, ValueError):
         return None
+
+
+def outcomes_after_interrupt(runs: list, root: Path, outcomes: dict[str, RunOutcome]) -> list[RunOutcome]:
+    """Return one outcome per run, in plan order, for a launch that Ctrl-C stopped.
+
+    Runs the launch saw end keep their outcome. The others are read from their summary.json: a run stopped
+    in flight is "interrupted" (a worker killed after the grace period leaves "running", which resumes the
+    same way), and a run that never started is "not started". Logs one line that counts each kind.
+    """
+    ordered = []
+    for run in runs:
+        outcome = outcomes.get(run.run_id)
+        if outcome is None:
+            summary = read_summary(RunDir.at(root, run.config.sweep, run.run_id))
+            started = (summary or {}).get("status") in ("interrupted", "running")
+            status = "interrupted" if started else "not started"
+            outcome = RunOutcome(run, status, summary or initial_summary(run.run_id, run.config.sweep, status),
+                                 0.0, run_log_path(root, run.config.sweep, run.run_id) if started else None)
+        ordered.append(outcome)
+
+    done = sum(outcome.ok for outcome in ordered)
+    stopped = [f"{o.run.run_id} at step {o.summary.get('steps_done') or 0}" for o in ordered
+               if o.status == "interrupted"]
+    waiting = sum(outcome.status == "not started" for outcome in ordered)
+    parts = [f"{done} of {len(ordered)} runs completed"]
+    if stopped:
+        parts.append(f"{len(stopped)} stopped at their newest checkpoint ({', '.join(stopped)})")
+    if waiting:
+        parts.append(f"{waiting} not started")
+    log.warning("sweep interrupted: %s; rerun the same command to resume", ", ".join(parts))
+    return ordered

@@ -355,6 +355,10 @@ def test_private_ray_interrupt_then_resume(corpus_dir, tmp_path, monkeypatch):  
     assert summary["status"] == "interrupted", stderr[-3000:]
     assert summary["steps_done"] > 0
     assert summary["steps_done"] == summary["interrupted_at_step"]  # the step in flight ended, with a checkpoint
+    logged = " ".join(stderr.split())  # rich wraps long log lines
+    assert (f"sweep interrupted: 0 of 1 runs completed, 1 stopped at their newest checkpoint ({run.run_id} at step "
+            f"{summary['steps_done']})") in logged
+    assert "interrupted" in launcher.stdout_text  # the table of runs, as at the end of a launch
     log_text = log_path.read_text()
     assert f"run {run.run_id} interrupted" in log_text
     for pid in worker_pids(log_text).values():

@@ -3,13 +3,19 @@ executor train the same runs as the local launcher, to the same final losses, an
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import pytest
+import yaml
 
 from scaling.errors import UserError
 from scaling.run_store import RunDir
 from sweeps.backend_slurm import SlurmOptions
 from sweeps.backends import RunResources, run_with_backend
-from sweeps.spec import parse_spec
+from sweeps.outcomes import run_log_path
+from sweeps.spec import expand, parse_spec
 from tests.faults import shared_jax_cache  # noqa: F401  (autouse: one compilation cache for the session)
 from tests.test_sweeps import corpus_dir  # noqa: F401  (the tiny prepared corpus of the sweep tests)
 
@@ -147,12 +153,10 @@ def test_interrupted_task_stops_worker_cleanly(corpus_dir, tmp_path):  # noqa: F
     run ends "interrupted" at a checkpoint rather than killed mid-write. Ray tasks stop their worker child
     themselves (tests/test_backend_ray_guards.py)."""
     import os
-    import signal
     import threading
     import time
 
     from sweeps.backends import run_worker_process
-    from sweeps.spec import expand
 
     run = expand(parse_spec(tiny_sweep(corpus_dir, "tiny", grid={"params": ["3K"], "tokens": ["2e5"]},
                                        train={"seq_len": 16, "batch_size": 4, "eval_tokens": 256,
@@ -173,3 +177,42 @@ def test_interrupted_task_stops_worker_cleanly(corpus_dir, tmp_path):  # noqa: F
     # The progress of the newest checkpoint: the step in flight at the signal ended and was saved.
     assert summary["steps_done"] == summary["interrupted_at_step"]
     assert summary["steps_done"] > 0
+
+
+def test_interrupted_slurm_launch_cancels_jobs_and_resumes(corpus_dir, tmp_path):  # noqa: F811
+    """SIGINT to a SLURM launch (submitit's local executor): it cancels the jobs, each run records
+    "interrupted" at a checkpoint, the launch prints the table and exits 130, and a relaunch completes
+    every run."""
+    pytest.importorskip("submitit")
+    from tests.faults import stop_once
+    from tests.test_worker_serve import LAUNCH, REPO
+
+    raw = tiny_sweep(corpus_dir, "cut", grid={"params": ["3K"], "tokens": ["2e5"]},
+                     train={"seq_len": 16, "batch_size": 4, "eval_tokens": 256, "wandb_mode": "disabled",
+                            "checkpoint_interval": 20},
+                     slurm={"executor": "local", "time_min": 10})
+    path = tmp_path / "cut.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    runs = tmp_path / "runs"
+    (run,) = expand(parse_spec(raw), runs)
+    run_dir = RunDir.at(runs, "cut", run.run_id)
+    command = [sys.executable, "-c", LAUNCH, "sweep", "launch", str(path), "--runs", str(runs), "--no-progress",
+               "--backend", "slurm"]
+
+    launcher = stop_once(command, lambda: (run_dir.summary() or {}).get("steps_done"),
+                         lambda process: process.send_signal(signal.SIGINT), cwd=REPO)
+
+    logged = " ".join(launcher.stderr_text.split())  # rich wraps long log lines
+    assert launcher.returncode == 130, logged[-3000:]
+    assert "stopping 1 SLURM jobs" in logged, logged[-3000:]
+    summary = run_dir.summary()
+    assert summary["status"] == "interrupted", logged[-3000:]
+    assert summary["steps_done"] > 0
+    assert (f"sweep interrupted: 0 of 1 runs completed, 1 stopped at their newest checkpoint ({run.run_id} at step "
+            f"{summary['steps_done']})") in logged
+    assert "interrupted" in launcher.stdout_text  # the table
+
+    relaunch = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert f"resumes from step {summary['steps_done']}" in run_log_path(runs, "cut", run.run_id).read_text()
+    assert run_dir.status() == "completed"

@@ -316,6 +316,35 @@ def test_plan_running_without_lock_is_interrupted(corpus_dir, tmp_path):
     assert after_kill == f"interrupted 4/{run.steps}"
 
 
+def test_interrupted_launch_accounts_for_every_run(corpus_dir, tmp_path, caplog):
+    """After Ctrl-C the table and the log name what each run was left as: done, stopped, or not started."""
+    from rich.console import Console
+
+    from scaling.run_store import RunDir, initial_summary
+    from sweeps.display import outcomes_table
+    from sweeps.outcomes import RunOutcome, outcomes_after_interrupt
+
+    spec = parse_spec(tiny_raw(corpus_dir, grid={"params": ["4K"], "tokens": ["1e4", "2e4", "4e4"]}))
+    done, stopped, waiting = expand(spec, tmp_path)
+    for run, status, steps in ((done, "completed", 9), (stopped, "interrupted", 6)):
+        RunDir.at(tmp_path, run.config.sweep, run.run_id).write_summary(
+            {**initial_summary(run.run_id, run.config.sweep, status), "steps_done": steps, "wall_time_s": 3.0})
+    finished = {done.run_id: RunOutcome(done, "completed", {"final_val_loss": 2.5}, 3.0, None, 2.9)}
+
+    with caplog.at_level(logging.WARNING):
+        outcomes = outcomes_after_interrupt([done, stopped, waiting], tmp_path, finished)
+
+    assert [outcome.status for outcome in outcomes] == ["completed", "interrupted", "not started"]
+    assert (f"sweep interrupted: 1 of 3 runs completed, 1 stopped at their newest checkpoint ({stopped.run_id} at "
+            f"step 6), 1 not started; rerun the same command to resume") in caplog.text
+    console = Console(width=200, record=True)
+    console.print(outcomes_table(spec, outcomes))
+    lines = {line.split()[1]: line for line in console.export_text().splitlines() if line.startswith("│")}
+    assert "completed" in lines[done.run_id] and "2.5000" in lines[done.run_id]
+    assert "interrupted" in lines[stopped.run_id] and "3 s" in lines[stopped.run_id]
+    assert "not started" in lines[waiting.run_id] and lines[waiting.run_id].count(" - ") == 3
+
+
 def record_completed_runs(runs: list, root: Path) -> None:
     """Write config.json and a completed summary.json for each run, as a finished sweep leaves them."""
     from scaling.config import TrainConfig
