@@ -253,6 +253,8 @@ def _print_fit(record: dict[str, Any], out: Path) -> None:
         console.print(f"extrapolation: refit without the {len(extrapolation['held_out'])} largest-compute "
                       f"{noun.removesuffix('s')}(s) "
                       f"predicts their loss with mean |error| {extrapolation['mean_abs_relative_error']:.2%}")
+    elif "skipped" in extrapolation:
+        console.print(f"extrapolation check skipped: {extrapolation['skipped']}", markup=False, highlight=False)
     if record.get("excluded_runs"):
         console.print(f"excluded: {', '.join(record['excluded_runs'])}")
     console.print(f"wrote {out / 'fit.json'}")

@@ -43,6 +43,12 @@ def parse_columns(spec: str) -> dict[str, str]:
         mapping[quantity] = column
     if "L" not in mapping or sum(q in mapping for q in ("N", "D", "C")) < 2:
         raise UserError(f"column mapping {spec!r} needs L and two of N, D, C; e.g. {DEFAULT_COLUMNS}")
+    numeric = [(quantity, mapping[quantity]) for quantity in ("N", "D", "C", "L", "budget") if quantity in mapping]
+    for quantity, column in numeric:
+        others = [other for other, same in numeric if same == column and other != quantity]
+        if others:
+            raise UserError(f"column mapping {spec!r} reads both {quantity} and {others[0]} from column {column!r}; "
+                            f"map each quantity to its own column, e.g. {DEFAULT_COLUMNS}")
     if all(q in mapping for q in ("N", "D", "C")):
         raise UserError(f"column mapping {spec!r} maps all of N, D and C; map two of them, since the third "
                         f"follows from C = 6ND, e.g. {DEFAULT_COLUMNS}")
@@ -76,8 +82,10 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
             needed = list(mapping.values()) + [column for column, _ in required]
             missing = [column for column in needed if column not in header]
             if missing:
+                hint = "" if columns != DEFAULT_COLUMNS else (
+                    "; name the header's columns with --columns, e.g. --columns N=params,D=tokens,L=val_loss")
                 raise UserError(f"{path}: column(s) {', '.join(missing)} not found; the header has: "
-                                f"{', '.join(header)}")
+                                f"{', '.join(header)}{hint}")
             repeated = sorted({column for column in needed if header.count(column) > 1})
             if repeated:
                 raise UserError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header, so "

@@ -40,7 +40,7 @@ def extrapolation_check(params: ArrayLike, tokens: ArrayLike, losses: ArrayLike,
     held_count = int(np.sum(flops >= threshold))  # the top runs and the rest of their budget
     if params.size - held_count < MIN_FIT_POINTS:
         return {"skipped": f"{params.size} {noun}: holding out the {held_count} at or near the largest compute "
-                           f"leaves fewer than {MIN_FIT_POINTS} to fit"}
+                           f"leaves fewer than {MIN_FIT_POINTS} to fit (--holdout {holdout_fraction:g})"}
     kept, out = order[:-held_count], order[-held_count:]
     if np.unique(params[kept]).size < 2 or np.unique(tokens[kept]).size < 2:
         return {"skipped": f"the {noun} left after holding out the largest have a single size or token count"}

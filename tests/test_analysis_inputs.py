@@ -567,3 +567,12 @@ def test_estimate_outside_its_interval_warned(caplog):
         analysis.fit._warn_if_few_replicates("approach 1", replicates, {"a": 0.079, "params_coefficient": 1.5})
     assert "approach 1: a = 0.079 lies outside its own 95% interval [0.118, 0.783]" in caplog.text
     assert "params_coefficient =" not in caplog.text  # 1.5 lies inside its interval
+
+
+def test_skipped_extrapolation_is_printed(tmp_path, capsys):
+    """A --holdout that leaves too few points to refit says so on the console, not only in fit.json."""
+    status, stdout, _ = _cli(capsys, "fit", _write_sweep(tmp_path), "--out", tmp_path / "out", "--holdout", 0.9,
+                             "--starts", 16, "--bootstraps", 0)
+    assert status == 0
+    assert "extrapolation check skipped: 15 runs: holding out the 15 at or near the largest compute leaves fewer " \
+           "than 5 to fit (--holdout 0.9)" in " ".join(stdout.split())

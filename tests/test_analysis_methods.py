@@ -146,6 +146,21 @@ def test_csv_columns_parse_and_reject():
         parse_columns("N=params,L=loss")
     with pytest.raises(UserError, match="QUANTITY=COLUMN"):
         parse_columns("X=params,D=tokens,L=loss")
+    with pytest.raises(UserError, match="reads both N and D from column 'params'"):
+        parse_columns("N=params,D=params,L=loss")
+    with pytest.raises(UserError, match="reads both D and L from column 'tokens'"):
+        parse_columns("N=params,D=tokens,L=tokens")
+    assert parse_columns("N=params,D=tokens,L=loss,id=params")["id"] == "params"  # a label may repeat a number
+
+
+def test_csv_missing_default_columns_suggest_the_option(tmp_path):
+    path = tmp_path / "points.csv"
+    path.write_text("params,tokens,val_loss\n1000000,1e7,3.1\n")
+    with pytest.raises(UserError, match="the header has: params, tokens, val_loss; name the header's columns with "
+                                        "--columns"):
+        load_csv(path)
+    with pytest.raises(UserError, match="val_loss$"):  # a mapping the user typed is not second-guessed
+        load_csv(path, "N=params,D=tokens,L=loss")
 
 
 def test_csv_derives_tokens_from_flops(tmp_path):
