@@ -83,7 +83,12 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
         record = fit if isinstance(fit, dict) else read_fit(fit)
         check_fit_record(record, _fit_source(fit))
         law = fitted_law(record, source=_fit_source(fit))
-        row = answer_row(law, query)
+        if query.kind in _ALLOCATING and record["approach3"].get("allocation_identified") is False:
+            # Fits written before this flag existed carry their one-budget warning in the notes instead.
+            row = _empty_row(law, query, f"its {fitted_noun(record)} lie on one compute budget, which does not "
+                                         "separate the N and D terms")
+        else:
+            row = answer_row(law, query)
         row["interval"] = bootstrap_interval(record, query) if _finite(row[quantity]) else None
         own_rows = [row]
         if query.kind in _ALLOCATING:

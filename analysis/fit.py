@@ -210,6 +210,8 @@ def _fit_runs(runs_path: str | Path, out_dir: str | Path, convention: str, start
         record["bootstrap"] = None if bootstrap is None else bootstrap.to_dict()
         for warning in _approach3_warnings(approach3, params, tokens, noun):
             logger.warning("approach 3: %s", warning)
+        # `ask` answers allocation questions from this law only where the runs separate its N and D terms.
+        record["approach3"]["allocation_identified"] = bool(spans_budgets(params, tokens))
         record["warnings"] = []  # fit_runs fills this with every warning logged, once all steps have run
 
         started = time.perf_counter()
@@ -428,6 +430,12 @@ ONE_BUDGET_SPAN = 2.0  # runs whose compute spans less than this factor count as
 IMPLAUSIBLE_EXPONENT = 2.0
 
 
+def spans_budgets(params: np.ndarray, tokens: np.ndarray) -> bool:
+    """Return whether the points' compute 6ND spans more than one budget (a factor ONE_BUDGET_SPAN or more)."""
+    flops = 6 * np.asarray(params, dtype=float) * np.asarray(tokens, dtype=float)
+    return flops.max() >= ONE_BUDGET_SPAN * flops.min()
+
+
 def _approach3_warnings(approach3, params: np.ndarray, tokens: np.ndarray, noun: str = "runs") -> list[str]:
     """Return caveats about an approach 3 fit that its convergence status does not show.
 
@@ -435,7 +443,7 @@ def _approach3_warnings(approach3, params: np.ndarray, tokens: np.ndarray, noun:
     """
     warnings = []
     flops = 6 * params * tokens
-    if flops.max() < ONE_BUDGET_SPAN * flops.min():
+    if not spans_budgets(params, tokens):
         # On one IsoFLOP budget N and D move together (D = C / 6N), so A/N^alpha and B/D^beta trade off freely.
         warnings.append(
             f"all {len(flops)} {noun} lie within a factor {ONE_BUDGET_SPAN:g} of compute ({flops.min():.3g} to "

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from analysis import cli
-from analysis.ask import ask
+from analysis.ask import ask, bootstrap_interval
 from analysis.bootstrap import percentile
 from analysis.csv_points import load_csv
 from analysis.fit import fit_runs
 from analysis.laws import ParametricLaw
+from analysis.query import parse_query
 from analysis.synthetic import law_losses
 from scaling.errors import UserError
 
@@ -112,12 +113,28 @@ def test_one_budget_fit_warns_and_stays_valid_json(one_budget_fit):
     assert saved["bootstrap"]["standard_errors"]["A"] is None  # NaN in memory, null on disk
 
 
-def test_ask_one_budget_notes_and_bounds(one_budget_fit):
-    _, path = one_budget_fit
+def test_ask_one_budget_gives_no_allocation(one_budget_fit):
+    """Allocations of a law fitted on one budget are not identified: the row stays, empty, with the reason."""
+    record, path = one_budget_fit
+    assert record["approach3"]["allocation_identified"] is False
     answer = ask("tokens for 7B", fit=str(path), law_keys=["tokens-20"])
     assert any(note.startswith("your fit: approach 3: all 9 points lie within") for note in answer.notes)
 
-    low, high = answer.rows[0]["interval"]["tokens"]
+    own = answer.rows[0]
+    assert own["law"].startswith("your fit (approach 3")
+    assert own["tokens"] is None
+    assert own["interval"] is None
+    assert "lie on one compute budget" in own["source"]
+    assert answer.rows[-1]["tokens"] == pytest.approx(1.4e11)  # the published rule still answers
+
+    loss = ask("loss at 7B params and 140B tokens", fit=str(path), law_keys=["hoffmann-a3-printed"])
+    assert loss.rows[0]["loss"] > 0  # a loss at a given (N, D) needs no allocation
+
+
+def test_overflowed_replicates_keep_finite_interval_bounds(one_budget_fit):
+    _, path = one_budget_fit
+    record = json.loads(path.read_text())
+    low, high = bootstrap_interval(record, parse_query("tokens for 7B"))["tokens"]
     assert low > 0
     assert not math.isnan(high)
 
