@@ -31,7 +31,8 @@ from analysis.fit import fitted_noun, missing_result, read_fit
 from analysis.laws import Law, ParametricLaw, PowerLawAllocation, all_laws, get_law
 from analysis.query import Query, check_gqa_kv_heads, far_notes, parse_query
 
-ROW_KEYS = ("law", "params", "tokens", "tokens_per_param", "flops", "loss", "data", "source", "interval")
+# `convention` says what N counts: "total" parameters, or "non_embedding" ones (Kaplan et al. 2020).
+ROW_KEYS = ("law", "params", "convention", "tokens", "tokens_per_param", "flops", "loss", "data", "source", "interval")
 KV_ROW_KEYS = ("attention", "kv_heads", "bytes", "gib", "n_layers", "n_heads", "head_dim", "context", "batch_size",
                "bytes_per_value", "source")
 INTERVAL_KEYS = ("params", "tokens", "tokens_per_param", "flops", "loss")
@@ -377,6 +378,7 @@ def answer_row(law: Law, query: Query) -> dict[str, Any]:
     return {
         "law": law.name,
         "params": float(params),
+        "convention": getattr(law, "convention", "total"),
         "tokens": float(tokens),
         "tokens_per_param": tokens_per_param,
         "flops": flops,
@@ -447,7 +449,8 @@ def _replicate_row(law: Law, query: Query) -> dict[str, Any]:
 
 
 def _empty_row(law: Law, query: Query, reason: str) -> dict[str, Any]:
-    return {"law": law.name, "params": query.params, "tokens": None, "tokens_per_param": None,
+    return {"law": law.name, "params": query.params, "convention": getattr(law, "convention", "total"),
+            "tokens": None, "tokens_per_param": None,
             "flops": query.flops, "loss": None, "data": law.data, "source": f"{law.citation} (no allocation: {reason})",
             "interval": None}
 

@@ -203,8 +203,13 @@ def plot_frontier(law: ParametricLaw, bootstrap, approach2: IsoFlopFit | None, e
     # Published laws in colours apart from the fits' black, red and orange, so no colour means two things.
     for published, shade in zip(all_laws(), itertools.cycle(PUBLISHED_COLOURS)):
         optimal = np.array([published.compute_optimal(c) for c in dense])
-        params_axes.plot(dense, optimal[:, 0], lw=0.9, ls="--", color=shade, label=published.name)
-        tokens_axes.plot(dense, optimal[:, 1], lw=0.9, ls="--", color=shade, label=published.name)
+        label = published.name
+        law_convention = getattr(published, "convention", "total")
+        if law_convention != convention:
+            # Converting needs each model's embedding size, which a published law does not give: say so instead.
+            label += f" (its N: {CONVENTION_LABELS.get(law_convention, law_convention)})"
+        params_axes.plot(dense, optimal[:, 0], lw=0.9, ls="--", color=shade, label=label)
+        tokens_axes.plot(dense, optimal[:, 1], lw=0.9, ls="--", color=shade, label=label)
     for axes, quantity in ((params_axes, f"N_opt ({CONVENTION_LABELS.get(convention, convention)})"),
                            (tokens_axes, "D_opt (tokens)")):
         axes.set_xscale("log")

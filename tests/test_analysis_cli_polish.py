@@ -167,3 +167,19 @@ def test_sources_stay_on_one_line_in_a_pipe():
     assert result.returncode == 0, result.stderr
     kaplan = next(line for line in result.stdout.splitlines() if line.startswith("[7] Kaplan et al. 2020"))
     assert kaplan.endswith("C = 6ND = 2 C_min (equation 6.7)")
+
+
+def test_ask_table_names_kaplan_convention(capsys, monkeypatch):
+    """Kaplan's N counts non-embedding parameters; the shared N column says so in that row only."""
+    monkeypatch.setenv("COLUMNS", "250")
+    args = _parser().parse_args(["ask", "tokens for 7B", "--law", "kaplan-2020", "--law", "tokens-20"])
+    assert args.handler(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (kaplan,) = [line for line in lines if line.startswith("│ Kaplan")]
+    (rule,) = [line for line in lines if line.startswith("│ 20 tokens")]
+    assert "; N non-embedding" in kaplan
+    assert "non-embedding" not in rule
+
+    args = _parser().parse_args(["ask", "tokens for 7B", "--law", "kaplan-2020", "--json"])
+    assert args.handler(args) == 0
+    assert json.loads(capsys.readouterr().out)[0]["convention"] == "non_embedding"

@@ -576,3 +576,31 @@ def test_skipped_extrapolation_is_printed(tmp_path, capsys):
     assert status == 0
     assert "extrapolation check skipped: 15 runs: holding out the 15 at or near the largest compute leaves fewer " \
            "than 5 to fit (--holdout 0.9)" in " ".join(stdout.split())
+
+
+@pytest.mark.parametrize("convention", ["total", "non_embedding"])
+def test_frontier_legend_names_other_conventions(tmp_path, monkeypatch, convention):
+    """A published law counted under the other convention (Kaplan's non-embedding N) says so in the legend."""
+    import analysis.plots
+    from analysis.laws import all_laws
+
+    legends = []
+    save = analysis.plots._save
+
+    def record_legend(figure, path, *args, **kwargs):
+        legends.extend(text.get_text() for legend in figure.legends for text in legend.get_texts())
+        return save(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(analysis.plots, "_save", record_legend)
+    law = ParametricLaw("fit", "fit", "test", e_coef=1.5, a_coef=60.0, b_coef=300.0, alpha=0.3, beta=0.35)
+    analysis.plots.plot_frontier(law, None, None, None, np.array([1e15, 1e17]), tmp_path / "frontier.png",
+                                 convention)
+
+    for published in all_laws():
+        (label,) = [text for text in legends if text.startswith(published.name)]
+        if published.convention == convention:
+            assert label == published.name
+        else:
+            assert label.endswith("(its N: non-embedding parameters)" if convention == "total"
+                                  else "(its N: total parameters, embeddings included)")
+    assert any("(its N:" in text for text in legends)
