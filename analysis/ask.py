@@ -389,6 +389,13 @@ def answer_row(law: Law, query: Query) -> dict[str, Any]:
     }
 
 
+def ratio_format(value: float | None) -> str:
+    """Return the format spec for a D/N value: two decimals from 0.01 to 1e5, else scientific notation."""
+    if value is not None and math.isfinite(value) and not 0.01 <= value < 1e5:
+        return ".3g"
+    return ".2f"
+
+
 def asked_quantity(kind: str) -> str:
     """Return the row key a kind of question asks for: tokens, flops, params, tokens_per_param, loss or bytes."""
     return _ASKED[kind]

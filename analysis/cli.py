@@ -396,7 +396,7 @@ def _number(value: float | None, spec: str = ".4g") -> str:
 
 
 def _ratio_text(value: float | None) -> str:
-    """Return D/N with two decimals where that shows it (0.01 to 1e5), else in scientific notation."""
-    if value is not None and math.isfinite(value) and not 0.01 <= value < 1e5:
-        return f"{value:.3g}"
-    return _number(value, ".2f")
+    """Return D/N as `ratio_format` writes it, "-" when missing and "overflow" when infinite."""
+    from analysis.ask import ratio_format
+
+    return _number(value, ratio_format(value))

@@ -59,8 +59,9 @@ def plot_isoflop(fit: IsoFlopFit, path: Path, convention: str, loss_label: str =
     axes.set_xscale("log")
     axes.set_xlabel(params_label(convention))
     axes.set_ylabel(loss_label)
-    axes.set_title("IsoFLOP profiles: parabola in ln N per budget, star = N_opt(C) (hollow: at the edge, "
-                   "not fitted; left out when far beyond the sizes); C = 6ND", fontsize=8)
+    # Two lines: in one, the title is wider than the 7-inch figure and its ends are cut off.
+    axes.set_title("IsoFLOP profiles (C = 6ND): parabola in ln N per budget, star = N_opt(C)\n"
+                   "hollow star: optimum at the edge, not fitted; left out when far beyond the sizes", fontsize=8)
     if len(fit.profiles) <= MAX_LEGEND_ENTRIES:
         axes.legend(fontsize=7)
     if len(fit.profiles) > MAX_LEGEND_ENTRIES or fit.too_few_sizes or fit.no_minimum:

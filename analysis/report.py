@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from analysis.ask import Answer, asked_quantity
+from analysis.ask import Answer, asked_quantity, ratio_format
 from analysis.fit import REPORT_FILE, fitted_noun
 from analysis.fit_isoflop import budget_counts
 
@@ -48,7 +48,8 @@ def write_report(out_dir: str | Path, fit: dict[str, Any], answers: Sequence[Ans
         lines += _answer_section(answer)
     lines += ["## What this study can and cannot tell", "",
               limitations.strip() or "_No statement given: say at which scale and on which corpus these runs "
-              "were trained before reading the numbers above as general._", ""]
+              "were trained before reading the numbers above as general (`scaling report --limitations TEXT` "
+              "writes it here)._", ""]
     path = out / REPORT_FILE
     path.write_text("\n".join(lines))
     logger.info("wrote %s", path)
@@ -241,8 +242,9 @@ def _answer_section(answer: Answer) -> list[str]:
     rows = []
     for row in answer.rows:
         interval = (row.get("interval") or {}).get(key)
+        ratio = row["tokens_per_param"]
         rows.append([row["law"], _cell(row["params"], ".4g"), _cell(row["tokens"], ".4g"),
-                     _cell(row["tokens_per_param"], ".2f"), _cell(row["flops"], ".4g"), _cell(row["loss"], ".4f"),
+                     _cell(ratio, ratio_format(ratio)), _cell(row["flops"], ".4g"), _cell(row["loss"], ".4f"),
                      "-" if interval is None else f"{key} {interval[0]:.3g} .. {interval[1]:.3g}", row["source"]])
     # Without a bootstrapped fit no row has an interval, so the column is left out, as `scaling ask` does.
     lines = [f"## Question: {answer.query.text}", "",

@@ -320,3 +320,16 @@ def test_fit_resamples_runs_when_asked(tmp_path):
     assert default["approach1"]["bootstrap"]["method"].startswith("each run's luck")
     with pytest.raises(UserError, match="unknown resampling 'pairs'"):
         fit_runs(tmp_path / "runs", tmp_path / "out3", starts=32, bootstraps=40, plot=False, resample="pairs")
+
+
+def test_report_writes_ratios_as_the_cli_does(fitted):
+    """D/N far outside 0.01 to 1e5 is written in scientific notation, in report.md as on the console."""
+    from analysis import cli
+
+    record, out = fitted
+    answer = ask("tokens per param at 1e40 FLOPs", fit=record, law_keys=["kaplan-2020"])
+    text = write_report(out, record, [answer]).read_text()
+    ratios = [row["tokens_per_param"] for row in answer.rows if row["tokens_per_param"] is not None]
+    assert any(not 0.01 <= ratio < 1e5 for ratio in ratios)
+    for ratio in ratios:
+        assert f"| {cli._ratio_text(ratio)} |" in text
