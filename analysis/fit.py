@@ -34,9 +34,10 @@ from analysis.csv_points import DEFAULT_COLUMNS, load_csv
 from analysis.defaults import DEFAULT_BOOTSTRAPS, DEFAULT_FIT_STARTS, OPTIONAL_METHODS, RESAMPLING
 from analysis.extrapolation import DEFAULT_HOLDOUT_FRACTION, extrapolation_check
 from analysis.fit_envelope import EnvelopeFit, fit_envelope
-from analysis.fit_kaplan import fit_kaplan
+from analysis.fit_kaplan import fit_kaplan, other_term_share
 from analysis.fit_isoflop import IsoFlopFit, fit_isoflop, group_by_budget
 from analysis.fit_parametric import Approach3Options, ParametricFit, fit_approach3
+from analysis.laws import ParametricLaw
 from analysis.progress import StepProgress
 from analysis.runs import CONVENTIONS, RunTable, load_runs
 from analysis.wandb_runs import is_wandb_source, load_wandb
@@ -230,7 +231,7 @@ def _fit_runs(runs_path: str | Path, out_dir: str | Path, convention: str, start
         if "kaplan" in methods:
             with progress_line.step("Kaplan-style fits" + (" and their bootstrap" if bootstraps else "")):
                 kaplan_replicates = _kaplan_section(record, params, tokens, losses, curves, envelope,
-                                                    table.source_type, bootstraps, seed)
+                                                    table.source_type, bootstraps, seed, approach3.law(), noun)
         bootstrapped = [name for name, ran in (("approach 1", approach1_replicates is not None),
                                                ("approach 2", approach2_replicates is not None),
                                                ("the Kaplan-style fits", kaplan_replicates)) if ran]
@@ -387,15 +388,31 @@ def _approach1_section(record: dict[str, Any], methods: tuple[str, ...], params:
 
 def _kaplan_section(record: dict[str, Any], params: np.ndarray, tokens: np.ndarray, losses: np.ndarray,
                     curves: list, envelope: EnvelopeFit | None, source_type: str, bootstraps: int,
-                    seed: int) -> bool:
+                    seed: int, law: ParametricLaw, noun: str = "runs") -> bool:
     """Put the Kaplan-style single-variable fits into `record`, with intervals when `bootstraps` > 0.
 
     A fit left out gets its reason in "missing" where it is not simply too few points: L(C) without learning
-    curves. Returns whether they were bootstrapped.
+    curves. `law` is approach 3's fit, which tells how far the points behind L(N) and L(D) are from the limits
+    Kaplan et al. measured. Returns whether they were bootstrapped.
     """
     frontier = (None, None) if envelope is None else envelope.interior_frontier()
     record["kaplan"] = fit_kaplan(params, tokens, losses, *frontier)
     record["kaplan"]["missing"] = {}
+    shares = other_term_share(law, params, tokens, losses) if law.alpha > 0 and law.beta > 0 else {}
+    record["kaplan"]["other_term_share"] = shares
+    for name, share in shares.items():
+        fitted = record["kaplan"]["fits"].get(name)
+        if fitted is None or not share > KAPLAN_LIMIT_SHARE:
+            continue
+        limit, other, remedy = {
+            "L(N)": ("models trained to convergence", "finite data", "some sizes on many more tokens"),
+            "L(D)": ("models large enough not to limit the loss", "finite model size",
+                     "larger models on these token counts"),
+        }[name]
+        logger.warning("Kaplan-style %s: by the approach 3 fit, %s accounts for a median %.0f%% of the reducible "
+                       "loss of the %s it is fitted to, so its exponent %.3g is not comparable with Kaplan et al.'s "
+                       "%.3g, which holds for %s; train %s to measure it", name, other, 100 * share, noun,
+                       fitted["exponent"], record["kaplan"]["published"][name]["exponent"], limit, remedy)
     if envelope is None:
         record["kaplan"]["missing"]["L(C)"] = ("needs learning curves, which CSV points lack" if source_type == "csv"
                                                else "needs learning curves from at least 2 runs")
@@ -422,6 +439,9 @@ def _warn_if_few_replicates(name: str, replicates: Replicates, estimates: dict[s
                        name, value_name, estimate, bounds[0], bounds[1])
 
 
+# Above this median share of the other term (finite data for L(N), finite size for L(D)) a Kaplan-style exponent
+# measures a mix of both limits, and a warning says it is not comparable with the published one.
+KAPLAN_LIMIT_SHARE = 0.25
 MIN_ENVELOPE_SIZES = 3  # fewer sizes winning on approach 1's envelope than this draws a warning
 E_AT_ZERO = 1e-3  # nats/token: an irreducible loss below this means the fit pushed E to its bound
 ONE_BUDGET_SPAN = 2.0  # runs whose compute spans less than this factor count as one budget

@@ -8,7 +8,8 @@
 
 Pure power laws are least squares of ln L on ln x. The form with E minimises squared residuals of ln L
 with scipy's least_squares from the pure fit. Kaplan et al. count non-embedding parameters, so fits meant
-to compare with their constants should use that convention.
+to compare with their constants should use that convention. They also fit L(N) to models trained to
+convergence and L(D) to large models; `other_term_share` tells how far a sweep's points are from that.
 """
 
 from __future__ import annotations
@@ -90,6 +91,37 @@ def lowest_per_value(values: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, 
     losses = np.asarray(losses, dtype=float)
     distinct = np.unique(values)
     return distinct, np.array([losses[values == value].min() for value in distinct])
+
+
+def lowest_indices(values: ArrayLike, losses: ArrayLike) -> np.ndarray:
+    """Return, for each distinct value in ascending order, the index of the point with the lowest loss there."""
+    values = np.asarray(values, dtype=float)
+    losses = np.asarray(losses, dtype=float)
+    return np.array([np.flatnonzero(values == value)[np.argmin(losses[values == value])]
+                     for value in np.unique(values)], dtype=int)
+
+
+def other_term_share(law: Any, params: ArrayLike, tokens: ArrayLike, losses: ArrayLike) -> dict[str, float]:
+    """Return how far the points behind L(N) and L(D) are from the limit each law describes.
+
+    By the fitted L(N, D) = E + A/N^alpha + B/D^beta (`law`), "L(N)" is the median share of finite data,
+    B/D^beta over A/N^alpha + B/D^beta, in the reducible loss of the runs L(N) is fitted to, and "L(D)" the
+    median share of finite size in the runs behind L(D). Kaplan et al. fit L(N) to models trained to
+    convergence and L(D) to large models, where these shares are near zero.
+    """
+    params = np.asarray(params, dtype=float)
+    tokens = np.asarray(tokens, dtype=float)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        size_term = law.a_coef / params**law.alpha
+        data_term = law.b_coef / tokens**law.beta
+        data_share = data_term / (size_term + data_term)
+    shares = {}
+    for name, indices, share in (("L(N)", lowest_indices(params, losses), data_share),
+                                 ("L(D)", lowest_indices(tokens, losses), 1 - data_share)):
+        share = share[indices]
+        share = share[np.isfinite(share)]
+        shares[name] = float(np.median(share)) if share.size else math.nan
+    return shares
 
 
 def fit_kaplan(params: ArrayLike, tokens: ArrayLike, losses: ArrayLike,

@@ -11,10 +11,11 @@ from analysis import cli
 from analysis.csv_points import load_csv, parse_columns
 from analysis.extrapolation import SAME_BUDGET_FACTOR, extrapolation_check
 from analysis.fit_envelope import fit_envelope
-from analysis.fit_kaplan import fit_kaplan, fit_single_power_law
+from analysis.fit import fit_runs
+from analysis.fit_kaplan import fit_kaplan, fit_single_power_law, other_term_share
 from analysis.fit_parametric import Approach3Options
 from analysis.laws import ParametricLaw
-from analysis.synthetic import law_losses
+from analysis.synthetic import isoflop_grid, law_losses
 from scaling.errors import UserError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -107,6 +108,33 @@ def test_kaplan_fits_use_lowest_loss_per_size():
     assert record["fits"]["L(N)"]["points"] == 3
     assert record["fits"]["L(D)"]["points"] == 2
     assert record["fits"]["L(C)"] is None
+
+
+def test_other_term_share_tells_converged_from_isoflop_points():
+    """Sizes trained on 1e4 tokens per parameter are near L(N)'s limit; an IsoFLOP grid's best runs are not."""
+    sizes = np.geomspace(1e6, 1e9, 6)
+    converged = other_term_share(LAW, sizes, 1e4 * sizes, law_losses(LAW, sizes, 1e4 * sizes))
+    assert converged["L(N)"] < 0.1  # well below the 0.25 at which the fit warns
+
+    params, tokens, _ = isoflop_grid(LAW, [1e17, 1e18, 1e19], 7, 8)
+    isoflop = other_term_share(LAW, params, tokens, law_losses(LAW, params, tokens))
+    assert 0.25 < isoflop["L(N)"] < 0.75  # near each budget's optimum the two terms are of one size
+    assert 0.25 < isoflop["L(D)"] < 0.75
+
+
+def test_kaplan_fit_on_isoflop_grid_warns(tmp_path, caplog):
+    params, tokens, _ = isoflop_grid(LAW, [1e15, 1e16, 1e17], 5, 4)
+    lines = ["N,D,loss"] + [f"{n!r},{d!r},{loss!r}" for n, d, loss in
+                            zip(params.tolist(), tokens.tolist(), law_losses(LAW, params, tokens).tolist())]
+    (tmp_path / "grid.csv").write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING"):
+        record = fit_runs(tmp_path / "grid.csv", tmp_path / "out", columns="N=N,D=D,L=loss", starts=16,
+                          bootstraps=0, plot=False)
+    assert set(record["kaplan"]["other_term_share"]) == {"L(N)", "L(D)"}
+    text = " ".join(caplog.text.split())
+    assert "Kaplan-style L(N): by the approach 3 fit, finite data accounts for a median" in text
+    assert "not comparable with Kaplan et al.'s 0.076, which holds for models trained to convergence" in text
+    assert "Kaplan-style L(D): by the approach 3 fit, finite model size accounts for" in text
 
 
 def test_extrapolation_noise_free_is_exact():
