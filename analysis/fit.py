@@ -211,6 +211,8 @@ def _fit_runs(runs_path: str | Path, out_dir: str | Path, convention: str, start
         record["bootstrap"] = None if bootstrap is None else bootstrap.to_dict()
         for warning in _approach3_warnings(approach3, params, tokens, noun):
             logger.warning("approach 3: %s", warning)
+        for warning in far_point_warnings(approach3.law(), table, params, tokens, losses):
+            logger.warning("approach 3: %s", warning)
         # `ask` answers allocation questions from this law only where the runs separate its N and D terms.
         record["approach3"]["allocation_identified"] = bool(spans_budgets(params, tokens))
         record["warnings"] = []  # fit_runs fills this with every warning logged, once all steps have run
@@ -448,6 +450,36 @@ ONE_BUDGET_SPAN = 2.0  # runs whose compute spans less than this factor count as
 # Published exponents lie between 0.076 (Kaplan et al. 2020, alpha_N) and 0.37 (Besiroglu et al. 2024,
 # beta). An exponent above this is the optimizer trading a term away, not a measurement.
 IMPLAUSIBLE_EXPONENT = 2.0
+
+
+# A point whose ln-loss residual from the approach 3 law exceeds both of these is named in a warning: the
+# Huber loss keeps it from moving approach 3, but approaches 2 and 1 and the Kaplan-style fits take it at face value.
+FAR_POINT_MIN_RESIDUAL = 0.1  # |ln L - ln L_fit|: 10% off the law
+FAR_POINT_MAD_FACTOR = 10.0  # times the median |residual| of all points
+FAR_POINTS_NAMED = 3
+
+
+def far_point_warnings(law: ParametricLaw, table: RunTable, params: np.ndarray, tokens: np.ndarray,
+                       losses: np.ndarray) -> list[str]:
+    """Return one warning naming the points far from the fitted law (a typo, a failed run), or none."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        residuals = np.abs(np.log(losses) - np.log(law.loss(params, tokens)))
+    if not np.all(np.isfinite(residuals)):
+        return []
+    typical = float(np.median(residuals))
+    far = np.flatnonzero((residuals > FAR_POINT_MIN_RESIDUAL) & (residuals > FAR_POINT_MAD_FACTOR * typical))
+    if far.size == 0:
+        return []
+    far = far[np.argsort(-residuals[far])]
+    names = [row.run_id if table.source_type == "csv" else f"{row.sweep}/{row.run_id}" for row in table.rows]
+    named = "; ".join(f"{names[i]} (N {params[i]:.3g}, D {tokens[i]:.3g}, loss "
+                      f"{losses[i]:.4g}, law {float(law.loss(params[i], tokens[i])):.4g})"
+                      for i in far[:FAR_POINTS_NAMED])
+    more = f" and {far.size - FAR_POINTS_NAMED} more" if far.size > FAR_POINTS_NAMED else ""
+    return [f"{far.size} of {len(losses)} {table.noun} lie far from the fitted law, more than "
+            f"{FAR_POINT_MAD_FACTOR:g} times the median |ln L residual| ({typical:.3g}): {named}{more}. Approaches "
+            f"2 and 1 and the Kaplan-style fits use them as they are; check them for a typo or a failed run, and "
+            f"leave them out (--where, or delete the run) if they are wrong"]
 
 
 def spans_budgets(params: np.ndarray, tokens: np.ndarray) -> bool:

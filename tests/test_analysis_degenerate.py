@@ -195,3 +195,28 @@ def test_implausible_exponent_is_warned(tmp_path):
     assert len(warned) == 1
     assert "do not pin down the D term" in warned[0]
     assert not [warning for warning in record["warnings"] if warning.startswith("approach 3: alpha = ")]
+
+
+def test_mistyped_loss_is_named(tmp_path, caplog):
+    """One loss typed ten times too large leaves approach 3 (Huber) in place and is named in a warning."""
+    from analysis.synthetic import isoflop_grid
+
+    params, tokens, _ = isoflop_grid(LAW, [1e15, 1e16, 1e17], 5, 4)
+    losses = law_losses(LAW, params, tokens) * np.exp(np.random.default_rng(1).normal(0.0, 0.01, params.size))
+    clean = ["N,D,loss"] + [f"{n!r},{d!r},{loss!r}" for n, d, loss in zip(params.tolist(), tokens.tolist(),
+                                                                          losses.tolist())]
+    typo = list(clean)
+    typo[7] = typo[7].rsplit(",", 1)[0] + f",{10 * float(losses[6])!r}"  # line 8 of the file, after the header
+    for name, lines in (("clean", clean), ("typo", typo)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            record = fit_runs(write_csv(tmp_path / f"{name}.csv", lines), tmp_path / name, columns="N=N,D=D,L=loss",
+                              starts=32, bootstraps=0, plot=False, methods=())
+        far = [warning for warning in record["warnings"] if "lie far from the fitted law" in warning]
+        if name == "clean":
+            assert far == []
+        else:
+            (warning,) = far
+            assert warning.startswith("approach 3: 1 of 15 points lie far from the fitted law")
+            assert f"line8 (N {params[6]:.3g}, D {tokens[6]:.3g}, loss {10 * losses[6]:.4g}" in warning
+            assert record["approach3"]["parameters"]["alpha"] == pytest.approx(LAW.alpha, rel=0.1)
