@@ -566,11 +566,24 @@ def _check_replaceable(out: Path) -> None:
 
 
 def _install(staging: Path, out: Path) -> None:
-    """Move the complete `staging` folder to `out`, replacing an older prepared corpus there."""
+    """Move the complete `staging` folder to `out`, replacing an older prepared corpus there.
+
+    An older corpus of other content (its source was edited) is kept beside it as `<out>.<old fingerprint>`:
+    runs trained on those tokens may still need them, and the edited source can no longer give them back.
+    """
     retired = None
     if out.exists():
-        retired = out.with_name(f".{out.name}.retired-{uuid.uuid4().hex[:8]}")
-        out.rename(retired)
+        old_fingerprint = (_read_meta(out) or {}).get("fingerprint")
+        new_fingerprint = (_read_meta(staging) or {}).get("fingerprint")
+        kept = out.with_name(f"{out.name}.{old_fingerprint}") if isinstance(old_fingerprint, str) else None
+        if kept is not None and old_fingerprint != new_fingerprint and not kept.exists():
+            out.rename(kept)
+            log.warning("the source of the prepared corpus %s changed since it was prepared (fingerprint %s, now "
+                        "%s); kept the old tokens in %s for the runs trained on them, delete that folder when no "
+                        "run needs it", out, old_fingerprint, new_fingerprint, kept)
+        else:
+            retired = out.with_name(f".{out.name}.retired-{uuid.uuid4().hex[:8]}")
+            out.rename(retired)
     staging.rename(out)
     if retired is not None:
         # Processes that still map the old token files keep reading them: unlinked files live until closed.

@@ -314,6 +314,12 @@ def test_changed_content_prepares_again(folder_corpus: Path, tmp_path: Path, cap
     assert "reusing" not in caplog.text
     assert PreparedCorpus.load(out).meta["fingerprint"] == second["fingerprint"]
 
+    # The edited source cannot give back the tokens earlier runs trained on, so they are kept beside.
+    kept = tmp_path / f"out.{first['fingerprint']}"
+    assert PreparedCorpus.load(kept).meta == first
+    assert f"kept the old tokens in {kept}" in caplog.text
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("out")) == ["out", kept.name]
+
 
 def test_changed_settings_prepare_again(folder_corpus: Path, tmp_path: Path):
     out = tmp_path / "out"
