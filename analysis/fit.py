@@ -3,8 +3,9 @@
 Writes `fit.json` and PNG plots into an output folder. Every number in fit.json is written with Python's
 float repr, so each parameter reads back bit for bit (17 significant digits).
 
-A fit that replaces an earlier one in the same folder removes the earlier fit's plots and report.md that it
-does not write again (FIT_OUTPUTS, by name; nothing else), so the folder never mixes two fits.
+A fit that replaces an earlier one in the same folder moves the earlier fit.json, plots and report.md
+(FIT_OUTPUTS, by name; nothing else) into `previous/` there, so the folder never mixes two fits and one
+earlier fit stays readable.
 
 fit.json's top-level "warnings" list contains every warning that the `analysis` modules logged during the
 fit, in the order logged and with the text printed: caveats about the runs read, approach 3's fit and
@@ -15,10 +16,13 @@ could not be reported. A warning about one method starts with its name ("approac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,7 @@ PLOT_FILES = ("isoflop.png", "loss_vs_params.png", "loss_vs_tokens.png", "loss_v
               "optimal_allocation.png", "residuals.png")
 REPORT_FILE = "report.md"  # analysis.report writes it beside fit.json
 FIT_OUTPUTS = (*PLOT_FILES, REPORT_FILE)  # what an earlier fit may have left in a folder, besides fit.json
+PREVIOUS_FOLDER = "previous"  # <out>/previous/: the fit that the newest one replaced
 NAMED_RUNS = 8  # a warning about runs left out of a method names this many, then gives the count of the rest
 REPORT_FOLDER = "_report"  # a sweep's fit goes to RUNS/<sweep>/_report/ by default (scaling fit, scaling demo)
 FIT_SCHEMA = 1
@@ -92,17 +97,31 @@ def fit_runs(runs_path: str | Path, out_dir: str | Path, *, convention: str = "t
     out = Path(out_dir)
     _check_out_folder(out)
     replaced = (out / FIT_FILE).exists()
-    with _WarningLog() as warning_log:
-        record = _fit_runs(runs_path, out_dir, convention, starts, bootstraps, seed, allow_mixed, plot, options,
-                           methods, columns, filters, holdout_fraction, resample, progress)
-    record["warnings"] = list(warning_log.messages)
-    if record.get("source_type") == "csv":  # which rows of the file this fit used, to redo or check it later
-        record["csv"] = {"columns": columns or DEFAULT_COLUMNS, "where": list(filters or [])}
-    # An unbounded interval or standard error is written as null: fit.json stays valid JSON.
-    (out / FIT_FILE).write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    # The new fit is written aside and moved in only once complete, so a fit that fails leaves the earlier one.
+    staging = out / f".fit-partial-{uuid.uuid4().hex[:12]}"
+    staging.mkdir(parents=True)
+    try:
+        with _WarningLog() as warning_log:
+            record = _fit_runs(runs_path, staging, convention, starts, bootstraps, seed, allow_mixed, plot, options,
+                               methods, columns, filters, holdout_fraction, resample, progress)
+        record["warnings"] = list(warning_log.messages)
+        if record.get("source_type") == "csv":  # which rows of the file this fit used, to redo or check it later
+            record["csv"] = {"columns": columns or DEFAULT_COLUMNS, "where": list(filters or [])}
+        # An unbounded interval or standard error is written as null: fit.json stays valid JSON.
+        (staging / FIT_FILE).write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
+        if replaced:
+            _keep_earlier_fit(out)
+        for name in (*record.get("plots", []), FIT_FILE):
+            os.replace(staging / name, out / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # deepest first; only folders this call made, and only while empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote %s%s", out / FIT_FILE, ", replacing the earlier fit" if replaced else "")
-    if replaced:
-        _remove_earlier_outputs(out, record.get("plots", []))
     return record
 
 
@@ -121,6 +140,9 @@ def _check_out_folder(out: Path) -> None:
     if folders:
         raise UserError(f"output folder {out} contains a folder named {folders[0]}, where the fit writes a file; pass "
                         "--out with another folder, or rename it")
+    if (folder / PREVIOUS_FOLDER).exists() and not (folder / PREVIOUS_FOLDER).is_dir():
+        raise UserError(f"output folder {out} contains a file named {PREVIOUS_FOLDER}, where the fit keeps the "
+                        "earlier fit; pass --out with another folder, or rename it")
     # A fit replaces an earlier fit's files only: never files of the same names that someone else put there.
     if (folder / FIT_FILE).exists():
         if not _is_fit_record(folder / FIT_FILE):
@@ -142,18 +164,21 @@ def _is_fit_record(path: Path) -> bool:
     return isinstance(record, dict) and "schema" in record and "approach3" in record
 
 
-def _remove_earlier_outputs(out: Path, written: list[str]) -> None:
-    """Delete the plots and report.md an earlier fit left in `out` that this fit did not write again.
+def _keep_earlier_fit(out: Path) -> None:
+    """Move the earlier fit in `out` (fit.json, its plots and report.md) into `out/previous/`.
 
-    They describe the earlier fit: a report.md of another convention, or an IsoFLOP plot of an approach 2 that
-    this fit did not run. Only the names in FIT_OUTPUTS are touched, and only after the new fit.json is written.
+    One earlier fit is kept: a quick refit (`--bootstraps 0`, another method) must not cost a finished report.
+    Only the names in FIT_FILE and FIT_OUTPUTS are moved or replaced there, so the folder never mixes two fits.
     """
-    stale = [name for name in FIT_OUTPUTS if name not in written and (out / name).is_file()]
-    for name in stale:
-        (out / name).unlink()
-    if stale:
-        logger.info("removed %s of the earlier fit in %s, which this fit does not replace%s", ", ".join(stale), out,
-                    "; `scaling report` writes report.md again" if REPORT_FILE in stale else "")
+    previous = out / PREVIOUS_FOLDER
+    previous.mkdir(exist_ok=True)  # _check_out_folder made sure no file has its name
+    for name in (FIT_FILE, *FIT_OUTPUTS):
+        if (previous / name).is_file():
+            (previous / name).unlink()
+    kept = [name for name in (FIT_FILE, *FIT_OUTPUTS) if (out / name).is_file()]
+    for name in kept:
+        os.replace(out / name, previous / name)
+    logger.info("kept the earlier fit (%s) in %s", ", ".join(kept), previous)
 
 
 class _WarningLog(logging.Handler):

@@ -172,11 +172,12 @@ def test_out_inside_file_exits_2(tmp_path, capsys, no_fitting):
 # Outputs of an earlier fit -----------------------------------------------------------------------------------------
 
 
-def test_refit_removes_earlier_outputs(tmp_path, caplog):
+def test_refit_keeps_earlier_fit_in_previous(tmp_path, caplog):
     sweep = _write_sweep(tmp_path)
     out = tmp_path / "out"
     first = fit_runs(sweep, out, methods=("approach2",), **QUICK)
     write_report(out, first)
+    first_files = {name: (out / name).read_bytes() for name in ("fit.json", "report.md", *first["plots"])}
     (out / "notes.md").write_text("mine\n")
     (out / "extra.png").write_bytes(b"mine")
     assert "isoflop.png" in first["plots"]
@@ -186,9 +187,33 @@ def test_refit_removes_earlier_outputs(tmp_path, caplog):
     assert "isoflop.png" not in second["plots"]
     assert not (out / "isoflop.png").exists()
     assert not (out / "report.md").exists()  # it described the first fit
-    assert sorted(path.name for path in out.iterdir()) == sorted(["fit.json", "notes.md", "extra.png",
+    assert sorted(path.name for path in out.iterdir()) == sorted(["fit.json", "notes.md", "extra.png", "previous",
                                                                   *second["plots"]])
-    assert any("removed isoflop.png, report.md of the earlier fit" in message for message in caplog.messages)
+    assert {name: (out / "previous" / name).read_bytes() for name in first_files} == first_files
+    assert any(message.startswith("kept the earlier fit (fit.json, ") and "isoflop.png" in message
+               for message in caplog.messages)
+
+    third = fit_runs(sweep, out, methods=("approach2",), **QUICK)  # one earlier fit is kept, not a pile
+    assert sorted(path.name for path in (out / "previous").iterdir()) == sorted(["fit.json", *second["plots"]])
+    assert json.loads((out / "previous" / "fit.json").read_text())["convention"] == "non_embedding"
+    assert "isoflop.png" in third["plots"]
+
+
+def test_failed_refit_leaves_earlier_fit(tmp_path):
+    sweep = _write_sweep(tmp_path)
+    out = tmp_path / "out"
+    fit_runs(sweep, out, methods=("approach2",), **QUICK)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    few = tmp_path / "few"
+    for i in range(3):
+        write_synthetic_run(few, "s", f"r{i}", params_total=10**6 * (i + 1), tokens=10**7, final_loss=3.0)
+    with pytest.raises(UserError, match="3 completed run"):
+        fit_runs(few / "s", out, **QUICK)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # no staging folder left either
+
+    with pytest.raises(UserError):
+        fit_runs(few / "s", tmp_path / "new" / "out", **QUICK)
+    assert not (tmp_path / "new").exists()
 
 
 def test_fit_without_plots_removes_them(tmp_path):
