@@ -374,6 +374,7 @@ def _approach2_section(record: dict[str, Any], methods: tuple[str, ...], params:
             logger.warning("%s", missing_result(record, "approach2"))
         return None, None
     record["approach2"]["bootstrap"] = None
+    _warn_if_shrinking("approach 2", approach2.params_law, approach2.tokens_law)
     if not bootstraps or approach2.params_law is None:
         return approach2, None
     # Approach 2's "luck" is each run's residual from its budget's parabola (analysis.bootstrap_methods).
@@ -405,12 +406,24 @@ def _approach1_section(record: dict[str, Any], methods: tuple[str, ...], params:
     elif envelope.distinct_sizes < MIN_ENVELOPE_SIZES:
         logger.warning("approach 1: only %d sizes win on the envelope, so its power laws rest on %d points; add sizes "
                        "between them", envelope.distinct_sizes, envelope.distinct_sizes)
+    _warn_if_shrinking("approach 1", envelope.params_law, envelope.tokens_law)
     if not bootstraps or envelope.params_law is None:
         return None
     replicates = bootstrap_envelope(params, curves, n_bootstraps=bootstraps, seed=seed, resample=resample)
     record["approach1"]["bootstrap"] = replicates.to_dict()
     _warn_if_few_replicates("approach 1", replicates, record["approach1"])
     return replicates
+
+
+def _warn_if_shrinking(name: str, params_law, tokens_law) -> None:
+    """Warn when approach 1's or 2's N_opt or D_opt falls as compute grows: no allocation follows from it."""
+    for quantity, law in (("N_opt", params_law), ("D_opt", tokens_law)):
+        if law is not None and not law.exponent > 0:
+            consequence = "`scaling ask` gives no allocation from it" if quantity == "N_opt" else \
+                "its allocations put ever fewer tokens into larger budgets"
+            logger.warning("%s: %s = k C^%.3g falls as compute grows, which no compute-optimal allocation does, so "
+                           "%s; the sizes or budgets are too few or too noisy to place the optimum, so add sizes "
+                           "around each budget's optimum", name, quantity, law.exponent, consequence)
 
 
 def _kaplan_section(record: dict[str, Any], params: np.ndarray, tokens: np.ndarray, losses: np.ndarray,

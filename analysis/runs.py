@@ -259,11 +259,20 @@ def build_table(items: Iterable[tuple[str, RunRow | None, str]], source: str, al
         logger.warning("excluded %d run(s) that are not usable: %s", len(excluded),
                        "; ".join(f"{name} ({reason})" for name, reason in sorted(excluded.items())))
 
-    fingerprints = sorted({str(row.corpus_fingerprint) for row in rows})
-    if len(fingerprints) > 1 and not allow_mixed:
+    sweeps_by_fingerprint: dict[str, set[str]] = {}
+    for row in rows:
+        sweeps_by_fingerprint.setdefault(str(row.corpus_fingerprint), set()).add(row.sweep)
+    if len(sweeps_by_fingerprint) > 1 and not allow_mixed:
+        named = "; ".join(f"{fingerprint} (sweep {', '.join(sorted(sweeps))})"
+                          for fingerprint, sweeps in sorted(sweeps_by_fingerprint.items()))
+        example = ""
+        first = sorted(sweeps_by_fingerprint.items())[0][1]
+        shared = any(first & sweeps for sweeps in list(sweeps_by_fingerprint.values())[1:])
+        if not shared and not str(source).startswith("wandb:"):  # one sweep folder then holds one corpus
+            example = f", e.g. {Path(source) / sorted(first)[0]}"
         raise UserError(
-            f"runs under {source} come from {len(fingerprints)} corpus/tokenizer fingerprints "
-            f"({', '.join(fingerprints)}); fit one corpus at a time, or pass --allow-mixed to fit them together"
+            f"runs under {source} come from {len(sweeps_by_fingerprint)} corpus/tokenizer fingerprints ({named}); "
+            f"fit one corpus at a time{example}, or pass --allow-mixed to fit them together"
         )
     warnings = []
     sweeps = Counter(row.sweep for row in rows)

@@ -220,3 +220,16 @@ def test_mistyped_loss_is_named(tmp_path, caplog):
             assert warning.startswith("approach 3: 1 of 15 points lie far from the fitted law")
             assert f"line8 (N {params[6]:.3g}, D {tokens[6]:.3g}, loss {10 * losses[6]:.4g}" in warning
             assert record["approach3"]["parameters"]["alpha"] == pytest.approx(LAW.alpha, rel=0.1)
+
+
+def test_falling_optimum_warns(caplog):
+    """An approach 1 or 2 power law whose N_opt falls with compute is named when the fit is made, not only by ask."""
+    from analysis.fit import _warn_if_shrinking
+    from analysis.fit_isoflop import PowerLaw
+
+    with caplog.at_level(logging.WARNING):
+        _warn_if_shrinking("approach 1", PowerLaw(-0.12, 1.66e5), PowerLaw(1.12, 1.0))
+        _warn_if_shrinking("approach 2", PowerLaw(0.5, 0.1), PowerLaw(0.5, 1.0))
+    (message,) = caplog.messages
+    assert message.startswith("approach 1: N_opt = k C^-0.12 falls as compute grows")
+    assert "`scaling ask` gives no allocation from it" in message

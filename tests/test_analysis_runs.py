@@ -54,6 +54,16 @@ def test_mixed_sweeps_warn(tmp_path, caplog):
     assert "sweeps together" not in caplog.text
 
 
+def test_two_corpora_name_their_sweeps(tmp_path):
+    _write_sweep(tmp_path, "books", fingerprint="corpus-b")
+    _write_sweep(tmp_path, "shakes", fingerprint="corpus-s", count=2)
+    with pytest.raises(UserError) as error:
+        load_runs(tmp_path)
+    assert str(error.value) == (
+        f"runs under {tmp_path} come from 2 corpus/tokenizer fingerprints (corpus-b (sweep books); corpus-s (sweep "
+        f"shakes)); fit one corpus at a time, e.g. {tmp_path / 'books'}, or pass --allow-mixed to fit them together")
+
+
 def test_same_runs_in_two_sweeps_warn(tmp_path, caplog):
     """A sweep relaunched under a new name trains the same (N, D) pairs again; fitting both counts them twice."""
     _write_sweep(tmp_path, "demo", count=3)

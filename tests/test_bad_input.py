@@ -494,7 +494,7 @@ def write_runs(root: Path, points: list[tuple[float, float]], fingerprints: list
     ([(1e5, 1e7), (2e5, 1e7), (4e5, 2e7)], None, ["3 completed run(s)", "needs at least 5 runs"]),
     ([(1e5, d) for d in (1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7)], None, ["one model size", "at least 2 sizes"]),
     ([(1e5, 1e7), (2e5, 1e7), (4e5, 2e7), (1e5, 4e7), (2e5, 2e7), (8e5, 1e7)], list("ababab"),
-     ["2 corpus/tokenizer fingerprints (a, b)"]),
+     ["2 corpus/tokenizer fingerprints (a (sweep s); b (sweep s)); fit one corpus at a time, or pass"]),
 ], ids=["too_few_runs", "one_size", "two_corpora"])
 def test_bad_fit_keeps_the_previous_fit(points, fingerprints, fragments, capsys, tmp_path):
     write_runs(tmp_path / "runs", points, fingerprints)
