@@ -161,6 +161,9 @@ class ModelConfig:
         return 4 * self.d_model if self.mlp == "gelu" else swiglu_hidden_size(self.d_model)
 
 
+MAX_PEAK_LR = 1.0  # AdamW's steps are about the learning rate in size, so a larger peak rate is a typo
+
+
 @dataclass(frozen=True)
 class OptimizerConfig:
     """AdamW with linear warmup, then cosine or linear decay to a floor at the run's last step."""
@@ -179,6 +182,10 @@ class OptimizerConfig:
         _require_choice(self, "schedule", SCHEDULES)
         if not self.peak_lr > 0:
             raise UserError(f"optimizer.peak_lr={self.peak_lr} must be positive; try 1e-3")
+        if self.peak_lr > MAX_PEAK_LR:
+            raise UserError(f"optimizer.peak_lr={self.peak_lr:g} is above {MAX_PEAK_LR:g}, where AdamW moves every "
+                            "weight by about that much per step and training diverges; the usual values are 1e-4 to "
+                            "1e-2 (check the exponent's sign, e.g. 3e-3)")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UserError(f"optimizer.min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]; try 0.1")
         if self.warmup_steps < 0:

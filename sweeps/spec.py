@@ -28,7 +28,7 @@ import yaml
 
 from models.size_ladder import DEFAULT_ASPECT_RATIO, DEFAULT_HEAD_DIM, describe, model_for_params
 from scaling.accounting import parameter_counts, training_flops_per_token
-from scaling.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig, check_mesh
+from scaling.config import WANDB_MODES, DataConfig, ModelConfig, OptimizerConfig, TrainConfig, check_mesh
 from scaling.errors import UserError, yaml_problem
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.numbers import format_count, parse_count, parse_number
@@ -336,9 +336,12 @@ def _parse_train(raw: Any) -> TrainSpec:
         raise UserError(f"train.seed={values['seed']!r} must be an integer >= 0")
     if "max_epochs" in values and values["max_epochs"] is not None:
         values["max_epochs"] = _number(values["max_epochs"], "train.max_epochs", integer=False)
-    for key in ("wandb_mode", "wandb_project"):
-        if key in values and not isinstance(values[key], str):
-            raise UserError(f"train.{key}={values[key]!r} must be a string; quote it in the YAML")
+    if "wandb_project" in values and not isinstance(values["wandb_project"], str):
+        raise UserError(f"train.wandb_project={values['wandb_project']!r} must be a string; quote it in the YAML")
+    if "wandb_mode" in values and values["wandb_mode"] not in WANDB_MODES:
+        # YAML reads an unquoted off or no as False, so the spec key and the choices are named together here.
+        raise UserError(f"train.wandb_mode={values['wandb_mode']!r} is not one of: {', '.join(WANDB_MODES)} "
+                        "(use disabled to turn W&B off)")
     if "mesh" in values:
         if values["mesh"] is None:  # `mesh:` with no value in the YAML
             values["mesh"] = ""

@@ -136,8 +136,11 @@ def test_spec_file_round_trip_through_yaml(tmp_path, corpus_dir):
     ({"name": "_data"}, "name='_data'"),
     ({"flops_per_token": "6ND"}, "flops_per_token='6ND'"),
     ({"optimizer": {"peak_lr": "fast"}}, "optimizer.peak_lr='fast'"),
+    ({"optimizer": {"peak_lr": "3e3"}}, "optimizer.peak_lr=3000 is above 1, where AdamW"),
     ({"optimizer": {"schedule": "step"}}, "schedule='step'"),
     ({"train": {"wandb_mode": "loud"}}, None),
+    ({"train": {"wandb_mode": False}}, "train.wandb_mode=False is not one of: online, offline, disabled, auto"),
+    ({"train": {"wandb_mode": "off"}}, "train.wandb_mode='off' is not one of"),
 ])
 def test_bad_specs_raise_user_error_naming_the_value(corpus_dir, tmp_path, change, named):
     raw = tiny_raw(corpus_dir, **change)
