@@ -264,7 +264,7 @@ def fit_isoflop(params: ArrayLike, flops: ArrayLike, losses: ArrayLike, budgets:
                             "budgets: their coefficient lies beyond floating point or a vertex is not finite; "
                             "add budgets spread further apart")
     else:
-        warnings.append(f"approach 2 power laws need 2 usable budgets, found {len(used)}")
+        warnings.append(f"its power laws need 2 usable budgets, found {len(used)}")
     for message in warnings if log_warnings else ():
         logger.warning("approach 2: %s", message)
     return IsoFlopFit(tuple(profiles), params_law, tokens_law, tuple(p.flops for p in used), tuple(warnings),

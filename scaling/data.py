@@ -44,6 +44,7 @@ from scaling.corpus import (
     split_single_document,
 )
 from scaling.errors import UserError
+from scaling.numbers import counted
 from scaling.tokenizer import (
     BpeTokenizer,
     ByteTokenizer,
@@ -289,12 +290,13 @@ def _scan(corpus: Corpus) -> _Scan:
         had_nul += document.had_nul
 
     if corpus.descriptions:
-        log.warning("left out %d files of %s that describe the corpus (%s); a glob pattern such as '%s/*' "
-                    "keeps every text file", len(corpus.descriptions), corpus.source, _names(corpus.descriptions),
+        log.warning("left out %s of %s that describe%s the corpus (%s); a glob pattern such as '%s/*' keeps every "
+                    "text file", counted(len(corpus.descriptions), "file"), corpus.source,
+                    "s" if len(corpus.descriptions) == 1 else "", _names(corpus.descriptions),
                     corpus.source.rstrip("/"))
     if binary:
-        log.warning("left out %d binary files of %s (%s): they are not UTF-8 text and contain NUL bytes",
-                    len(binary), corpus.source, _names(binary))
+        log.warning("left out %s of %s (%s): not UTF-8 text, with NUL bytes", counted(len(binary), "binary file"),
+                    corpus.source, _names(binary))
     if not keys:
         detail = f"all {empty} documents are empty" if empty else "it yields no documents"
         if binary:

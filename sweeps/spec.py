@@ -211,6 +211,8 @@ def _parse(raw: Any, origin: str) -> SweepSpec:
                         f"`scaling train {origin}`, or describe a sweep with grid: or isoflop: (see sweeps/specs/)")
     top = _mapping(raw, "the spec", TOP_KEYS)
     name = top.get("name")
+    if name is None:
+        raise UserError("the spec has no name:; add one, e.g. name: my-sweep (runs go to RUNS/<name>/)")
     if not isinstance(name, str) or not _SWEEP_NAME.match(name):
         raise UserError(
             f"name={name!r} must be a folder-safe sweep name (letters, digits, '.', '_', '-', not starting "
