@@ -581,7 +581,11 @@ def read_fit(path: str | Path) -> dict[str, Any]:
         raise UserError(f"fit file {path} is not UTF-8 text; pass a fit.json written by `scaling fit`") from None
     except FileNotFoundError:
         looked = f"{path} or {path.parent / REPORT_FOLDER / FIT_FILE}" if path.name == FIT_FILE and searched else path
-        raise UserError(f"fit file {looked} not found; run `scaling fit RUNS --out DIR` first") from None
+        # A fit of the whole run store lies one level up, beside the sweep folders.
+        above = path.parent.parent / REPORT_FOLDER / FIT_FILE if searched else None
+        hint = (f"; the fit of the run store above it is {above}" if above is not None and above.exists()
+                else "; run `scaling fit RUNS --out DIR` first")
+        raise UserError(f"fit file {looked} not found{hint}") from None
     except json.JSONDecodeError as error:
         raise UserError(f"fit file {path} is not valid JSON ({error}); rerun `scaling fit`") from None
     if not isinstance(record, dict) or "approach3" not in record:

@@ -64,9 +64,12 @@ def _add_runs_option(parser: argparse.ArgumentParser) -> None:
 def _add_data_parser(commands) -> None:
     data = commands.add_parser("data", help="prepare a corpus: tokenize once, split by document")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    prepare = data_commands.add_parser("prepare", help="tokenize a corpus into train and validation arrays")
+    # nargs="*" below would show as [source ...], but one source is taken: the usage line says so.
+    prepare = data_commands.add_parser("prepare", help="tokenize a corpus into train and validation arrays",
+                                       usage="%(prog)s [-h] [options] [SOURCE]")
     prepare.add_argument(
         "source",
+        metavar="SOURCE",
         nargs="*",  # one source; several are refused with a hint, since they are mostly a glob the shell expanded
         default=["python-stdlib"],
         help="python-stdlib (default), a text file, a folder or glob of text files, or a .jsonl file",
@@ -90,7 +93,8 @@ def _data_prepare(args: argparse.Namespace) -> int:
     from scaling.paths import runs_root
 
     if len(args.source) > 1:
-        raise UserError(f"data prepare takes one source, got {len(args.source)} ({', '.join(args.source[:3])}, ...); "
+        shown = ", ".join(args.source[:3]) + (", ..." if len(args.source) > 3 else "")
+        raise UserError(f"data prepare takes one source, got {len(args.source)} ({shown}); "
                         "a glob pattern must be quoted so that the shell does not expand it, e.g. 'data/*.txt', or "
                         "name the folder that holds the files")
     args.source = args.source[0]

@@ -629,3 +629,13 @@ def test_frontier_legend_names_other_conventions(tmp_path, monkeypatch, conventi
             assert label.endswith("(its N: non-embedding parameters)" if convention == "total"
                                   else "(its N: total parameters, embeddings included)")
     assert any("(its N:" in text for text in legends)
+
+
+def test_missing_sweep_fit_points_to_store_fit(tmp_path):
+    """A fit of the whole run store lies in RUNS/_report; asking for one sweep's fit names it."""
+    from analysis.fit import read_fit
+
+    sweep = _write_sweep(tmp_path)
+    fit_runs(tmp_path, tmp_path / "_report", **QUICK)
+    with pytest.raises(UserError, match=f"not found; the fit of the run store above it is {tmp_path / '_report'}"):
+        read_fit(sweep)
