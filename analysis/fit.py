@@ -636,6 +636,8 @@ def _check_enough(table: RunTable, params: np.ndarray, tokens: np.ndarray) -> No
     else:
         found = f"{len(params)} completed run(s) under {table.source}{excluded}"
         more, sizes, counts = "run more of the sweep", "add sizes to the sweep", "add token budgets to the sweep"
+        if (Path(table.source) / "config.json").is_file():  # one run's folder, not its sweep's
+            more = f"{table.source} is one run; pass its sweep folder {Path(table.source).parent} to fit all its runs"
     noun = table.noun
     if len(params) < APPROACH3_PARAMETERS:
         raise UserError(f"{found}; approach 3 fits {APPROACH3_PARAMETERS} parameters and needs at least "

@@ -106,7 +106,13 @@ def load_runs(path: str | Path, *, allow_mixed: bool = False) -> RunTable:
     """
     root = Path(path)
     if not root.exists():
-        raise UserError(f"runs folder {root} not found; pass the RUNS folder or one sweep folder inside it")
+        near = sorted(folder.name for folder in root.parent.glob("*/")
+                      if not folder.name.startswith(("_", ".")) and any(folder.glob("*/config.json")))
+        listed = f" ({root.parent} holds the sweeps {', '.join(near)})" if near else ""
+        raise UserError(f"runs folder {root} not found; pass the RUNS folder or one sweep folder inside it{listed}")
+    if root.is_file():
+        raise UserError(f"{root} is a file, not a folder of runs; pass the RUNS folder or a sweep folder, or a CSV "
+                        "of points with --columns")
     items = []
     for run_dir in iter_run_dirs(root):
         row, reason = _read_run(run_dir)

@@ -167,6 +167,9 @@ class PlannedRun:
 def load_spec(path_or_name: str | Path) -> SweepSpec:
     """Read a spec from a YAML file, or a packaged one by bare name ("demo" -> sweeps/specs/demo.yaml)."""
     path = Path(path_or_name).expanduser()
+    if path.is_dir():
+        raise UserError(f"sweep spec {str(path_or_name)!r} is a folder; give the spec's YAML file (a sweep's run "
+                        f"folder does not hold it), or one of: {', '.join(packaged_specs())}")
     if not path.is_file():
         packaged = SPECS_DIR / f"{path_or_name}.yaml"
         if str(path_or_name) and "/" not in str(path_or_name) and packaged.exists():

@@ -585,3 +585,20 @@ def test_data_path_that_is_a_file(capsys, tmp_path):
     config = write_config(tmp_path / "c.json", **train_config(notes, "file_corpus"))
     assert_user_error(*cli(capsys, "train", config, "--runs", tmp_path / "runs"),
                       f"prepared corpus folder {notes} is a file, not a folder")
+
+
+def test_wrong_kinds_of_path_name_the_right_one(capsys, tmp_path):
+    """A run folder, a spec file, a mistyped sweep or a run folder given as a spec: the error says what to pass."""
+    write_runs(tmp_path / "runs", [(1e5, 1e7), (2e5, 1e7), (4e5, 2e7), (1e5, 4e7), (2e5, 2e7), (8e5, 1e7)])
+    sweep = tmp_path / "runs" / "s"
+    spec = tmp_path / "books.yaml"
+    spec.write_text("name: books\n")
+
+    status, stderr = cli(capsys, "fit", sweep / "r0")
+    assert_user_error(status, stderr, f"{sweep / 'r0'} is one run; pass its sweep folder {sweep}")
+    status, stderr = cli(capsys, "fit", spec)
+    assert_user_error(status, stderr, f"{spec} is a file, not a folder of runs", "a CSV of points with --columns")
+    status, stderr = cli(capsys, "fit", tmp_path / "runs" / "z")
+    assert_user_error(status, stderr, f"({tmp_path / 'runs'} holds the sweeps s)")
+    status, stderr = cli(capsys, "sweep", "launch", sweep)
+    assert_user_error(status, stderr, "is a folder; give the spec's YAML file")
