@@ -63,6 +63,8 @@ TRAIN_FILE = "train.bin"
 VAL_FILE = "val.bin"
 PREPARE_HINT = "run `scaling data prepare` first"
 BPE_BATCH_CHARS = 4_000_000  # characters of text handed to the BPE encoder at once (its threads share them)
+VALIDATION_DOCUMENTS_LISTED = 100  # meta.json names the validation documents when there are at most this many
+
 # Added to the settings, and so to the fingerprint, only where `balanced_split` changed the split, so only those
 # corpora are prepared again and every other one keeps its fingerprint. Bump it when the balancing rule changes.
 SPLIT_BALANCE_VERSION = 1
@@ -180,6 +182,10 @@ def prepare(
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
+    named = meta["split"].get("validation_documents")
+    if named is not None:
+        share = meta["val_bytes"] / max(1, sum(meta["bytes"].values()))
+        log.info("validation holds %s of the bytes: %s", _percent(share), _names(named))
     log.info(
         "prepared %s into %s in %.1f s: %d + %d documents, %d + %d tokens (train + val), fingerprint %s",
         corpus.source, out, time.perf_counter() - started, meta["documents"]["train"], meta["documents"]["val"],
@@ -454,6 +460,7 @@ def _write_prepared(
         Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar,
     ):
         task = bar.add_task("tokenize", total=n_documents)
+        val_keys: list[str] = []  # the first VALIDATION_DOCUMENTS_LISTED + 1, to name them in meta.json
         files = {"train": train_file, "val": val_file}
         for chunk in _chunks(documents, tokenizer):
             for (document, is_val), ids in chunk:
@@ -463,10 +470,15 @@ def _write_prepared(
                 counts[split]["documents"] += 1
                 counts[split]["bytes"] += len(document.text.encode("utf-8"))
                 counts[split]["tokens"] += len(ids) + 1
+                if is_val and len(val_keys) <= VALIDATION_DOCUMENTS_LISTED:
+                    val_keys.append(document.key)
             bar.advance(task, len(chunk))
 
     _warn_if_far(corpus, scan, plan, counts, val_fraction)
     split_meta: dict[str, Any] = {"method": split_method, "val_fraction": float(val_fraction)}
+    if len(val_keys) <= VALIDATION_DOCUMENTS_LISTED:
+        # With few documents, validation loss measures those documents only: name them.
+        split_meta["validation_documents"] = sorted(val_keys)
     if plan is not None and plan.balanced:  # only then, so the meta of every other corpus reads as before
         split_meta.update(moved_to_validation=plan.moved_in, moved_to_training=plan.moved_out)
         if plan.tail_of:

@@ -625,3 +625,14 @@ def test_logs_in_a_pipe_are_one_line_each(tmp_path):
     lines = [line for line in done.stderr.splitlines() if str(source.parent) in line]
     assert lines and all(line.startswith("[") and " INFO " in line for line in lines), done.stderr
     assert all(line == line.rstrip() for line in done.stderr.splitlines())
+
+
+def test_validation_documents_are_named(folder_corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """Validation loss measures the held-out documents only, so meta.json and the log name them."""
+    with caplog.at_level(logging.INFO, logger="scaling.data"):
+        meta = prepared(folder_corpus, tmp_path / "out", val_fraction=0.1)
+    named = meta["split"]["validation_documents"]
+    assert len(named) == meta["documents"]["val"] >= 1
+    held_out = b"".join((folder_corpus / name).read_bytes() for name in named)
+    assert len(held_out) == meta["val_bytes"]
+    assert f"of the bytes: {named[0]}" in caplog.text
