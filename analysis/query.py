@@ -1,13 +1,15 @@
 """Parse `scaling ask` questions into a Query.
 
-Understood forms (case-insensitive; numbers take suffixes K, M, B, T for 1e3, 1e6, 1e9, 1e12, or plain
-notation such as 7e9):
+Understood forms (case-insensitive; numbers take suffixes K, M, B, T for 1e3, 1e6, 1e9, 1e12, the words
+thousand, million, billion (or bn) and trillion, plain notation such as 7e9, or digits grouped by commas
+such as 7,000,000,000):
 
 - "tokens for 7B"                          compute-optimal D for N = 7e9
 - "compute for 70B"                        C = 6 N D at the compute-optimal D for N = 70e9
 - "params for 1e23 FLOPs"                  compute-optimal N (and D) for C = 1e23
 - "tokens per param at 1e22 FLOPs"         compute-optimal D / N for C = 1e22
-- "loss at 7B params and 1.4T tokens"      predicted L(N, D)
+- "loss at 7B params and 1.4T tokens"      predicted L(N, D); the tokens may come first
+- "params for 1e23"                        as "params for 1e23 FLOPs": the number is the compute budget
 - "kv cache for 7B at 4096 tokens"         KV-cache bytes of MHA, GQA and MQA for a reference 7B shape
 - "kv cache for 32 layers 32 heads 128 head dim at 4096 tokens batch 8"
                                            the same for a shape given in full
@@ -84,13 +86,18 @@ _KV_OPTION_NAMES = {"batch_size": ("batch", "the batch size", "batch 8"),
                     "dtype": ("the value type", "", "bf16")}
 
 _PATTERNS = (
-    ("tokens_per_param", re.compile(rf"^tokens?\s+per\s+param(?:eter)?s?\s+(?:at|for)\s+{_NUMBER}\s*flops?$")),
+    ("tokens_per_param", re.compile(rf"^tokens?\s+per\s+param(?:eter)?s?\s+(?:at|for)\s+{_NUMBER}(?:\s*flops?)?$")),
     ("tokens_for_params", re.compile(rf"^(?:tokens?|data)\s+for\s+{_NUMBER}(?:\s*param(?:eter)?s?)?$")),
     ("compute_for_params", re.compile(rf"^(?:compute|flops?)\s+for\s+{_NUMBER}(?:\s*param(?:eter)?s?)?$")),
-    ("params_for_flops", re.compile(rf"^(?:params|parameters|model size|size)\s+for\s+{_NUMBER}\s*flops?$")),
+    # The number of a "params for" question is a compute budget, with or without the word FLOPs.
+    ("params_for_flops", re.compile(rf"^(?:params|parameters|model size|size)\s+for\s+{_NUMBER}(?:\s*flops?)?$")),
     ("loss_at", re.compile(
         rf"^loss\s+(?:at|for)\s+{_NUMBER}\s*param(?:eter)?s?\s*(?:,|and|,\s*and)?\s*{_NUMBER}\s*tokens?$")),
+    ("loss_at_tokens_first", re.compile(
+        rf"^loss\s+(?:at|for)\s+{_NUMBER}\s*tokens?\s*(?:,|and|,\s*and)?\s*{_NUMBER}\s*param(?:eter)?s?$")),
 )
+# Words for the suffixes, as people write sizes: "7 billion", "7bn", "1.4 trillion".
+_SUFFIX_WORDS = (("thousand", "k"), ("million", "m"), ("billion", "b"), ("bn", "b"), ("trillion", "t"))
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,9 @@ def _question_number(text: str, suffix: str | None = None) -> float:
 def parse_query(text: str) -> Query:
     """Parse `text` into a Query; raise UserError listing the understood forms when it matches none."""
     normalised = " ".join(text.strip().lower().replace("?", "").split())
+    normalised = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", normalised)  # 7,000,000,000 is 7000000000
+    for word, suffix in _SUFFIX_WORDS:
+        normalised = re.sub(rf"(?<=\d)\s*{word}\b", suffix, normalised)
     kv_match = _KV_CACHE.match(normalised)
     if kv_match is not None:
         return Query("kv_cache", text, kv_cache=_kv_cache_shape(kv_match))
@@ -144,6 +154,12 @@ def parse_query(text: str) -> Query:
         first = _question_number(match.group(1), match.group(2))
         if kind in ("params_for_flops", "tokens_per_param"):
             return Query(kind, text, flops=_at_least(first, "flops", match.group(1), match.group(2)))
+        if kind == "loss_at_tokens_first":
+            tokens = _at_least(first, "tokens", match.group(1), match.group(2))
+            params = _question_number(match.group(3), match.group(4))
+            _warn_if_suffix_missing(params, match.group(3), match.group(4))
+            return Query("loss_at", text, params=_at_least(params, "params", match.group(3), match.group(4)),
+                         tokens=tokens)
         _at_least(first, "params", match.group(1), match.group(2))
         _warn_if_suffix_missing(first, match.group(1), match.group(2))
         if kind in ("tokens_for_params", "compute_for_params"):

@@ -22,6 +22,13 @@ from scaling.errors import UserError
     ("tokens per param at 1e22 FLOPs", "tokens_per_param", None, None, 1e22),
     ("loss at 7B params and 1.4T tokens", "loss_at", 7e9, 1.4e12, None),
     ("loss at 7B params, 1.4T tokens?", "loss_at", 7e9, 1.4e12, None),
+    ("tokens for 7bn", "tokens_for_params", 7e9, None, None),
+    ("tokens for 7 billion params", "tokens_for_params", 7e9, None, None),
+    ("tokens for 7,000,000,000", "tokens_for_params", 7e9, None, None),
+    ("compute for 1.5 Trillion", "compute_for_params", 1.5e12, None, None),
+    ("params for 1e23", "params_for_flops", None, None, 1e23),
+    ("tokens per param at 3 million", "tokens_per_param", None, None, 3e6),
+    ("loss at 1.4T tokens and 7B params", "loss_at", 7e9, 1.4e12, None),
 ])
 def test_parse_forms(text, kind, params, tokens, flops):
     query = parse_query(text)
@@ -29,6 +36,12 @@ def test_parse_forms(text, kind, params, tokens, flops):
     assert query.params == params
     assert query.tokens == tokens
     assert query.flops == flops
+
+
+def test_commas_not_grouping_digits_stay():
+    """Only a comma followed by exactly three digits groups them; "7,00B" is no number."""
+    with pytest.raises(UserError, match="not understood"):
+        parse_query("tokens for 7,00B")
 
 
 def test_unknown_question_lists_forms():
