@@ -8,6 +8,7 @@ corpus at `config.data.path`. Every problem a user can cause ends in a one-line 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from scaling.errors import UserError
 from scaling.tokenizer import Tokenizer, load_tokenizer
 from scaling.train import Trainer
 
-RUN_HINT = "pass a run folder such as runs/<sweep>/<run_id>"
+RUN_HINT = "pass a run folder such as runs/<sweep>/<run_id>, or a run id of the run store"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ def load_trained_run(run_dir: str | Path) -> TrainedRun:
     if path.is_file():
         raise UserError(f"run folder {path} is a file, not a run folder; {RUN_HINT}")
     if not path.is_dir():
-        raise UserError(f"run folder {path} does not exist; {RUN_HINT}")
+        path = _run_by_id(path)
     config_path = path / "config.json"
     if not config_path.is_file():
         raise UserError(f"{path} is not a run folder (config.json is missing); {RUN_HINT}")
@@ -54,6 +57,25 @@ def load_trained_run(run_dir: str | Path) -> TrainedRun:
     tokenizer = _load_run_tokenizer(path, config)
     step, params = _restore_params(path, config)
     return TrainedRun(path=path, config=config, params=params, step=step, tokenizer=tokenizer)
+
+
+def _run_by_id(path: Path) -> Path:
+    """Return RUNS/<sweep>/<path> when `path` is a bare run id that names one run of the run store.
+
+    Raises UserError when it names none, or runs of several sweeps (listed, to choose from).
+    """
+    from scaling.paths import runs_root
+
+    root = runs_root(None)
+    matches = [] if len(path.parts) != 1 else sorted(
+        folder for folder in root.glob(f"*/{path.name}") if (folder / "config.json").is_file())
+    if len(matches) == 1:
+        log.info("run %s: using %s", path, matches[0])
+        return matches[0]
+    if matches:
+        raise UserError(f"run id {path} names runs of {len(matches)} sweeps ({', '.join(map(str, matches))}); "
+                        "pass one of those folders")
+    raise UserError(f"run folder {path} does not exist; {RUN_HINT}")
 
 
 def _load_run_tokenizer(path: Path, config: TrainConfig) -> Tokenizer:

@@ -149,3 +149,18 @@ def test_run_trained_on_more_devices_loads(trained_run, tmp_path):
     assert run.config.mesh == "fsdp=4"
     assert run.step == original.step
     assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), run.params, original.params))
+
+
+def test_bare_run_id_found_in_run_store(trained_run, capsys, monkeypatch, tmp_path):
+    """A run id alone names the run of that id in the run store ($SCALING_RUNS), when only one sweep has it."""
+    monkeypatch.setenv("SCALING_RUNS", str(trained_run.parent.parent))
+    assert load_trained_run("tiny-generate").path == trained_run
+
+    other = trained_run.parent.parent / "again" / "tiny-generate"
+    shutil.copytree(trained_run, other, ignore=shutil.ignore_patterns("checkpoints"))
+    try:
+        status = main(["generate", "tiny-generate", "--prompt", "x", "--max-new-tokens", "3"])
+        assert status == 2
+        assert "run id tiny-generate names runs of 2 sweeps" in _error_line(capsys)
+    finally:
+        shutil.rmtree(other.parent)
