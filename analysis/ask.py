@@ -31,7 +31,7 @@ from analysis.fit import fitted_noun, missing_result, read_fit
 from analysis.laws import Law, ParametricLaw, PowerLawAllocation, all_laws, get_law
 from analysis.query import Query, check_gqa_kv_heads, far_notes, parse_query
 
-# `convention` says what N counts: "total" parameters, or "non_embedding" ones (Kaplan et al. 2020).
+# `convention` is what N counts: "total" parameters, or "non_embedding" ones (Kaplan et al. 2020).
 ROW_KEYS = ("law", "params", "convention", "tokens", "tokens_per_param", "flops", "loss", "data", "source", "interval")
 KV_ROW_KEYS = ("attention", "kv_heads", "bytes", "gib", "n_layers", "n_heads", "head_dim", "context", "batch_size",
                "bytes_per_value", "source")

@@ -345,7 +345,7 @@ def print_answer(answer) -> None:
         interval = [_interval_text(row.get("interval"), answer.query.kind)] if intervals else []
         law = row["law"]
         if row.get("convention") == "non_embedding" and "non_embedding" not in law:
-            law += "; N non-embedding"  # the N column holds total parameters in the other rows
+            law += "; N non-embedding"  # the N column is total parameters in the other rows
         table.add_row(law, _number(row["params"]), _number(row["tokens"]),
                       _ratio_text(row["tokens_per_param"]), _number(row["flops"]), _number(row["loss"], ".4f"),
                       *interval, f"[{sources.index(row['source']) + 1}]")

@@ -480,7 +480,7 @@ def _warn_if_few_replicates(name: str, replicates: Replicates, estimates: dict[s
 
 
 # Above this median share of the other term (finite data for L(N), finite size for L(D)) a Kaplan-style exponent
-# measures a mix of both limits, and a warning says it is not comparable with the published one.
+# measures a mix of both limits, so a warning calls it not comparable with the published one.
 KAPLAN_LIMIT_SHARE = 0.25
 MIN_ENVELOPE_SIZES = 3  # fewer sizes winning on approach 1's envelope than this draws a warning
 E_AT_ZERO = 1e-3  # nats/token: an irreducible loss below this means the fit pushed E to its bound
@@ -490,8 +490,8 @@ ONE_BUDGET_SPAN = 2.0  # runs whose compute spans less than this factor count as
 IMPLAUSIBLE_EXPONENT = 2.0
 
 
-# A point whose ln-loss residual from the approach 3 law exceeds both of these is named in a warning: the
-# Huber loss keeps it from moving approach 3, but approaches 2 and 1 and the Kaplan-style fits take it at face value.
+# A point whose ln-loss residual from the approach 3 law exceeds both of these is named in a warning. The Huber
+# loss keeps it from moving approach 3, but approaches 2 and 1 and the Kaplan-style fits take it at face value.
 FAR_POINT_MIN_RESIDUAL = 0.1  # |ln L - ln L_fit|: 10% off the law
 FAR_POINT_MAD_FACTOR = 10.0  # times the median |residual| of all points
 FAR_POINTS_NAMED = 3

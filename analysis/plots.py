@@ -64,6 +64,8 @@ def plot_isoflop(fit: IsoFlopFit, path: Path, convention: str, loss_label: str =
                    "hollow star: optimum at the edge, not fitted; left out when far beyond the sizes", fontsize=8)
     if len(fit.profiles) <= MAX_LEGEND_ENTRIES:
         axes.legend(fontsize=7)
+    else:
+        _budget_colourbar(figure, axes, [profile.flops for profile in fit.profiles], colours)
     if len(fit.profiles) > MAX_LEGEND_ENTRIES or fit.too_few_sizes or fit.no_minimum:
         counts = budget_counts(fit.to_dict()).replace("; ", ";\n")
         axes.text(0.99, 0.99, f"power laws over {counts}", transform=axes.transAxes, ha="right", va="top",
@@ -124,6 +126,20 @@ def _finish_law_axes(axes, law: ParametricLaw, xlabel: str, title: str, loss_lab
     )
     if len(axes.get_legend_handles_labels()[0]) <= MAX_LEGEND_ENTRIES:
         axes.legend(fontsize=7)
+
+
+def _budget_colourbar(figure: Figure, axes, budgets: Sequence[float], colours: list) -> None:
+    """Add a colour bar naming the budget of each colour, for plots with too many budgets for a legend."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
+
+    count = len(budgets)
+    bar = figure.colorbar(ScalarMappable(Normalize(-0.5, count - 0.5), ListedColormap(colours)), ax=axes)
+    ticks = sorted({int(round(index)) for index in np.linspace(0, count - 1, min(count, 6))})
+    bar.set_ticks(ticks)
+    bar.set_ticklabels([f"{budgets[index]:.1e}" for index in ticks])
+    bar.set_label("C (FLOPs), one colour per budget", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
 
 
 def _colours(count: int) -> list:
@@ -207,7 +223,7 @@ def plot_frontier(law: ParametricLaw, bootstrap, approach2: IsoFlopFit | None, e
         label = published.name
         law_convention = getattr(published, "convention", "total")
         if law_convention != convention:
-            # Converting needs each model's embedding size, which a published law does not give: say so instead.
+            # Converting needs each model's embedding size, which a published law does not give, so the label names it.
             label += f" (its N: {CONVENTION_LABELS.get(law_convention, law_convention)})"
         params_axes.plot(dense, optimal[:, 0], lw=0.9, ls="--", color=shade, label=label)
         tokens_axes.plot(dense, optimal[:, 1], lw=0.9, ls="--", color=shade, label=label)

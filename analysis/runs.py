@@ -274,7 +274,7 @@ def build_table(items: Iterable[tuple[str, RunRow | None, str]], source: str, al
         example = ""
         first = sorted(sweeps_by_fingerprint.items())[0][1]
         shared = any(first & sweeps for sweeps in list(sweeps_by_fingerprint.values())[1:])
-        if not shared and not str(source).startswith("wandb:"):  # one sweep folder then holds one corpus
+        if not shared and not str(source).startswith("wandb:"):  # one sweep folder then contains one corpus
             example = f", e.g. {Path(source) / sorted(first)[0]}"
         raise UserError(
             f"runs under {source} come from {len(sweeps_by_fingerprint)} corpus/tokenizer fingerprints ({named}); "
@@ -300,8 +300,8 @@ def build_table(items: Iterable[tuple[str, RunRow | None, str]], source: str, al
 def _repeated_across_sweeps(rows: list[RunRow]) -> str | None:
     """Name the (N, D) pairs trained in more than one sweep, or return None when there are none.
 
-    Seeds repeated within one sweep are a deliberate design; the same pair in two sweeps is usually a
-    relaunch under a new name, and fitting both counts that point twice.
+    Seeds repeated within one sweep are a deliberate design. The same pair in two sweeps is usually a
+    relaunch under a new name, so fitting both counts that point twice.
     """
     sweeps_by_pair: dict[tuple[float, float], set[str]] = {}
     for row in rows:

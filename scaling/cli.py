@@ -64,7 +64,7 @@ def _add_runs_option(parser: argparse.ArgumentParser) -> None:
 def _add_data_parser(commands) -> None:
     data = commands.add_parser("data", help="prepare a corpus: tokenize once, split by document")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    # nargs="*" below would show as [source ...], but one source is taken: the usage line says so.
+    # nargs="*" below would show as [source ...], but one source is taken, as the usage line shows.
     prepare = data_commands.add_parser("prepare", help="tokenize a corpus into train and validation arrays",
                                        usage="%(prog)s [-h] [options] [SOURCE]")
     prepare.add_argument(

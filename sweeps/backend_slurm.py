@@ -167,7 +167,7 @@ def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
 def _cancel_jobs(unfinished: list[tuple[Any, Any]]) -> None:
     """Cancel the jobs of the runs not ended yet and wait for them to leave, so each run records how far it got.
 
-    SLURM sends a cancelled job SIGTERM (submitit's local executor sends SIGINT); the worker child then saves
+    SLURM sends a cancelled job SIGTERM (submitit's local executor sends SIGINT). The worker child then saves
     its step in flight and records "interrupted", as a local worker does. A job still queued never starts.
     """
     if not unfinished:
@@ -177,7 +177,7 @@ def _cancel_jobs(unfinished: list[tuple[Any, Any]]) -> None:
     for run, job in unfinished:
         try:
             job.cancel(check=False)
-        except Exception as error:  # scancel missing or refused: the job runs on, and the launch says so
+        except Exception as error:  # scancel missing or rejected: the job runs on, so the launch logs it
             log.warning("could not cancel SLURM job %s of run %s (%s); cancel it with scancel %s", job.job_id,
                         run.run_id, error, job.job_id)
     deadline = time.time() + CANCEL_WAIT_S

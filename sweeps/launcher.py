@@ -13,9 +13,9 @@ next launch (scaling.train does that). A run that fails is logged with its run i
 The final table marks it, and `scaling sweep launch` then exits with status 1. Longest runs start first,
 which shortens the sweep's wall time on a fixed number of workers. A worker keeps the compiled programs of
 its last few run shapes, so a run of a shape it has trained may go before a longer one (next_run_index).
-Ctrl-C interrupts the runs in flight (each closes its checkpoints; a worker still running after
-STOP_GRACE_S is killed) and ends the launch with SweepInterrupted, after the table of runs. How a run ended is read in sweeps.outcomes, and what the
-launch shows (progress bars, the final table) is in sweeps.display.
+Ctrl-C interrupts the runs in flight (each closes its checkpoints; a worker still running after STOP_GRACE_S
+is killed) and ends the launch with SweepInterrupted, after the table of runs. How a run ended is read in
+sweeps.outcomes, and what the launch shows (progress bars, the final table) is in sweeps.display.
 """
 
 from __future__ import annotations

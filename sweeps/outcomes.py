@@ -44,7 +44,7 @@ class RunOutcome:
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM ended a launch; `outcomes` holds one outcome per run, in plan order, for the table."""
+    """Ctrl-C or SIGTERM ended a launch; `outcomes` contains one outcome per run, in plan order, for the table."""
 
     def __init__(self, outcomes: list[RunOutcome]):
         super().__init__()

@@ -639,3 +639,26 @@ def test_missing_sweep_fit_points_to_store_fit(tmp_path):
     fit_runs(tmp_path, tmp_path / "_report", **QUICK)
     with pytest.raises(UserError, match=f"not found; the fit of the run store above it is {tmp_path / '_report'}"):
         read_fit(sweep)
+
+
+def test_many_budgets_get_a_colour_bar(tmp_path, monkeypatch):
+    """Past MAX_LEGEND_ENTRIES budgets the legend gives way to a colour bar that names budgets by colour."""
+    import analysis.plots
+
+    budgets = list(np.geomspace(1e15, 1e18, 13))
+    params, tokens, labels = isoflop_grid(LAW, budgets, 5, 4)
+    fit = fit_isoflop(params, labels, law_losses(LAW, params, tokens), labels, log_warnings=False)
+    seen = []
+    save = analysis.plots._save
+
+    def record_axes(figure, path, *args, **kwargs):
+        seen.extend((axes.get_ylabel(), [tick.get_text() for tick in axes.get_yticklabels()]) for axes in figure.axes)
+        seen.append(("legend", [axes.get_legend() is not None for axes in figure.axes]))
+        return save(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(analysis.plots, "_save", record_axes)
+    analysis.plots.plot_isoflop(fit, tmp_path / "isoflop.png", "total")
+    (ticks,) = [labels for label, labels in seen if label.startswith("C (FLOPs)")]
+    assert ticks[0] == "1.0e+15"
+    assert ticks[-1] == "1.0e+18"
+    assert not any(dict(seen)["legend"])

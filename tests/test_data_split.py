@@ -195,9 +195,9 @@ def test_binary_files_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     meta = prepare(str(source), tmp_path / "out", progress=False)
 
     assert meta["bytes"]["train"] + meta["bytes"]["val"] == 7000  # the two text files, nothing of the image
-    binary = [record.getMessage() for record in caplog.records if "binary files" in record.getMessage()]
+    binary = [record.getMessage() for record in caplog.records if "binary file" in record.getMessage()]
     assert len(binary) == 1
-    assert "left out 1 binary files" in binary[0]
+    assert "left out 1 binary file of" in binary[0]
     assert "image.png" in binary[0]
 
 
