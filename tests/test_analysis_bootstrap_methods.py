@@ -251,8 +251,8 @@ def test_approach1_coverage_over_repeats():
 @pytest.mark.slow
 def test_approach1_coverage_on_isoflop_runs():
     """Approach 1 on an IsoFLOP sweep's own curves: 6 budgets x 7 sizes from N_opt/8 to 8 N_opt, each run's
-    curve of 25 points up to its budget's D, scaled by one draw of 1% noise. Measured: 95 of 100 repeats
-    covered a (mean estimate 0.519 against 0.515, standard deviation 0.032)."""
+    curve of 25 points up to its budget's D, scaled by one draw of 1% noise. 100 repeats, since 50 of 50
+    covered is still 7.7% likely for a 95% interval."""
     law = ParametricLaw("truth", "truth", "test", e_coef=1.9, a_coef=400.0, b_coef=1500.0, alpha=0.33, beta=0.35)
     truth = allocation_truth(law)
     params, budgets = [], []
@@ -270,4 +270,10 @@ def test_approach1_coverage_on_isoflop_runs():
             curves.append(list(zip(seen, law.loss(size, seen) * np.exp(NOISE * rng.standard_normal()))))
         return bootstrap_envelope(params, curves, seed=repeat).intervals()
 
-    _assert_calibrated(_coverage(intervals, {"a": truth["a"]}))
+    repeats = 2 * REPEATS
+    covered = 0
+    for repeat in range(repeats):
+        low, high = intervals(repeat)["a"]
+        covered += low <= truth["a"] <= high
+    # 95% intervals should cover the truth in 85% to 99% of the repeats.
+    assert 0.85 * repeats <= covered <= 0.99 * repeats, covered

@@ -662,3 +662,24 @@ def test_many_budgets_get_a_colour_bar(tmp_path, monkeypatch):
     assert ticks[0] == "1.0e+15"
     assert ticks[-1] == "1.0e+18"
     assert not any(dict(seen)["legend"])
+
+
+def test_exponent_interval_beyond_unit_range_warned(caplog):
+    """A compute-optimal exponent lies between 0 and 1; a basic interval that crosses either end is named."""
+    from analysis.bootstrap_methods import ALLOCATION_NAMES, Replicates
+
+    columns = {"a": np.linspace(0.45, 0.60, 200), "b": np.linspace(0.40, 0.55, 200)}
+    rows = np.column_stack([columns.get(name, np.linspace(1.0, 2.0, 200)) for name in ALLOCATION_NAMES])
+    replicates = Replicates(ALLOCATION_NAMES, rows, 0.95, 0, "stand-in replicates")
+    with caplog.at_level(logging.WARNING, logger="analysis"):
+        analysis.fit._warn_if_few_replicates("approach 2", replicates, {"a": 0.55, "b": 0.45})
+    assert "reaches beyond 0 to 1" not in caplog.text
+
+    columns["a"] = np.linspace(0.5, 1.2, 200)  # as a reflected interval of skewed replicates can reach
+    rows = np.column_stack([columns.get(name, np.linspace(1.0, 2.0, 200)) for name in ALLOCATION_NAMES])
+    replicates = Replicates(ALLOCATION_NAMES, rows, 0.95, 0, "stand-in replicates")
+    bounds = replicates.intervals()["a"]
+    assert bounds[1] > 1 or bounds[0] < 0, bounds
+    with caplog.at_level(logging.WARNING, logger="analysis"):
+        analysis.fit._warn_if_few_replicates("approach 2", replicates, {"a": 0.9})
+    assert f"approach 2: the 95% interval of a, [{bounds[0]:.3g}, {bounds[1]:.3g}], reaches beyond 0 to 1" in caplog.text
