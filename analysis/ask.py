@@ -389,6 +389,13 @@ def answer_row(law: Law, query: Query) -> dict[str, Any]:
     }
 
 
+def law_label(row: dict[str, Any]) -> str:
+    """Return a row's law name for tables, naming its N's convention where that is not total parameters."""
+    if row.get("convention") == "non_embedding" and "non_embedding" not in row["law"]:
+        return row["law"] + "; N non-embedding"  # the N column is total parameters in the other rows
+    return row["law"]
+
+
 def ratio_format(value: float | None) -> str:
     """Return the format spec for a D/N value: two decimals from 0.01 to 1e5, else scientific notation."""
     if value is not None and math.isfinite(value) and not 0.01 <= value < 1e5:

@@ -329,6 +329,8 @@ def print_answer(answer) -> None:
     """Print an Answer as a rich table, its sources as numbered notes below it, then its notes."""
     from rich.table import Table
 
+    from analysis.ask import law_label
+
     if answer.query.kind == "kv_cache":
         _print_kv_cache(answer)
         return
@@ -343,10 +345,7 @@ def print_answer(answer) -> None:
         if row["source"] not in sources:
             sources.append(row["source"])
         interval = [_interval_text(row.get("interval"), answer.query.kind)] if intervals else []
-        law = row["law"]
-        if row.get("convention") == "non_embedding" and "non_embedding" not in law:
-            law += "; N non-embedding"  # the N column is total parameters in the other rows
-        table.add_row(law, _number(row["params"]), _number(row["tokens"]),
+        table.add_row(law_label(row), _number(row["params"]), _number(row["tokens"]),
                       _ratio_text(row["tokens_per_param"]), _number(row["flops"]), _number(row["loss"], ".4f"),
                       *interval, f"[{sources.index(row['source']) + 1}]")
     console = _console()

@@ -592,6 +592,9 @@ def read_fit(path: str | Path) -> dict[str, Any]:
                 else "; run `scaling fit RUNS --out DIR` first")
         raise UserError(f"fit file {looked} not found{hint}") from None
     except json.JSONDecodeError as error:
+        if path.suffix in (".yaml", ".yml"):
+            raise UserError(f"fit file {path} is YAML (a config or sweep spec), not a fit.json; pass the fit.json "
+                            "that `scaling fit` wrote, or the sweep folder whose _report/ holds it") from None
         raise UserError(f"fit file {path} is not valid JSON ({error}); rerun `scaling fit`") from None
     if not isinstance(record, dict) or "approach3" not in record:
         raise UserError(f"fit file {path} contains no approach 3 fit; pass a fit.json written by `scaling fit`")

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from analysis.ask import Answer, asked_quantity, ratio_format
+from analysis.ask import Answer, asked_quantity, law_label, ratio_format
 from analysis.fit import REPORT_FILE, fitted_noun
 from analysis.fit_isoflop import budget_counts
 
@@ -220,9 +220,10 @@ def _extrapolation_section(fit: dict[str, Any]) -> list[str]:
         return []
     lines = ["## Extrapolation check", ""]
     if "skipped" in check:
-        return lines + [check["skipped"], ""]
+        return lines + [f"Skipped: {check['skipped']}.", ""]
+    method = check["method"]
     return lines + [
-        f"{check['method']}. Mean |relative error| {check['mean_abs_relative_error']:.2%}, max "
+        f"{method[:1].upper()}{method[1:]}. Mean |relative error| {check['mean_abs_relative_error']:.2%}, max "
         f"{check['max_abs_relative_error']:.2%}, for runs up to "
         f"{max(run['flops'] for run in check['held_out']):.3g} FLOPs predicted from runs up to "
         f"{check['largest_fitted_flops']:.3g} FLOPs.", ""]
@@ -243,7 +244,7 @@ def _answer_section(answer: Answer) -> list[str]:
     for row in answer.rows:
         interval = (row.get("interval") or {}).get(key)
         ratio = row["tokens_per_param"]
-        rows.append([row["law"], _cell(row["params"], ".4g"), _cell(row["tokens"], ".4g"),
+        rows.append([law_label(row), _cell(row["params"], ".4g"), _cell(row["tokens"], ".4g"),
                      _cell(ratio, ratio_format(ratio)), _cell(row["flops"], ".4g"), _cell(row["loss"], ".4f"),
                      "-" if interval is None else f"{key} {interval[0]:.3g} .. {interval[1]:.3g}", row["source"]])
     # Without a bootstrapped fit no row has an interval, so the column is left out, as `scaling ask` does.

@@ -80,9 +80,9 @@ def _add_data_parser(commands) -> None:
     prepare.add_argument("--vocab-size", type=int, help="BPE vocabulary size in tokens (default 4096)")
     prepare.add_argument("--text-field", default="text", help="JSONL field holding the document text")
     prepare.add_argument("--val-fraction", type=float, default=0.05,
-                         help="share of the bytes held out for validation: whole documents chosen by a hash of their "
-                              "names, or the last lines of the largest document when no choice of whole documents "
-                              "comes near it (default 0.05)")
+                         help="share of the bytes held out for validation, approximately: whole documents chosen by "
+                              "a hash of their names, or the last lines of the largest document when no choice of "
+                              "whole documents comes within 3 times of it (default 0.05)")
     prepare.add_argument("--force", action="store_true", help="re-tokenize even if an identical result exists")
     _add_runs_option(prepare)
     prepare.set_defaults(handler=_data_prepare)

@@ -150,7 +150,11 @@ def run_worker_process(config: dict[str, Any], runs_root: str, env_overrides: di
                                    stderr=subprocess.STDOUT, text=True, env=env)
         try:
             process.communicate(json.dumps({"config": config, "runs_root": runs_root}))
-        except BaseException:  # Ctrl-C, or Ray cancelling the task: let the run record "interrupted" first
+        except KeyboardInterrupt:
+            # Ctrl-C, or a cancelled job: the run records "interrupted" at its step, and the job returns the
+            # child's exit status (130) like any other, rather than a traceback in its log.
+            stop_worker_child(process, config["run_id"])
+        except BaseException:
             stop_worker_child(process, config["run_id"])
             raise
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

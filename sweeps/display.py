@@ -8,6 +8,7 @@ active runs (sweeps.launcher._Active): the run, and the bar of its task.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -115,9 +116,12 @@ def outcomes_table(spec: SweepSpec, outcomes: list[RunOutcome]) -> Table:
         if outcome.status in ("failed", "diverged"):
             status = f"[bold red]{status}[/]"
         elif outcome.status in ("interrupted", "elsewhere"):
+            if outcome.status == "interrupted" and summary.get("steps_done") is not None:
+                status += f" at step {summary['steps_done']}"  # where the next launch resumes
             status = f"[bold yellow]{status}[/]"
         table.add_row(outcome.run.run_id, human_count(outcome.run.params_total), human_count(outcome.run.tokens),
                       status, f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",
                       f"{wall:.0f} s" if isinstance(wall, (int, float)) else "-",
-                      "-" if outcome.status in ("skipped", "not started") else f"{outcome.cpu_s:.0f} s")
+                      "-" if outcome.status in ("skipped", "not started") or math.isnan(outcome.cpu_s)
+                      else f"{outcome.cpu_s:.0f} s")
     return table

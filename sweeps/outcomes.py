@@ -9,6 +9,7 @@ the run belongs to another live process. Runs completed before a launch are skip
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 from dataclasses import dataclass
@@ -191,8 +192,10 @@ def outcomes_after_interrupt(runs: list, root: Path, outcomes: dict[str, RunOutc
             summary = read_summary(RunDir.at(root, run.config.sweep, run.run_id))
             started = (summary or {}).get("status") in ("interrupted", "running")
             status = "interrupted" if started else "not started"
+            # The worker's CPU time on a run it did not report back is unknown: NaN, shown as "-".
             outcome = RunOutcome(run, status, summary or initial_summary(run.run_id, run.config.sweep, status),
-                                 0.0, run_log_path(root, run.config.sweep, run.run_id) if started else None)
+                                 0.0, run_log_path(root, run.config.sweep, run.run_id) if started else None,
+                                 math.nan)
         ordered.append(outcome)
 
     done = sum(outcome.ok for outcome in ordered)

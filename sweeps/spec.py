@@ -280,12 +280,17 @@ def _backend_mapping(top: dict[str, Any], key: str) -> dict[str, Any]:
     return raw
 
 
+QUOTED_CHARS = 80  # how much of a value that is not a mapping an error quotes
+
+
 def _mapping(raw: Any, where: str, known: tuple[str, ...] | set[str]) -> dict[str, Any]:
     """Return `raw` as a dict after checking it is a mapping whose keys are all in `known`."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise UserError(f"{where} must be a mapping of keys to values, got {raw!r}")
+        shown = repr(raw)
+        shown = shown if len(shown) <= QUOTED_CHARS else shown[:QUOTED_CHARS] + "..."  # a whole CSV, say
+        raise UserError(f"{where} must be a mapping of keys to values, got {shown}")
     for key in raw:
         if key not in known:
             raise UserError(f"unknown key {key!r} in {where}; known keys are: {', '.join(sorted(known))}")
@@ -345,8 +350,10 @@ def _parse_train(raw: Any) -> TrainSpec:
         raise UserError(f"train.wandb_project={values['wandb_project']!r} must be a string; quote it in the YAML")
     if "wandb_mode" in values and values["wandb_mode"] not in WANDB_MODES:
         # YAML reads an unquoted off or no as False, so the spec key and the choices are named together here.
-        raise UserError(f"train.wandb_mode={values['wandb_mode']!r} is not one of: {', '.join(WANDB_MODES)} "
-                        "(use disabled to turn W&B off)")
+        value = values["wandb_mode"]
+        read_as = " (YAML reads an unquoted off or no as false)" if isinstance(value, bool) else ""
+        raise UserError(f"train.wandb_mode={value!r}{read_as} is not one of: {', '.join(WANDB_MODES)}; use "
+                        "disabled to turn W&B off")
     if "mesh" in values:
         if values["mesh"] is None:  # `mesh:` with no value in the YAML
             values["mesh"] = ""

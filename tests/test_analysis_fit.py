@@ -333,3 +333,4 @@ def test_report_writes_ratios_as_the_cli_does(fitted):
     assert any(not 0.01 <= ratio < 1e5 for ratio in ratios)
     for ratio in ratios:
         assert f"| {cli._ratio_text(ratio)} |" in text
+    assert "; N non-embedding |" in text  # Kaplan's row, as in `scaling ask`

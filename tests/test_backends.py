@@ -170,8 +170,8 @@ def test_interrupted_task_stops_worker_cleanly(corpus_dir, tmp_path):  # noqa: F
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_after_first_checkpoint, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        run_worker_process(run.config.to_dict(), str(tmp_path), {})
+    returncode, _, _, _ = run_worker_process(run.config.to_dict(), str(tmp_path), {})
+    assert returncode == 130  # the job ends with the child's status, which the launcher reads as interrupted
     summary = run_dir.summary()
     assert summary["status"] == "interrupted"
     # The progress of the newest checkpoint: the step in flight at the signal ended and was saved.
@@ -211,6 +211,9 @@ def test_interrupted_slurm_launch_cancels_jobs_and_resumes(corpus_dir, tmp_path)
     assert (f"sweep interrupted: 0 of 1 runs completed, 1 stopped at their newest checkpoint ({run.run_id} at step "
             f"{summary['steps_done']})") in logged
     assert "interrupted" in launcher.stdout_text  # the table
+    job_logs = list((runs / "cut" / "_slurm").glob("*_log.err"))
+    assert job_logs
+    assert not any("Traceback" in path.read_text() for path in job_logs)  # the job returned the child's status
 
     relaunch = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]

@@ -602,3 +602,17 @@ def test_wrong_kinds_of_path_name_the_right_one(capsys, tmp_path):
     assert_user_error(status, stderr, f"({tmp_path / 'runs'} holds the sweeps s)")
     status, stderr = cli(capsys, "sweep", "launch", sweep)
     assert_user_error(status, stderr, "is a folder; give the spec's YAML file")
+
+
+def test_wrong_files_get_short_errors(capsys, tmp_path):
+    """A CSV given as a spec is quoted in part, and a spec given as a fit is named as YAML."""
+    table = tmp_path / "big.csv"
+    table.write_text("params,tokens,loss\n" + "1,20,3.5\n" * 5000)
+    status, stderr = cli(capsys, "sweep", "launch", table)
+    assert_user_error(status, stderr, "the spec must be a mapping of keys to values, got 'params,tokens,loss")
+    assert len(stderr) < 400
+
+    spec = tmp_path / "mini.yaml"
+    spec.write_text("name: mini\n")
+    status, stderr = cli(capsys, "ask", "tokens for 7B", "--fit", spec)
+    assert_user_error(status, stderr, "is YAML (a config or sweep spec), not a fit.json")

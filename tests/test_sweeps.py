@@ -139,7 +139,8 @@ def test_spec_file_round_trip_through_yaml(tmp_path, corpus_dir):
     ({"optimizer": {"peak_lr": "3e3"}}, "optimizer.peak_lr=3000 is above 1, where AdamW"),
     ({"optimizer": {"schedule": "step"}}, "schedule='step'"),
     ({"train": {"wandb_mode": "loud"}}, None),
-    ({"train": {"wandb_mode": False}}, "train.wandb_mode=False is not one of: online, offline, disabled, auto"),
+    ({"train": {"wandb_mode": False}}, "train.wandb_mode=False (YAML reads an unquoted off or no as false) is not "
+                                       "one of: online, offline, disabled, auto"),
     ({"train": {"wandb_mode": "off"}}, "train.wandb_mode='off' is not one of"),
 ])
 def test_bad_specs_raise_user_error_naming_the_value(corpus_dir, tmp_path, change, named):
@@ -344,7 +345,8 @@ def test_interrupted_launch_accounts_for_every_run(corpus_dir, tmp_path, caplog)
     console.print(outcomes_table(spec, outcomes))
     lines = {line.split()[1]: line for line in console.export_text().splitlines() if line.startswith("│")}
     assert "completed" in lines[done.run_id] and "2.5000" in lines[done.run_id]
-    assert "interrupted" in lines[stopped.run_id] and "3 s" in lines[stopped.run_id]
+    assert "interrupted at step 6" in lines[stopped.run_id] and "3 s" in lines[stopped.run_id]
+    assert lines[stopped.run_id].rstrip(" │").endswith("-")  # its CPU time this launch is unknown
     assert "not started" in lines[waiting.run_id] and lines[waiting.run_id].count(" - ") == 3
 
 
