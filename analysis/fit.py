@@ -471,8 +471,9 @@ def _warn_if_few_replicates(name: str, replicates: Replicates, estimates: dict[s
     if note:
         logger.warning("%s: %s; add sizes per budget or budgets for intervals", name, note)
     for value_name, bounds in replicates.intervals().items():
-        if value_name in ("a", "b") and bounds is not None and not 0 <= bounds[0] <= bounds[1] <= 1:
-            # Basic intervals reflect the replicates around the estimate, so skewed ones can cross 0 or 1.
+        if value_name == "a" and bounds is not None and not 0 <= bounds[0] <= bounds[1] <= 1:
+            # Basic intervals reflect the replicates around the estimate, so skewed ones can cross 0 or 1. The
+            # interval of b = 1 - a crosses the other end at the same time, so a alone is named.
             logger.warning("%s: the 95%% interval of %s, [%.3g, %.3g], reaches beyond 0 to 1, where a compute-optimal "
                            "exponent lies, because its replicates are skewed; read only the part inside, and add "
                            "sizes near the optimum of each budget to narrow it", name, value_name, *bounds)
