@@ -26,8 +26,9 @@ CONVENTION_LABELS = {
 LOSS_LABEL = "final validation loss (nats/token)"
 MAX_LEGEND_ENTRIES = 12  # beyond this a legend hides the data, so colours alone tell groups apart
 # Colours of the published laws: none of the black, red and orange that draw the user's own fits.
-PUBLISHED_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
-                     "tab:gray")
+# Blue and cyan are too alike for two dashed lines, so cyan comes last.
+PUBLISHED_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:gray",
+                     "tab:cyan")
 
 
 def params_label(convention: str) -> str:
@@ -190,7 +191,7 @@ def plot_frontier(law: ParametricLaw, bootstrap, approach2: IsoFlopFit | None, e
     """
     from analysis.laws import all_laws
 
-    figure = Figure(figsize=(14, 4.8))
+    figure = Figure(figsize=(13, 6.4))
     params_axes, tokens_axes = figure.subplots(1, 2)
     dense = np.geomspace(flops.min() / 10, 1e25, 200)
     if law.alpha > 0 and law.beta > 0:
@@ -235,11 +236,13 @@ def plot_frontier(law: ParametricLaw, bootstrap, approach2: IsoFlopFit | None, e
         axes.set_xlabel("C = 6ND (FLOPs)")
         axes.set_ylabel(quantity)
     params_axes.set_title("compute-optimal model size", fontsize=9)
-    tokens_axes.set_title("compute-optimal tokens; published laws dashed", fontsize=9)
-    # Beside the panels, not over them: the bands fill the upper left where a legend would sit.
+    tokens_axes.set_title("compute-optimal tokens", fontsize=9)
+    figure.suptitle("your fits solid, with their bootstrap bands; published laws dashed", fontsize=9)
+    # Below the panels, not over them: the bands fill the upper left where a legend would sit, and beside
+    # them the long names of the published laws took a third of the width.
     handles, labels = tokens_axes.get_legend_handles_labels()
-    figure.legend(handles, labels, fontsize=6.5, loc="center left", bbox_to_anchor=(0.79, 0.5), frameon=False)
-    figure.subplots_adjust(left=0.07, right=0.78, wspace=0.28, bottom=0.12)
+    figure.legend(handles, labels, fontsize=7, loc="lower center", ncol=3, frameon=False)
+    figure.subplots_adjust(left=0.07, right=0.98, wspace=0.2, top=0.9, bottom=0.27)
     return _save(figure, path, tight_layout=False)
 
 
