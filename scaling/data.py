@@ -185,7 +185,7 @@ def prepare(
     named = meta["split"].get("validation_documents")
     if named is not None:
         share = meta["val_bytes"] / max(1, sum(meta["bytes"].values()))
-        log.info("validation holds %s of the bytes: %s", _percent(share), _names(named))
+        log.info("validation split: %s of the bytes, in %s", _percent(share), _names(named))
     log.info(
         "prepared %s into %s in %.1f s: %d + %d documents, %d + %d tokens (train + val), fingerprint %s",
         corpus.source, out, time.perf_counter() - started, meta["documents"]["train"], meta["documents"]["val"],

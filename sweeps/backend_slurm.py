@@ -176,8 +176,8 @@ def _cancel_jobs(unfinished: list[tuple[Any, Any]]) -> None:
                 len(unfinished), ", ".join(job.job_id for _, job in unfinished))
     for run, job in unfinished:
         try:
-            # NOTE: submitit's local executor cancels by SIGINT to its job process, which prints a KeyboardInterrupt
-            # traceback of its own on the console; the run in it still stops cleanly.
+            # NOTE: submitit's local executor cancels by SIGINT to its job process. That process prints a
+            # KeyboardInterrupt traceback of its own on the console, but the run in it still stops cleanly.
             job.cancel(check=False)
         except Exception as error:  # scancel missing or rejected: the job runs on, so the launch logs it
             log.warning("could not cancel SLURM job %s of run %s (%s); cancel it with scancel %s", job.job_id,

@@ -190,8 +190,8 @@ def test_refit_keeps_earlier_fit_in_previous(tmp_path, caplog):
     assert sorted(path.name for path in out.iterdir()) == sorted(["fit.json", "notes.md", "extra.png", "previous",
                                                                   *second["plots"]])
     assert {name: (out / "previous" / name).read_bytes() for name in first_files} == first_files
-    assert any(message.startswith("kept the earlier fit (fit.json, ") and "isoflop.png" in message
-               for message in caplog.messages)
+    (kept,) = [message for message in caplog.messages if message.startswith("kept the earlier fit (fit.json, ")]
+    assert "isoflop.png" in kept
 
     third = fit_runs(sweep, out, methods=("approach2",), **QUICK)  # one earlier fit is kept, not a pile
     assert sorted(path.name for path in (out / "previous").iterdir()) == sorted(["fit.json", *second["plots"]])
@@ -605,7 +605,7 @@ def test_skipped_extrapolation_is_printed(tmp_path, capsys):
 
 @pytest.mark.parametrize("convention", ["total", "non_embedding"])
 def test_frontier_legend_names_other_conventions(tmp_path, monkeypatch, convention):
-    """A published law counted under the other convention (Kaplan's non-embedding N) says so in the legend."""
+    """A published law counted under the other convention (Kaplan's non-embedding N) is labelled so in the legend."""
     import analysis.plots
     from analysis.laws import all_laws
 

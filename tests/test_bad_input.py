@@ -588,7 +588,7 @@ def test_data_path_that_is_a_file(capsys, tmp_path):
 
 
 def test_wrong_kinds_of_path_name_the_right_one(capsys, tmp_path):
-    """A run folder, a spec file, a mistyped sweep or a run folder given as a spec: the error says what to pass."""
+    """A run folder, a spec file, a mistyped sweep or a run folder given as a spec: the error names what to pass."""
     write_runs(tmp_path / "runs", [(1e5, 1e7), (2e5, 1e7), (4e5, 2e7), (1e5, 4e7), (2e5, 2e7), (8e5, 1e7)])
     sweep = tmp_path / "runs" / "s"
     spec = tmp_path / "books.yaml"

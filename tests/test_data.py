@@ -635,4 +635,4 @@ def test_validation_documents_are_named(folder_corpus: Path, tmp_path: Path, cap
     assert len(named) == meta["documents"]["val"] >= 1
     held_out = b"".join((folder_corpus / name).read_bytes() for name in named)
     assert len(held_out) == meta["val_bytes"]
-    assert f"of the bytes: {named[0]}" in caplog.text
+    assert f"of the bytes, in {named[0]}" in caplog.text

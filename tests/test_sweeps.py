@@ -344,10 +344,13 @@ def test_interrupted_launch_accounts_for_every_run(corpus_dir, tmp_path, caplog)
     console = Console(width=200, record=True)
     console.print(outcomes_table(spec, outcomes))
     lines = {line.split()[1]: line for line in console.export_text().splitlines() if line.startswith("│")}
-    assert "completed" in lines[done.run_id] and "2.5000" in lines[done.run_id]
-    assert "interrupted at step 6" in lines[stopped.run_id] and "3 s" in lines[stopped.run_id]
+    assert "completed" in lines[done.run_id]
+    assert "2.5000" in lines[done.run_id]
+    assert "interrupted at step 6" in lines[stopped.run_id]
+    assert "3 s" in lines[stopped.run_id]
     assert lines[stopped.run_id].rstrip(" │").endswith("-")  # its CPU time this launch is unknown
-    assert "not started" in lines[waiting.run_id] and lines[waiting.run_id].count(" - ") == 3
+    assert "not started" in lines[waiting.run_id]
+    assert lines[waiting.run_id].count(" - ") == 3
 
 
 def record_completed_runs(runs: list, root: Path) -> None:
