@@ -150,11 +150,40 @@ def _colours(count: int) -> list:
     return [cmap(i / max(count - 1, 1)) for i in range(count)]
 
 
+MINOR_LABELS = (2, 5)  # on a log axis spanning about a decade, only these minor ticks are labelled
+
+
+def _thin_minor_labels(axes) -> None:
+    """Label only the 2x and 5x minor ticks of log axes spanning half a decade or more.
+
+    matplotlib labels most minor ticks on an axis of about one decade, and at a figure's width their
+    labels (3 x 10^10, 4 x 10^10) run into each other. Below half a decade every label is kept.
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    for axis, limits, scale in ((axes.xaxis, axes.get_xlim(), axes.get_xscale()),
+                                (axes.yaxis, axes.get_ylim(), axes.get_yscale())):
+        low, high = sorted(limits)
+        if scale != "log" or not low > 0 or np.log10(high / low) < 0.5:
+            continue
+
+        def label(value: float, position=None) -> str:
+            exponent = int(np.floor(np.log10(value) + 1e-9))
+            mantissa = value / 10.0**exponent
+            if round(mantissa) not in MINOR_LABELS or abs(mantissa - round(mantissa)) > 1e-6:
+                return ""
+            return f"${round(mantissa)}\\times10^{{{exponent}}}$"
+
+        axis.set_minor_formatter(FuncFormatter(label))
+
+
 def _save(figure: Figure, path: Path, tight_layout: bool = True) -> Path:
     """Write `figure` to `path` as PNG; `tight_layout` False keeps a layout set by hand (a legend beside the axes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
+    for axes in figure.axes:
+        _thin_minor_labels(axes)
     if tight_layout:
         with warnings.catch_warnings():
             # A long legend can leave tight_layout without room; the figure is still complete, so it is saved.

@@ -683,3 +683,24 @@ def test_exponent_interval_beyond_unit_range_warned(caplog):
     with caplog.at_level(logging.WARNING, logger="analysis"):
         analysis.fit._warn_if_few_replicates("approach 2", replicates, {"a": 0.9})
     assert f"approach 2: the 95% interval of a, [{bounds[0]:.3g}, {bounds[1]:.3g}], reaches beyond 0 to 1" in caplog.text
+
+
+def test_log_axes_label_few_minor_ticks(tmp_path, monkeypatch):
+    """On a log axis of about a decade only the 2x and 5x minor ticks are labelled, so labels do not collide."""
+    import analysis.plots
+
+    labels = []
+    save = analysis.plots._save
+
+    def record_labels(figure, path, *args, **kwargs):
+        saved = save(figure, path, *args, **kwargs)
+        axes = figure.axes[0]
+        labels.extend(text.get_text() for text in axes.xaxis.get_minorticklabels() if text.get_text())
+        return saved
+
+    monkeypatch.setattr(analysis.plots, "_save", record_labels)
+    params, tokens, _ = isoflop_grid(LAW, [3e10, 1e11, 2e11], 3, 4)
+    analysis.plots.plot_loss_vs_flops(LAW, params, tokens, law_losses(LAW, params, tokens), tmp_path / "c.png",
+                                      "total")
+    assert labels
+    assert all(label.startswith(("$2\\times", "$5\\times")) for label in labels), labels
