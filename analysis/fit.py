@@ -175,10 +175,10 @@ def _keep_earlier_fit(out: Path) -> None:
     for name in (FIT_FILE, *FIT_OUTPUTS):
         if (previous / name).is_file():
             (previous / name).unlink()
-    kept = [name for name in (FIT_FILE, *FIT_OUTPUTS) if (out / name).is_file()]
-    for name in kept:
+    moved = [name for name in (FIT_FILE, *FIT_OUTPUTS) if (out / name).is_file()]
+    for name in moved:
         os.replace(out / name, previous / name)
-    logger.info("kept the earlier fit (%s) in %s", ", ".join(kept), previous)
+    logger.info("kept the earlier fit (%s) in %s", ", ".join(moved), previous)
 
 
 class _WarningLog(logging.Handler):

@@ -93,8 +93,8 @@ def _data_prepare(args: argparse.Namespace) -> int:
     from scaling.paths import runs_root
 
     if len(args.source) > 1:
-        shown = ", ".join(args.source[:3]) + (", ..." if len(args.source) > 3 else "")
-        raise UserError(f"data prepare takes one source, got {len(args.source)} ({shown}); "
+        listed = ", ".join(args.source[:3]) + (", ..." if len(args.source) > 3 else "")
+        raise UserError(f"data prepare takes one source, got {len(args.source)} ({listed}); "
                         "a glob pattern must be quoted so that the shell does not expand it, e.g. 'data/*.txt', or "
                         "name the folder that holds the files")
     args.source = args.source[0]

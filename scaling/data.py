@@ -589,12 +589,12 @@ def _install(staging: Path, out: Path) -> None:
     if out.exists():
         old_fingerprint = (_read_meta(out) or {}).get("fingerprint")
         new_fingerprint = (_read_meta(staging) or {}).get("fingerprint")
-        kept = out.with_name(f"{out.name}.{old_fingerprint}") if isinstance(old_fingerprint, str) else None
-        if kept is not None and old_fingerprint != new_fingerprint and not kept.exists():
-            out.rename(kept)
+        old_folder = out.with_name(f"{out.name}.{old_fingerprint}") if isinstance(old_fingerprint, str) else None
+        if old_folder is not None and old_fingerprint != new_fingerprint and not old_folder.exists():
+            out.rename(old_folder)
             log.warning("the source of the prepared corpus %s changed since it was prepared (fingerprint %s, now "
                         "%s); kept the old tokens in %s for the runs trained on them, delete that folder when no "
-                        "run needs it", out, old_fingerprint, new_fingerprint, kept)
+                        "run needs it", out, old_fingerprint, new_fingerprint, old_folder)
         else:
             retired = out.with_name(f".{out.name}.retired-{uuid.uuid4().hex[:8]}")
             out.rename(retired)

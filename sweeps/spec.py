@@ -288,9 +288,10 @@ def _mapping(raw: Any, where: str, known: tuple[str, ...] | set[str]) -> dict[st
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        shown = repr(raw)
-        shown = shown if len(shown) <= QUOTED_CHARS else shown[:QUOTED_CHARS] + "..."  # a whole CSV, say
-        raise UserError(f"{where} must be a mapping of keys to values, got {shown}")
+        quoted = repr(raw)
+        if len(quoted) > QUOTED_CHARS:  # a whole CSV file given as a spec, say
+            quoted = quoted[:QUOTED_CHARS] + "..."
+        raise UserError(f"{where} must be a mapping of keys to values, got {quoted}")
     for key in raw:
         if key not in known:
             raise UserError(f"unknown key {key!r} in {where}; known keys are: {', '.join(sorted(known))}")

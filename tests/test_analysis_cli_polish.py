@@ -170,7 +170,7 @@ def test_sources_stay_on_one_line_in_a_pipe():
 
 
 def test_ask_table_names_kaplan_convention(capsys, monkeypatch):
-    """Kaplan's N counts non-embedding parameters; the shared N column says so in that row only."""
+    """Kaplan's N counts non-embedding parameters; the table marks that row only."""
     monkeypatch.setenv("COLUMNS", "250")
     args = _parser().parse_args(["ask", "tokens for 7B", "--law", "kaplan-2020", "--law", "tokens-20"])
     assert args.handler(args) == 0

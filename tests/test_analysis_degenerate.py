@@ -125,7 +125,7 @@ def test_ask_one_budget_gives_no_allocation(one_budget_fit):
     assert own["tokens"] is None
     assert own["interval"] is None
     assert "lie on one compute budget" in own["source"]
-    assert answer.rows[-1]["tokens"] == pytest.approx(1.4e11)  # the published rule still answers
+    assert answer.rows[-1]["tokens"] == pytest.approx(1.4e11)  # the published rule still gives its value
 
     loss = ask("loss at 7B params and 140B tokens", fit=str(path), law_keys=["hoffmann-a3-printed"])
     assert loss.rows[0]["loss"] > 0  # a loss at a given (N, D) needs no allocation

@@ -315,10 +315,10 @@ def test_changed_content_prepares_again(folder_corpus: Path, tmp_path: Path, cap
     assert PreparedCorpus.load(out).meta["fingerprint"] == second["fingerprint"]
 
     # The edited source cannot give back the tokens earlier runs trained on, so they are kept beside.
-    kept = tmp_path / f"out.{first['fingerprint']}"
-    assert PreparedCorpus.load(kept).meta == first
-    assert f"kept the old tokens in {kept}" in caplog.text
-    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("out")) == ["out", kept.name]
+    old_corpus = tmp_path / f"out.{first['fingerprint']}"
+    assert PreparedCorpus.load(old_corpus).meta == first
+    assert f"kept the old tokens in {old_corpus}" in caplog.text
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("out")) == ["out", old_corpus.name]
 
 
 def test_changed_settings_prepare_again(folder_corpus: Path, tmp_path: Path):
