@@ -3,8 +3,9 @@
     scaling generate runs/adhoc/run --prompt "def main(" --max-new-tokens 200 --temperature 0.8 --top-p 0.95
 
 The prompt is encoded with the run's own tokenizer, read once by a prefill call, and continued one token at a
-time from the KV cache until the end-of-document token, `--max-new-tokens`, or a full cache. `--json` prints
-the text with timings instead.
+time from the KV cache until the end-of-document token, `--max-new-tokens`, or a full cache. It prints the
+prompt followed by its continuation (`--continuation-only` prints the new text alone); `--json` prints both
+with timings instead.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ def add_parsers(subparsers) -> None:
     generate.add_argument("--cache-len", type=int, metavar="SLOTS",
                           help="KV cache slots for prompt plus new tokens (default: the model's max_seq_len)")
     generate.add_argument("--no-stop", action="store_true", help="keep going past the end-of-document token")
+    generate.add_argument("--continuation-only", action="store_true",
+                          help="print only the generated text, without the prompt before it")
     generate.add_argument("--json", action="store_true", help="print a JSON object with the text and timings")
     generate.set_defaults(handler=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    """Restore the run, generate, and print the continuation (or JSON); return the exit status."""
+    """Restore the run, generate, and print prompt and continuation (or JSON); return the exit status."""
     from models.generate import Generator, Sampling
     from models.kv_cache import check_cache_fits, check_cache_length
     from scaling.errors import UserError
@@ -97,8 +100,10 @@ def run_generate(args: argparse.Namespace) -> int:
             "tokens_per_s": result.tokens_per_s,
             "compile_s": result.compile_s,
         }, indent=2))
-    else:
+    elif args.continuation_only:
         print(continuation)
+    else:
+        print(args.prompt + continuation)
     if reason == "cache_full" and learned and cache_len >= model.max_seq_len:
         log.warning(
             "generation stopped after %d tokens: prompt plus new tokens reached max_seq_len=%d, the model's "

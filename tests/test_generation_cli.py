@@ -47,8 +47,13 @@ def test_cli_prints_greedy_continuation(trained_run, capsys):
         [prompt], 12, Sampling(temperature=0.0), stop_tokens=[run.tokenizer.eot_id]
     )
     assert status == 0
-    assert printed == run.tokenizer.decode(expected.tokens[0]) + "\n"
+    assert printed == "def " + run.tokenizer.decode(expected.tokens[0]) + "\n"
     assert run.step == 10
+
+    status = main(["generate", str(trained_run), "--prompt", "def ", "--max-new-tokens", "12", "--temperature", "0",
+                   "--continuation-only"])
+    assert status == 0
+    assert capsys.readouterr().out == run.tokenizer.decode(expected.tokens[0]) + "\n"
 
     # The trained weights decode the same with and without the cache.
     uncached, _ = UncachedGreedy(run.config.model, run.params, bucket=32).generate([prompt], 12)
