@@ -399,27 +399,32 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
         raise
     if not run_dir.config_path.exists():
         run_dir.write_config(record)
-    if restored is not None:
-        start_step, state = restored
-        dropped = run_dir.truncate_metrics_after(start_step)
-        log.info("run %s resumes from step %d (dropped %d metric rows past it) on %s, %s attention", config.run_id,
-                 start_step, dropped, _layout(trainer), training_attention(config.model))
-    else:
-        start_step, state = 0, trainer.init_state(config.seed)
-        run_dir.truncate_metrics_after(-1)
-        log.info("run %s starts on %s, %s attention", config.run_id, _layout(trainer),
-                 training_attention(config.model))
+    try:
+        if restored is not None:
+            start_step, state = restored
+            dropped = run_dir.truncate_metrics_after(start_step)
+            log.info("run %s resumes from step %d (dropped %d metric rows past it) on %s, %s attention",
+                     config.run_id, start_step, dropped, _layout(trainer), training_attention(config.model))
+        else:
+            start_step, state = 0, trainer.init_state(config.seed)
+            run_dir.truncate_metrics_after(-1)
+            log.info("run %s starts on %s, %s attention", config.run_id, _layout(trainer),
+                     training_attention(config.model))
 
-    tracker = Tracker(
-        mode=config.wandb_mode,
-        project=config.wandb_project,
-        run_id=config.run_id,
-        sweep=config.sweep,
-        run_dir=run_dir.path,
-        config=record,
-    )
-    if start_step > 0:
-        tracker.log_rows(run_dir.metrics())
+        tracker = Tracker(
+            mode=config.wandb_mode,
+            project=config.wandb_project,
+            run_id=config.run_id,
+            sweep=config.sweep,
+            run_dir=run_dir.path,
+            config=record,
+        )
+        if start_step > 0:
+            tracker.log_rows(run_dir.metrics())
+    except BaseException as error:
+        _record_stopped_setup(run_dir, record, previous, error)
+        checkpointer.close()
+        raise
     started = time.time()
     # A resumed run goes on from the wall time recorded with its newest checkpoint. The summary starts from
     # that point, so an attempt stopped before its own first checkpoint keeps the time and steps done.
@@ -464,6 +469,24 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     tracker.summary(summary)
     tracker.finish(exit_code=0 if summary["status"] == "completed" else 1)
     return summary
+
+
+def _record_stopped_setup(run_dir: RunDir, record: dict[str, Any], previous: dict[str, Any] | None,
+                          error: BaseException) -> None:
+    """Write summary.json for a run stopped between writing config.json and its first step (state
+    initialisation, W&B set-up): "interrupted" for Ctrl-C or SIGTERM, else "failed" with the error. The
+    progress of an earlier attempt stays, since its checkpoints do; so a run folder with config.json always
+    has a summary.json that says how the run stands."""
+    summary = {**(previous or initial_summary(record["run_id"], record["sweep"], status="running"))}
+    resumes_at = summary.get("steps_done") or 0
+    if isinstance(error, KeyboardInterrupt):
+        summary.update(status="interrupted", interrupted_at_step=resumes_at, error=None)
+        log.warning("run %s interrupted during setup, before its first step; the next launch %s", record["run_id"],
+                    f"resumes from step {resumes_at}" if resumes_at else "starts it afresh")
+    else:
+        summary.update(status="failed", error=f"{type(error).__name__}: {error}")
+    with stop_signals_deferred():
+        run_dir.write_summary(summary)
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,72 @@ def test_ctrl_c_interrupted_then_resumed(small_corpus, tmp_path, reference, monk
     assert "interrupted_at_step" not in run.summary()
 
 
+def test_ctrl_c_during_setup_records_the_run(small_corpus, tmp_path, reference, monkeypatch, caplog):
+    """A KeyboardInterrupt while W&B starts, before the first step: summary.json says "interrupted", with
+    nothing done on a fresh run and the checkpoint's progress on a resumed one, and the next attempt
+    still ends equal to the uninterrupted run. Before, a fresh run stopped there had config.json alone."""
+    import wandb
+
+    import scaling.train as train_module
+
+    def init(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    config = fault_config(small_corpus, "setup-stop", wandb_mode="offline")
+    run = RunDir.at(tmp_path, "faults", "setup-stop")
+    monkeypatch.setattr(wandb, "init", init)
+    with caplog.at_level(logging.WARNING, logger="scaling.train"), pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, progress=False)
+    assert run.config_path.exists()
+    fresh = run.summary()
+    assert fresh["status"] == "interrupted"
+    assert fresh["steps_done"] == 0
+    assert fresh["interrupted_at_step"] == 0
+    assert "interrupted during setup, before its first step; the next launch starts it afresh" in caplog.text
+
+    # Stop the next attempt at step 33 (checkpoint 20), then the one after it while W&B starts again.
+    monkeypatch.undo()
+    real_batch_at = train_module.batch_at
+
+    def batch_at(tokens, step, **kwargs):
+        if step == 33:
+            raise KeyboardInterrupt
+        return real_batch_at(tokens, step, **kwargs)
+
+    monkeypatch.setattr(train_module, "batch_at", batch_at)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, progress=False)
+    monkeypatch.undo()
+    monkeypatch.setattr(wandb, "init", init)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, progress=False)
+    resumed = run.summary()
+    assert resumed["status"] == "interrupted"
+    assert resumed["steps_done"] == 20
+    assert resumed["tokens_seen"] == 20 * 32 * 8
+    assert finished_steps(run.checkpoint_dir) == [20]
+
+    monkeypatch.undo()
+    summary = train(config.replace(wandb_mode="disabled"), tmp_path, progress=False)
+    assert_equals_reference(run, summary, reference)
+
+
+def test_failure_during_setup_is_recorded(small_corpus, tmp_path, monkeypatch):
+    """An error while the initial state is drawn marks the run failed, with the error, not "never started"."""
+    from scaling.train import Trainer
+
+    def init_state(self, seed):
+        raise MemoryError("cannot allocate the initial state (stand-in)")
+
+    monkeypatch.setattr(Trainer, "init_state", init_state)
+    config = fault_config(small_corpus, "setup-fails", wandb_mode="disabled")
+    with pytest.raises(MemoryError):
+        train(config, tmp_path, progress=False)
+    summary = RunDir.at(tmp_path, "faults", "setup-fails").summary()
+    assert summary["status"] == "failed"
+    assert summary["error"] == "MemoryError: cannot allocate the initial state (stand-in)"
+
+
 def test_signal_checkpoint_resume_equals_uninterrupted(small_corpus, tmp_path, reference, caplog):
     """SIGINT right after step 33, in a child process: the step ends, and a checkpoint of step 33 saves the
     steps of the row it cut (31 to 33). The next attempt resumes from 33 and ends equal to the uninterrupted
