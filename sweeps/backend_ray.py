@@ -425,11 +425,17 @@ def _join_cluster(ray, cluster: ClusterAddress, runtime_env: dict) -> None:
     """Connect to the running cluster; raise UserError with the likely fix when Ray cannot."""
     from ray.exceptions import AuthenticationError
 
-    with _environment_default(CONNECT_TRIES_ENV, str(CONNECT_TRIES)):
+    failure = None
+    with _environment_default(CONNECT_TRIES_ENV, str(CONNECT_TRIES)), _native_stderr_held() as held:
         try:
             ray.init(address=cluster.ray_address, runtime_env=runtime_env, logging_level=logging.WARNING)
         except (ConnectionError, AuthenticationError) as error:
-            raise UserError(_connect_failure(cluster, error)) from None
+            # Ray's core has written a line per retry ("Failed to get cluster ID from GCS server"); the one-line
+            # error below says what they meant, so they are dropped.
+            held.drop = True
+            failure = error
+    if failure is not None:
+        raise UserError(_connect_failure(cluster, failure)) from None
 
 
 TOKEN_FIX = ("with the cluster's token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN (`ray "
@@ -460,6 +466,34 @@ def _exception_chain_text(error: BaseException) -> str:
         parts.append(f"{type(error).__name__}: {error}")
         error = error.__cause__ or error.__context__
     return "\n".join(parts)
+
+
+@dataclass
+class _HeldOutput:
+    drop: bool = False  # set inside the block to discard what was written, instead of passing it on
+
+
+@contextmanager
+def _native_stderr_held():
+    """Send file descriptor 2 to a temporary file inside the block, so that lines Ray's C++ core writes there
+    directly can be dropped (`held.drop = True`); otherwise they are written to stderr at the block's end."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    held = _HeldOutput()
+    with tempfile.TemporaryFile() as buffer:
+        os.dup2(buffer.fileno(), 2)
+        try:
+            yield held
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not held.drop:
+                buffer.seek(0)
+                sys.stderr.write(buffer.read().decode("utf-8", errors="replace"))
+                sys.stderr.flush()
 
 
 @contextmanager
