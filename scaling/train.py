@@ -475,8 +475,8 @@ def _record_stopped_setup(run_dir: RunDir, record: dict[str, Any], previous: dic
                           error: BaseException) -> None:
     """Write summary.json for a run stopped between writing config.json and its first step (state
     initialisation, W&B set-up): "interrupted" for Ctrl-C or SIGTERM, else "failed" with the error. The
-    progress of an earlier attempt stays, since its checkpoints do; so a run folder with config.json always
-    has a summary.json that says how the run stands."""
+    progress of an earlier attempt stays, since its checkpoints do. A run folder with config.json thus
+    always has a summary.json."""
     summary = {**(previous or initial_summary(record["run_id"], record["sweep"], status="running"))}
     resumes_at = summary.get("steps_done") or 0
     if isinstance(error, KeyboardInterrupt):

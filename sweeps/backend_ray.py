@@ -475,8 +475,8 @@ class _HeldOutput:
 
 @contextmanager
 def _native_stderr_held():
-    """Send file descriptor 2 to a temporary file inside the block, so that lines Ray's C++ core writes there
-    directly can be dropped (`held.drop = True`); otherwise they are written to stderr at the block's end."""
+    """Send file descriptor 2 to a temporary file inside the block. Ray's C++ core writes there directly, so
+    this is the only way to drop its lines (`held.drop = True`). Otherwise they reach stderr at the end."""
     import tempfile
 
     sys.stderr.flush()
