@@ -10,6 +10,7 @@ such as 7,000,000,000):
 - "tokens per param at 1e22 FLOPs"         compute-optimal D / N for C = 1e22
 - "loss at 7B params and 1.4T tokens"      predicted L(N, D); the tokens may come first
 - "params for 1e23"                        as "params for 1e23 FLOPs": the number is the compute budget
+- "loss at 1e21 FLOPs"                     as "params for 1e21 FLOPs", whose answer gives the optimum's loss
 - "kv cache for 7B at 4096 tokens"         KV-cache bytes of MHA, GQA and MQA for a reference 7B shape
 - "kv cache for 32 layers 32 heads 128 head dim at 4096 tokens batch 8"
                                            the same for a shape given in full
@@ -18,6 +19,10 @@ A KV-cache question may end with "batch B", "gqa G" (or "G kv heads") for the gr
 value type: float32 or fp32 (4 bytes), bfloat16, bf16, float16 or fp16 (2 bytes, the default), int8 or
 fp8 (1 byte), each at most once. Its counts are whole numbers of at least 1 without suffixes, so
 "4096 tokens" is never read as 4.096e3, and G must divide the number of query heads.
+
+Questions may be phrased as people ask them: "how many tokens for a 7B model", "what is the optimal tokens
+for 7B", "loss for 7B with 140B tokens", "params for 10^23 FLOPs" (or 2x10^23, 10**23) are read as the
+forms above.
 """
 
 from __future__ import annotations
@@ -85,19 +90,28 @@ _KV_OPTION_NAMES = {"batch_size": ("batch", "the batch size", "batch 8"),
                     "gqa_kv_heads": ("gqa", "the number of key/value heads", "gqa 8"),
                     "dtype": ("the value type", "", "bf16")}
 
+_JOIN = r"(?:,|and|,\s*and|with|trained\s+on|on)?"  # between the two numbers of a loss question
 _PATTERNS = (
     ("tokens_per_param", re.compile(rf"^tokens?\s+per\s+param(?:eter)?s?\s+(?:at|for)\s+{_NUMBER}(?:\s*flops?)?$")),
     ("tokens_for_params", re.compile(rf"^(?:tokens?|data)\s+for\s+{_NUMBER}(?:\s*param(?:eter)?s?)?$")),
     ("compute_for_params", re.compile(rf"^(?:compute|flops?)\s+for\s+{_NUMBER}(?:\s*param(?:eter)?s?)?$")),
     # The number of a "params for" question is a compute budget, with or without the word FLOPs.
     ("params_for_flops", re.compile(rf"^(?:params|parameters|model size|size)\s+for\s+{_NUMBER}(?:\s*flops?)?$")),
+    ("loss_at_flops", re.compile(rf"^loss\s+(?:at|for|with)\s+{_NUMBER}\s*flops?$")),
     ("loss_at", re.compile(
-        rf"^loss\s+(?:at|for)\s+{_NUMBER}\s*param(?:eter)?s?\s*(?:,|and|,\s*and)?\s*{_NUMBER}\s*tokens?$")),
+        rf"^loss\s+(?:at|for|of)\s+{_NUMBER}\s*(?:param(?:eter)?s?)?\s*{_JOIN}\s*{_NUMBER}\s*tokens?$")),
     ("loss_at_tokens_first", re.compile(
-        rf"^loss\s+(?:at|for)\s+{_NUMBER}\s*tokens?\s*(?:,|and|,\s*and)?\s*{_NUMBER}\s*param(?:eter)?s?$")),
+        rf"^loss\s+(?:at|for|of)\s+{_NUMBER}\s*tokens?\s*{_JOIN}\s*{_NUMBER}\s*param(?:eter)?s?$")),
 )
 # Words for the suffixes, as people write sizes: "7 billion", "7bn", "1.4 trillion".
 _SUFFIX_WORDS = (("thousand", "k"), ("million", "m"), ("billion", "b"), ("bn", "b"), ("trillion", "t"))
+# Words that frame a question without changing it: "how many tokens for a 7B model" asks "tokens for 7B".
+# Every answer is compute-optimal already, so "optimal" adds nothing either.
+_LEADING_WORDS = re.compile(r"^(?:how\s+many|how\s+much|what(?:'s|\s+is|\s+are)?(?:\s+the)?|the)\s+")
+_FILLER_WORDS = re.compile(r"\b(?:compute[- ]optimal|chinchilla[- ]optimal|optimal|an?|the)\s+")
+_MODEL_WORD = re.compile(r"\s*\bmodel\b(?!\s+size)")  # "7b model"; "model size for 1e23" keeps it
+# Powers of ten as people type them: 10^23, 10**23, 2x10^23, 2*10^23, 2×10^23.
+_POWER_OF_TEN = re.compile(r"(?<![\d.e])(?:(\d+(?:\.\d+)?)\s*[x*×]\s*)?10\s*(?:\^|\*\*)\s*([+-]?\d+)")
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,10 @@ def parse_query(text: str) -> Query:
     normalised = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", normalised)  # 7,000,000,000 is 7000000000
     for word, suffix in _SUFFIX_WORDS:
         normalised = re.sub(rf"(?<=\d)\s*{word}\b", suffix, normalised)
+    normalised = _POWER_OF_TEN.sub(lambda m: f"{m.group(1) or '1'}e{m.group(2)}", normalised)
+    normalised = _LEADING_WORDS.sub("", normalised)
+    normalised = _FILLER_WORDS.sub("", normalised)
+    normalised = _MODEL_WORD.sub("", normalised).strip()
     kv_match = _KV_CACHE.match(normalised)
     if kv_match is not None:
         return Query("kv_cache", text, kv_cache=_kv_cache_shape(kv_match))
@@ -152,7 +170,8 @@ def parse_query(text: str) -> Query:
         if match is None:
             continue
         first = _question_number(match.group(1), match.group(2))
-        if kind in ("params_for_flops", "tokens_per_param"):
+        if kind in ("params_for_flops", "tokens_per_param", "loss_at_flops"):
+            kind = "params_for_flops" if kind == "loss_at_flops" else kind
             return Query(kind, text, flops=_at_least(first, "flops", match.group(1), match.group(2)))
         if kind == "loss_at_tokens_first":
             tokens = _at_least(first, "tokens", match.group(1), match.group(2))

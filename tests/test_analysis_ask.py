@@ -29,6 +29,16 @@ from scaling.errors import UserError
     ("params for 1e23", "params_for_flops", None, None, 1e23),
     ("tokens per param at 3 million", "tokens_per_param", None, None, 3e6),
     ("loss at 1.4T tokens and 7B params", "loss_at", 7e9, 1.4e12, None),
+    # Phrased as people ask (a reviewer's questions, 2026-12-06), read as the forms above.
+    ("loss at 1e21 FLOPs", "params_for_flops", None, None, 1e21),
+    ("how many tokens for a 7B model", "tokens_for_params", 7e9, None, None),
+    ("optimal tokens for 7B", "tokens_for_params", 7e9, None, None),
+    ("What is the compute-optimal model size for 1e23 FLOPs?", "params_for_flops", None, None, 1e23),
+    ("loss for 7B with 140B tokens", "loss_at", 7e9, 1.4e11, None),
+    ("loss of a 7B model trained on 1.4T tokens", "loss_at", 7e9, 1.4e12, None),
+    ("params for 10^23 FLOPs", "params_for_flops", None, None, 1e23),
+    ("params for 2x10^23", "params_for_flops", None, None, 2e23),
+    ("how much compute for 70B", "compute_for_params", 7e10, None, None),
 ])
 def test_parse_forms(text, kind, params, tokens, flops):
     query = parse_query(text)
@@ -47,6 +57,10 @@ def test_commas_not_grouping_digits_stay():
 def test_unknown_question_lists_forms():
     with pytest.raises(UserError, match="tokens for 7B.*params for 1e23 FLOPs"):
         parse_query("how big should my model be")
+
+
+def test_kv_cache_for_a_named_model():
+    assert parse_query("kv cache for a 7B model at 4096 tokens").kv_cache.n_layers == 32
 
 
 def test_zero_is_rejected():
