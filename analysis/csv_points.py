@@ -28,6 +28,7 @@ from analysis.runs import RunRow, RunTable
 logger = logging.getLogger(__name__)
 
 QUANTITIES = ("N", "D", "C", "L", "budget", "id")
+SEEN_VALUES = 8  # distinct values of a filtered column named when no row matches
 DEFAULT_COLUMNS = "N=params,D=tokens,L=loss"
 
 
@@ -62,6 +63,11 @@ def parse_filters(filters: list[str] | None) -> list[tuple[str, str]]:
         column, sep, value = entry.partition("=")
         if not sep or not column.strip():
             raise UserError(f"invalid filter {entry!r}; use COLUMN=VALUE, e.g. epoch_excluded_outlier=0")
+        if value.startswith("=") or column.rstrip()[-1:] in ("!", "<", ">"):
+            operator = "==" if value.startswith("=") else column.rstrip()[-1] + "="
+            name, wanted = column.rstrip("!<> "), value.lstrip("= ")
+            raise UserError(f"filter {entry!r} uses {operator}; --where keeps rows equal to a value and takes one "
+                            f"'=': {name}={wanted}")
         parsed.append((column.strip(), value.strip()))
     return parsed
 
@@ -72,6 +78,7 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
     path = Path(path)
     mapping = parse_columns(columns)
     required = parse_filters(filters)
+    seen: dict[str, set[str]] = defaultdict(set)  # values of each filtered column, for the error when none match
     try:
         # utf-8-sig: spreadsheets' "CSV UTF-8" starts with a byte-order mark, which would stick to the first name.
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -105,6 +112,9 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
                                     "complete, quote or remove that line")
                 if all(_matches(line[column], value) for column, value in required):
                     numbered.append((number, line))
+                for column, _ in required:
+                    if len(seen[column]) < SEEN_VALUES:
+                        seen[column].add(line[column].strip())
     except UnicodeDecodeError as error:
         raise UserError(f"{path} is not UTF-8 text (byte {error.start} cannot be read); save it as a UTF-8 CSV "
                         "file") from None
@@ -118,8 +128,10 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
     rows = [_row(line, number, mapping, path, source) for number, line in numbered]
     if not rows:
         filter_text = ", ".join(f"{column}={value}" for column, value in required)
+        held = "; ".join(f"{column} holds {', '.join(sorted(seen[column]))}"
+                         f"{' and more' if len(seen[column]) >= SEEN_VALUES else ''}" for column in dict(required))
         raise UserError(f"{path}: no rows left after the filters {filter_text}: none of its {data_rows} data rows "
-                        "matches them all; check the values with the file's own")
+                        f"matches them all ({held}); filter on one of those values")
     _warn_duplicates(rows, [number for number, _ in numbered], path)
     # A CSV does not state its loss's unit or kind (Chinchilla's points are final training losses).
     return RunTable(tuple(rows), {}, str(path), source_type="csv", loss_label=f"loss (CSV column {mapping['L']})",

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
+
 import pytest
 
 import analysis.fit
@@ -428,6 +430,26 @@ def test_two_filters_on_one_column_both_apply(tmp_path):
     path.write_text("N,D,loss,outlier\n1e6,1e7,3.0,0\n2e6,1e7,2.9,1\n")
     with pytest.raises(UserError, match=r"no rows left after the filters outlier=0, outlier=1"):
         load_csv(path, "N=N,D=D,L=loss", ["outlier=0", "outlier=1"])
+
+
+def test_no_matching_row_names_the_column_values(tmp_path):
+    path = tmp_path / "points.csv"
+    path.write_text("N,D,loss,outlier\n1e6,1e7,3.0,0\n2e6,1e7,2.9,1\n3e6,1e7,2.8,1\n")
+    with pytest.raises(UserError, match=r"none of its 3 data rows matches them all \(outlier holds 0, 1\); filter on "
+                                        r"one of those values$"):
+        load_csv(path, "N=N,D=D,L=loss", ["outlier=7"])
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("outlier==0", "filter 'outlier==0' uses ==; --where keeps rows equal to a value and takes one '=': outlier=0"),
+    ("outlier>=1", "filter 'outlier>=1' uses >=; --where keeps rows equal to a value and takes one '=': outlier=1"),
+    ("outlier!=1", "filter 'outlier!=1' uses !=; --where keeps rows equal to a value and takes one '=': outlier=1"),
+])
+def test_comparison_operators_in_where_are_named(tmp_path, entry, message):
+    path = tmp_path / "points.csv"
+    path.write_text("N,D,loss,outlier\n1e6,1e7,3.0,0\n")
+    with pytest.raises(UserError, match="^" + re.escape(message) + "$"):
+        load_csv(path, "N=N,D=D,L=loss", [entry])
 
 
 def test_repeated_header_column_rejected(tmp_path):
