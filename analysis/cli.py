@@ -18,6 +18,7 @@ from typing import Any
 from analysis.defaults import DEFAULT_BOOTSTRAPS, DEFAULT_FIT_STARTS, OPTIONAL_METHODS, RESAMPLING
 from analysis.runs import CONVENTIONS
 from scaling.errors import UserError
+from scaling.numbers import whole_number
 from scaling.run_store import json_safe
 from scaling.terminal import print_stdout
 
@@ -78,12 +79,12 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR",
                         help="folder for fit.json and plots (default: <runs folder>/_report, or "
                              f"RUNS/{REPORTS_FOLDER}/<name> for a CSV file or a W&B project)")
-    parser.add_argument("--starts", type=int, default=DEFAULT_FIT_STARTS, metavar="N",
+    parser.add_argument("--starts", type=whole_number, default=DEFAULT_FIT_STARTS, metavar="N",
                         help=f"minimum size of approach 3's start grid (default: {DEFAULT_FIT_STARTS})")
-    parser.add_argument("--bootstraps", type=int, default=DEFAULT_BOOTSTRAPS, metavar="N",
+    parser.add_argument("--bootstraps", type=whole_number, default=DEFAULT_BOOTSTRAPS, metavar="N",
                         help=f"bootstrap replicates for 95%% intervals: 0 for none, else at least 40 (default: "
                              f"{DEFAULT_BOOTSTRAPS})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    parser.add_argument("--seed", type=whole_number, default=0, help="seed of the bootstrap resampling")
     parser.add_argument("--resample", choices=RESAMPLING, default="luck",
                         help="what the bootstraps of approaches 1 and 2 redraw: each run's luck, keeping the "
                              "sweep's sizes (default), or whole runs with replacement")

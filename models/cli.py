@@ -14,6 +14,8 @@ import argparse
 import json
 import logging
 
+from scaling.numbers import whole_number
+
 log = logging.getLogger(__name__)
 
 
@@ -24,13 +26,13 @@ def add_parsers(subparsers) -> None:
     )
     generate.add_argument("run_dir", metavar="RUN_DIR", help="run folder RUNS/<sweep>/<run_id> with config.json and checkpoints/")
     generate.add_argument("--prompt", required=True, help="text to continue; an empty prompt starts a new document")
-    generate.add_argument("--max-new-tokens", type=int, required=True, metavar="N", help="tokens to generate at most")
+    generate.add_argument("--max-new-tokens", type=whole_number, required=True, metavar="N", help="tokens to generate at most")
     generate.add_argument("--temperature", type=float, default=1.0, help="divides the logits; 0 is greedy (default 1.0)")
-    generate.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 keeps all")
+    generate.add_argument("--top-k", type=whole_number, default=0, help="sample among the k most likely tokens; 0 keeps all")
     generate.add_argument("--top-p", type=float, default=1.0,
                           help="sample among the most likely tokens whose probability reaches p; 1 keeps all")
-    generate.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
-    generate.add_argument("--cache-len", type=int, metavar="SLOTS",
+    generate.add_argument("--seed", type=whole_number, default=0, help="seed of the random draws (default 0)")
+    generate.add_argument("--cache-len", type=whole_number, metavar="SLOTS",
                           help="KV cache slots for prompt plus new tokens (default: the model's max_seq_len)")
     generate.add_argument("--no-stop", action="store_true", help="keep going past the end-of-document token")
     generate.add_argument("--continuation-only", action="store_true",

@@ -7,12 +7,15 @@ them up, sets up logging, and turns a `UserError` into a one-line message with e
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
 from scaling.errors import UserError, yaml_problem
+from scaling.numbers import whole_number
 
 SWEEP_SECTIONS = frozenset({"grid", "isoflop"})  # top-level keys of a sweep spec that no run config has
 
@@ -20,7 +23,8 @@ log = logging.getLogger("scaling")
 
 
 class WholeOptionParser(argparse.ArgumentParser):
-    """An ArgumentParser, and its subcommands' parsers, that take option names only in full.
+    """An ArgumentParser, and its subcommands' parsers, that take option names only in full and report a bad
+    command line in one line.
 
     argparse's default accepts any unambiguous prefix (`--max-ep` for `--max-epochs`), so a mistyped or
     shortened option would silently set whichever option it happens to match.
@@ -29,6 +33,15 @@ class WholeOptionParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        """Exit with status 2 and one line, as every other error here, instead of argparse's usage block."""
+        help_hint = f"; see `{self.prog} --help`"
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            close = difflib.get_close_matches(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)), n=1)
+            help_hint = f"; did you mean '{close[0]}'? See `{self.prog} --help`" if close else help_hint
+        self.exit(2, f"{self.prog}: error: {message}{help_hint}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +90,7 @@ def _add_data_parser(commands) -> None:
     prepare.add_argument("--out", metavar="DIR", help="output folder (default: RUNS/_data/<name>-<hash of its "
                                                        "path>-<tokenizer>, or python-stdlib-<tokenizer>)")
     prepare.add_argument("--tokenizer", choices=("bytes", "bpe"), default="bytes", help="bytes (vocabulary 256) or BPE")
-    prepare.add_argument("--vocab-size", type=int, help="BPE vocabulary size in tokens (default 4096)")
+    prepare.add_argument("--vocab-size", type=whole_number, help="BPE vocabulary size in tokens (default 4096)")
     prepare.add_argument("--text-field", default="text", help="JSONL field holding the document text")
     prepare.add_argument("--val-fraction", type=float, default=0.05,
                          help="share of the bytes held out for validation, approximately: whole documents chosen by "
@@ -189,7 +202,7 @@ def _add_demo_parser(commands) -> None:
     demo = commands.add_parser("demo", help="prepare the stdlib corpus, run an IsoFLOP sweep, fit, report and ask")
     demo.add_argument("--preset", choices=("full", "quick"), default="full",
                       help="full (about 2 min on 2 idle cores) or quick (about 1 min)")
-    demo.add_argument("--workers", type=int, default=2, help="local worker processes")
+    demo.add_argument("--workers", type=whole_number, default=2, help="local worker processes")
     _add_runs_option(demo)
     demo.set_defaults(handler=_demo)
 

@@ -8,6 +8,7 @@ either case: K = 1e3, M = 1e6, B or G = 1e9, T = 1e12 ("125m" is 1.25e8, as in m
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 
@@ -47,6 +48,17 @@ def parse_count(value: object, where: str) -> float:
     if number <= 0:
         raise UserError(f"{where}={value!r} must be a positive number, such as 8, 1e6 or 1M")
     return number
+
+
+def whole_number(text: str) -> int:
+    """The argparse type of a command-line count: "200", "1e3" or "4K" gives an int; the caller checks its range."""
+    try:
+        number = parse_number(text, "value")
+    except UserError:
+        number = math.nan
+    if not number.is_integer():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; write e.g. 200, 1e3 or 4K")
+    return int(number)
 
 
 def format_count(value: float, digits: int = RUN_ID_DIGITS) -> str:

@@ -10,6 +10,8 @@ import argparse
 import json
 import logging
 
+from scaling.numbers import whole_number
+
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 2
@@ -48,7 +50,7 @@ def add_parsers(subparsers) -> None:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", metavar="DIR", help="run store root (default: $SCALING_RUNS or ./runs)")
-    parser.add_argument("--workers", metavar="K", type=int, default=None,
+    parser.add_argument("--workers", metavar="K", type=whole_number, default=None,
                         help=f"local worker processes, each on its own share of the CPU cores (default "
                              f"{DEFAULT_WORKERS}); Ray and SLURM take each run's cores from the spec's resources:")
 

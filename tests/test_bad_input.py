@@ -540,6 +540,34 @@ def test_installed_script_prints_one_line_and_exits_2():
     assert lines[0].startswith("scaling: error: question 'tokens for seven' is not understood")
 
 
+@pytest.mark.parametrize("args, line", [
+    (["fit", "runs", "--method", "aproach2"],
+     "scaling fit: error: argument --method: invalid choice: 'aproach2' (choose from 'approach1', 'approach2', "
+     "'kaplan', 'extrapolation'); did you mean 'approach2'? See `scaling fit --help`"),
+    (["generate", "runs/x", "--max-new-tokens", "5"],
+     "scaling generate: error: the following arguments are required: --prompt; see `scaling generate --help`"),
+    (["fit", "runs", "--starts", "2.5"],
+     "scaling fit: error: argument --starts: '2.5' is not a whole number; write e.g. 200, 1e3 or 4K; see "
+     "`scaling fit --help`"),
+    (["fitt"], "scaling: error: argument COMMAND: invalid choice: 'fitt' (choose from 'data', 'train', 'demo', "
+               "'sweep', 'fit', 'ask', 'report', 'generate'); did you mean 'fit'? See `scaling --help`"),
+])
+def test_bad_command_line_is_one_line(args, line, capsys):
+    """argparse's own errors, one line each as the others (a reviewer got 6-8 lines of usage before)."""
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == line + "\n"
+
+
+def test_counts_on_the_command_line_take_exponents():
+    from scaling.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "runs/x", "--prompt", "a", "--max-new-tokens", "1e3",
+                                      "--cache-len", "2K"])
+    assert (args.max_new_tokens, args.cache_len) == (1000, 2000)
+
+
 def test_corpus_path_relative_to_another_folder(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = write_config(tmp_path / "c.json", **train_config(Path("runs/_data/missing"), "rel"))
