@@ -238,6 +238,9 @@ def _fit_runs(runs_path: str | Path, out_dir: str | Path, convention: str, start
             logger.warning("approach 3: %s", warning)
         for warning in far_point_warnings(approach3.law(), table, params, tokens, losses):
             logger.warning("approach 3: %s", warning)
+        repeated = repeated_data_warning(table)
+        if repeated:
+            logger.warning("%s", repeated)
         # `ask` answers allocation questions from this law only where the runs separate its N and D terms.
         record["approach3"]["allocation_identified"] = bool(spans_budgets(params, tokens))
         record["warnings"] = []  # fit_runs fills this with every warning logged, once all steps have run
@@ -503,6 +506,28 @@ FAR_POINT_MAD_FACTOR = 10.0  # times the median |residual| of all points
 FAR_POINTS_NAMED = 3
 
 
+# Muennighoff et al. 2023 (arXiv:2305.16264): up to about 4 epochs, repeated tokens lowered the loss almost as
+# much as new ones; beyond that, less and less. The laws fitted here assume every token is new.
+REPEATED_DATA_NEGLIGIBLE_EPOCHS = 4.0
+
+
+def repeated_data_warning(table: RunTable) -> str | None:
+    """Return a warning naming the runs that trained on more than one pass over their corpus, or None."""
+    repeated = sorted((row for row in table.rows if row.epochs is not None and row.epochs > 1),
+                      key=lambda row: -row.epochs)
+    if not repeated:
+        return None
+    most = repeated[0].epochs
+    named = ", ".join(f"{row.run_id} ({row.epochs:.2f})" for row in repeated[:5])
+    more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+    effect = ("so the effect here should be small" if most <= REPEATED_DATA_NEGLIGIBLE_EPOCHS else
+              "and later ones worth less and less, so runs beyond 4 epochs may lie above a law for new data")
+    return (f"{len(repeated)} of {len(table.rows)} runs saw their training data more than once (epochs: {named}"
+            f"{more}); the laws assume every token is new. Muennighoff et al. 2023 (arXiv:2305.16264) found "
+            f"repeats up to about 4 epochs worth almost as much as new tokens, {effect}; a larger corpus removes "
+            "the doubt")
+
+
 def far_point_warnings(law: ParametricLaw, table: RunTable, params: np.ndarray, tokens: np.ndarray,
                        losses: np.ndarray) -> list[str]:
     """Return one warning naming the points far from the fitted law (a typo, a failed run), or none."""
@@ -719,6 +744,8 @@ def _record(table: RunTable, convention: str, approach3: ParametricFit, params: 
         "n_runs": len(table.rows),
         "excluded_runs": dict(sorted(table.excluded.items())),
         "corpus_fingerprints": sorted(str(f) for f in table.fingerprints),
+        # fingerprint -> what it was prepared from; runs of one fingerprint share their corpus and tokenizer
+        "corpus_sources": {str(row.corpus_fingerprint): row.corpus_source for row in table.rows if row.corpus_source},
         "convention": convention,
         "convention_description": CONVENTION_DESCRIPTIONS[convention],
         "units": {"N": "parameters", "D": "tokens", "C": "FLOPs (6ND)", "loss": table.loss_unit},

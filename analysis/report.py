@@ -56,11 +56,19 @@ def write_report(out_dir: str | Path, fit: dict[str, Any], answers: Sequence[Ans
     return path
 
 
+def _corpora(fit: dict[str, Any]) -> str:
+    """Return each corpus fingerprint of the fit with what it was prepared from, when fit.json records it."""
+    sources = fit.get("corpus_sources") or {}
+    named = [f"{sources[fingerprint]}, fingerprint {fingerprint}" if fingerprint in sources else
+             f"fingerprint {fingerprint}" for fingerprint in fit.get("corpus_fingerprints", [])]
+    return "; ".join(named) or "unknown"
+
+
 def _runs_section(fit: dict[str, Any]) -> list[str]:
     lines = ["## Runs", "",
              f"- source: `{fit.get('runs_source')}`",
              f"- {'completed runs' if fitted_noun(fit) == 'runs' else 'points'} fitted: {fit.get('n_runs')}",
-             f"- corpus fingerprints: {', '.join(fit.get('corpus_fingerprints', [])) or 'unknown'}",
+             f"- corpus: {_corpora(fit)}",
              f"- parameter convention: **{fit.get('convention')}**: {fit.get('convention_description')}",
              f"- units: {', '.join(f'{k} in {v}' for k, v in fit.get('units', {}).items())}"]
     excluded = fit.get("excluded_runs") or {}

@@ -48,6 +48,8 @@ class RunRow:
     status: str
     learning_curve: tuple[tuple[float, float], ...] = field(default=(), repr=False)  # (tokens, val_loss)
     path: str = ""
+    epochs: float | None = None  # D over the corpus's training tokens; above 1 the run saw tokens again
+    corpus_source: str | None = None  # what the corpus was prepared from, and its tokenizer, for reports
 
     def params(self, convention: str = "total") -> float:
         """Return N under `convention`: "total" or "non_embedding"."""
@@ -68,6 +70,7 @@ class RunRow:
             "tokens": self.tokens, "flops_6nd": self.flops_6nd, "flops_exact": self.flops_exact,
             "flop_budget": self.flop_budget, "final_loss": self.final_loss, "status": self.status,
             "learning_curve": [list(point) for point in self.learning_curve],
+            "epochs": self.epochs, "corpus_source": self.corpus_source,
         }
 
 
@@ -230,8 +233,28 @@ def row_from_records(config: dict[str, Any], summary: dict[str, Any], metrics: C
         status=str(status),
         learning_curve=curve,
         path=path,
+        epochs=_epochs(tokens, corpus),
+        corpus_source=_corpus_source(corpus),
     )
     return row, ""
+
+
+def _epochs(tokens: int, corpus: dict[str, Any]) -> float | None:
+    """Return the passes over the corpus's training split that `tokens` make, or None when it is not recorded."""
+    counts = corpus.get("tokens")
+    train_tokens = _number(counts.get("train")) if isinstance(counts, dict) else None
+    if train_tokens is None or not math.isfinite(train_tokens) or train_tokens <= 0:
+        return None
+    return tokens / train_tokens
+
+
+def _corpus_source(corpus: dict[str, Any]) -> str | None:
+    """Return "SOURCE (TOKENIZER tokenizer)" from a run's corpus record, or None when it names no source."""
+    source = corpus.get("source")
+    if not source:
+        return None
+    tokenizer = corpus.get("tokenizer")
+    return f"{source} ({tokenizer} tokenizer)" if tokenizer else str(source)
 
 
 def _learning_curve(rows: Iterable[Any]) -> tuple[tuple[float, float], ...]:

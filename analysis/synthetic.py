@@ -39,8 +39,9 @@ def isoflop_grid(law: ParametricLaw, budgets: list[float], sizes_per_budget: int
 def write_synthetic_run(runs_root: Path, sweep: str, run_id: str, *, params_total: int, tokens: int,
                         final_loss: float | None, status: str = "completed", fingerprint: str = "synthetic",
                         params_non_embedding: int | None = None, flop_budget: float | None = None,
-                        curve_points: int = 4) -> RunDir:
-    """Write one run folder; the learning curve falls to `final_loss` at `tokens`."""
+                        curve_points: int = 4, train_tokens: int | None = None) -> RunDir:
+    """Write one run folder; the learning curve falls to `final_loss` at `tokens`. `train_tokens` is the
+    size of the corpus's training split, when the record should give it."""
     run = RunDir.at(runs_root, sweep, run_id)
     non_embedding = params_non_embedding if params_non_embedding is not None else int(params_total * 0.8)
     config = {"tokens": tokens}
@@ -50,7 +51,8 @@ def write_synthetic_run(runs_root: Path, sweep: str, run_id: str, *, params_tota
         "run_id": run_id,
         "sweep": sweep,
         "config": config,
-        "corpus": {"source": "synthetic", "tokenizer": "bytes", "fingerprint": fingerprint},
+        "corpus": {"source": "synthetic", "tokenizer": "bytes", "fingerprint": fingerprint,
+                   **({"tokens": {"train": train_tokens}} if train_tokens is not None else {})},
         "params": {"total": params_total, "non_embedding": non_embedding,
                    "embedding": params_total - non_embedding},
         "flops_per_token": {"6N_total": 6 * params_total, "6N_non_embedding": 6 * non_embedding},

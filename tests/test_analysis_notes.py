@@ -43,6 +43,36 @@ def _fit(sweep: Path, **options) -> dict:
     return fit_runs(sweep, sweep.parent / "out", starts=50, plot=False, **{"bootstraps": 40, **options})
 
 
+def test_runs_that_repeat_their_data_are_named_in_fit_and_report(tmp_path, caplog):
+    """A reviewer's sweep trained 4 of 9 runs over several epochs; plan warned, fit and report did not."""
+    index = 0
+    for budget in BUDGETS:
+        for params in SIZES:
+            tokens = budget / (6 * params)
+            loss = float(law_losses(LAW, np.array([params]), np.array([tokens]))[0])
+            write_synthetic_run(tmp_path, "small", f"r{index:02d}", params_total=int(params), tokens=int(tokens),
+                                final_loss=loss, flop_budget=budget, train_tokens=100_000_000)
+            index += 1
+    caplog.set_level(logging.WARNING, logger="analysis")
+    record = fit_runs(tmp_path / "small", tmp_path / "out", starts=50, plot=False, bootstraps=0)
+
+    # 1e17 / (6 * 2e6) = 8.3e9 tokens are 83 passes over 1e8 training tokens; 3 runs stay below one pass.
+    repeated = [warning for warning in record["warnings"] if "saw their training data more than once" in warning]
+    assert len(repeated) == 1
+    assert repeated[0].startswith("6 of 9 runs saw their training data more than once (epochs: r06 (83.33), r07 "
+                                  "(20.83), r03 (13.33), r08 (5.21), r00 (3.33) and 1 more); ")
+    assert "so runs beyond 4 epochs may lie above a law for new data" in repeated[0]
+    assert record["corpus_sources"] == {"synthetic": "synthetic (bytes tokenizer)"}
+
+    report = write_report(tmp_path / "out", record).read_text()
+    assert "- corpus: synthetic (bytes tokenizer), fingerprint synthetic" in report
+    assert "runs saw their training data more than once" in report
+
+
+def test_runs_within_one_epoch_get_no_repeat_warning(sweep):
+    assert not any("more than once" in warning for warning in _fit(sweep, bootstraps=0)["warnings"])
+
+
 def _printed_fit(record: dict, sweep: Path, capsys, monkeypatch) -> str:
     monkeypatch.setenv("COLUMNS", "200")
     capsys.readouterr()
