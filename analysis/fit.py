@@ -4,8 +4,8 @@ Writes `fit.json` and PNG plots into an output folder. Every number in fit.json 
 float repr, so each parameter reads back bit for bit (17 significant digits).
 
 A fit that replaces an earlier one in the same folder moves the earlier fit.json, plots and report.md
-(FIT_OUTPUTS, by name; nothing else) into `previous/` there, so the folder never mixes two fits and one
-earlier fit stays readable.
+(FIT_OUTPUTS, by name; nothing else) into `previous/<time it was written>/` there, so the folder never mixes
+two fits. The PREVIOUS_KEPT newest earlier fits stay readable.
 
 fit.json's top-level "warnings" list contains every warning that the `analysis` modules logged during the
 fit, in the order logged and with the text printed: caveats about the runs read, approach 3's fit and
@@ -56,7 +56,9 @@ PLOT_FILES = ("isoflop.png", "loss_vs_params.png", "loss_vs_tokens.png", "loss_v
               "optimal_allocation.png", "residuals.png")
 REPORT_FILE = "report.md"  # analysis.report writes it beside fit.json
 FIT_OUTPUTS = (*PLOT_FILES, REPORT_FILE)  # what an earlier fit may have left in a folder, besides fit.json
-PREVIOUS_FOLDER = "previous"  # <out>/previous/: the fit that the newest one replaced
+PREVIOUS_FOLDER = "previous"  # <out>/previous/<time>/: the fits that newer ones replaced
+PREVIOUS_KEPT = 5  # earlier fits kept there; the oldest beyond this are deleted
+PREVIOUS_STAMP = "%Y-%m-%d_%H-%M-%S"  # local time at which the earlier fit's fit.json was written
 NAMED_RUNS = 8  # a warning about runs left out of a method names this many, then gives the count of the rest
 REPORT_FOLDER = "_report"  # a sweep's fit goes to RUNS/<sweep>/_report/ by default (scaling fit, scaling demo)
 FIT_SCHEMA = 1
@@ -165,20 +167,55 @@ def _is_fit_record(path: Path) -> bool:
 
 
 def _keep_earlier_fit(out: Path) -> None:
-    """Move the earlier fit in `out` (fit.json, its plots and report.md) into `out/previous/`.
+    """Move the earlier fit in `out` (fit.json, its plots and report.md) into `out/previous/<time>/`.
 
-    One earlier fit is kept: a quick refit (`--bootstraps 0`, another method) must not cost a finished report.
-    Only the names in FIT_FILE and FIT_OUTPUTS are moved or replaced there, so the folder never mixes two fits.
+    A quick refit (`--bootstraps 0`, another method) must not cost a finished report, so each earlier fit gets
+    a folder named after the time its fit.json was written, and the PREVIOUS_KEPT newest stay. Only the names
+    in FIT_FILE and FIT_OUTPUTS are moved or deleted, so a folder never mixes two fits.
     """
     previous = out / PREVIOUS_FOLDER
     previous.mkdir(exist_ok=True)  # _check_out_folder made sure no file has its name
-    for name in (FIT_FILE, *FIT_OUTPUTS):
-        if (previous / name).is_file():
-            (previous / name).unlink()
-    moved = [name for name in (FIT_FILE, *FIT_OUTPUTS) if (out / name).is_file()]
-    for name in moved:
-        os.replace(out / name, previous / name)
-    logger.info("kept the earlier fit (%s) in %s", ", ".join(moved), previous)
+    _move_fit_files(previous, previous)  # an earlier version kept one fit directly in previous/
+    kept = _move_fit_files(out, previous)
+    if kept is None:
+        return
+    stamped = sorted((path for path in previous.iterdir() if path.is_dir() and _is_stamp(path.name)),
+                     key=lambda path: (path.name[:19], int(path.name[20:] or 1)))  # "-10" after "-9"
+    for old in stamped[:-PREVIOUS_KEPT]:
+        for name in (FIT_FILE, *FIT_OUTPUTS):
+            if (old / name).is_file():
+                (old / name).unlink()
+        with contextlib.suppress(OSError):  # a file someone else put there keeps its folder
+            old.rmdir()
+    moved = sorted(path.name for path in kept.iterdir())
+    logger.info("kept the earlier fit (%s) in %s", ", ".join(moved), kept)
+
+
+def _move_fit_files(source: Path, previous: Path) -> Path | None:
+    """Move the fit files in `source` to a new folder of `previous` named after their fit.json's time;
+    return that folder, or None when `source` holds none."""
+    names = [name for name in (FIT_FILE, *FIT_OUTPUTS) if (source / name).is_file()]
+    if not names:
+        return None
+    written = (source / FIT_FILE) if FIT_FILE in names else (source / names[0])
+    stamp = time.strftime(PREVIOUS_STAMP, time.localtime(written.stat().st_mtime))
+    folder, number = previous / stamp, 1
+    while folder.exists():  # two fits written within one second
+        number += 1
+        folder = previous / f"{stamp}-{number}"
+    folder.mkdir()
+    for name in names:
+        os.replace(source / name, folder / name)
+    return folder
+
+
+def _is_stamp(name: str) -> bool:
+    """Return whether a folder name is one `_move_fit_files` gives: a time, perhaps followed by -2, -3, ..."""
+    try:
+        time.strptime(name[:19], PREVIOUS_STAMP)
+    except ValueError:
+        return False
+    return len(name) == 19 or (name[19] == "-" and name[20:].isdigit())
 
 
 class _WarningLog(logging.Handler):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import analysis.fit
 from analysis.bootstrap import too_few_replicates
 from analysis.cli import _print_fit
 from analysis.csv_points import load_csv, parse_columns
-from analysis.fit import FIT_OUTPUTS, PLOT_FILES, fit_runs
+from analysis.fit import FIT_OUTPUTS, PLOT_FILES, PREVIOUS_KEPT, fit_runs
 from analysis.fit_isoflop import budget_counts, fit_isoflop
 from analysis.laws import ParametricLaw
 from analysis.report import write_report
@@ -191,14 +192,43 @@ def test_refit_keeps_earlier_fit_in_previous(tmp_path, caplog):
     assert not (out / "report.md").exists()  # it described the first fit
     assert sorted(path.name for path in out.iterdir()) == sorted(["fit.json", "notes.md", "extra.png", "previous",
                                                                   *second["plots"]])
-    assert {name: (out / "previous" / name).read_bytes() for name in first_files} == first_files
-    (kept,) = [message for message in caplog.messages if message.startswith("kept the earlier fit (fit.json, ")]
+    (first_kept,) = (out / "previous").iterdir()
+    assert {name: (first_kept / name).read_bytes() for name in first_files} == first_files
+    (kept,) = [message for message in caplog.messages if message.startswith("kept the earlier fit (")]
     assert "isoflop.png" in kept
+    assert kept.endswith(str(first_kept))
 
-    third = fit_runs(sweep, out, methods=("approach2",), **QUICK)  # one earlier fit is kept, not a pile
-    assert sorted(path.name for path in (out / "previous").iterdir()) == sorted(["fit.json", *second["plots"]])
-    assert json.loads((out / "previous" / "fit.json").read_text())["convention"] == "non_embedding"
-    assert "isoflop.png" in third["plots"]
+    # A third fit keeps the first one's report (a reviewer lost it when one earlier fit was kept), and the
+    # oldest go once PREVIOUS_KEPT are kept.
+    fit_runs(sweep, out, methods=("approach2",), **QUICK)
+    kept_folders = sorted((out / "previous").iterdir())
+    assert len(kept_folders) == 2
+    assert kept_folders[0] == first_kept
+    assert (first_kept / "report.md").read_bytes() == first_files["report.md"]
+    assert json.loads((kept_folders[1] / "fit.json").read_text())["convention"] == "non_embedding"
+    for _ in range(PREVIOUS_KEPT):
+        fit_runs(sweep, out, methods=("approach2",), **QUICK)
+    kept_folders = sorted((out / "previous").iterdir())
+    assert len(kept_folders) == PREVIOUS_KEPT
+    assert first_kept not in kept_folders
+
+
+def test_refit_moves_a_fit_kept_by_an_earlier_version(tmp_path):
+    """Earlier versions kept one fit directly in previous/; it moves into a folder of its own."""
+    sweep = _write_sweep(tmp_path)
+    out = tmp_path / "out"
+    fit_runs(sweep, out, methods=("approach2",), **QUICK)
+    (out / "previous").mkdir()
+    legacy = sorted(path.name for path in out.iterdir() if path.is_file())
+    assert "isoflop.png" in legacy
+    for name in legacy:
+        os.replace(out / name, out / "previous" / name)
+    fit_runs(sweep, out, methods=("approach2",), **QUICK)  # out/ held no fit: only the legacy one moves
+    fit_runs(sweep, out, methods=("approach2",), **QUICK)
+    folders = sorted((out / "previous").iterdir())
+    assert all(folder.is_dir() for folder in folders)
+    assert len(folders) == 2
+    assert sorted(path.name for path in folders[0].iterdir()) == legacy
 
 
 def test_failed_refit_leaves_earlier_fit(tmp_path):
