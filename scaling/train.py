@@ -58,6 +58,8 @@ from scaling.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
+ROUNDED_TOKENS_NOTED = 0.01  # a config whose whole batches fall this far short of its tokens gets a warning
+
 FAULT_ENV = "SCALING_FAULT"
 FAULT_POINTS = ("step", "checkpoint", "eval", "nan", "signal")
 
@@ -386,6 +388,9 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
         )
 
     record = run_record(config, corpus.meta)
+    if config.tokens_trained < (1 - ROUNDED_TOKENS_NOTED) * config.tokens:
+        log.warning("run %s trains on %d of the %d tokens asked: whole batches of %d tokens (batch_size x seq_len)",
+                    config.run_id, config.tokens_trained, config.tokens, config.data.tokens_per_step)
     enable_compilation_cache(root)
 
     trainer = trainer_for(config)

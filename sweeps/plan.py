@@ -172,6 +172,9 @@ def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
     return 0.0, through_origin
 
 
+ROUNDED_TOKENS_NOTED = 0.01  # a run whose whole batches miss its D by more than this share gets a warning
+
+
 @dataclass(frozen=True)
 class PlanRow:
     """One run of the plan and its state in the run store."""
@@ -279,9 +282,12 @@ class Plan:
             "parameters; D/N uses N total."
         )
         console.print(f"time estimate: {self.cost.method}")
+        in_conflict = sum(1 for row in self.rows if row.conflict)
+        refused = (f"; and {counted(in_conflict, 'run')} in conflict (below), so `launch` refuses the whole sweep "
+                   "until they are resolved") if in_conflict else ""
         console.print(f"remaining: {totals['runs_to_do']} runs, {_duration(totals['remaining_seconds_one_worker'])} "
                       f"on one worker, about {_duration(totals['wall_seconds'])} wall with "
-                      f"{counted(max(1, min(self.workers, totals['runs_to_do'])), 'worker')}")
+                      f"{counted(max(1, min(self.workers, totals['runs_to_do'])), 'worker')}{refused}")
         clipped = [row for row in self.rows
                    if clipped_warmup(row.run.config.optimizer.warmup_steps, row.run.steps)
                    < row.run.config.optimizer.warmup_steps]
@@ -289,6 +295,17 @@ class Plan:
             console.print(f"warning: optimizer.warmup_steps={self.spec.optimizer.warmup_steps} is more than a fifth of "
                           f"{counted(len(clipped), 'run')} ({_listed(clipped)}); each warms up for a fifth of its "
                           "steps instead",
+                          markup=False)
+        rounded = [row for row in self.rows if row.run.tokens_target and
+                   abs(row.run.tokens / row.run.tokens_target - 1) > ROUNDED_TOKENS_NOTED]
+        if rounded:
+            worst = max(rounded, key=lambda row: abs(row.run.tokens / row.run.tokens_target - 1))
+            verb = "trains" if len(rounded) == 1 else "train"
+            console.print(f"warning: {counted(len(rounded), 'run')} {verb} on more than {ROUNDED_TOKENS_NOTED:.0%} "
+                          f"more or fewer tokens than the spec gives, since D is rounded to whole batches of "
+                          f"{self.spec.train.tokens_per_step} tokens ({_listed(rounded)}; {worst.run.run_id}: "
+                          f"{worst.run.tokens_target:,.0f} to {worst.run.tokens:,}); C and the fits use the tokens "
+                          "trained, and budgets or token counts of many batches keep the grid as designed",
                           markup=False)
         repeated = [row for row in self.rows if row.epochs > 1]
         if repeated:

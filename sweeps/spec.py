@@ -154,6 +154,7 @@ class PlannedRun:
     flops: float  # C of the trained tokens, in the spec's flops_per_token convention
     flops_per_token: int  # F(N) in that convention
     budget: float | None  # the IsoFLOP budget C this run belongs to; None for grid runs
+    tokens_target: float | None = None  # D the spec asks for (C / F(N) on an IsoFLOP grid), before whole batches
 
     @property
     def steps(self) -> int:
@@ -663,5 +664,6 @@ def _expand(spec: SweepSpec, data: PreparedData) -> list[PlannedRun]:
             flops=float(per_token) * config.tokens_trained,
             flops_per_token=per_token,
             budget=budget,
+            tokens_target=float(tokens_target),
         ))
     return runs

@@ -391,7 +391,10 @@ def test_conflicting_run_folders_refused(corpus_dir, tmp_path, capsys):
         totals = plan.to_dict()["totals"]
         assert (totals["runs_to_do"], totals["runs_in_conflict"]) == (0, 2)
         plan.print()
-        assert "`scaling sweep launch` refuses the sweep" in capsys.readouterr().out
+        printed = " ".join(capsys.readouterr().out.split())
+        assert "`scaling sweep launch` refuses the sweep" in printed
+        assert ("remaining: 0 runs, 0 s on one worker, about 0 s wall with 1 worker; and 2 runs in conflict (below), "
+                "so `launch` refuses the whole sweep until they are resolved") in printed
         with pytest.raises(UserError, match=re.escape(named)):
             check_existing_runs(expand(changed_spec, root), root)
         with pytest.raises(UserError, match=re.escape(named)):
@@ -631,6 +634,20 @@ def test_plan_warns_about_clipped_warmup_and_repeated_data(corpus_dir, tmp_path,
     assert repeated
     runs_word = "run" if len(repeated) == 1 else "runs"
     assert f"warning: {len(repeated)} {runs_word} will see training data more than once" in out
+
+
+def test_plan_warns_about_tokens_rounded_to_whole_batches(corpus_dir, tmp_path, capsys):
+    """A reviewer's grid of 700 tokens trained 512 with no word about it."""
+    spec = parse_spec(tiny_raw(corpus_dir, grid={"params": ["4K"], "tokens": ["700", "20K"]}))
+    plan = make_plan(spec, tmp_path / "runs", probe=False)
+    per_step = spec.train.tokens_per_step
+    assert [row.run.tokens for row in plan.rows] == [round(700 / per_step) * per_step,
+                                                     round(20_000 / per_step) * per_step]
+    plan.print()
+    out = " ".join(capsys.readouterr().out.split())
+    short = plan.rows[0].run
+    assert (f"warning: 1 run trains on more than 1% more or fewer tokens than the spec gives, since D is rounded to "
+            f"whole batches of {per_step} tokens ({short.run_id}; {short.run_id}: 700 to {short.tokens:,})") in out
 
 
 def test_size_far_from_what_ladder_builds_warned(corpus_dir, tmp_path, caplog):

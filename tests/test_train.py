@@ -6,6 +6,7 @@ Resume after a kill, at several points, is tested in tests/test_faults.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -206,3 +207,15 @@ def test_eval_tokens_beyond_the_validation_split_is_warned(small_corpus, tmp_pat
     scored = (val_tokens - 1) // 32 * 32
     assert any(f"requests eval_tokens=10000000, but the validation split has {scored // 32} windows of 32 tokens, "
                f"so each evaluation scores {scored} tokens" in record.getMessage() for record in caplog.records)
+
+
+def test_tokens_rounded_to_whole_batches_are_named(small_corpus, tmp_path, caplog):
+    """tokens: 1000 trained 768 (3 batches of 256) without a word; now the log says so, and config.json keeps both."""
+    config = tiny_config(small_corpus, tokens=1000, eval_interval=3, log_interval=1, checkpoint_interval=3,
+                         optimizer=OptimizerConfig(peak_lr=3e-3, warmup_steps=1))
+    with caplog.at_level(logging.WARNING, logger="scaling.train"):
+        train(config, tmp_path, progress=False)
+    assert "run tiny trains on 768 of the 1000 tokens asked: whole batches of 256 tokens (batch_size x seq_len)" in (
+        caplog.text)
+    record = json.loads((RunDir.at(tmp_path, "test", "tiny").config_path).read_text())
+    assert (record["tokens_planned"], record["tokens"]) == (1000, 768)
