@@ -445,8 +445,14 @@ def _interval_over(laws: Sequence[Law], query: Query, level: float, requested: i
         too_few = too_few_replicates(samples[key].size, requested, level=level)
         interval[key] = None if too_few else _listed(percentile_interval(samples[key], level))
     quantity = _ASKED[query.kind]
-    interval["note"] = (interval_note({quantity: samples[quantity]}, requested, level=level) if quantity in samples
-                        else None)
+    if quantity not in samples:
+        interval["note"] = None
+        return interval
+    # A fitted replicate may still have no answer (an exponent <= 0 gives no allocation), so name both counts.
+    answered = samples[quantity].size
+    fitted = ("could be fitted" if answered == len(laws) else
+              f"answer this question ({len(laws)} could be fitted, {len(laws) - answered} of them have no answer)")
+    interval["note"] = interval_note({quantity: samples[quantity]}, requested, fitted=fitted, level=level)
     return interval
 
 

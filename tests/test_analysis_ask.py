@@ -296,3 +296,16 @@ def test_overflowing_replicate_left_out_of_interval():
     budgets = [(7e10 / 1.0) ** (1 / 0.5), (7e10 / 10.0) ** (1 / 0.4)]
     low, high = row["interval"]["flops"]
     assert min(budgets) * 0.999 < low < high < max(budgets) * 1.001
+
+
+def test_replicates_without_an_answer_are_counted_apart():
+    """A reviewer saw "70 of 200 replicates could be fitted" from ask and 73 from the fit: 3 fitted replicates
+    had no allocation. The note now gives both counts."""
+    record = approach1_record(0.5, 1.0)
+    record["approach1"]["bootstrap"]["samples"]["values"] = (
+        [[0.5, 1.0, 0.5, 0.1], [0.4, 10.0, 0.6, 0.01]] * 15 + [[-0.2, 1.0, 1.2, 0.1]] * 15)
+    answer = ask("tokens for 7B", fit=record)
+    row = next(row for row in answer.rows if row["law"].startswith("your fit (approach 1"))
+    assert row["interval"]["note"] == (
+        "only 30 of 45 bootstrap replicates answer this question (45 could be fitted, 15 of them have no answer), "
+        "and a 95% interval needs at least 40, so none is reported")
