@@ -111,6 +111,9 @@ def ask(question: str | Query, *, fit: str | Path | dict[str, Any] | None = None
             missing = (row["interval"] or {}).get("note")
             if missing:
                 notes.append(f"{row['law']}: no {100 * row['interval']['level']:.0f}% interval: {missing}")
+            wide = _wide_interval_note(row, quantity)
+            if wide:
+                notes.append(wide)
     overflowed = [row["law"] for row in rows
                   if any(row[key] is not None and not _finite(row[key]) for key in INTERVAL_KEYS)]
     if overflowed:
@@ -454,6 +457,23 @@ def _interval_over(laws: Sequence[Law], query: Query, level: float, requested: i
               f"answer this question ({len(laws)} could be fitted, {len(laws) - answered} of them have no answer)")
     interval["note"] = interval_note({quantity: samples[quantity]}, requested, fitted=fitted, level=level)
     return interval
+
+
+WIDE_INTERVAL_FACTOR = 1e3  # an interval whose bounds differ by more than this factor constrains little
+
+
+def _wide_interval_note(row: dict[str, Any], quantity: str) -> str | None:
+    """Return a note when the row's interval of the asked N, D, C or D/N spans more than WIDE_INTERVAL_FACTOR,
+    or None. Such bounds (below one parameter, say) only say that the runs leave the answer open."""
+    bounds = (row["interval"] or {}).get(quantity)
+    if quantity not in _UNITS and quantity != "tokens_per_param" or not bounds:
+        return None
+    low, high = bounds
+    if not (_finite(low) and _finite(high) and low > 0 and high > WIDE_INTERVAL_FACTOR * low):
+        return None
+    return (f"{row['law']}: its {100 * row['interval']['level']:.0f}% interval of {quantity} spans "
+            f"{math.log10(high / low):.0f} orders of magnitude ({low:.3g} .. {high:.3g}), so its runs leave this "
+            "answer open; add sizes near each budget's optimum, or budgets, to narrow it")
 
 
 def _listed(bounds: tuple[float, float] | None) -> list[float] | None:

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 
 import pytest
 
@@ -309,3 +310,19 @@ def test_replicates_without_an_answer_are_counted_apart():
     assert row["interval"]["note"] == (
         "only 30 of 45 bootstrap replicates answer this question (45 could be fitted, 15 of them have no answer), "
         "and a 95% interval needs at least 40, so none is reported")
+
+
+def test_interval_spanning_orders_of_magnitude_gets_a_note():
+    """A reviewer's approach 1 interval ran from 8e-13 to 8.6e25 parameters, with no comment."""
+    record = approach1_record(0.5, 1.0)
+    record["approach1"]["bootstrap"]["samples"]["values"] = [[0.5, 1.0, 0.5, 0.1], [0.1, 1e4, 0.9, 1e-5]] * 20
+    answer = ask("params for 1e23", fit=record)
+    row = next(row for row in answer.rows if row["law"].startswith("your fit (approach 1"))
+    low, high = row["interval"]["params"]
+    assert high / low > 1e3
+    (note,) = [note for note in answer.notes if "orders of magnitude" in note]
+    assert note.startswith(f"{row['law']}: its 95% interval of params spans {math.log10(high / low):.0f} orders of "
+                           f"magnitude ({low:.3g} .. {high:.3g}), so its runs leave this answer open")
+
+    narrow = ask("params for 1e23", fit=approach1_record(0.5, 1.0))
+    assert not any("orders of magnitude" in note for note in narrow.notes)
