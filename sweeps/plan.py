@@ -172,6 +172,7 @@ def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
     return 0.0, through_origin
 
 
+MIN_SIZES_PER_BUDGET = 3  # approach 2 fits a parabola per budget, which needs 3 sizes (analysis.fit)
 ROUNDED_TOKENS_NOTED = 0.01  # a run whose whole batches miss its D by more than this share gets a warning
 
 
@@ -307,6 +308,15 @@ class Plan:
                           f"{worst.run.tokens_target:,.0f} to {worst.run.tokens:,}); C and the fits use the tokens "
                           "trained, and budgets or token counts of many batches keep the grid as designed",
                           markup=False)
+        if self.spec.isoflop is not None:
+            few = [budget for budget, sizes in self.spec.isoflop.params_by_budget.items()
+                   if len(set(sizes)) < MIN_SIZES_PER_BUDGET]
+            if few:
+                listed = ", ".join(format_count(budget) for budget in sorted(few))
+                console.print(f"warning: {counted(len(few), 'budget')} ({listed}) "
+                              f"{'has' if len(few) == 1 else 'have'} fewer than {MIN_SIZES_PER_BUDGET} sizes, so "
+                              f"approach 2 (a parabola per budget) leaves {'it' if len(few) == 1 else 'them'} out; "
+                              "list at least 3 sizes around each budget's optimum", markup=False)
         repeated = [row for row in self.rows if row.epochs > 1]
         if repeated:
             console.print(f"warning: {counted(len(repeated), 'run')} will see training data more than once (up to "

@@ -547,11 +547,20 @@ def expand(spec: SweepSpec, runs_root: str | Path | None = None, *, progress: bo
 
 
 FAR_FROM_TARGET = 2.0  # a built model this many times larger or smaller than the size asked for draws a warning
+TOO_FAR_FROM_TARGET = 10.0  # and this many times is refused: its runs would carry the wrong N in their ids
 
 
 def _warn_far_from_target(target: float, model: ModelConfig, convention: str) -> None:
-    """Warn when the shape the ladder builds for `target` has far more or fewer parameters than asked for."""
+    """Warn when the shape the ladder builds for `target` has far more or fewer parameters than asked for;
+    raise UserError beyond TOO_FAR_FROM_TARGET, where the size is a typo rather than a rounding."""
     built = parameter_counts(model)["total" if convention == "total" else "non_embedding"]
+    if built > TOO_FAR_FROM_TARGET * target or built * TOO_FAR_FROM_TARGET < target:
+        hint = " (a suffix left out, K for thousands?)" if built > target else ""
+        ratio = built / target
+        times = f"{ratio:,.0f}" if ratio >= 10 else f"{ratio:.2g}"
+        raise UserError(f"model size {format_count(target)}: the nearest shape the ladder builds, {describe(model)}, "
+                        f"is {times} times the size asked for{hint}; ask for sizes within {TOO_FAR_FROM_TARGET:g} "
+                        "times of what the ladder builds")
     if built > FAR_FROM_TARGET * target or built * FAR_FROM_TARGET < target:
         log.warning("model size %s: the nearest shape the ladder builds is %s, %.3g times the size asked for, and "
                     "its runs train that shape; ask for sizes nearer to it", format_count(target), describe(model),

@@ -636,6 +636,15 @@ def test_plan_warns_about_clipped_warmup_and_repeated_data(corpus_dir, tmp_path,
     assert f"warning: {len(repeated)} {runs_word} will see training data more than once" in out
 
 
+def test_plan_warns_about_budgets_approach2_cannot_use(corpus_dir, tmp_path, capsys):
+    """A reviewer wrote `3e10: 3e3`, one size where a list belongs; the plan now says approach 2 drops it."""
+    spec = parse_spec(tiny_raw(corpus_dir, isoflop={"params": {"1e9": "4K", "3e9": ["4K", "8K", "1.2e4"]}}))
+    make_plan(spec, tmp_path / "runs", probe=False).print()
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("warning: 1 budget (1e9) has fewer than 3 sizes, so approach 2 (a parabola per budget) leaves it out; "
+            "list at least 3 sizes around each budget's optimum") in out
+
+
 def test_plan_warns_about_tokens_rounded_to_whole_batches(corpus_dir, tmp_path, capsys):
     """A reviewer's grid of 700 tokens trained 512 with no word about it."""
     spec = parse_spec(tiny_raw(corpus_dir, grid={"params": ["4K"], "tokens": ["700", "20K"]}))
@@ -652,10 +661,18 @@ def test_plan_warns_about_tokens_rounded_to_whole_batches(corpus_dir, tmp_path, 
 
 def test_size_far_from_what_ladder_builds_warned(corpus_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="sweeps.spec"):
-        expand(parse_spec(tiny_raw(corpus_dir, grid={"params": ["1", "4K"], "tokens": ["20K"]})), tmp_path / "runs")
+        expand(parse_spec(tiny_raw(corpus_dir, grid={"params": ["1K", "4K"], "tokens": ["20K"]})), tmp_path / "runs")
     (message,) = [record.getMessage() for record in caplog.records if "nearest shape" in record.getMessage()]
-    assert message.startswith("model size 1e0: the nearest shape the ladder builds is d8 L1")
-    assert "times the size asked for, and its runs train that shape" in message
+    assert message.startswith("model size 1e3: the nearest shape the ladder builds is d8 L1")
+
+
+def test_size_ten_times_from_what_ladder_builds_refused(corpus_dir, tmp_path):
+    """A reviewer's typo 3 (for 3K) trained a 3.1K model under the id N3e0; now the plan refuses it."""
+    with pytest.raises(UserError, match=r"^sweep tiny: model size 3e0: the nearest shape the ladder builds, d8 L1 "
+                                        r"H1/1 \(3.1K total, [^)]*\), is 1,03\d times the size asked for \(a suffix "
+                                        r"left out, K for thousands\?\); ask for sizes within 10 times of what the "
+                                        r"ladder builds$"):
+        expand(parse_spec(tiny_raw(corpus_dir, grid={"params": ["3", "4K"], "tokens": ["20K"]})), tmp_path / "runs")
 
 
 def test_run_completed_meanwhile_is_skipped(corpus_dir, tmp_path):
