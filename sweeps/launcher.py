@@ -43,7 +43,7 @@ from scaling.numbers import counted, format_count
 from scaling.paths import runs_root as resolve_runs_root
 from scaling.run_checks import corpus_size_problem, folder_conflict, prepared_meta
 from scaling.run_store import RunDir
-from scaling.interrupts import interrupts_on_stop_signals, stop_requested
+from scaling.interrupts import interrupts_on_stop_signals, stop_requested, stop_signals_deferred
 from sweeps.display import SweepProgress, outcomes_table
 from sweeps.outcomes import (RunOutcome, SweepInterrupted, ended_outcome, exit_reason, outcomes_after_interrupt,
                              run_log_path, split_completed)
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # maximum seconds between looks at the workers and their metrics (a reply wakes the loop at once)
 STOP_GRACE_S = 20.0  # seconds a worker gets to checkpoint-close after an interrupt before it is killed
+SECOND_STOP_GRACE_S = 5.0  # and after a second interrupt, which stops its run without that checkpoint
 
 
 @dataclass
@@ -366,9 +367,10 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
                 exiting = [worker for worker in exiting if not worker.reap()]
     except KeyboardInterrupt:
         _stop_workers([*pool.values(), *exiting])
-        ordered = outcomes_after_interrupt(runs, root, outcomes)
-        if progress if show_table is None else show_table:
-            print_outcomes(spec, ordered, console)
+        with stop_signals_deferred():  # a further Ctrl-C waits for the table, which takes a moment
+            ordered = outcomes_after_interrupt(runs, root, outcomes)
+            if progress if show_table is None else show_table:
+                print_outcomes(spec, ordered, console)
         raise SweepInterrupted(ordered) from None
     finally:
         selector.close()
@@ -496,21 +498,37 @@ def _completed_meanwhile(run: PlannedRun, root: Path) -> RunOutcome | None:
 
 
 def _stop_workers(workers: list[WorkerProcess]) -> None:
-    """Interrupt the workers (they keep their checkpoints), wait briefly, then kill the ones still running."""
+    """Interrupt the workers (they keep their checkpoints), wait briefly, then kill the ones still running.
+
+    A second Ctrl-C while they finish their checkpoints is passed on: a second signal stops a worker's run at
+    once, without that checkpoint, as it does in `scaling train`. The launch still ends with its table.
+    """
+    _signal_running(workers)
+    deadline = time.time() + STOP_GRACE_S
+    for worker in workers:
+        while True:
+            try:
+                worker.process.wait(timeout=max(0.1, deadline - time.time()))
+            except KeyboardInterrupt:
+                log.warning("second interrupt: the workers stop now, without checkpointing their step in flight")
+                _signal_running(workers)
+                deadline = min(deadline, time.time() + SECOND_STOP_GRACE_S)
+                continue
+            except subprocess.TimeoutExpired:
+                running = worker.active.run.run_id if worker.active is not None else "none"
+                log.warning("worker %d (run %s) did not stop within %.0f s; killing it", worker.pid, running,
+                            STOP_GRACE_S)
+                worker.process.kill()
+                worker.process.wait()
+            break
+        _close_pipes(worker)
+
+
+def _signal_running(workers: list[WorkerProcess]) -> None:
+    """Send SIGINT to each worker that is still running."""
     for worker in workers:
         if worker.process.poll() is None:
             worker.process.send_signal(signal.SIGINT)
-    deadline = time.time() + STOP_GRACE_S
-    for worker in workers:
-        try:
-            worker.process.wait(timeout=max(0.1, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            running = worker.active.run.run_id if worker.active is not None else "none"
-            log.warning("worker %d (run %s) did not stop within %.0f s; killing it", worker.pid, running,
-                        STOP_GRACE_S)
-            worker.process.kill()
-            worker.process.wait()
-        _close_pipes(worker)
 
 
 def _close_pipes(worker: WorkerProcess) -> None:

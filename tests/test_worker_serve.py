@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -236,10 +237,20 @@ LAUNCH = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_h
           "from scaling.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupt_stops_workers_and_relaunch_resumes(stop_signal, corpus_dir, tmp_path):  # noqa: F811
+def _signal_twice(process: subprocess.Popen) -> None:
+    """A quick double Ctrl-C, 0.3 s apart, as a reviewer pressed it."""
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("stop", [lambda process: process.send_signal(signal.SIGINT),
+                                  lambda process: process.send_signal(signal.SIGTERM), _signal_twice],
+                         ids=["SIGINT", "SIGTERM", "SIGINT twice"])
+def test_interrupt_stops_workers_and_relaunch_resumes(stop, corpus_dir, tmp_path):  # noqa: F811
     """SIGINT or SIGTERM to the launcher: the workers stop (runs stay resumable, not failed), the launcher
-    exits 130, and a relaunch completes every run."""
+    exits 130 after its table, and a relaunch completes every run. A second SIGINT while the workers save
+    their checkpoints stops them at once; the table still follows (a reviewer's double Ctrl-C printed none)."""
     path = tmp_path / "int.yaml"
     # Runs of about 15 s, so that the signal lands mid-run even when this process is slow to see the first
     # checkpoint on a loaded machine.
@@ -248,14 +259,15 @@ def test_interrupt_stops_workers_and_relaunch_resumes(stop_signal, corpus_dir, t
     command = [sys.executable, "-c", LAUNCH, "sweep", "launch", str(path), "--runs", str(runs), "--no-progress",
                "--workers", "2"]
     # The signal goes to the launcher only, as `kill` sends it; a terminal's Ctrl-C would reach every process.
-    launcher = stop_once(command, lambda: list((runs / "int").glob("*/checkpoints/[0-9]*")),
-                         lambda process: process.send_signal(stop_signal), cwd=REPO)
+    launcher = stop_once(command, lambda: list((runs / "int").glob("*/checkpoints/[0-9]*")), stop, cwd=REPO)
     stderr = launcher.stderr_text
     assert launcher.returncode == 130, stderr[-3000:]
     logged = " ".join(stderr.split())  # rich wraps long log lines
     # The run whose checkpoint set off the signal is named; the other may not have written its summary yet.
     assert "sweep interrupted: 0 of 2 runs completed, " in logged, logged[-3000:]
     assert "stopped at their newest checkpoint" in logged, logged[-3000:]
+    if stop is _signal_twice:  # the second signal came while the workers were saving their checkpoints
+        assert "second interrupt: the workers stop now, without checkpointing their step in flight" in logged
     table = launcher.stdout_text
     assert "sweep int" in table, table  # the table of runs, as at the end of a launch
     assert "interrupted" in table, table
