@@ -205,3 +205,25 @@ def initialize_distributed(env: dict[str, str] | None = None) -> bool:
 def is_primary() -> bool:
     """True in the process that writes the run's files: process 0, or the only process."""
     return jax.process_index() == 0
+
+
+STOP_CHECK_STEPS = 10  # processes of one run agree on a stop every this many steps (one small collective)
+
+
+def stop_agreed(step: int, requested: bool) -> bool:
+    """Return whether the run stops before `step`; every process calls this with the same `step`.
+
+    One process alone returns `requested` (a SIGINT or SIGTERM seen). In a multi-process run a signal may
+    reach only some processes, or reach them during different steps; a process that stopped alone would
+    leave the others waiting in the step's collectives. So every STOP_CHECK_STEPS steps the processes
+    gather their flags, and all stop at that same step if any saw a signal.
+    """
+    if jax.process_count() == 1:
+        return requested
+    if step % STOP_CHECK_STEPS:
+        return False
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.array([int(requested)], dtype=np.int32))
+    return bool(np.asarray(flags).any())
+

@@ -52,8 +52,8 @@ from scaling.run_checks import corpus_size_problem, folder_conflict
 from scaling.run_lock import RunLock
 from scaling.run_store import RunDir, initial_summary
 from scaling.schedule import schedule_values, scheduled_lr
-from scaling.sharding import (DATA_AXIS, check_batch_divides, initialize_distributed, is_primary,
-                              make_mesh, put_array, put_batch, resolve_plan, state_shardings)
+from scaling.sharding import (DATA_AXIS, check_batch_divides, initialize_distributed, is_primary, make_mesh,
+                              put_array, put_batch, resolve_plan, state_shardings, stop_agreed)
 from scaling.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -572,7 +572,9 @@ def _loop(run: _Run, state: dict[str, Any], start_step: int, progress: bool) -> 
         for step in range(start_step, total_steps):
             run.position["steps_done"] = step
             _record_finished_checkpoint(run, summary)
-            if stop_requested():  # the first SIGINT or SIGTERM: stop here, with a checkpoint of this step
+            # The first SIGINT or SIGTERM: stop here, with a checkpoint of this step (several processes stop
+            # together, at the next step where they compare their signals).
+            if stop_agreed(step, stop_requested()):
                 bar.close()
                 _checkpoint_interrupted(run, state, pending, step, newest_checkpoint, summary)
                 raise KeyboardInterrupt
@@ -689,10 +691,7 @@ def _checkpoint_interrupted(run: _Run, state: dict[str, Any], pending: list[dict
         run.checkpointer.wait()
         _record_finished_checkpoint(run, summary)
         return
-    if jax.process_count() > 1:
-        # NOTE: the processes of a multi-host run may see the signal at different steps, and a checkpoint is
-        # written by all of them together, so such a run resumes from its newest periodic checkpoint.
-        return
+    # Every process of a multi-process run stops at this same step (`stop_agreed`), so they save it together.
     config = run.config
     run.run_dir.write_pending_metrics(steps_done, jax.device_get(pending))
     run.checkpointer.save(steps_done, state)

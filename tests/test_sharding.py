@@ -388,3 +388,69 @@ def test_two_processes_train_like_one(small_corpus, tmp_path):
     summary = run.summary()
     assert summary["status"] == "completed"
     assert summary["final_val_loss"] == pytest.approx(alone["final_val_loss"], abs=1e-5)
+
+
+def _two_processes(config_path: Path, runs: Path, faults: tuple[str, str] = ("", "")) -> list[tuple[int, str, str]]:
+    """Train the config in two processes of 2 CPU devices each, joined on 127.0.0.1; return (status, out, err)
+    of each. `faults` sets SCALING_FAULT per process."""
+    address = f"127.0.0.1:{free_port()}"
+    children = []
+    for process_id in range(2):
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+               "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(process_id),
+               "SCALING_MESH": "fsdp=4", "SCALING_FAULT": faults[process_id]}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
+        env.pop("WANDB_SERVICE", None)
+        children.append(subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, str(config_path), str(runs)],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                         cwd=PROJECT))
+    outputs = []
+    for child in children:
+        try:
+            out, err = child.communicate(timeout=240)
+        finally:
+            if child.poll() is None:
+                child.kill()
+        outputs.append((child.returncode, out, err))
+    return outputs
+
+
+@pytest.mark.slow
+def test_signal_to_one_of_two_processes_stops_both_with_a_checkpoint(small_corpus, tmp_path):
+    """SIGINT reaches process 1 alone, after step 23. Both processes stop after step 30, where they compare
+    their signals, save the checkpoint of that step together and exit; the relaunch resumes from it and
+    ends with the losses of a one-device run. Before, process 1 stopped alone and process 0 hung."""
+    from scaling.run_store import RunDir
+    from scaling.sharding import STOP_CHECK_STEPS
+    from scaling.train import train
+    from tests.test_train import tiny_config
+
+    config = tiny_config(small_corpus, sweep="mp")  # 60 steps, checkpoints every 20
+    alone = train(config.replace(run_id="alone"), tmp_path / "alone", progress=False)
+    shared = config.replace(run_id="shared")
+    config_path = tmp_path / "shared.json"
+    config_path.write_text(json.dumps(shared.to_dict()))
+
+    stopped = _two_processes(config_path, tmp_path / "mp", faults=("", "signal:23"))
+    for returncode, out, err in stopped:
+        assert returncode != 0, out
+        assert "STATUS" not in out
+        assert "Traceback" in err and "KeyboardInterrupt" in err, err[-3000:]
+    run = RunDir.at(tmp_path / "mp", "mp", "shared")
+    summary = run.summary()
+    assert STOP_CHECK_STEPS == 10
+    assert summary["status"] == "interrupted"
+    assert (summary["steps_done"], summary["interrupted_at_step"]) == (30, 30)
+    assert finished_steps(run.checkpoint_dir) == [20, 30]
+
+    resumed = _two_processes(config_path, tmp_path / "mp")
+    for returncode, out, err in resumed:
+        assert returncode == 0, err[-3000:]
+        assert "STATUS completed" in out
+    reference = RunDir.at(tmp_path / "alone", "mp", "alone")
+    rows, reference_rows = run.metrics(), reference.metrics()
+    assert [row["step"] for row in rows] == [row["step"] for row in reference_rows]
+    np.testing.assert_allclose([row["train_loss"] for row in rows], [row["train_loss"] for row in reference_rows],
+                               rtol=0, atol=1e-5)
+    assert run.summary()["final_val_loss"] == pytest.approx(alone["final_val_loss"], abs=1e-5)
+
