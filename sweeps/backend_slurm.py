@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from scaling.errors import UserError
 from scaling.interrupts import interrupts_on_stop_signals
+from scaling.numbers import counted
 from scaling.paths import runs_root as resolve_runs_root
 from sweeps.backends import RunResources, outcome_from_exit, run_worker_process
 from sweeps.launcher import check_existing_runs
@@ -134,8 +138,9 @@ def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
     jobs = []
     if todo:
         try:
-            jobs = executor.map_array(run_worker_process, [run.config.to_dict() for run in todo],
-                                      [str(root)] * len(todo), [env] * len(todo))
+            with _local_jobs_hear_sigint(options.executor):
+                jobs = executor.map_array(run_worker_process, [run.config.to_dict() for run in todo],
+                                          [str(root)] * len(todo), [env] * len(todo))
         except FileNotFoundError as error:  # sbatch is not on PATH
             raise UserError(f"--backend slurm cannot run {error.filename or 'sbatch'}: it is not on PATH; launch from a "
                             "login node of the cluster") from None
@@ -164,6 +169,27 @@ def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
     return [outcomes[run.run_id] for run in runs]
 
 
+@contextmanager
+def _local_jobs_hear_sigint(executor: str):
+    """Let the job processes that submitit's local executor starts inside the block receive SIGINT.
+
+    That executor cancels a job with SIGINT to its job process. A launch started as a shell's background job
+    (`scaling sweep launch ... &`) has SIGINT ignored, the job processes inherited that, and a cancelled run
+    trained on to its end. A background process group gets no Ctrl-C from the terminal, so restoring the
+    handler while the jobs start changes nothing else.
+    """
+    ignored = (executor == "local" and threading.current_thread() is threading.main_thread()
+               and signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+    if not ignored:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _cancel_jobs(unfinished: list[tuple[Any, Any]]) -> None:
     """Cancel the jobs of the runs not ended yet and wait for them to leave, so each run records how far it got.
 
@@ -172,8 +198,8 @@ def _cancel_jobs(unfinished: list[tuple[Any, Any]]) -> None:
     """
     if not unfinished:
         return
-    log.warning("stopping %d SLURM jobs (%s); each running run records \"interrupted\" at its newest checkpoint",
-                len(unfinished), ", ".join(job.job_id for _, job in unfinished))
+    log.warning("stopping %s (%s); each running run records \"interrupted\" at its newest checkpoint",
+                counted(len(unfinished), "SLURM job"), ", ".join(job.job_id for _, job in unfinished))
     for run, job in unfinished:
         try:
             # NOTE: submitit's local executor cancels by SIGINT to its job process. That process prints a

@@ -183,15 +183,19 @@ def outcomes_after_interrupt(runs: list, root: Path, outcomes: dict[str, RunOutc
 
     Runs the launch saw end keep their outcome. The others are read from their summary.json: a run stopped
     in flight is "interrupted" (a worker killed after the grace period leaves "running", which resumes the
-    same way), and a run that never started is "not started". Logs one line that counts each kind.
+    same way), a run that ended before the launch collected it keeps its status, and a run that never
+    started is "not started". Logs one line that counts each kind.
     """
     ordered = []
     for run in runs:
         outcome = outcomes.get(run.run_id)
         if outcome is None:
             summary = read_summary(RunDir.at(root, run.config.sweep, run.run_id))
-            started = (summary or {}).get("status") in ("interrupted", "running")
-            status = "interrupted" if started else "not started"
+            # A run may have ended before the launch collected it (a SLURM job that finished as Ctrl-C came).
+            recorded = (summary or {}).get("status")
+            status = {"completed": "completed", "diverged": "diverged", "failed": "failed", "interrupted":
+                      "interrupted", "running": "interrupted"}.get(recorded, "not started")
+            started = status != "not started"
             # The worker's CPU time on a run it did not report back is unknown: NaN, shown as "-".
             outcome = RunOutcome(run, status, summary or initial_summary(run.run_id, run.config.sweep, status),
                                  0.0, run_log_path(root, run.config.sweep, run.run_id) if started else None,

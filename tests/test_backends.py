@@ -179,10 +179,17 @@ def test_interrupted_task_stops_worker_cleanly(corpus_dir, tmp_path):  # noqa: F
     assert summary["steps_done"] > 0
 
 
-def test_interrupted_slurm_launch_cancels_jobs_and_resumes(corpus_dir, tmp_path):  # noqa: F811
+# A launcher started as a shell's background job (`scaling sweep launch ... &`) has SIGINT ignored.
+LAUNCH_IN_BACKGROUND = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                        "from scaling.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["SIGINT", "SIGTERM to a background launch"])
+def test_interrupted_slurm_launch_cancels_jobs_and_resumes(background, corpus_dir, tmp_path):  # noqa: F811
     """SIGINT to a SLURM launch (submitit's local executor): it cancels the jobs, each run records
     "interrupted" at a checkpoint, the launch prints the table and exits 130, and a relaunch completes
-    every run."""
+    every run. The same for SIGTERM to a launch started with SIGINT ignored, whose job processes inherited
+    that and trained to the end after the cancel (a reviewer's `&`)."""
     pytest.importorskip("submitit")
     from tests.faults import stop_once
     from tests.test_worker_serve import LAUNCH, REPO
@@ -196,15 +203,16 @@ def test_interrupted_slurm_launch_cancels_jobs_and_resumes(corpus_dir, tmp_path)
     runs = tmp_path / "runs"
     (run,) = expand(parse_spec(raw), runs)
     run_dir = RunDir.at(runs, "cut", run.run_id)
-    command = [sys.executable, "-c", LAUNCH, "sweep", "launch", str(path), "--runs", str(runs), "--no-progress",
-               "--backend", "slurm"]
+    command = [sys.executable, "-c", LAUNCH_IN_BACKGROUND if background else LAUNCH, "sweep", "launch", str(path),
+               "--runs", str(runs), "--no-progress", "--backend", "slurm"]
 
     launcher = stop_once(command, lambda: (run_dir.summary() or {}).get("steps_done"),
-                         lambda process: process.send_signal(signal.SIGINT), cwd=REPO)
+                         lambda process: process.send_signal(signal.SIGTERM if background else signal.SIGINT),
+                         cwd=REPO)
 
     logged = " ".join(launcher.stderr_text.split())  # rich wraps long log lines
     assert launcher.returncode == 130, logged[-3000:]
-    assert "stopping 1 SLURM jobs" in logged, logged[-3000:]
+    assert "stopping 1 SLURM job (" in logged, logged[-3000:]
     summary = run_dir.summary()
     assert summary["status"] == "interrupted", logged[-3000:]
     assert summary["steps_done"] > 0

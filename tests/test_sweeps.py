@@ -353,6 +353,21 @@ def test_interrupted_launch_accounts_for_every_run(corpus_dir, tmp_path, caplog)
     assert lines[waiting.run_id].count(" - ") == 3
 
 
+def test_run_that_ended_before_the_launch_collected_it_keeps_its_status(corpus_dir, tmp_path):
+    """A SLURM job that finished as Ctrl-C came was shown as "not started" (a reviewer's table)."""
+    from scaling.run_store import RunDir, initial_summary
+    from sweeps.outcomes import outcomes_after_interrupt
+
+    spec = parse_spec(tiny_raw(corpus_dir, grid={"params": ["4K"], "tokens": ["1e4", "2e4"]}))
+    finished, failed = expand(spec, tmp_path)
+    for run, status in ((finished, "completed"), (failed, "failed")):
+        RunDir.at(tmp_path, run.config.sweep, run.run_id).write_summary(
+            {**initial_summary(run.run_id, run.config.sweep, status), "final_val_loss": 2.5})
+    outcomes = outcomes_after_interrupt([finished, failed], tmp_path, {})
+    assert [outcome.status for outcome in outcomes] == ["completed", "failed"]
+    assert outcomes[0].ok
+
+
 def record_completed_runs(runs: list, root: Path) -> None:
     """Write config.json and a completed summary.json for each run, as a finished sweep leaves them."""
     from scaling.config import TrainConfig
