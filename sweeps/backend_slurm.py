@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import signal
 import threading
 import time
@@ -88,6 +89,10 @@ class SlurmOptions:
         if "setup" in raw:
             setup = raw["setup"]
             raw["setup"] = tuple(setup) if isinstance(setup, list) else setup
+        for name in ("time_min", "array_parallelism", "gpus_per_node", "cpus_per_task", "mem_gb"):
+            raw[name] = _spec_number(raw[name], f"slurm.{name}") if name in raw else None
+            if raw[name] is None:
+                raw.pop(name)
         return cls(**raw)
 
     def submitit_parameters(self, resources: RunResources, name: str) -> dict[str, Any]:
@@ -167,6 +172,23 @@ def run_sweep_slurm(spec: SweepSpec, runs_root: str | Path | None = None, *,
         _cancel_jobs([(run, job) for run, job in zip(todo, jobs) if run.run_id not in outcomes])
         raise SweepInterrupted(outcomes_after_interrupt(runs, root, outcomes)) from None
     return [outcomes[run.run_id] for run in runs]
+
+
+def _spec_number(value: Any, where: str) -> Any:
+    """Return a number in exponent notation ("1e3", which YAML reads as text) as a number, and anything else
+    as it is, for the checks of SlurmOptions. Suffixes stay text: "32G" of mem_gb is no count of GB. A time
+    such as "1:00:00" gets its own message, since time_min counts minutes."""
+    if not isinstance(value, str):
+        return value
+    if where == "slurm.time_min" and ":" in value:
+        raise UserError(f"slurm.time_min={value!r} is a time of day; time_min counts minutes, e.g. time_min: 60 "
+                        "for one hour")
+    if not re.fullmatch(r"\s*[+-]?[0-9]+(\.[0-9]*)?(e[+-]?[0-9]+)?\s*", value, re.IGNORECASE):
+        return value
+    number = float(value)
+    if not math.isfinite(number):
+        return value
+    return int(number) if number == int(number) else number
 
 
 @contextmanager

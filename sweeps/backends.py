@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.errors import UserError
+from scaling.numbers import parse_number
 from sweeps.outcomes import (RunOutcome, SweepInterrupted, ended_outcome, exit_reason, logged_stop_reason,
                              run_log_path)
 from sweeps.resources import SINGLE_THREAD_XLA_FLAGS, THREAD_COUNT_VARIABLES
@@ -43,9 +44,14 @@ class RunResources:
     gpus: float = 0  # GPUs per run
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.cpus, (int, float)) and self.cpus > 0):
+        # A number written as text ("0.5", "1e0") reads as elsewhere in a spec; true and false are no counts.
+        for name in ("cpus", "gpus"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, parse_number(value, f"resources.{name}"))
+        if isinstance(self.cpus, bool) or not (isinstance(self.cpus, (int, float)) and self.cpus > 0):
             raise UserError(f"resources.cpus={self.cpus!r} must be a positive number of cores")
-        if not (isinstance(self.gpus, (int, float)) and self.gpus >= 0):
+        if isinstance(self.gpus, bool) or not (isinstance(self.gpus, (int, float)) and self.gpus >= 0):
             raise UserError(f"resources.gpus={self.gpus!r} must be zero or a positive number of GPUs")
 
     @classmethod

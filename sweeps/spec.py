@@ -307,6 +307,11 @@ def _parse_data(raw: Any) -> DataSpec:
     values = _mapping(raw, "data", DATA_KEYS)
     if "vocab_size" in values:
         values["vocab_size"] = _integer(values["vocab_size"], "data.vocab_size")
+    if "val_fraction" in values:
+        fraction = parse_number(values["val_fraction"], "data.val_fraction")
+        if not 0 < fraction < 1:
+            raise UserError(f"data.val_fraction={values['val_fraction']!r} must lie between 0 and 1, e.g. 0.05")
+        values["val_fraction"] = fraction
     for key in ("source", "tokenizer", "text_field"):
         if key in values and not isinstance(values[key], str):
             raise UserError(f"data.{key}={values[key]!r} must be a string; quote it in the YAML")
@@ -343,9 +348,12 @@ def _parse_train(raw: Any) -> TrainSpec:
     for key in ("eval_interval", "checkpoint_interval"):
         if key in values:
             values[key] = None if values[key] == "auto" else _integer(values[key], f"train.{key}")
-    if "seed" in values and (not isinstance(values["seed"], int) or isinstance(values["seed"], bool)
-                             or values["seed"] < 0):
-        raise UserError(f"train.seed={values['seed']!r} must be an integer >= 0")
+    if "seed" in values:
+        seed = values["seed"]
+        number = parse_number(seed, "train.seed") if isinstance(seed, str) else seed
+        if not isinstance(number, (int, float)) or isinstance(number, bool) or number < 0 or number != int(number):
+            raise UserError(f"train.seed={seed!r} must be an integer >= 0")
+        values["seed"] = int(number)
     if "max_epochs" in values and values["max_epochs"] is not None:
         values["max_epochs"] = _number(values["max_epochs"], "train.max_epochs", integer=False)
     if "wandb_project" in values and not isinstance(values["wandb_project"], str):

@@ -15,7 +15,7 @@ from scaling.run_store import RunDir
 from sweeps.backend_slurm import SlurmOptions
 from sweeps.backends import RunResources, run_with_backend
 from sweeps.outcomes import run_log_path
-from sweeps.spec import expand, parse_spec
+from sweeps.spec import expand, load_spec, parse_spec
 from tests.faults import shared_jax_cache  # noqa: F401  (autouse: one compilation cache for the session)
 from tests.test_sweeps import corpus_dir  # noqa: F401  (the tiny prepared corpus of the sweep tests)
 
@@ -112,10 +112,39 @@ def test_slurm_options_become_submitit_parameters():
     ({"slurm": {"partition": 5}}, "slurm.partition=5 must be a string"),
     ({"resources": {"cpus": 0}}, "resources.cpus=0 must be a positive number"),
     ({"resources": {"gpu": 1}}, "unknown key 'gpu' in resources"),
+    ({"resources": {"cpus": True}}, "resources.cpus=True must be a positive number of cores"),
+    ({"slurm": {"time_min": "1:00:00"}}, "slurm.time_min='1:00:00' is a time of day; time_min counts minutes, e.g. "
+                                         "time_min: 60 for one hour"),
 ])
 def test_bad_backend_options_raise_user_error(corpus_dir, section, match):  # noqa: F811
     with pytest.raises(UserError, match=match):
         parse_spec(tiny_sweep(corpus_dir, "tiny", **section))
+
+
+def test_spec_numbers_read_alike_in_every_section(corpus_dir, tmp_path):  # noqa: F811
+    """A reviewer's `time_min: 1:00:00` became 3600 minutes (YAML's base 60), and `time_min: 1e3`,
+    `val_fraction: 5e-2` or `seed: 1e3` were refused or crashed `plan`. Read from YAML text, as users write them."""
+    text = yaml.safe_dump(tiny_sweep(corpus_dir, "tiny"))
+    text += "slurm: {time_min: 1e3, mem_gb: 1.6e1}\nresources: {cpus: 2e0}\n"
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    spec = load_spec(path)
+    options = SlurmOptions.from_mapping(spec.slurm)
+    assert (options.time_min, options.mem_gb) == (1000, 16)
+    assert RunResources.from_spec(spec).cpus == 2.0
+
+    path.write_text(text.replace("slurm: {time_min: 1e3", "slurm: {time_min: 1:00:00"))
+    with pytest.raises(UserError, match="time_min counts minutes"):
+        load_spec(path)
+
+    raw = tiny_sweep(corpus_dir, "tiny")
+    raw["data"]["val_fraction"] = "5e-2"
+    raw["train"]["seed"] = "1e3"
+    parsed = parse_spec(raw)
+    assert (parsed.data.val_fraction, parsed.train.seed) == (0.05, 1000)
+    raw["data"]["val_fraction"] = "1.5"
+    with pytest.raises(UserError, match=r"data.val_fraction='1.5' must lie between 0 and 1, e.g. 0.05"):
+        parse_spec(raw)
 
 
 def test_address_needs_ray_backend(corpus_dir, tmp_path):  # noqa: F811
