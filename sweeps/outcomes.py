@@ -18,7 +18,7 @@ from typing import Any
 
 from scaling.run_lock import lock_holder
 from scaling.run_store import RunDir, initial_summary
-from sweeps.worker import EXIT_LOCKED
+from sweeps.worker import EXIT_INTERRUPTED, EXIT_LOCKED
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,14 @@ def ended_outcome(run: Any, root: Path, returncode: int, *, reason: str, wall_s:
         log.warning("run %s interrupted%s at step %s; rerun the launch to resume it", run.run_id, where,
                     summary.get("steps_done"))
         return RunOutcome(run, "interrupted", summary, wall_s, log_path, cpu_s)
+    if returncode in (EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM) and status in (None, "running"):
+        # Stopped by Ctrl-C or a cancel while it started (importing, starting JAX): not a failure. A run that
+        # began training records "interrupted" itself; this one resumes, or starts, at the next launch.
+        log.warning("run %s interrupted%s before it recorded any progress; rerun the launch to %s it", run.run_id,
+                    where, "resume" if status == "running" else "start")
+        stand_in = summary or initial_summary(run.run_id, run.config.sweep, "interrupted")
+        return RunOutcome(run, "interrupted" if status == "running" else "not started", stand_in, wall_s, log_path,
+                          cpu_s)
     if returncode == EXIT_LOCKED:
         # Another live process (a second launch of this sweep, say) owns the run and its summary: leave both
         # to it. The run is not failed, only not this launch's to finish.

@@ -368,6 +368,18 @@ def test_run_that_ended_before_the_launch_collected_it_keeps_its_status(corpus_d
     assert outcomes[0].ok
 
 
+def test_worker_stopped_while_starting_is_not_failed(corpus_dir, tmp_path):
+    """A reviewer's Ctrl-C landed while a Ray task's worker was importing: exit status 130, no summary.json,
+    and the run was recorded as failed. It is "not started" now, and nothing is written for it."""
+    from scaling.run_store import RunDir
+    from sweeps.outcomes import ended_outcome
+
+    (run,) = expand(parse_spec(tiny_raw(corpus_dir, grid={"params": ["4K"], "tokens": ["1e4"]})), tmp_path)
+    outcome = ended_outcome(run, tmp_path, 130, reason="worker exited with status 130", wall_s=1.0, cpu_s=0.5)
+    assert outcome.status == "not started"
+    assert RunDir.at(tmp_path, run.config.sweep, run.run_id).summary() is None
+
+
 def record_completed_runs(runs: list, root: Path) -> None:
     """Write config.json and a completed summary.json for each run, as a finished sweep leaves them."""
     from scaling.config import TrainConfig
