@@ -67,10 +67,11 @@ class SlurmOptions:
                 raise UserError(f"slurm.{name}={value!r} must be a positive integer")
         if not isinstance(self.setup, tuple) or not all(isinstance(line, str) for line in self.setup):
             raise UserError(f"slurm.setup={self.setup!r} must be a list of shell lines")
-        for name in ("gpus_per_node", "cpus_per_task"):
+        for name, least in (("gpus_per_node", 0), ("cpus_per_task", 1)):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise UserError(f"slurm.{name}={value!r} must be a positive integer, or left out")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+                kind = "a whole number of GPUs, 0 or more" if least == 0 else "a positive integer"
+                raise UserError(f"slurm.{name}={value!r} must be {kind}, or left out")
         if self.mem_gb is not None and (isinstance(self.mem_gb, bool) or not isinstance(self.mem_gb, (int, float))
                                         or not self.mem_gb > 0):
             raise UserError(f"slurm.mem_gb={self.mem_gb!r} must be a positive number of GB, e.g. mem_gb: 32")

@@ -91,6 +91,11 @@ def test_slurm_backend_with_local_executor_matches_local(corpus_dir, tmp_path, l
     assert [outcome.status for outcome in again] == ["skipped", "skipped"]
 
 
+def test_slurm_gpus_per_node_zero_requests_none():
+    options = SlurmOptions.from_mapping({"gpus_per_node": 0})
+    assert "gpus_per_node" not in options.submitit_parameters(RunResources(cpus=1, gpus=1), "sweep-demo")
+
+
 def test_slurm_options_become_submitit_parameters():
     options = SlurmOptions.from_mapping({"partition": "gpu", "time_min": 90, "account": "lab", "mem_gb": 32,
                                          "setup": ["module load cuda"]})
@@ -107,7 +112,8 @@ def test_slurm_options_become_submitit_parameters():
     ({"slurm": {"time_min": 0}}, "slurm.time_min=0 must be a positive integer"),
     ({"slurm": {"executor": "cloud"}}, "slurm.executor='cloud' is not one of"),
     ({"slurm": {"mem_gb": "32G"}}, "slurm.mem_gb='32G' must be a positive number of GB"),
-    ({"slurm": {"gpus_per_node": "one"}}, "slurm.gpus_per_node='one' must be a positive integer"),
+    ({"slurm": {"gpus_per_node": "one"}}, "slurm.gpus_per_node='one' must be a whole number of GPUs, 0 or more"),
+    ({"slurm": {"gpus_per_node": -1}}, "slurm.gpus_per_node=-1 must be a whole number of GPUs, 0 or more"),
     ({"slurm": {"cpus_per_task": 0}}, "slurm.cpus_per_task=0 must be a positive integer"),
     ({"slurm": {"partition": 5}}, "slurm.partition=5 must be a string"),
     ({"resources": {"cpus": 0}}, "resources.cpus=0 must be a positive number"),
