@@ -88,6 +88,9 @@ def run_sweep_ray(spec: SweepSpec, runs_root: str | Path | None = None, *, addre
         check_existing_runs(runs, root)
         resources = resources or RunResources.from_spec(spec)
         outcomes, todo = split_completed(runs, root)
+        if not todo:  # no Ray instance to start for a sweep that is done
+            log.info("sweep %s: all %d runs completed already; nothing to submit", spec.name, len(runs))
+            return [outcomes[run.run_id] for run in runs]
         if started_here and cluster is None:  # after the checks above, which a private instance would only delay
             _connect(ray, None, local_cpus)
         _check_fits_a_node(ray, resources, cluster)
@@ -98,8 +101,9 @@ def run_sweep_ray(spec: SweepSpec, runs_root: str | Path | None = None, *, addre
         try:
             # ray.init replaced the SIGTERM handler, so this block starts after it.
             with interrupts_on_stop_signals():
+                task_env = {**forwarded_environment(), **resources.threads_env()}
                 for run in todo:
-                    ref = remote.remote(run.config.to_dict(), str(root), resources.threads_env())
+                    ref = remote.remote(run.config.to_dict(), str(root), task_env)
                     submitted[ref] = run
                     pending.append(ref)
                 log.info("sweep %s: %d runs, %d submitted to Ray (%s per run)", spec.name, len(runs), len(todo),
@@ -114,6 +118,21 @@ def run_sweep_ray(spec: SweepSpec, runs_root: str | Path | None = None, *, addre
         if started_here:
             ray.shutdown()
     return [outcomes[run.run_id] for run in runs]
+
+
+# Variables of the launcher's shell that change how a run trains or logs. A private Ray instance inherits them;
+# the processes of a cluster started elsewhere (`ray start`) have their own environment, so each task gets them.
+FORWARDED_PREFIXES = ("SCALING_",)
+FORWARDED_NAMES = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR", "XLA_FLAGS", "JAX_PLATFORMS")
+
+
+def forwarded_environment() -> dict[str, str]:
+    """Return the launcher's variables that every run's worker gets (FORWARDED_PREFIXES and FORWARDED_NAMES).
+
+    W&B's API key is not among them: a cluster logs in with its own (`wandb login` on its nodes).
+    """
+    return {name: value for name, value in os.environ.items()
+            if name.startswith(FORWARDED_PREFIXES) or name in FORWARDED_NAMES}
 
 
 # ---------------------------------------------------------------------------------------------- the task on a node

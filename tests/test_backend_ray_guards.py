@@ -216,19 +216,23 @@ def test_cluster_without_token_names_token_auth(loopback_cluster, corpus_dir, tm
 
 def test_auto_joins_loopback_cluster(loopback_cluster, corpus_dir, tmp_path):  # noqa: F811
     """`--address auto` from a shell without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: the launcher keeps 127.0.0.1
-    instead of the machine's routable address, where nothing listens, and the run trains on the cluster."""
+    instead of the machine's routable address, where nothing listens, and the run trains on the cluster.
+    The launcher's SCALING_ variables reach the run, although the cluster was started without them."""
     port, token, temp_dir = loopback_cluster
     raw = tiny_sweep(corpus_dir, "joined", grid={"params": ["3K"], "tokens": ["2K"]})
     spec_path = tmp_path / "joined.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
     runs = tmp_path / "runs"
-    env = {**without_ray_settings(), "RAY_TMPDIR": str(temp_dir), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    env = {**without_ray_settings(), "RAY_TMPDIR": str(temp_dir), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "SCALING_KEEP_FREED_MEMORY": "1"}
     result = subprocess.run(launch_command(spec_path, runs, "--address", "auto"), cwd=REPO, capture_output=True,
                             text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = expand(parse_spec(raw), runs)
     assert RunDir.at(runs, "joined", run.run_id).status() == "completed"
-    assert "(Ray task)" in (runs / "joined" / LOGS_FOLDER / f"{run.run_id}.log").read_text()
+    run_log = (runs / "joined" / LOGS_FOLDER / f"{run.run_id}.log").read_text()
+    assert "(Ray task)" in run_log
+    assert "keeping freed host memory in the heap" in run_log  # tiny steps keep it only when asked to
     assert accepts_connections(port)  # a joined cluster keeps running
 
 

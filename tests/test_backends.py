@@ -58,8 +58,12 @@ def test_ray_backend_matches_local(corpus_dir, tmp_path, local_losses, monkeypat
         assert run.metrics()
         assert outcome.log_path.is_file()
 
+    ray = pytest.importorskip("ray")
+    started = []
+    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: started.append(args))
     again = run_with_backend("ray", spec, tmp_path, progress=False)
     assert [outcome.status for outcome in again] == ["skipped", "skipped"]
+    assert started == []  # nothing to submit, so no Ray instance was started for it
 
 
 def test_ray_resources_beyond_machine_rejected(corpus_dir, tmp_path):  # noqa: F811
