@@ -330,6 +330,7 @@ def resolve_address(address: str) -> ClusterAddress:
         host, port = parse_host_port(text, origin)
         cluster = ClusterAddress(host, port, origin, ray_address=text)
     _check_listening(cluster)
+    _check_speaks_http2(cluster)
     return cluster
 
 
@@ -411,6 +412,38 @@ def _check_listening(cluster: ClusterAddress) -> None:
         reason = error.strerror or str(error) or type(error).__name__
         raise UserError(f"nothing accepts connections at {cluster.origin} ({reason}); "
                         f"{cluster.fix_if_silent}") from None
+
+
+# A client's HTTP/2 connection preface (RFC 9113, section 3.4) and an empty SETTINGS frame. Ray's head answers
+# on gRPC, which is HTTP/2, so its first reply is a SETTINGS frame (type 4, the 4th byte of the frame header).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS_FRAME = 4
+PREFACE_TIMEOUT_S = 3.0
+
+
+def _check_speaks_http2(cluster: ClusterAddress) -> None:
+    """Raise UserError when the service at the cluster's address answers, but not as an HTTP/2 (gRPC) server.
+
+    Ray's client would retry such a service for minutes before giving up (a web server on the port, say).
+    A service that stays silent is left to Ray, which names the likely cause after its own tries.
+    """
+    try:
+        with socket.create_connection((cluster.host, cluster.port), timeout=PREFACE_TIMEOUT_S) as connection:
+            connection.sendall(HTTP2_PREFACE)
+            reply = b""
+            while len(reply) < 9:
+                chunk = connection.recv(9 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:  # silent, or closed without a word: Ray's own tries decide
+        return
+    if not reply or (len(reply) >= 4 and reply[3] == HTTP2_SETTINGS_FRAME):
+        return
+    shown = reply.split(b"\r")[0].decode("ascii", errors="replace")
+    raise UserError(f"something answers at {cluster.origin}, but not as a Ray cluster's head (its reply begins "
+                    f"{shown!r}, where Ray's gRPC would send HTTP/2 settings); give the address that `ray start "
+                    "--head` printed (port 6379 unless it was given --port)")
 
 
 # ---------------------------------------------------------------------------------------------- ray.init

@@ -214,6 +214,35 @@ def test_cluster_without_token_names_token_auth(loopback_cluster, corpus_dir, tm
         assert not runs.exists()  # rejected before the corpus was prepared
 
 
+def test_web_server_at_the_address_is_named_at_once():
+    """A reviewer's --address pointed at a web server: Ray retried for 206 s in silence. The launcher sends
+    HTTP/2's preface first, which Ray's gRPC answers and a web server does not."""
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    from sweeps.backend_ray import resolve_address
+
+    server = HTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        port = server.server_address[1]
+        started = time.monotonic()
+        with pytest.raises(UserError, match=rf"^something answers at --address 127.0.0.1:{port}, but not as a Ray "
+                                            r"cluster's head \(its reply begins '"):
+            resolve_address(f"127.0.0.1:{port}")
+        assert time.monotonic() - started < 10
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_ray_head_passes_the_http2_check(loopback_cluster):  # noqa: F811
+    from sweeps.backend_ray import resolve_address
+
+    port, _, _ = loopback_cluster
+    assert resolve_address(f"127.0.0.1:{port}").port == port
+
+
 def test_auto_joins_loopback_cluster(loopback_cluster, corpus_dir, tmp_path):  # noqa: F811
     """`--address auto` from a shell without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: the launcher keeps 127.0.0.1
     instead of the machine's routable address, where nothing listens, and the run trains on the cluster.
