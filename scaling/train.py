@@ -435,7 +435,7 @@ def _train_locked(config: TrainConfig, root: Path, run_dir: RunDir, progress: bo
     # that point, so an attempt stopped before its own first checkpoint keeps the time and steps done.
     wall_before = ((previous or {}).get("wall_time_s", 0.0) or 0.0) if start_step > 0 else 0.0
     summary = initial_summary(record["run_id"], record["sweep"], status="running")
-    summary.update(_progress(record, start_step, config.data.tokens_per_step, wall_before))
+    summary.update(_progress(record, start_step, config.data.tokens_per_step, wall_before), layout=_layout(trainer))
     run_dir.write_summary(summary)
     run = _Run(config, record, trainer, corpus, run_dir, checkpointer, tracker, wall_before, started,
                setup_s=started - entered)
@@ -556,7 +556,7 @@ def _loop(run: _Run, state: dict[str, Any], start_step: int, progress: bool) -> 
         overhead["evaluation"] += time.time() - begun
         return {"val_loss": nats / val_tokens, "val_bpb": nats / (math.log(2) * val_bytes)}
 
-    summary = initial_summary(record["run_id"], record["sweep"], status="running")
+    summary = {**initial_summary(record["run_id"], record["sweep"], status="running"), "layout": _layout(trainer)}
     # The steps of a metrics row that an interrupt cut short, saved with its checkpoint: the row goes on
     # from them, so that it equals the uninterrupted run's row.
     # Its values are float32, as the step returned them, so that the row's mean is the uninterrupted run's.

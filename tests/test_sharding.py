@@ -340,6 +340,7 @@ def test_resume_on_another_mesh(small_corpus, tmp_path, monkeypatch):
     assert summary["status"] == "completed"
     assert summary["final_val_loss"] == pytest.approx(alone["final_val_loss"], abs=1e-5)
     assert run.config()["config"]["mesh"] == ""  # config.json keeps the record of the run's first start
+    assert summary["layout"] == "fsdp over 4 cpu devices"  # summary.json names the newest attempt's devices
 
 
 @pytest.mark.slow
