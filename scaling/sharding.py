@@ -104,6 +104,7 @@ def state_shardings(abstract_state: dict[str, Any], mesh: Mesh, fsdp: bool) -> A
     if not fsdp:
         return replicated
     size = mesh.shape[DATA_AXIS]
+    _warn_if_kept_whole(abstract_state["params"], size)
 
     def shard(leaf):
         return NamedSharding(mesh, fsdp_spec(tuple(leaf.shape), size))
@@ -112,6 +113,22 @@ def state_shardings(abstract_state: dict[str, Any], mesh: Mesh, fsdp: bool) -> A
         key: jax.tree.map(shard, value) if key in ("params", "opt_state") else jax.tree.map(lambda _: replicated, value)
         for key, value in abstract_state.items()
     }
+
+
+KEPT_WHOLE_WARNING = 0.1  # FSDP that leaves this share of the parameters whole on every device gets a warning
+
+
+def _warn_if_kept_whole(params: Any, size: int) -> None:
+    """Warn when FSDP over `size` devices cannot split a sizeable share of the parameters (no dimension divisible
+    by `size`), so that every device holds them and their Adam moments whole."""
+    leaves = jax.tree.leaves(params)
+    whole = [leaf for leaf in leaves if size > 1 and fsdp_spec(tuple(leaf.shape), size) == PartitionSpec()]
+    total = sum(int(np.prod(leaf.shape)) for leaf in leaves)
+    kept = sum(int(np.prod(leaf.shape)) for leaf in whole)
+    if total and kept > KEPT_WHOLE_WARNING * total:
+        log.warning("fsdp=%d: %d of %d parameter arrays (%.0f%% of the parameters) have no dimension divisible by "
+                    "%d, so every device keeps them and their optimizer state whole; a device count that divides "
+                    "d_model (a power of 2) splits them", size, len(whole), len(leaves), 100 * kept / total, size)
 
 
 def put_batch(batch: np.ndarray, sharding: NamedSharding) -> np.ndarray | jax.Array:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
@@ -455,3 +456,17 @@ def test_signal_to_one_of_two_processes_stops_both_with_a_checkpoint(small_corpu
                                rtol=0, atol=1e-5)
     assert run.summary()["final_val_loss"] == pytest.approx(alone["final_val_loss"], abs=1e-5)
 
+
+
+def test_fsdp_that_cannot_split_most_parameters_warns(caplog):
+    """A reviewer's fsdp=3 kept every matrix whole on each device without a word."""
+    from scaling.sharding import _warn_if_kept_whole
+
+    params = {"kernel": jax.ShapeDtypeStruct((256, 32), np.float32), "bias": jax.ShapeDtypeStruct((33,), np.float32)}
+    with caplog.at_level(logging.WARNING, logger="scaling.sharding"):
+        _warn_if_kept_whole(params, 4)
+        assert not caplog.records  # 4 divides both dimensions of the kernel
+        _warn_if_kept_whole(params, 3)
+    (record,) = caplog.records
+    assert record.getMessage().startswith("fsdp=3: 1 of 2 parameter arrays (100% of the parameters) have no "
+                                          "dimension divisible by 3, so every device keeps them")
