@@ -27,7 +27,7 @@ from typing import Any
 from scaling.errors import UserError
 from scaling.numbers import parse_number
 from sweeps.outcomes import (RunOutcome, SweepInterrupted, ended_outcome, exit_reason, logged_stop_reason,
-                             run_log_path)
+                             logged_warnings, run_log_path)
 from sweeps.resources import SINGLE_THREAD_XLA_FLAGS, THREAD_COUNT_VARIABLES
 
 log = logging.getLogger(__name__)
@@ -190,8 +190,11 @@ def stop_worker_child(process: subprocess.Popen, run_id: str, stop_signal: int =
 
 
 def outcome_from_exit(run: Any, root: Path, returncode: int, cpu_s: float, wall_s: float, host: str) -> RunOutcome:
-    """Return the RunOutcome of a worker process on `host` that exited with `returncode`."""
+    """Return the RunOutcome of a worker process on `host` that exited with `returncode`. The warnings its run
+    logged are repeated on this console first, as the local launcher shows them while the run goes on."""
     log_path = run_log_path(root, run.config.sweep, run.run_id)
+    for message in logged_warnings(log_path):
+        log.warning("%s", message if message.startswith(f"run {run.run_id} ") else f"run {run.run_id}: {message}")
     return ended_outcome(run, root, returncode, reason=f"worker {exit_reason(returncode)} on {host}; see {log_path}",
                          message=logged_stop_reason(log_path, run.run_id), wall_s=wall_s, cpu_s=cpu_s,
                          where=f" on {host}")

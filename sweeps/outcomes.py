@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,24 @@ def logged_stop_reason(log_path: Path, run_id: str) -> str | None:
     marker = f"run {run_id} stopped: "
     stops = [line.split(marker, 1)[1].strip() for line in lines if marker in line]
     return stops[-1][:300] if stops else None
+
+
+# A warning line of this project's code in a worker's log (sweeps.worker's format: time, level, logger, message).
+_WARNING_LINE = re.compile(r"^\S+ \S+ WARNING (?:scaling|models|analysis)\.[\w.]*: (.*)$")
+RELAYED_WARNINGS = 20  # at most this many of a run's warnings are repeated on the launcher's console
+ATTEMPT_MARKER = "--- worker start "
+
+
+def logged_warnings(log_path: Path) -> list[str]:
+    """Return the warnings this project's code logged in the newest attempt of a run (after the last
+    ATTEMPT_MARKER of its log), up to RELAYED_WARNINGS, for backends whose workers cannot reply as they go."""
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    attempt = text[text.rfind(ATTEMPT_MARKER):] if ATTEMPT_MARKER in text else text
+    found = [match.group(1) for match in map(_WARNING_LINE.match, attempt.splitlines()) if match]
+    return found[:RELAYED_WARNINGS]
 
 
 def read_summary(run_dir: RunDir) -> dict[str, Any] | None:

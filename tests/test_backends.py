@@ -3,6 +3,7 @@ executor train the same runs as the local launcher, to the same final losses, an
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -266,3 +267,31 @@ def test_interrupted_slurm_launch_cancels_jobs_and_resumes(background, corpus_di
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     assert f"resumes from step {summary['steps_done']}" in run_log_path(runs, "cut", run.run_id).read_text()
     assert run_dir.status() == "completed"
+
+
+def test_warnings_of_a_ray_or_slurm_run_reach_the_console(corpus_dir, tmp_path, caplog):  # noqa: F811
+    """The local launcher shows a run's warnings as they come; Ray and SLURM workers cannot reply, so their
+    warnings of the newest attempt are repeated from the run's log when it ends (a reviewer missed them)."""
+    from scaling.run_store import initial_summary
+    from sweeps.backends import outcome_from_exit
+    from sweeps.outcomes import run_log_path
+
+    (run, _) = expand(parse_spec(tiny_sweep(corpus_dir, "tiny")), tmp_path)
+    RunDir.at(tmp_path, "tiny", run.run_id).write_summary(
+        {**initial_summary(run.run_id, "tiny", "completed"), "final_val_loss": 2.5})
+    log_path = run_log_path(tmp_path, "tiny", run.run_id)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(
+        "--- worker start 2026-12-06 01:00:00 on node1\n"
+        f"2026-12-06 01:00:01,000 WARNING scaling.train: run {run.run_id} requests eval_tokens=99 (first attempt)\n"
+        "--- worker start 2026-12-06 02:00:00 on node1\n"
+        "2026-12-06 02:00:01,000 INFO scaling.train: run starts\n"
+        f"2026-12-06 02:00:02,000 WARNING scaling.train: run {run.run_id} requests eval_tokens=8192, but ...\n"
+        "2026-12-06 02:00:03,000 WARNING absl: not this project's\n"
+        "2026-12-06 02:00:04,000 WARNING models.fused_attention: kernel unavailable\n")
+    with caplog.at_level(logging.WARNING, logger="sweeps.backends"):
+        outcome = outcome_from_exit(run, tmp_path, 0, cpu_s=1.0, wall_s=1.0, host="node1")
+    assert outcome.status == "completed"
+    relayed = [record.getMessage() for record in caplog.records if record.name == "sweeps.backends"]
+    assert relayed == [f"run {run.run_id} requests eval_tokens=8192, but ...",
+                       f"run {run.run_id}: kernel unavailable"]
