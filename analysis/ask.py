@@ -451,7 +451,7 @@ def _interval_over(laws: Sequence[Law], query: Query, level: float, requested: i
     if quantity not in samples:
         interval["note"] = None
         return interval
-    # A fitted replicate may still have no answer (an exponent <= 0 gives no allocation), so name both counts.
+    # A fitted replicate may still give no value (an exponent <= 0 gives no allocation), so name both counts.
     answered = samples[quantity].size
     fitted = ("could be fitted" if answered == len(laws) else
               f"answer this question ({len(laws)} could be fitted, {len(laws) - answered} of them have no answer)")
@@ -464,7 +464,7 @@ WIDE_INTERVAL_FACTOR = 1e3  # an interval whose bounds differ by more than this 
 
 def _wide_interval_note(row: dict[str, Any], quantity: str) -> str | None:
     """Return a note when the row's interval of the asked N, D, C or D/N spans more than WIDE_INTERVAL_FACTOR,
-    or None. Such bounds (below one parameter, say) only say that the runs leave the answer open."""
+    or None. Such bounds (below one parameter, for example) only show that the runs leave the answer open."""
     bounds = (row["interval"] or {}).get(quantity)
     if quantity not in _UNITS and quantity != "tokens_per_param" or not bounds:
         return None

@@ -51,7 +51,7 @@ def parse_count(value: object, where: str) -> float:
 
 
 def whole_number(text: str) -> int:
-    """The argparse type of a command-line count: "200", "1e3" or "4K" gives an int; the caller checks its range."""
+    """Parse a command-line count ("200", "1e3" or "4K") into an int, as an argparse type; callers check its range."""
     try:
         number = parse_number(text, "value")
     except UserError:

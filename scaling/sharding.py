@@ -120,7 +120,7 @@ KEPT_WHOLE_WARNING = 0.1  # FSDP that leaves this share of the parameters whole 
 
 def _warn_if_kept_whole(params: Any, size: int) -> None:
     """Warn when FSDP over `size` devices cannot split a sizeable share of the parameters (no dimension divisible
-    by `size`), so that every device holds them and their Adam moments whole."""
+    by `size`), so that every device keeps them and their Adam moments whole."""
     leaves = jax.tree.leaves(params)
     whole = [leaf for leaf in leaves if size > 1 and fsdp_spec(tuple(leaf.shape), size) == PartitionSpec()]
     total = sum(int(np.prod(leaf.shape)) for leaf in leaves)
@@ -231,7 +231,7 @@ def stop_agreed(step: int, requested: bool) -> bool:
     """Return whether the run stops before `step`; every process calls this with the same `step`.
 
     One process alone returns `requested` (a SIGINT or SIGTERM seen). In a multi-process run a signal may
-    reach only some processes, or reach them during different steps; a process that stopped alone would
+    reach only some processes, or reach them during different steps. A process that stopped alone would
     leave the others waiting in the step's collectives. So every STOP_CHECK_STEPS steps the processes
     gather their flags, and all stop at that same step if any saw a signal.
     """

@@ -414,15 +414,15 @@ def _check_listening(cluster: ClusterAddress) -> None:
                         f"{cluster.fix_if_silent}") from None
 
 
-# A client's HTTP/2 connection preface (RFC 9113, section 3.4) and an empty SETTINGS frame. Ray's head answers
-# on gRPC, which is HTTP/2, so its first reply is a SETTINGS frame (type 4, the 4th byte of the frame header).
+# A client's HTTP/2 connection preface (RFC 9113, section 3.4) and an empty SETTINGS frame. Ray's head serves
+# gRPC, which is HTTP/2, so its first response is a SETTINGS frame (type 4, the 4th byte of the frame header).
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 HTTP2_SETTINGS_FRAME = 4
 PREFACE_TIMEOUT_S = 3.0
 
 
 def _check_speaks_http2(cluster: ClusterAddress) -> None:
-    """Raise UserError when the service at the cluster's address answers, but not as an HTTP/2 (gRPC) server.
+    """Raise UserError when the service at the cluster's address responds, but not as an HTTP/2 (gRPC) server.
 
     Ray's client would retry such a service for minutes before giving up (a web server on the port, say).
     A service that stays silent is left to Ray, which names the likely cause after its own tries.
@@ -441,7 +441,7 @@ def _check_speaks_http2(cluster: ClusterAddress) -> None:
     if not reply or (len(reply) >= 4 and reply[3] == HTTP2_SETTINGS_FRAME):
         return
     shown = reply.split(b"\r")[0].decode("ascii", errors="replace")
-    raise UserError(f"something answers at {cluster.origin}, but not as a Ray cluster's head (its reply begins "
+    raise UserError(f"something responds at {cluster.origin}, but not as a Ray cluster's head (its response begins "
                     f"{shown!r}, where Ray's gRPC would send HTTP/2 settings); give the address that `ray start "
                     "--head` printed (port 6379 unless it was given --port)")
 
@@ -482,8 +482,8 @@ def _join_cluster(ray, cluster: ClusterAddress, runtime_env: dict) -> None:
         try:
             ray.init(address=cluster.ray_address, runtime_env=runtime_env, logging_level=logging.WARNING)
         except (ConnectionError, AuthenticationError) as error:
-            # Ray's core has written a line per retry ("Failed to get cluster ID from GCS server"); the one-line
-            # error below says what they meant, so they are dropped.
+            # Ray's core has written a line per retry ("Failed to get cluster ID from GCS server"). The one-line
+            # error below gives their cause, so they are dropped.
             held.drop = True
             failure = error
     if failure is not None:

@@ -154,7 +154,7 @@ class PlannedRun:
     flops: float  # C of the trained tokens, in the spec's flops_per_token convention
     flops_per_token: int  # F(N) in that convention
     budget: float | None  # the IsoFLOP budget C this run belongs to; None for grid runs
-    tokens_target: float | None = None  # D the spec asks for (C / F(N) on an IsoFLOP grid), before whole batches
+    tokens_target: float | None = None  # D the spec requests (C / F(N) on an IsoFLOP grid), before whole batches
 
     @property
     def steps(self) -> int:
@@ -559,8 +559,8 @@ TOO_FAR_FROM_TARGET = 10.0  # and this many times is refused: its runs would car
 
 
 def _warn_far_from_target(target: float, model: ModelConfig, convention: str) -> None:
-    """Warn when the shape the ladder builds for `target` has far more or fewer parameters than asked for;
-    raise UserError beyond TOO_FAR_FROM_TARGET, where the size is a typo rather than a rounding."""
+    """Warn when the shape the ladder builds for `target` has far more or fewer parameters than requested.
+    Raise UserError beyond TOO_FAR_FROM_TARGET, because such a size is a typo rather than a rounding."""
     built = parameter_counts(model)["total" if convention == "total" else "non_embedding"]
     if built > TOO_FAR_FROM_TARGET * target or built * TOO_FAR_FROM_TARGET < target:
         hint = " (a suffix left out, K for thousands?)" if built > target else ""

@@ -227,8 +227,8 @@ def test_web_server_at_the_address_is_named_at_once():
     try:
         port = server.server_address[1]
         started = time.monotonic()
-        with pytest.raises(UserError, match=rf"^something answers at --address 127.0.0.1:{port}, but not as a Ray "
-                                            r"cluster's head \(its reply begins '"):
+        with pytest.raises(UserError, match=rf"^something responds at --address 127.0.0.1:{port}, but not as a Ray "
+                                            r"cluster's head \(its response begins '"):
             resolve_address(f"127.0.0.1:{port}")
         assert time.monotonic() - started < 10
     finally:
