@@ -251,6 +251,8 @@ class Plan:
     def table(self) -> Table:
         spec = self.spec
         title = f"sweep {spec.name} ({spec.kind}, {len(self.rows)} runs) from {spec.origin}"
+        if spec.description:
+            title += f": {spec.description}"
         table = Table(title=title, title_justify="left")
         for header in ("run", "shape", "N total", "N non-emb", "D tokens", "steps", f"C ({spec.flops_per_token})",
                        "D/N", "epochs", "est. time", "state"):

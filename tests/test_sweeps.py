@@ -663,6 +663,12 @@ def test_plan_warns_about_clipped_warmup_and_repeated_data(corpus_dir, tmp_path,
     assert f"warning: {len(repeated)} {runs_word} will see training data more than once" in out
 
 
+def test_plan_title_shows_the_description(corpus_dir, tmp_path, capsys):
+    spec = parse_spec({**tiny_raw(corpus_dir), "description": "two token counts on the test corpus"})
+    make_plan(spec, tmp_path / "runs", probe=False).print()
+    assert "(grid, 2 runs) from <spec>: two token counts on the test corpus" in " ".join(capsys.readouterr().out.split())
+
+
 def test_plan_warns_about_budgets_approach2_cannot_use(corpus_dir, tmp_path, capsys):
     """A reviewer wrote `3e10: 3e3`, one size where a list belongs; the plan now says approach 2 drops it."""
     spec = parse_spec(tiny_raw(corpus_dir, isoflop={"params": {"1e9": "4K", "3e9": ["4K", "8K", "1.2e4"]}}))
