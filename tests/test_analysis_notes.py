@@ -26,17 +26,22 @@ BUDGETS = (4e15, 1.6e16, 1e17)
 X_C_NOTE = "x_c (C_c) gets no interval by design"
 
 
-@pytest.fixture()
-def sweep(tmp_path) -> Path:
+def _write_grid(root: Path, sweep: str, train_tokens: int | None = None) -> Path:
+    """Write a run at every size of every budget, with the law's loss; return the sweep's folder."""
     index = 0
     for budget in BUDGETS:
         for params in SIZES:
             tokens = budget / (6 * params)
             loss = float(law_losses(LAW, np.array([params]), np.array([tokens]))[0])
-            write_synthetic_run(tmp_path, "fixed", f"r{index:02d}", params_total=int(params), tokens=int(tokens),
-                                final_loss=loss, flop_budget=budget)
+            write_synthetic_run(root, sweep, f"r{index:02d}", params_total=int(params), tokens=int(tokens),
+                                final_loss=loss, flop_budget=budget, train_tokens=train_tokens)
             index += 1
-    return tmp_path / "fixed"
+    return root / sweep
+
+
+@pytest.fixture()
+def sweep(tmp_path) -> Path:
+    return _write_grid(tmp_path, "fixed")
 
 
 def _fit(sweep: Path, **options) -> dict:
@@ -45,16 +50,9 @@ def _fit(sweep: Path, **options) -> dict:
 
 def test_runs_that_repeat_their_data_are_named_in_fit_and_report(tmp_path, caplog):
     """A reviewer's sweep trained 4 of 9 runs over several epochs; plan warned, fit and report did not."""
-    index = 0
-    for budget in BUDGETS:
-        for params in SIZES:
-            tokens = budget / (6 * params)
-            loss = float(law_losses(LAW, np.array([params]), np.array([tokens]))[0])
-            write_synthetic_run(tmp_path, "small", f"r{index:02d}", params_total=int(params), tokens=int(tokens),
-                                final_loss=loss, flop_budget=budget, train_tokens=100_000_000)
-            index += 1
+    small = _write_grid(tmp_path, "small", train_tokens=100_000_000)
     caplog.set_level(logging.WARNING, logger="analysis")
-    record = fit_runs(tmp_path / "small", tmp_path / "out", starts=50, plot=False, bootstraps=0)
+    record = fit_runs(small, tmp_path / "out", starts=50, plot=False, bootstraps=0)
 
     # 1e17 / (6 * 2e6) = 8.3e9 tokens are 83 passes over 1e8 training tokens; 3 runs stay below one pass.
     repeated = [warning for warning in record["warnings"] if "saw their training data more than once" in warning]

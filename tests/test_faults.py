@@ -123,25 +123,31 @@ def test_killed_twice_and_torn_metrics_line(small_corpus, tmp_path, reference):
     assert_equals_reference(run, summary, reference)
 
 
-def test_ctrl_c_interrupted_then_resumed(small_corpus, tmp_path, reference, monkeypatch):
-    """A KeyboardInterrupt at step 33, raised where the step's batch is read, as a second Ctrl-C raises one.
-    summary.json records "interrupted" with the progress of checkpoint 20, the lock is free, and the next
-    attempt resumes from 20 and ends equal to the uninterrupted run."""
+def _train_until_ctrl_c_at(stop_step: int, config, runs: Path, monkeypatch) -> None:
+    """Train `config` until a KeyboardInterrupt raised where step `stop_step` reads its batch, as a second
+    Ctrl-C raises one; the patch is undone afterwards."""
     import scaling.train as train_module
 
-    config = fault_config(small_corpus, "ctrl-c", wandb_mode="disabled")
-    run = RunDir.at(tmp_path, "faults", "ctrl-c")
     real_batch_at = train_module.batch_at
 
     def batch_at(tokens, step, **kwargs):
-        if step == 33:
+        if step == stop_step:
             raise KeyboardInterrupt
         return real_batch_at(tokens, step, **kwargs)
 
     monkeypatch.setattr(train_module, "batch_at", batch_at)
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path, progress=False)
+        train(config, runs, progress=False)
     monkeypatch.undo()
+
+
+def test_ctrl_c_interrupted_then_resumed(small_corpus, tmp_path, reference, monkeypatch):
+    """A KeyboardInterrupt at step 33, raised where the step's batch is read, as a second Ctrl-C raises one.
+    summary.json records "interrupted" with the progress of checkpoint 20, the lock is free, and the next
+    attempt resumes from 20 and ends equal to the uninterrupted run."""
+    config = fault_config(small_corpus, "ctrl-c", wandb_mode="disabled")
+    run = RunDir.at(tmp_path, "faults", "ctrl-c")
+    _train_until_ctrl_c_at(33, config, tmp_path, monkeypatch)
 
     interrupted = run.summary()
     assert interrupted["status"] == "interrupted"
@@ -163,8 +169,6 @@ def test_ctrl_c_during_setup_records_the_run(small_corpus, tmp_path, reference, 
     still ends equal to the uninterrupted run. Before, a fresh run stopped there had config.json alone."""
     import wandb
 
-    import scaling.train as train_module
-
     def init(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -182,17 +186,7 @@ def test_ctrl_c_during_setup_records_the_run(small_corpus, tmp_path, reference, 
 
     # Stop the next attempt at step 33 (checkpoint 20), then the one after it while W&B starts again.
     monkeypatch.undo()
-    real_batch_at = train_module.batch_at
-
-    def batch_at(tokens, step, **kwargs):
-        if step == 33:
-            raise KeyboardInterrupt
-        return real_batch_at(tokens, step, **kwargs)
-
-    monkeypatch.setattr(train_module, "batch_at", batch_at)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path, progress=False)
-    monkeypatch.undo()
+    _train_until_ctrl_c_at(33, config, tmp_path, monkeypatch)
     monkeypatch.setattr(wandb, "init", init)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path, progress=False)

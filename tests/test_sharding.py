@@ -358,26 +358,7 @@ def test_two_processes_train_like_one(small_corpus, tmp_path):
     config_path = tmp_path / "shared.json"
     config_path.write_text(json.dumps(shared.to_dict()))
 
-    address = f"127.0.0.1:{free_port()}"
-    children = []
-    for process_id in range(2):
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-               "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(process_id),
-               "SCALING_MESH": "fsdp=4"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
-        env.pop("WANDB_SERVICE", None)
-        children.append(subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, str(config_path), str(tmp_path / "mp")],
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                         cwd=PROJECT))
-    outputs = []
-    for child in children:
-        try:
-            out, err = child.communicate(timeout=240)
-        finally:
-            if child.poll() is None:
-                child.kill()
-        outputs.append((child.returncode, out, err))
-    for returncode, out, err in outputs:
+    for returncode, out, err in _two_processes(config_path, tmp_path / "mp"):
         assert returncode == 0, err[-3000:]
         assert "STATUS completed" in out
 
