@@ -192,8 +192,8 @@ def _keep_earlier_fit(out: Path) -> None:
 
 
 def _move_fit_files(source: Path, previous: Path) -> Path | None:
-    """Move the fit files in `source` to a new folder of `previous` named after their fit.json's time;
-    return that folder, or None when `source` contains none."""
+    """Move the fit files in `source` to a new folder of `previous`, named after their fit.json's time.
+    Return that folder, or None when `source` contains none."""
     names = [name for name in (FIT_FILE, *FIT_OUTPUTS) if (source / name).is_file()]
     if not names:
         return None

@@ -106,7 +106,7 @@ _PATTERNS = (
 # Words for the suffixes, as people write sizes: "7 billion", "7bn", "1.4 trillion".
 _SUFFIX_WORDS = (("thousand", "k"), ("million", "m"), ("billion", "b"), ("bn", "b"), ("trillion", "t"))
 # Words that frame a question without changing it: "how many tokens for a 7B model" is "tokens for 7B".
-# Every answer is compute-optimal already, so "optimal" adds nothing either.
+# Every result is compute-optimal already, so "optimal" adds nothing either.
 _LEADING_WORDS = re.compile(r"^(?:how\s+many|how\s+much|what(?:'s|\s+is|\s+are)?(?:\s+the)?|the)\s+")
 _FILLER_WORDS = re.compile(r"\b(?:compute[- ]optimal|chinchilla[- ]optimal|optimal|an?|the)\s+")
 _MODEL_WORD = re.compile(r"\s*\bmodel\b(?!\s+size)")  # "7b model"; "model size for 1e23" keeps it

@@ -213,7 +213,7 @@ def test_refit_keeps_earlier_fit_in_previous(tmp_path, caplog):
     assert first_kept not in kept_folders
 
 
-def test_refit_moves_a_fit_kept_by_an_earlier_version(tmp_path):
+def test_refit_moves_legacy_previous_fit(tmp_path):
     """Earlier versions kept one fit directly in previous/; it moves into a folder of its own."""
     sweep = _write_sweep(tmp_path)
     out = tmp_path / "out"

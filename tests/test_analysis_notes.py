@@ -48,7 +48,7 @@ def _fit(sweep: Path, **options) -> dict:
     return fit_runs(sweep, sweep.parent / "out", starts=50, plot=False, **{"bootstraps": 40, **options})
 
 
-def test_runs_that_repeat_their_data_are_named_in_fit_and_report(tmp_path, caplog):
+def test_repeated_data_named_in_report(tmp_path, caplog):
     """A reviewer's sweep trained 4 of 9 runs over several epochs; plan warned, fit and report did not."""
     small = _write_grid(tmp_path, "small", train_tokens=100_000_000)
     caplog.set_level(logging.WARNING, logger="analysis")

@@ -214,9 +214,9 @@ def test_cluster_without_token_names_token_auth(loopback_cluster, corpus_dir, tm
         assert not runs.exists()  # rejected before the corpus was prepared
 
 
-def test_web_server_at_the_address_is_named_at_once():
+def test_web_server_address_rejected_at_once():
     """A reviewer's --address pointed at a web server: Ray retried for 206 s in silence. The launcher sends
-    HTTP/2's preface first, which Ray's gRPC answers and a web server does not."""
+    HTTP/2's preface first, to which Ray's gRPC responds and a web server does not."""
     from http.server import HTTPServer, SimpleHTTPRequestHandler
 
     from sweeps.backend_ray import resolve_address

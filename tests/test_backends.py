@@ -269,7 +269,7 @@ def test_interrupted_slurm_launch_cancels_jobs_and_resumes(background, corpus_di
     assert run_dir.status() == "completed"
 
 
-def test_warnings_of_a_ray_or_slurm_run_reach_the_console(corpus_dir, tmp_path, caplog):  # noqa: F811
+def test_cluster_run_warnings_reach_console(corpus_dir, tmp_path, caplog):  # noqa: F811
     """The local launcher shows a run's warnings as they come; Ray and SLURM workers cannot reply, so their
     warnings of the newest attempt are repeated from the run's log when it ends (a reviewer missed them)."""
     from scaling.run_store import initial_summary

@@ -164,7 +164,7 @@ def test_ctrl_c_interrupted_then_resumed(small_corpus, tmp_path, reference, monk
 
 
 def test_ctrl_c_during_setup_records_the_run(small_corpus, tmp_path, reference, monkeypatch, caplog):
-    """A KeyboardInterrupt while W&B starts, before the first step: summary.json says "interrupted", with
+    """A KeyboardInterrupt while W&B starts, before the first step: summary.json records "interrupted", with
     nothing done on a fresh run and the checkpoint's progress on a resumed one, and the next attempt
     still ends equal to the uninterrupted run. Before, a fresh run stopped there had config.json alone."""
     import wandb

@@ -353,7 +353,7 @@ def test_interrupted_launch_accounts_for_every_run(corpus_dir, tmp_path, caplog)
     assert lines[waiting.run_id].count(" - ") == 3
 
 
-def test_run_that_ended_before_the_launch_collected_it_keeps_its_status(corpus_dir, tmp_path):
+def test_interrupt_keeps_ended_run_status(corpus_dir, tmp_path):
     """A SLURM job that finished as Ctrl-C came was shown as "not started" (a reviewer's table)."""
     from scaling.run_store import RunDir, initial_summary
     from sweeps.outcomes import outcomes_after_interrupt
@@ -670,7 +670,7 @@ def test_plan_title_shows_the_description(corpus_dir, tmp_path, capsys):
 
 
 def test_plan_warns_about_budgets_approach2_cannot_use(corpus_dir, tmp_path, capsys):
-    """A reviewer wrote `3e10: 3e3`, one size where a list belongs; the plan now says approach 2 drops it."""
+    """A reviewer wrote `3e10: 3e3`, one size where a list belongs. The plan now warns that approach 2 drops it."""
     spec = parse_spec(tiny_raw(corpus_dir, isoflop={"params": {"1e9": "4K", "3e9": ["4K", "8K", "1.2e4"]}}))
     make_plan(spec, tmp_path / "runs", probe=False).print()
     out = " ".join(capsys.readouterr().out.split())

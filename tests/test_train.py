@@ -210,7 +210,7 @@ def test_eval_tokens_beyond_the_validation_split_is_warned(small_corpus, tmp_pat
 
 
 def test_tokens_rounded_to_whole_batches_are_named(small_corpus, tmp_path, caplog):
-    """tokens: 1000 trained 768 (3 batches of 256) without a word; now the log says so, and config.json keeps both."""
+    """tokens: 1000 trained 768 (3 batches of 256) without a word. Now the log warns, and config.json keeps both."""
     config = tiny_config(small_corpus, tokens=1000, eval_interval=3, log_interval=1, checkpoint_interval=3,
                          optimizer=OptimizerConfig(peak_lr=3e-3, warmup_steps=1))
     with caplog.at_level(logging.WARNING, logger="scaling.train"):
