@@ -175,7 +175,7 @@ def test_out_inside_file_exits_2(tmp_path, capsys, no_fitting):
 # Outputs of an earlier fit -----------------------------------------------------------------------------------------
 
 
-def test_refit_keeps_earlier_fit_in_previous(tmp_path, caplog):
+def test_refit_keeps_earlier_fit_in_previous(tmp_path, caplog, monkeypatch):
     sweep = _write_sweep(tmp_path)
     out = tmp_path / "out"
     first = fit_runs(sweep, out, methods=("approach2",), **QUICK)
@@ -206,10 +206,11 @@ def test_refit_keeps_earlier_fit_in_previous(tmp_path, caplog):
     assert kept_folders[0] == first_kept
     assert (first_kept / "report.md").read_bytes() == first_files["report.md"]
     assert json.loads((kept_folders[1] / "fit.json").read_text())["convention"] == "non_embedding"
-    for _ in range(PREVIOUS_KEPT):
-        fit_runs(sweep, out, methods=("approach2",), **QUICK)
+    assert PREVIOUS_KEPT == 5
+    monkeypatch.setattr(analysis.fit, "PREVIOUS_KEPT", 2)  # the same pruning, two fits sooner
+    fit_runs(sweep, out, methods=("approach2",), **QUICK)
     kept_folders = sorted((out / "previous").iterdir())
-    assert len(kept_folders) == PREVIOUS_KEPT
+    assert len(kept_folders) == 2
     assert first_kept not in kept_folders
 
 

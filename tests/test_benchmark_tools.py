@@ -103,6 +103,7 @@ def test_mesh_attention_rejects_batch_not_divisible():
     assert "--devices 3 must be at least 1 and divide --batch 8" in done.stderr
 
 
+@pytest.mark.slow  # one JAX process per setting, about 20 s: `make test-slow` runs it
 def test_malloc_arenas_reports_every_setting():
     done = run_tool("malloc_arenas.py", "--sizes", "32", "--steps", "1", "--json", timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -134,6 +135,7 @@ def test_blas_products_without_openblas_exits_2():
     assert "pip install scipy-openblas32" in done.stderr
 
 
+@pytest.mark.slow  # builds the OpenBLAS kernel and trains twice, about 17 s: `make test-slow` runs it
 def test_blas_products_matches_xla_and_trains():
     pytest.importorskip("scipy_openblas32", reason="the OpenBLAS experiment needs the scipy-openblas32 wheel")
     done = run_tool("blas_products.py", "--sizes", "32", "--repeats", "1", "--json")
