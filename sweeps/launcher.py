@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import selectors
 import signal
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5  # maximum seconds between looks at the workers and their metrics (a reply wakes the loop at once)
 STOP_GRACE_S = 20.0  # seconds a worker gets to checkpoint-close after an interrupt before it is killed
 SECOND_STOP_GRACE_S = 5.0  # and after a second interrupt, which stops its run without that checkpoint
+STOP_POLL_S = 0.05  # seconds between looks at a stopping worker
 
 
 @dataclass
@@ -366,9 +368,9 @@ def run_sweep(spec: SweepSpec, runs_root: str | Path | None = None, workers: int
                             del pool[index]
                 exiting = [worker for worker in exiting if not worker.reap()]
     except KeyboardInterrupt:
-        _stop_workers([*pool.values(), *exiting])
+        cpu_in_flight = _stop_workers([*pool.values(), *exiting])
         with stop_signals_deferred():  # a further Ctrl-C waits for the table, which takes a moment
-            ordered = outcomes_after_interrupt(runs, root, outcomes)
+            ordered = outcomes_after_interrupt(runs, root, outcomes, cpu_in_flight)
             if progress if show_table is None else show_table:
                 print_outcomes(spec, ordered, console)
         raise SweepInterrupted(ordered) from None
@@ -497,31 +499,32 @@ def _completed_meanwhile(run: PlannedRun, root: Path) -> RunOutcome | None:
     return RunOutcome(run, "skipped", summary, 0.0, None)
 
 
-def _stop_workers(workers: list[WorkerProcess]) -> None:
+def _stop_workers(workers: list[WorkerProcess]) -> dict[str, float]:
     """Interrupt the workers (they keep their checkpoints), wait briefly, then kill the ones still running.
 
     A second Ctrl-C while they finish their checkpoints is passed on: a second signal stops a worker's run at
     once, without that checkpoint, as it does in `scaling train`. The launch still ends with its table.
+    Return the CPU seconds of each run in flight: its worker's CPU time not accounted for by earlier replies.
     """
     _signal_running(workers)
     deadline = time.time() + STOP_GRACE_S
     for worker in workers:
-        while True:
+        while not worker.reap():  # os.wait4, which also gives the worker's CPU time
             try:
-                worker.process.wait(timeout=max(0.1, deadline - time.time()))
+                if time.time() >= deadline:
+                    running = worker.active.run.run_id if worker.active is not None else "none"
+                    log.warning("worker %d (run %s) did not stop within %.0f s; killing it", worker.pid, running,
+                                STOP_GRACE_S)
+                    worker.process.kill()
+                    deadline = math.inf  # the kill ends it; wait for that
+                time.sleep(STOP_POLL_S)
             except KeyboardInterrupt:
                 log.warning("second interrupt: the workers stop now, without checkpointing their step in flight")
                 _signal_running(workers)
                 deadline = min(deadline, time.time() + SECOND_STOP_GRACE_S)
-                continue
-            except subprocess.TimeoutExpired:
-                running = worker.active.run.run_id if worker.active is not None else "none"
-                log.warning("worker %d (run %s) did not stop within %.0f s; killing it", worker.pid, running,
-                            STOP_GRACE_S)
-                worker.process.kill()
-                worker.process.wait()
-            break
         _close_pipes(worker)
+    return {worker.active.run.run_id: max(0.0, (worker.cpu_total or 0.0) - worker.cpu_replied)
+            for worker in workers if worker.active is not None and worker.cpu_total}
 
 
 def _signal_running(workers: list[WorkerProcess]) -> None:

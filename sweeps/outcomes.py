@@ -205,7 +205,8 @@ def read_summary(run_dir: RunDir) -> dict[str, Any] | None:
         return None
 
 
-def outcomes_after_interrupt(runs: list, root: Path, outcomes: dict[str, RunOutcome]) -> list[RunOutcome]:
+def outcomes_after_interrupt(runs: list, root: Path, outcomes: dict[str, RunOutcome],
+                             cpu_in_flight: dict[str, float] | None = None) -> list[RunOutcome]:
     """Return one outcome per run, in plan order, for a launch that Ctrl-C stopped.
 
     Runs the launch saw end keep their outcome. The others are read from their summary.json: a run stopped
@@ -223,10 +224,11 @@ def outcomes_after_interrupt(runs: list, root: Path, outcomes: dict[str, RunOutc
             status = {"completed": "completed", "diverged": "diverged", "failed": "failed", "interrupted":
                       "interrupted", "running": "interrupted"}.get(recorded, "not started")
             started = status != "not started"
-            # The worker's CPU time on a run it did not report back is unknown: NaN, shown as "-".
+            # CPU seconds of a run in flight come from its stopped worker (`cpu_in_flight`, local launcher
+            # only). Elsewhere they are unknown: NaN, shown as "-".
+            cpu_s = (cpu_in_flight or {}).get(run.run_id, math.nan)
             outcome = RunOutcome(run, status, summary or initial_summary(run.run_id, run.config.sweep, status),
-                                 0.0, run_log_path(root, run.config.sweep, run.run_id) if started else None,
-                                 math.nan)
+                                 0.0, run_log_path(root, run.config.sweep, run.run_id) if started else None, cpu_s)
         ordered.append(outcome)
 
     done = sum(outcome.ok for outcome in ordered)

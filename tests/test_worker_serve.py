@@ -271,6 +271,9 @@ def test_interrupt_stops_workers_and_relaunch_resumes(stop, corpus_dir, tmp_path
     table = launcher.stdout_text
     assert "sweep int" in table, table  # the table of runs, as at the end of a launch
     assert "interrupted" in table, table
+    for line in table.splitlines():  # a stopped run's CPU seconds come from its worker (a reviewer saw "-")
+        if "interrupted at step" in line:
+            assert line.rstrip(" │").endswith(" s"), table
 
     run_ids = [run.run_id for run in expand(parse_spec(yaml.safe_load(path.read_text())), runs)]
     pids = {}
