@@ -43,7 +43,7 @@ PARAM_CONVENTIONS = ("total", "non_embedding")
 TOP_KEYS = ("name", "description", "data", "model", "optimizer", "train", "flops_per_token", "grid", "isoflop",
             "resources", "slurm")
 DATA_KEYS = ("source", "tokenizer", "vocab_size", "text_field", "val_fraction")
-LADDER_KEYS = ("convention", "aspect_ratio", "head_dim")
+LADDER_KEYS = ("convention", "aspect_ratio", "head_dim", "query_heads_per_kv")
 # ModelConfig fields that the size ladder or the corpus sets for each run, so a spec may not fix them.
 SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
 TRAIN_KEYS = ("seq_len", "batch_size", "eval_tokens", "eval_interval", "log_interval", "checkpoint_interval",
@@ -75,6 +75,7 @@ class ModelSpec:
     convention: str = "total"  # parameter convention of the sizes in the spec: "total" or "non_embedding"
     aspect_ratio: float = DEFAULT_ASPECT_RATIO  # d_model / n_layers the ladder aims for
     head_dim: int = DEFAULT_HEAD_DIM  # width of one attention head; d_model is a multiple of it
+    query_heads_per_kv: int = 1  # query heads sharing one key/value head (grouped-query); 1 is multi-head
     fields: dict[str, Any] = field(default_factory=dict)  # other ModelConfig fields (norm, mlp, positions, ...)
 
 
@@ -333,11 +334,13 @@ def _parse_model(raw: Any) -> ModelSpec:
         raise UserError(f"model.convention={convention!r} is not one of: {', '.join(PARAM_CONVENTIONS)}")
     aspect_ratio = parse_count(values.pop("aspect_ratio", DEFAULT_ASPECT_RATIO), "model.aspect_ratio")
     head_dim = _integer(values.pop("head_dim", DEFAULT_HEAD_DIM), "model.head_dim")
+    query_heads_per_kv = _integer(values.pop("query_heads_per_kv", 1), "model.query_heads_per_kv")
     _coerce_fields(ModelConfig, values, "model")
     ModelConfig(**values)  # reject bad field values now, with ModelConfig's own messages
     if head_dim % 2 and values.get("positions", "rope") == "rope":  # every shape of the ladder would fail later
         raise UserError(f"model.head_dim={head_dim} is odd; RoPE needs an even head_dim, e.g. {head_dim + 1}")
-    return ModelSpec(convention=convention, aspect_ratio=aspect_ratio, head_dim=head_dim, fields=values)
+    return ModelSpec(convention=convention, aspect_ratio=aspect_ratio, head_dim=head_dim,
+                     query_heads_per_kv=query_heads_per_kv, fields=values)
 
 
 def _parse_train(raw: Any) -> TrainSpec:
@@ -616,6 +619,9 @@ def _expand(spec: SweepSpec, data: PreparedData) -> list[PlannedRun]:
     train = spec.train
     vocab_size = int(data.meta["vocab_size"])
     model_fields = {"max_seq_len": train.seq_len, **spec.model.fields, "vocab_size": vocab_size}
+    group = spec.model.query_heads_per_kv
+    if group > 1:  # the ladder keeps the base's n_heads / n_kv_heads wherever it divides a shape's heads
+        model_fields.update(d_model=group * spec.model.head_dim, n_heads=group, n_kv_heads=1)
     base = ModelConfig(**model_fields)
     shapes: dict[float, ModelConfig] = {}
     runs: list[PlannedRun] = []
@@ -626,6 +632,9 @@ def _expand(spec: SweepSpec, data: PreparedData) -> list[PlannedRun]:
             shapes[target] = model_for_params(target, base, convention=spec.model.convention,
                                               aspect_ratio=spec.model.aspect_ratio, head_dim=spec.model.head_dim)
             _warn_far_from_target(target, shapes[target], spec.model.convention)
+            if group > 1 and shapes[target].kv_heads == shapes[target].n_heads:
+                log.warning("model size %s: its shape has %d heads, not a multiple of model.query_heads_per_kv=%d, "
+                            "so it uses multi-head attention", format_count(target), shapes[target].n_heads, group)
         model = shapes[target]
         per_token = training_flops_per_token(model, train.seq_len)[spec.flops_per_token]
         if budget is not None:

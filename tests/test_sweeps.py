@@ -699,6 +699,21 @@ def test_size_far_from_what_ladder_builds_warned(corpus_dir, tmp_path, caplog):
     assert message.startswith("model size 1e3: the nearest shape the ladder builds is d8 L1")
 
 
+def test_grouped_query_attention_in_a_sweep(corpus_dir, tmp_path, caplog):
+    """model.query_heads_per_kv gives each shape n_heads / g key/value heads; a shape with fewer heads keeps
+    multi-head attention and says so."""
+    raw = tiny_raw(corpus_dir, grid={"params": ["4K", "4e4"], "tokens": ["20K"]})
+    raw["model"] = {"head_dim": 8, "aspect_ratio": 8, "query_heads_per_kv": 2}
+    with caplog.at_level(logging.WARNING, logger="sweeps.spec"):
+        small, large = expand(parse_spec(raw), tmp_path / "runs")
+    assert large.config.model.n_heads % 2 == 0
+    assert large.config.model.kv_heads * 2 == large.config.model.n_heads
+    if small.config.model.n_heads % 2:
+        assert small.config.model.kv_heads == small.config.model.n_heads
+        assert "not a multiple of model.query_heads_per_kv=2, so it uses multi-head attention" in caplog.text
+    assert parse_spec(tiny_raw(corpus_dir)).model.query_heads_per_kv == 1
+
+
 def test_size_ten_times_from_what_ladder_builds_refused(corpus_dir, tmp_path):
     """A reviewer's typo 3 (for 3K) trained a 3.1K model under the id N3e0; now the plan refuses it."""
     with pytest.raises(UserError, match=r"^sweep tiny: model size 3e0: the nearest shape the ladder builds, d8 L1 "
