@@ -65,9 +65,9 @@ def parse_filters(filters: list[str] | None) -> list[tuple[str, str]]:
             raise UserError(f"invalid filter {entry!r}; use COLUMN=VALUE, e.g. epoch_excluded_outlier=0")
         if value.startswith("=") or column.rstrip()[-1:] in ("!", "<", ">"):
             operator = "==" if value.startswith("=") else column.rstrip()[-1] + "="
-            name, wanted = column.rstrip("!<> "), value.lstrip("= ")
+            name, expected = column.rstrip("!<> "), value.lstrip("= ")
             raise UserError(f"filter {entry!r} uses {operator}; --where keeps rows equal to a value and takes one "
-                            f"'=': {name}={wanted}")
+                            f"'=': {name}={expected}")
         parsed.append((column.strip(), value.strip()))
     return parsed
 
@@ -128,10 +128,10 @@ def load_csv(path: str | Path, columns: str = DEFAULT_COLUMNS, filters: list[str
     rows = [_row(line, number, mapping, path, source) for number, line in numbered]
     if not rows:
         filter_text = ", ".join(f"{column}={value}" for column, value in required)
-        held = "; ".join(f"{column} holds {', '.join(sorted(seen[column]))}"
+        found = "; ".join(f"{column} contains {', '.join(sorted(seen[column]))}"
                          f"{' and more' if len(seen[column]) >= SEEN_VALUES else ''}" for column in dict(required))
         raise UserError(f"{path}: no rows left after the filters {filter_text}: none of its {data_rows} data rows "
-                        f"matches them all ({held}); filter on one of those values")
+                        f"matches them all ({found}); filter on one of those values")
     _warn_duplicates(rows, [number for number, _ in numbered], path)
     # A CSV does not state its loss's unit or kind (Chinchilla's points are final training losses).
     return RunTable(tuple(rows), {}, str(path), source_type="csv", loss_label=f"loss (CSV column {mapping['L']})",

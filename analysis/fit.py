@@ -176,8 +176,8 @@ def _keep_earlier_fit(out: Path) -> None:
     previous = out / PREVIOUS_FOLDER
     previous.mkdir(exist_ok=True)  # _check_out_folder made sure no file has its name
     _move_fit_files(previous, previous)  # an earlier version kept one fit directly in previous/
-    kept = _move_fit_files(out, previous)
-    if kept is None:
+    moved_to = _move_fit_files(out, previous)
+    if moved_to is None:
         return
     stamped = sorted((path for path in previous.iterdir() if path.is_dir() and _is_stamp(path.name)),
                      key=lambda path: (path.name[:19], int(path.name[20:] or 1)))  # "-10" after "-9"
@@ -187,8 +187,8 @@ def _keep_earlier_fit(out: Path) -> None:
                 (old / name).unlink()
         with contextlib.suppress(OSError):  # a file someone else put there keeps its folder
             old.rmdir()
-    moved = sorted(path.name for path in kept.iterdir())
-    logger.info("kept the earlier fit (%s) in %s", ", ".join(moved), kept)
+    moved = sorted(path.name for path in moved_to.iterdir())
+    logger.info("kept the earlier fit (%s) in %s", ", ".join(moved), moved_to)
 
 
 def _move_fit_files(source: Path, previous: Path) -> Path | None:

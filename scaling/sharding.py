@@ -124,11 +124,11 @@ def _warn_if_kept_whole(params: Any, size: int) -> None:
     leaves = jax.tree.leaves(params)
     whole = [leaf for leaf in leaves if size > 1 and fsdp_spec(tuple(leaf.shape), size) == PartitionSpec()]
     total = sum(int(np.prod(leaf.shape)) for leaf in leaves)
-    kept = sum(int(np.prod(leaf.shape)) for leaf in whole)
-    if total and kept > KEPT_WHOLE_WARNING * total:
+    unsplit = sum(int(np.prod(leaf.shape)) for leaf in whole)
+    if total and unsplit > KEPT_WHOLE_WARNING * total:
         log.warning("fsdp=%d: %d of %d parameter arrays (%.0f%% of the parameters) have no dimension divisible by "
                     "%d, so every device keeps them and their optimizer state whole; a device count that divides "
-                    "d_model (a power of 2) splits them", size, len(whole), len(leaves), 100 * kept / total, size)
+                    "d_model (a power of 2) splits them", size, len(whole), len(leaves), 100 * unsplit / total, size)
 
 
 def put_batch(batch: np.ndarray, sharding: NamedSharding) -> np.ndarray | jax.Array:

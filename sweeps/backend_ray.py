@@ -440,9 +440,9 @@ def _check_speaks_http2(cluster: ClusterAddress) -> None:
         return
     if not reply or (len(reply) >= 4 and reply[3] == HTTP2_SETTINGS_FRAME):
         return
-    shown = reply.split(b"\r")[0].decode("ascii", errors="replace")
+    first_line = reply.split(b"\r")[0].decode("ascii", errors="replace")
     raise UserError(f"something responds at {cluster.origin}, but not as a Ray cluster's head (its response begins "
-                    f"{shown!r}, where Ray's gRPC would send HTTP/2 settings); give the address that `ray start "
+                    f"{first_line!r}, where Ray's gRPC would send HTTP/2 settings); give the address that `ray start "
                     "--head` printed (port 6379 unless it was given --port)")
 
 
@@ -478,13 +478,13 @@ def _join_cluster(ray, cluster: ClusterAddress, runtime_env: dict) -> None:
     from ray.exceptions import AuthenticationError
 
     failure = None
-    with _environment_default(CONNECT_TRIES_ENV, str(CONNECT_TRIES)), _native_stderr_held() as held:
+    with _environment_default(CONNECT_TRIES_ENV, str(CONNECT_TRIES)), _native_stderr_held() as captured:
         try:
             ray.init(address=cluster.ray_address, runtime_env=runtime_env, logging_level=logging.WARNING)
         except (ConnectionError, AuthenticationError) as error:
             # Ray's core has written a line per retry ("Failed to get cluster ID from GCS server"). The one-line
             # error below gives their cause, so they are dropped.
-            held.drop = True
+            captured.drop = True
             failure = error
     if failure is not None:
         raise UserError(_connect_failure(cluster, failure)) from None
@@ -521,28 +521,28 @@ def _exception_chain_text(error: BaseException) -> str:
 
 
 @dataclass
-class _HeldOutput:
+class _CapturedOutput:
     drop: bool = False  # set inside the block to discard what was written, instead of passing it on
 
 
 @contextmanager
 def _native_stderr_held():
     """Send file descriptor 2 to a temporary file inside the block. Ray's C++ core writes there directly, so
-    this is the only way to drop its lines (`held.drop = True`). Otherwise they reach stderr at the end."""
+    this is the only way to drop its lines (`captured.drop = True`). Otherwise they reach stderr at the end."""
     import tempfile
 
     sys.stderr.flush()
     saved = os.dup(2)
-    held = _HeldOutput()
+    captured = _CapturedOutput()
     with tempfile.TemporaryFile() as buffer:
         os.dup2(buffer.fileno(), 2)
         try:
-            yield held
+            yield captured
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            if not held.drop:
+            if not captured.drop:
                 buffer.seek(0)
                 sys.stderr.write(buffer.read().decode("utf-8", errors="replace"))
                 sys.stderr.flush()

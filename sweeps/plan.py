@@ -286,11 +286,11 @@ class Plan:
         )
         console.print(f"time estimate: {self.cost.method}")
         in_conflict = sum(1 for row in self.rows if row.conflict)
-        refused = (f"; and {counted(in_conflict, 'run')} in conflict (below), so `launch` refuses the whole sweep "
+        conflict_note = (f"; and {counted(in_conflict, 'run')} in conflict (below), so `launch` refuses the whole sweep "
                    "until they are resolved") if in_conflict else ""
         console.print(f"remaining: {totals['runs_to_do']} runs, {_duration(totals['remaining_seconds_one_worker'])} "
                       f"on one worker, about {_duration(totals['wall_seconds'])} wall with "
-                      f"{counted(max(1, min(self.workers, totals['runs_to_do'])), 'worker')}{refused}")
+                      f"{counted(max(1, min(self.workers, totals['runs_to_do'])), 'worker')}{conflict_note}")
         clipped = [row for row in self.rows
                    if clipped_warmup(row.run.config.optimizer.warmup_steps, row.run.steps)
                    < row.run.config.optimizer.warmup_steps]

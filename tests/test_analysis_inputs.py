@@ -466,7 +466,7 @@ def test_two_filters_on_one_column_both_apply(tmp_path):
 def test_no_matching_row_names_the_column_values(tmp_path):
     path = tmp_path / "points.csv"
     path.write_text("N,D,loss,outlier\n1e6,1e7,3.0,0\n2e6,1e7,2.9,1\n3e6,1e7,2.8,1\n")
-    with pytest.raises(UserError, match=r"none of its 3 data rows matches them all \(outlier holds 0, 1\); filter on "
+    with pytest.raises(UserError, match=r"none of its 3 data rows matches them all \(outlier contains 0, 1\); filter on "
                                         r"one of those values$"):
         load_csv(path, "N=N,D=D,L=loss", ["outlier=7"])
 

@@ -701,7 +701,7 @@ def test_size_far_from_what_ladder_builds_warned(corpus_dir, tmp_path, caplog):
 
 def test_grouped_query_attention_in_a_sweep(corpus_dir, tmp_path, caplog):
     """model.query_heads_per_kv gives each shape n_heads / g key/value heads; a shape with fewer heads keeps
-    multi-head attention and says so."""
+    multi-head attention and warns."""
     raw = tiny_raw(corpus_dir, grid={"params": ["4K", "4e4"], "tokens": ["20K"]})
     raw["model"] = {"head_dim": 8, "aspect_ratio": 8, "query_heads_per_kv": 2}
     with caplog.at_level(logging.WARNING, logger="sweeps.spec"):
